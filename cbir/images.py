@@ -1,0 +1,233 @@
+"""Finding image files and decoding them safely into RGB arrays.
+
+Everything that touches image bytes lives here: the folder walk (recursive,
+sorted, safe against symlink loops), the decoder (OpenCV, EXIF orientation
+applied, a pixel cap against decompression bombs, reduced-scale JPEG decoding
+when the extractor needs fewer pixels) and :func:`load_file`, which never
+raises for a bad file but says why it could not be read, so a broken file is
+skipped and recorded instead of aborting a run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cbir.errors import ImageError, UsageError
+
+#: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
+MAX_IMAGE_PIXELS = 180_000_000
+
+# OpenCV reads its own cap once, at first decode: set it before cv2 is used.
+os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
+import cv2  # noqa: E402
+
+#: Lower-case suffixes treated as images when walking a folder.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+
+logger = logging.getLogger(__name__)
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether the file name has one of :data:`IMAGE_EXTENSIONS` (any letter case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def find_images(root: str | os.PathLike) -> list[Path]:
+    """All image files under ``root``, recursively, as absolute paths in sorted order.
+
+    Symbolic links to folders are followed once: a folder already visited (by
+    device and inode) is not entered again, so link loops end. Folders that
+    cannot be listed are skipped with a warning. A ``root`` that is itself an
+    image file gives a one-element list.
+
+    Raises
+    ------
+    UsageError
+        If ``root`` does not exist or is neither a folder nor an image file.
+    """
+    root = Path(os.path.abspath(os.fspath(root)))
+    if root.is_file():
+        if not is_image_path(root):
+            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return [root]
+    if not root.is_dir():
+        raise UsageError(f"folder does not exist: {root}")
+
+    found: list[Path] = []
+    visited: set[tuple[int, int]] = set()
+
+    def on_error(error: OSError) -> None:
+        logger.warning("cannot list %s: %s", error.filename, error.strerror or error)
+
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=on_error):
+        try:
+            stat = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in visited:
+            subfolders[:] = []
+            continue
+        visited.add(key)
+        subfolders.sort()
+        found.extend(Path(folder, name) for name in sorted(files) if is_image_path(name))
+    return found
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """``(width, height)`` read from a JPEG or PNG header, or ``None`` if unknown."""
+    if data.startswith(_PNG_MAGIC) and len(data) >= 24:
+        width, height = struct.unpack(">II", data[16:24])
+        return width, height
+    if data.startswith(_JPEG_MAGIC):
+        return _jpeg_size(data)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if 0xD0 <= marker <= 0xD9:  # markers without a length
+            i += 2
+            continue
+        (length,) = struct.unpack(">H", data[i + 2 : i + 4])
+        # Start-of-frame markers carry the size; C4, C8 and CC are other tables.
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None
+
+
+def _looks_truncated(data: bytes) -> bool:
+    # A complete JPEG has an end-of-image marker after its last start-of-scan;
+    # entropy-coded data cannot contain FFD9, so its absence means a cut file.
+    # (Newer OpenCV refuses such files itself; older ones decode them grey.)
+    return data.startswith(_JPEG_MAGIC) and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
+
+
+def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
+    """Decode encoded image bytes into an RGB uint8 ``(height, width, 3)`` array.
+
+    EXIF orientation is applied; greyscale, 16-bit and RGBA inputs come out as
+    8-bit RGB (alpha dropped). When ``min_side`` is given, a JPEG is decoded at
+    the smallest of the scales 1/8, 1/4, 1/2 whose shorter side is still at
+    least ``min_side`` pixels, which is several times faster than full size.
+
+    Raises
+    ------
+    ImageError
+        For empty, truncated, oversized or undecodable data.
+    """
+    if len(data) == 0:
+        raise ImageError("empty file")
+    size = image_size(data)
+    flag = cv2.IMREAD_COLOR
+    if size is not None:
+        width, height = size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ImageError(f"image too large ({width}x{height} pixels, limit {MAX_IMAGE_PIXELS:,})")
+        if min_side and data.startswith(_JPEG_MAGIC):
+            for factor, reduced_flag in _REDUCED_FLAGS:
+                if min(width, height) // factor >= min_side:
+                    flag = reduced_flag
+                    break
+    if _looks_truncated(data):
+        raise ImageError("truncated JPEG")
+    try:
+        image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+    except cv2.error as exc:
+        if "MAX_IMAGE_PIXELS" in str(exc):
+            raise ImageError(f"image too large (limit {MAX_IMAGE_PIXELS:,} pixels)") from None
+        raise ImageError(f"cannot decode: {str(exc).strip().splitlines()[-1]}") from None
+    if image is None:
+        if data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
+            raise ImageError("corrupt or truncated image data")
+        raise ImageError("not a readable image")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def read_image(path: str | os.PathLike, min_side: int | None = None) -> np.ndarray:
+    """Read and decode an image file; see :func:`decode_image`.
+
+    Raises
+    ------
+    ImageError
+        With the path and the reason, for any file that cannot be read.
+    """
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        return decode_image(data, min_side)
+    except ImageError as exc:
+        raise ImageError(f"cannot read {path}: {exc}") from None
+
+
+@dataclass
+class LoadedFile:
+    """One file as the indexer sees it: identity on disk, and image or the reason it has none."""
+
+    path: Path
+    size: int
+    mtime_ns: int
+    sha256: str
+    image: np.ndarray | None = None
+    error: str | None = None
+    #: True when the content hash matched ``known_sha256``: the file was not decoded.
+    unchanged: bool = False
+
+
+def file_digest(data: bytes) -> str:
+    """Content hash used to tell a changed file from a touched one."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_file(path: Path, min_side: int | None = None, known_sha256: str | None = None) -> LoadedFile:
+    """Read ``path`` once: stat, content hash and the decoded image.
+
+    If the content hash equals ``known_sha256`` the file is not decoded and
+    ``unchanged`` is set: a touched but identical file costs a read, not a
+    decode. Never raises for a bad file: ``error`` holds a short reason
+    instead (unreadable, permission denied, empty, truncated, not an image,
+    too large).
+    """
+    try:
+        with open(path, "rb") as f:
+            stat = os.fstat(f.fileno())
+            data = f.read()
+    except OSError as exc:
+        try:
+            stat = os.stat(path)
+            size, mtime_ns = stat.st_size, stat.st_mtime_ns
+        except OSError:
+            size, mtime_ns = -1, -1
+        return LoadedFile(path, size, mtime_ns, "", error=(exc.strerror or str(exc)).lower())
+    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, file_digest(data))
+    if known_sha256 is not None and loaded.sha256 == known_sha256:
+        loaded.unchanged = True
+        return loaded
+    try:
+        loaded.image = decode_image(data, min_side)
+    except ImageError as exc:
+        loaded.error = str(exc)
+    return loaded

@@ -1,0 +1,474 @@
+"""Folder -> decoded images -> vectors -> catalogue and FAISS index, incrementally.
+
+:func:`index_folder` is the one entry point. It walks the folder, compares
+what it finds with the catalogue (mark and sweep: new, changed, unchanged,
+gone), embeds only what is new or changed, and commits every batch of
+vectors together with its catalogue rows, so a run that is interrupted or
+killed keeps all committed work and the next run carries on from there.
+
+Decoding and per-image preparation run in a thread pool that keeps a bounded
+number of files in flight, overlapping the batched model work on the main
+thread; memory stays bounded however large the folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from cbir.catalogue import NewImage
+from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
+from cbir.features.pipeline import Embedder
+from cbir.images import LoadedFile, find_images, load_file
+from cbir.labels import folder_label, read_labels_csv
+from cbir.progress import SILENT, Progress
+from cbir.store import (
+    CATALOGUE_FILE,
+    LOCK_FILE,
+    MODEL_DIR,
+    IndexStore,
+    WriteLock,
+    index_path,
+    is_index,
+)
+from cbir.vectors import resolve_index_type
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+#: At most this many images are decoded to fit a learning extractor or a PCA.
+DEFAULT_FIT_SAMPLE = 20_000
+
+
+@dataclass
+class IndexSummary:
+    """What one indexing run did."""
+
+    name: str
+    path: str
+    added: int = 0
+    updated: int = 0
+    removed: int = 0
+    unchanged: int = 0
+    skipped: int = 0
+    total: int = 0
+    seconds: float = 0.0
+    embedded: int = 0
+    created: bool = False
+    skipped_files: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "path": self.path,
+            "created": self.created,
+            "added": self.added,
+            "updated": self.updated,
+            "removed": self.removed,
+            "unchanged": self.unchanged,
+            "skipped": self.skipped,
+            "total": self.total,
+            "seconds": round(self.seconds, 3),
+            "images_per_second": round(self.images_per_second, 2),
+            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
+        }
+
+
+@dataclass
+class _Plan:
+    """Files to embed, with the content hash each may still match."""
+
+    todo: list[Path]
+    known_sha256: dict[Path, str]
+    unchanged: int
+    still_skipped: int
+    removed_ids: list[int]
+    removed_skipped: list[str]
+
+
+def index_folder(
+    folder: str | os.PathLike,
+    name: str,
+    index_dir: str | os.PathLike | None = None,
+    *,
+    embedder: Embedder | None = None,
+    index_type: str = "flat",
+    labels_csv: str | os.PathLike | None = None,
+    pca_train_folder: str | os.PathLike | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    fit_sample: int = DEFAULT_FIT_SAMPLE,
+    wait: bool = False,
+    progress: Progress = SILENT,
+) -> IndexSummary:
+    """Create or update the index ``name`` with the images under ``folder``.
+
+    Parameters
+    ----------
+    folder : path
+        Searched recursively for images. On an existing index, rows under this
+        folder whose files are gone are removed; rows elsewhere are kept.
+    name, index_dir : str, path
+        The index lives in ``index_dir / name`` (``indexes/`` by default).
+    embedder : Embedder, optional
+        Extractor (+ PCA) for a new index; default: colour histograms. On an
+        existing index it must equal the index's own config, or be ``None``.
+    index_type : str
+        ``flat``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS factory string (new indexes only).
+    labels_csv : path, optional
+        CSV of labels to store; by default an image's label is its folder name.
+    pca_train_folder : path, optional
+        Fit the PCA on these images instead of on the collection.
+    batch_size, workers : int
+        Images per model call; decoding threads (default: CPU count).
+    fit_sample : int
+        At most this many images are used to fit a learning extractor or PCA.
+    wait : bool
+        Wait for another writer to finish instead of failing.
+    progress : Progress
+        Receives progress events.
+
+    Raises
+    ------
+    UsageError, NoImagesError, ConfigMismatchError, IndexLockedError, IndexCorruptError
+    KeyboardInterrupt
+        After committing everything embedded so far; run again to continue.
+    """
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise UsageError("batch size must be at least 1")
+    folder = Path(os.path.abspath(folder))
+    files = find_images(folder)
+    if not files:
+        raise NoImagesError(f"no image files under {folder}")
+    labels = _labels_for(files, labels_csv)
+    path = index_path(name, index_dir)
+    _check_writable(path)
+    workers = workers or os.cpu_count() or 1
+
+    created = not is_index(path)
+    if created:
+        store = _create_index(path, files, embedder, index_type, pca_train_folder, batch_size, workers, fit_sample, progress)
+    else:
+        store = IndexStore.open(path, writable=True, wait=wait)
+        try:
+            _check_same_config(store, embedder)
+            if index_type not in ("flat", store.manifest.get("index_type")):
+                logger.warning("index %r keeps its index type %r; --index-type applies to new indexes", name, store.manifest.get("index_type"))
+        except BaseException:
+            store.close()
+            raise
+
+    summary = IndexSummary(name=name, path=str(path), created=created)
+    try:
+        plan = _plan(store, folder, files)
+        summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
+        try:
+            _embed_and_commit(store, plan, labels, batch_size, workers, summary, progress)
+        except KeyboardInterrupt:
+            store.save_vectors()
+            raise
+        if plan.removed_ids or plan.removed_skipped:
+            with store.catalogue.transaction():
+                summary.removed = store.catalogue.remove_ids(plan.removed_ids)
+                store.catalogue.remove_skipped(plan.removed_skipped)
+        if labels is not None:
+            with store.catalogue.transaction():
+                store.catalogue.set_labels({str(p): labels[p] for p in files if p in labels})
+        summary.total = store.catalogue.count_images()
+        if created and summary.total == 0:
+            raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
+        store.save_vectors()
+    except BaseException:
+        if created and store.catalogue.count_images() == 0:
+            store.close()
+            shutil.rmtree(path, ignore_errors=True)  # nothing worth keeping: leave no half-made index
+        else:
+            store.close()
+        raise
+    store.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _labels_for(files: Sequence[Path], labels_csv) -> dict[Path, str] | None:
+    if labels_csv is None:
+        return None
+    table = read_labels_csv(labels_csv)
+    return {p: table[str(p)] for p in files if str(p) in table}
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent
+    probe = path if path.exists() else parent
+    while not probe.exists():
+        probe = probe.parent
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write to {probe}: permission denied (choose another --index-dir)")
+
+
+def _check_same_config(store: IndexStore, embedder: Embedder | None) -> None:
+    if embedder is None:
+        return
+    wanted, built = embedder.get_config(), store.manifest["embedder"]
+    if wanted != built:
+        from cbir.features.pipeline import Embedder as _Embedder
+
+        built_text = _Embedder.from_config(built).describe()
+        raise ConfigMismatchError(
+            f"index {store.name!r} was built with {built_text}, not {embedder.describe()}; "
+            f"to update it, leave out the extractor options; to rebuild, delete {store.path} or choose another --name"
+        )
+
+
+def _create_index(
+    path: Path,
+    files: list[Path],
+    embedder: Embedder | None,
+    index_type: str,
+    pca_train_folder,
+    batch_size: int,
+    workers: int,
+    fit_sample: int,
+    progress: Progress,
+) -> IndexStore:
+    if embedder is None:
+        from cbir.features.base import make_extractor
+
+        embedder = Embedder(make_extractor("color"))
+    embedder.extractor.check_params()
+    if embedder.pca is not None:
+        embedder.pca.check_params()
+    path.mkdir(parents=True, exist_ok=True)
+    lock = WriteLock(path)
+    try:
+        # An unfinished creation (no manifest) may have left files behind.
+        for leftover in [path / CATALOGUE_FILE, *path.glob(CATALOGUE_FILE + "-*"), *path.glob("vectors-*.faiss")]:
+            leftover.unlink(missing_ok=True)
+        shutil.rmtree(path / MODEL_DIR, ignore_errors=True)
+        _fit(embedder, files, pca_train_folder, batch_size, workers, fit_sample, progress)
+        factory, search_params = resolve_index_type(index_type, embedder.dim, len(files))
+        return IndexStore.create(path, embedder, factory, search_params, lock, index_type)
+    except BaseException:
+        lock.release()
+        if not is_index(path):
+            shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _fit(
+    embedder: Embedder,
+    files: list[Path],
+    pca_train_folder,
+    batch_size: int,
+    workers: int,
+    fit_sample: int,
+    progress: Progress,
+) -> None:
+    """Fit what learns (the extractor, then the PCA) on a random sample of images."""
+    rng = np.random.default_rng(0)
+
+    def sample(paths: list[Path]) -> list[Path]:
+        if len(paths) <= fit_sample:
+            return paths
+        return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
+
+    extractor = embedder.extractor
+    if not extractor.is_fitted:
+        chosen = sample(files)
+        progress.start("decoding images to train the extractor", len(chosen))
+        images = []
+        try:
+            for loaded, _ in _load_all(chosen, extractor.decode_min_side, None, workers, {}):
+                progress.advance()
+                if loaded.image is not None:
+                    images.append(loaded.image)
+        finally:
+            progress.stop()
+        if not images:
+            raise NoImagesError("none of the images could be read to train the extractor")
+        extractor.fit(images)
+        del images
+    if embedder.pca is not None and not embedder.pca.is_fitted:
+        source = find_images(pca_train_folder) if pca_train_folder is not None else files
+        chosen = sample(source)
+        progress.start("extracting features to fit the PCA", len(chosen))
+        raw = []
+        try:
+            for ok, vectors, _failed in _stream(chosen, Embedder(extractor), batch_size, workers, {}, progress):
+                raw.append(vectors)
+        finally:
+            progress.stop()
+        if not raw:
+            raise NoImagesError("none of the images could be read to fit the PCA")
+        embedder.pca.fit(np.concatenate(raw))
+
+
+def _plan(store: IndexStore, folder: Path, files: list[Path]) -> _Plan:
+    """Mark and sweep: compare the folder with the catalogue rows under it."""
+    rows = store.catalogue.images_under(str(folder))
+    skipped = store.catalogue.skipped_under(str(folder))
+    todo, known, unchanged, still_skipped = [], {}, 0, 0
+    present = set()
+    for file in files:
+        key = str(file)
+        present.add(key)
+        try:
+            stat = file.stat()
+        except OSError:
+            todo.append(file)  # let the loader record why it cannot be read
+            continue
+        row = rows.get(key)
+        if row is not None:
+            if row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns:
+                unchanged += 1
+            else:
+                todo.append(file)
+                known[file] = row.sha256  # confirm the change by content before re-embedding
+            continue
+        previous = skipped.get(key)
+        if previous is not None and previous[:2] == (stat.st_size, stat.st_mtime_ns):
+            still_skipped += 1
+            continue
+        todo.append(file)
+    removed_ids = [row.id for key, row in rows.items() if key not in present]
+    removed_skipped = [key for key in skipped if key not in present]
+    return _Plan(todo, known, unchanged, still_skipped, removed_ids, removed_skipped)
+
+
+def _embed_and_commit(
+    store: IndexStore,
+    plan: _Plan,
+    labels: dict[Path, str] | None,
+    batch_size: int,
+    workers: int,
+    summary: IndexSummary,
+    progress: Progress,
+) -> None:
+    if not plan.todo:
+        return
+    embedder, catalogue, dim = store.embedder(), store.catalogue, store.dim
+    progress.start(f"indexing into {store.name!r}", len(plan.todo))
+    try:
+        for ok, vectors, not_embedded in _stream(plan.todo, embedder, batch_size, workers, plan.known_sha256, progress):
+            with catalogue.transaction():
+                new_images = [
+                    NewImage(
+                        path=str(loaded.path),
+                        size=loaded.size,
+                        mtime_ns=loaded.mtime_ns,
+                        sha256=loaded.sha256,
+                        label=(labels or {}).get(loaded.path) or folder_label(loaded.path),
+                        vector=vector,
+                    )
+                    for loaded, vector in zip(ok, vectors)
+                ]
+                catalogue.add_images(new_images, dim)
+                for loaded in not_embedded:
+                    if loaded.unchanged:
+                        catalogue.update_stat(str(loaded.path), loaded.size, loaded.mtime_ns)
+                    else:
+                        catalogue.set_skipped(str(loaded.path), loaded.size, loaded.mtime_ns, loaded.error or "unreadable")
+            for loaded in ok:
+                if loaded.path in plan.known_sha256:
+                    summary.updated += 1
+                else:
+                    summary.added += 1
+            for loaded in not_embedded:
+                if loaded.unchanged:
+                    summary.unchanged += 1
+                else:
+                    summary.skipped += 1
+                    summary.skipped_files.append((str(loaded.path), loaded.error or "unreadable"))
+                    logger.warning("skipped %s: %s", loaded.path, loaded.error)
+            summary.embedded += len(ok)
+    finally:
+        progress.stop()
+
+
+def _stream(
+    files: Sequence[Path],
+    embedder: Embedder,
+    batch_size: int,
+    workers: int,
+    known_sha256: dict[Path, str],
+    progress: Progress,
+) -> Iterator[tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]]:
+    """Yield ``(embedded files, their vectors, files not embedded)`` batch by batch, in order."""
+    ok: list[LoadedFile] = []
+    prepared: list[Any] = []
+    not_embedded: list[LoadedFile] = []
+    for loaded, item in _load_all(files, embedder.decode_min_side, embedder.prepare, workers, known_sha256):
+        progress.advance()
+        if item is None:
+            not_embedded.append(loaded)
+        else:
+            ok.append(loaded)
+            prepared.append(item)
+        if len(prepared) >= batch_size:
+            yield ok, embedder.transform_prepared(prepared), not_embedded
+            ok, prepared, not_embedded = [], [], []
+    if prepared or not_embedded:
+        vectors = embedder.transform_prepared(prepared) if prepared else np.zeros((0, embedder.dim), np.float32)
+        yield ok, vectors, not_embedded
+
+
+def _load_all(
+    files: Sequence[Path],
+    min_side: int | None,
+    prepare,
+    workers: int,
+    known_sha256: dict[Path, str],
+) -> Iterator[tuple[LoadedFile, Any]]:
+    """Load (and ``prepare``) files in a thread pool, yielding in input order.
+
+    At most a few files per worker are in flight, so memory does not grow
+    with the folder. With ``prepare`` the decoded image is dropped once
+    prepared; without it the item is the image itself.
+    """
+
+    def work(path: Path) -> tuple[LoadedFile, Any]:
+        loaded = load_file(path, min_side, known_sha256.get(path))
+        if loaded.image is None:
+            return loaded, None
+        if prepare is None:
+            return loaded, loaded.image
+        try:
+            item = prepare(loaded.image)
+        except Exception as exc:  # an image the extractor cannot handle is skipped like a broken file
+            loaded.error = f"cannot process: {exc}"
+            item = None
+        loaded.image = None
+        return loaded, item
+
+    in_flight: deque[Future] = deque()
+    limit = max(4 * workers, 8)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-load") as pool:
+        try:
+            for path in files:
+                in_flight.append(pool.submit(work, path))
+                if len(in_flight) >= limit:
+                    yield in_flight.popleft().result()
+            while in_flight:
+                yield in_flight.popleft().result()
+        finally:
+            for future in in_flight:
+                future.cancel()
+
+
+def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> str:
+    example = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+    return f"none of the image files under {folder} could be read{example}"

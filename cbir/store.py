@@ -1,0 +1,391 @@
+"""An index on disk: one directory holding the manifest, catalogue, vectors and model.
+
+Layout of ``indexes/NAME/``::
+
+    manifest.json        extractor config, dimension, metric, index type, versions
+    catalogue.sqlite     paths, stats, hashes, labels, vectors, skipped files
+    vectors-N.faiss      the FAISS index; N grows with every save
+    model/               learned extractor state (weights, PCA arrays)
+    .lock                held by the one process allowed to write
+
+The catalogue is the source of truth and is committed batch by batch; the
+FAISS file is a snapshot of it, written under a new name and then recorded in
+the catalogue in one transaction, so a crash at any moment leaves either the
+old snapshot or the new one in force, never a half-written file. Readers
+patch an out-of-date snapshot with what the catalogue committed since, so
+they always see a consistent, committed state.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.catalogue import Catalogue
+from cbir.errors import CbirError, IndexCorruptError, IndexLockedError, IndexNotFoundError, UsageError
+from cbir.vectors import VectorIndex, build_vector_index
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FILE = "manifest.json"
+CATALOGUE_FILE = "catalogue.sqlite"
+MODEL_DIR = "model"
+LOCK_FILE = ".lock"
+FORMAT = "cbir-index"
+FORMAT_VERSION = 1
+METRIC = "inner_product"
+ENV_INDEX_DIR = "CBIR_INDEX_DIR"
+
+_META_VECTORS_FILE = "vectors_file"
+_META_VECTORS_MAX_ID = "vectors_max_id"
+_META_VECTORS_SERIAL = "vectors_serial"
+
+
+def default_index_dir() -> Path:
+    """``$CBIR_INDEX_DIR`` if set, else ``indexes/`` in the current directory."""
+    return Path(os.environ.get(ENV_INDEX_DIR) or "indexes")
+
+
+def index_path(name: str, index_dir: str | os.PathLike | None = None) -> Path:
+    """Directory of the index called ``name``; the name must be a plain folder name."""
+    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
+        raise UsageError(f"invalid index name {name!r}: use letters, digits, '-' or '_' (no slashes, no leading dot)")
+    return Path(index_dir if index_dir is not None else default_index_dir()) / name
+
+
+def is_index(path: Path) -> bool:
+    return (Path(path) / MANIFEST_FILE).is_file()
+
+
+def list_indexes(index_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Index directories (those with a manifest) in ``index_dir``, sorted by name."""
+    root = Path(index_dir if index_dir is not None else default_index_dir())
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_index(p))
+
+
+def package_versions() -> dict[str, str]:
+    """Versions recorded in a manifest, to explain differences between machines."""
+    import cv2
+    import faiss
+
+    from cbir import __version__
+
+    return {
+        "cbir": __version__,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "faiss": faiss.__version__,
+        "opencv": cv2.__version__,
+    }
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=2, sort_keys=True)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+
+
+class WriteLock:
+    """An exclusive ``flock`` on ``.lock``: one writer per index, released on exit or crash."""
+
+    def __init__(self, directory: Path, wait: bool = False):
+        self.path = Path(directory) / LOCK_FILE
+        self._file = open(self.path, "a+")
+        try:
+            fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            self._file.seek(0)
+            holder = self._file.read().strip() or "another process"
+            self._file.close()
+            if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+                raise IndexLockedError(
+                    f"index {Path(directory).name!r} is being written by {holder}; wait for it to finish (or use --wait)"
+                ) from None
+            raise
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"cbir process {os.getpid()}")
+        self._file.flush()
+
+    def release(self) -> None:
+        if not self._file.closed:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+
+
+@dataclass
+class LoadedVectors:
+    """A FAISS index as a reader sees it, with how many stale ids it may still return."""
+
+    index: VectorIndex
+    stale_ids: int
+
+
+class IndexStore:
+    """An index directory, opened for reading or (holding the lock) for writing.
+
+    Use :meth:`open` or :meth:`create`; close with :meth:`close` or a ``with`` block.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], catalogue: Catalogue, lock: WriteLock | None):
+        self.path = Path(path)
+        self.manifest = manifest
+        self.catalogue = catalogue
+        self._lock = lock
+        self._embedder = None
+
+    # -- opening -----------------------------------------------------------
+    @classmethod
+    def open(cls, path: Path, writable: bool = False, wait: bool = False) -> "IndexStore":
+        """Open an existing index, checking its manifest, catalogue and model files.
+
+        Raises
+        ------
+        IndexNotFoundError, IndexCorruptError, IndexLockedError
+        """
+        path = Path(path)
+        if not path.is_dir():
+            known = ", ".join(p.name for p in list_indexes(path.parent)) or "none"
+            raise IndexNotFoundError(f"no index named {path.name!r} in {path.parent} (indexes there: {known})")
+        lock = WriteLock(path, wait=wait) if writable else None
+        try:
+            manifest = read_manifest(path)
+            catalogue = Catalogue(path / CATALOGUE_FILE)
+        except BaseException:
+            if lock:
+                lock.release()
+            raise
+        store = cls(path, manifest, catalogue, lock)
+        try:
+            store._check_model_files()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def create(
+        cls,
+        path: Path,
+        embedder,
+        factory: str,
+        search_params: dict[str, int],
+        lock: WriteLock,
+        index_type: str,
+        extra: dict[str, Any] | None = None,
+    ) -> "IndexStore":
+        """Write a new index's model state, catalogue and (last) manifest into ``path``.
+
+        ``path`` must exist and ``lock`` must be held on it; ``embedder`` must be fitted.
+        """
+        path = Path(path)
+        model_dir = path / MODEL_DIR
+        if model_dir.exists():
+            shutil.rmtree(model_dir)
+        embedder.save(model_dir)
+        catalogue = Catalogue(path / CATALOGUE_FILE, create=True)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "name": path.name,
+            "embedder": embedder.get_config(),
+            "dim": int(embedder.dim),
+            "metric": METRIC,
+            "index_type": index_type,
+            "factory": factory,
+            "search_params": search_params,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "versions": package_versions(),
+            "model_files": {
+                str(p.relative_to(path)): file_sha256(p) for p in sorted(model_dir.rglob("*")) if p.is_file()
+            },
+            **(extra or {}),
+        }
+        # The manifest goes last: a directory without one is an unfinished creation.
+        write_json_atomic(path / MANIFEST_FILE, manifest)
+        store = cls(path, manifest, catalogue, lock)
+        store._embedder = embedder
+        return store
+
+    def close(self) -> None:
+        self.catalogue.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> "IndexStore":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- properties --------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def factory(self) -> str:
+        return self.manifest["factory"]
+
+    @property
+    def writable(self) -> bool:
+        return self._lock is not None
+
+    def _check_model_files(self) -> None:
+        for relative, expected in self.manifest.get("model_files", {}).items():
+            file = self.path / relative
+            if not file.is_file():
+                raise IndexCorruptError(f"index {self.name!r} is missing {relative}; rebuild it")
+            if file_sha256(file) != expected:
+                raise IndexCorruptError(f"index {self.name!r}: {relative} changed since the index was built; rebuild it")
+
+    def embedder(self):
+        """The :class:`~cbir.features.pipeline.Embedder` the collection was embedded with, state loaded."""
+        if self._embedder is None:
+            from cbir.features.pipeline import Embedder
+
+            try:
+                embedder = Embedder.from_config(self.manifest["embedder"])
+            except CbirError as exc:
+                raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
+            self._embedder = embedder.load_state(self.path / MODEL_DIR)
+        return self._embedder
+
+    # -- vectors -----------------------------------------------------------
+    def _vectors_state(self) -> tuple[str | None, int]:
+        name = self.catalogue.get_meta(_META_VECTORS_FILE)
+        return name, int(self.catalogue.get_meta(_META_VECTORS_MAX_ID, "0"))
+
+    def load_vectors(self) -> LoadedVectors:
+        """The FAISS index, patched in memory with rows committed after its last save.
+
+        Ids removed since then may still come back from a search: drop any id
+        the catalogue no longer has (``stale_ids`` says how many to allow for).
+        """
+        for _attempt in range(3):
+            with self.catalogue.snapshot():  # one committed state of meta and rows
+                file_name, max_id = self._vectors_state()
+                if file_name is None:
+                    return LoadedVectors(self._build_vectors(), 0)
+                try:
+                    vector_index = VectorIndex.read(self.path / file_name, self.factory, self.dim)
+                except IndexCorruptError:
+                    if not (self.path / file_name).exists():
+                        continue  # a writer replaced it between our reads: look again
+                    raise
+                for ids, vectors in self.catalogue.iter_vectors(self.dim, min_id=max_id):
+                    vector_index.add(ids, vectors)
+                stale = int((self.catalogue.pending_removals() <= max_id).sum())
+            return LoadedVectors(vector_index, stale)
+        raise IndexCorruptError(f"index {self.name!r}: vector file keeps changing; is a writer stuck?")
+
+    def _build_vectors(self) -> VectorIndex:
+        catalogue, dim = self.catalogue, self.dim
+
+        def sample(n: int) -> np.ndarray:
+            ids = np.array([row.id for row in catalogue.image_rows()], dtype=np.int64)
+            chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(n, len(ids)), replace=False))
+            return catalogue.vectors_for_ids(chosen, dim)
+
+        return build_vector_index(self.factory, dim, lambda: catalogue.iter_vectors(dim), sample)
+
+    def save_vectors(self) -> None:
+        """Bring the FAISS file up to date with the catalogue (writers only)."""
+        if not self.writable:
+            raise RuntimeError("save_vectors needs an index opened for writing")
+        file_name, max_id = self._vectors_state()
+        vector_index = None
+        if file_name is not None and (self.path / file_name).exists():
+            try:
+                vector_index = VectorIndex.read(self.path / file_name, self.factory, self.dim)
+            except IndexCorruptError as exc:
+                logger.warning("%s; rebuilding it from the catalogue", exc)
+        if vector_index is not None:
+            removed = self.catalogue.pending_removals()
+            removed = removed[removed <= max_id]
+            if len(removed) and not vector_index.supports_removal:
+                vector_index = None  # this FAISS type cannot delete: rebuild
+            else:
+                vector_index.remove(removed)
+        if vector_index is None:
+            vector_index = self._build_vectors()
+        else:
+            for ids, vectors in self.catalogue.iter_vectors(self.dim, min_id=max_id):
+                vector_index.add(ids, vectors)
+        serial = int(self.catalogue.get_meta(_META_VECTORS_SERIAL, "0")) + 1
+        new_name = f"vectors-{serial}.faiss"
+        vector_index.write(self.path / new_name)
+        with self.catalogue.transaction():
+            self.catalogue.set_meta(_META_VECTORS_FILE, new_name)
+            self.catalogue.set_meta(_META_VECTORS_MAX_ID, str(self.catalogue.max_id()))
+            self.catalogue.set_meta(_META_VECTORS_SERIAL, str(serial))
+            self.catalogue.clear_pending_removals(up_to_id=2**62)
+        for old in self.path.glob("vectors-*.faiss"):
+            if old.name != new_name:
+                old.unlink(missing_ok=True)
+
+    def vectors_are_current(self) -> bool:
+        """Whether the FAISS file reflects every committed change."""
+        file_name, max_id = self._vectors_state()
+        return (
+            file_name is not None
+            and self.catalogue.max_id() <= max_id
+            and len(self.catalogue.pending_removals()) == 0
+        )
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Parse and check ``manifest.json``; :class:`IndexCorruptError` if it is unusable."""
+    file = Path(path) / MANIFEST_FILE
+    name = Path(path).name
+    if not file.is_file():
+        raise IndexCorruptError(f"index {name!r} has no {MANIFEST_FILE}: it was never finished; run cbir index again")
+    try:
+        manifest = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexCorruptError(f"index {name!r} is corrupt: {MANIFEST_FILE} is unreadable ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise IndexCorruptError(f"index {name!r} is corrupt: {MANIFEST_FILE} is not a cbir manifest")
+    if manifest.get("format_version", 0) > FORMAT_VERSION:
+        raise IndexCorruptError(f"index {name!r} was written by a newer cbir (format {manifest['format_version']}); upgrade cbir")
+    missing = [key for key in ("embedder", "dim", "metric", "factory") if key not in manifest]
+    if missing:
+        raise IndexCorruptError(f"index {name!r} is corrupt: {MANIFEST_FILE} lacks {', '.join(missing)}")
+    return manifest

@@ -1,0 +1,212 @@
+"""The FAISS side: index types, stable ids, search parameters, atomic save and load.
+
+An index type is a FAISS ``index_factory`` string, stored in the manifest.
+The short names ``flat``, ``hnsw``, ``ivf`` and ``ivfpq`` are resolved to a
+factory string from the collection's size and dimension (rules in the spirit
+of autofaiss); any other string is passed to FAISS as it is. Every index
+carries the catalogue's int64 ids: IVF indexes store ids natively, everything
+else is wrapped in ``IDMap2``. All vectors are L2-normalised, so the metric is
+always inner product (cosine similarity).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+import faiss
+import numpy as np
+
+from cbir.errors import IndexCorruptError, UsageError
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+
+#: Search-time knobs and the FAISS parameter each sets.
+SEARCH_PARAMETERS = {"nprobe": "nprobe", "ef_search": "efSearch"}
+
+# k-means wants a few dozen points per centroid; FAISS warns below 39.
+_POINTS_PER_CENTROID = 39
+_TRAIN_POINTS_PER_CENTROID = 64
+
+
+def ivf_list_count(n_vectors: int) -> int:
+    """Inverted lists for ``n_vectors``: the power of two nearest 4 * sqrt(n), at least 39 points each."""
+    if n_vectors < 2 * _POINTS_PER_CENTROID:
+        return 1
+    wanted = 2 ** round(math.log2(4 * math.sqrt(n_vectors)))
+    return max(1, min(wanted, n_vectors // _POINTS_PER_CENTROID))
+
+
+def resolve_index_type(index_type: str, dim: int, n_vectors: int) -> tuple[str, dict[str, int]]:
+    """Factory string and default search parameters for a short name or factory string.
+
+    Returns
+    -------
+    factory : str
+        A FAISS factory string (without the ``IDMap2`` wrapper).
+    search_params : dict
+        Defaults for :data:`SEARCH_PARAMETERS` (``nprobe``, ``ef_search``).
+    """
+    kind = index_type.strip()
+    if kind.lower() == "flat":
+        return "Flat", {}
+    if kind.lower() == "hnsw":
+        return "HNSW32", {"ef_search": 128}
+    if kind.lower() == "ivf":
+        nlist = ivf_list_count(n_vectors)
+        return f"IVF{nlist},Flat", {"nprobe": _default_nprobe(nlist)}
+    if kind.lower() == "ivfpq":
+        nlist = ivf_list_count(n_vectors)
+        m = _pq_subquantizers(dim)
+        # 8-bit codes need 256 centroids per sub-quantizer: too many for small collections.
+        bits = 8 if n_vectors >= 256 * _POINTS_PER_CENTROID else 4
+        return f"IVF{nlist},PQ{m}x{bits}", {"nprobe": _default_nprobe(nlist)}
+    try:
+        index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        choices = ", ".join(INDEX_TYPES)
+        message = str(exc).strip().splitlines()[-1] if str(exc).strip() else "invalid"
+        raise UsageError(f"unknown index type {index_type!r} (use {choices} or a FAISS factory string): {message}") from None
+    params = {"nprobe": _default_nprobe(faiss.extract_index_ivf(index).nlist)} if _is_ivf(index) else {}
+    return kind, params
+
+
+def _default_nprobe(nlist: int) -> int:
+    # Probing ~1.5% of the lists (at least 8) keeps recall@10 high on clustered features.
+    return min(nlist, max(8, nlist // 64))
+
+
+def _pq_subquantizers(dim: int) -> int:
+    # About 4 dimensions per sub-quantizer, and it must divide the dimension.
+    for m in range(max(1, dim // 4), 0, -1):
+        if dim % m == 0:
+            return m
+    return 1
+
+
+def _is_ivf(index: faiss.Index) -> bool:
+    return faiss.try_extract_index_ivf(index) is not None
+
+
+class VectorIndex:
+    """A FAISS index holding catalogue ids, built from a factory string."""
+
+    def __init__(self, index: faiss.Index, factory: str):
+        self.index = index
+        self.factory = factory
+
+    @classmethod
+    def create(cls, factory: str, dim: int) -> "VectorIndex":
+        """An empty (possibly untrained) index for vectors of dimension ``dim``."""
+        index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+        if not isinstance(index, faiss.IndexIVF) and not factory.startswith("IDMap"):
+            index = faiss.index_factory(dim, "IDMap2," + factory, faiss.METRIC_INNER_PRODUCT)
+        return cls(index, factory)
+
+    @property
+    def dim(self) -> int:
+        return self.index.d
+
+    @property
+    def ntotal(self) -> int:
+        return self.index.ntotal
+
+    @property
+    def is_trained(self) -> bool:
+        return self.index.is_trained
+
+    @property
+    def supports_removal(self) -> bool:
+        """Whether FAISS can remove ids in place (otherwise removal means a rebuild)."""
+        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
+        return isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
+
+    def train(self, vectors: np.ndarray) -> None:
+        if not self.index.is_trained:
+            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+
+    def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if len(ids):
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+
+    def remove(self, ids: np.ndarray) -> int:
+        """Remove ``ids``; only call when :attr:`supports_removal`."""
+        if len(ids) == 0:
+            return 0
+        return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
+
+    def set_search_params(self, params: dict[str, int]) -> None:
+        """Apply ``nprobe`` / ``ef_search``; knobs the index type does not have are ignored."""
+        space = faiss.ParameterSpace()
+        for name, value in params.items():
+            if value is None:
+                continue
+            if name not in SEARCH_PARAMETERS:
+                raise UsageError(f"unknown search parameter {name!r}")
+            if name == "nprobe" and not _is_ivf(self.index):
+                continue
+            if name == "ef_search" and "HNSW" not in self.factory:
+                continue
+            if int(value) < 1:
+                raise UsageError(f"{name} must be at least 1, got {value}")
+            space.set_index_parameter(self.index, SEARCH_PARAMETERS[name], int(value))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)``, each ``(n_queries, k)``; id -1 where fewer than k results exist."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        return self.index.search(queries, k)
+
+    # -- persistence -------------------------------------------------------
+    def write(self, path: Path) -> None:
+        """Write atomically: a temporary file, fsync, then rename over ``path``."""
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            faiss.write_index(self.index, str(temporary))
+            with open(temporary, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(temporary, path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+
+    @classmethod
+    def read(cls, path: Path, factory: str, dim: int) -> "VectorIndex":
+        try:
+            index = faiss.read_index(str(path))
+        except RuntimeError as exc:
+            detail = str(exc).strip().splitlines()[-1] if str(exc).strip() else "unreadable"
+            raise IndexCorruptError(f"vector index {path} is unreadable ({detail})") from None
+        if index.d != dim:
+            raise IndexCorruptError(f"vector index {path} has dimension {index.d}, manifest says {dim}")
+        return cls(index, factory)
+
+
+def build_vector_index(
+    factory: str,
+    dim: int,
+    blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
+    training_sample: Callable[[int], np.ndarray],
+) -> VectorIndex:
+    """Build and fill an index from ``(ids, vectors)`` blocks.
+
+    ``training_sample(n)`` returns up to ``n`` vectors drawn at random from
+    the collection, used to train IVF/PQ indexes.
+    """
+    vector_index = VectorIndex.create(factory, dim)
+    if not vector_index.is_trained:
+        nlist = faiss.extract_index_ivf(vector_index.index).nlist if _is_ivf(vector_index.index) else 256
+        sample = training_sample(max(nlist * _TRAIN_POINTS_PER_CENTROID, 256 * _POINTS_PER_CENTROID))
+        if len(sample) < nlist:
+            raise UsageError(f"index type {factory!r} needs at least {nlist} images to train, have {len(sample)}; use --index-type flat")
+        logger.info("training %s on %d vectors", factory, len(sample))
+        vector_index.train(sample)
+    for ids, vectors in blocks():
+        vector_index.add(ids, vectors)
+    return vector_index
