@@ -143,24 +143,37 @@ class Catalogue:
 
     def add_images(self, images: Sequence[NewImage], dim: int) -> list[int]:
         """Insert embedded images (replacing rows of the same path); returns their new ids."""
-        ids = []
+        rows = []
         for image in images:
             vector = np.ascontiguousarray(image.vector, dtype=np.float32)
             if vector.shape != (dim,):
                 raise ValueError(f"vector of shape {vector.shape} for an index of dimension {dim}")
-            self._remove_path(image.path)
-            cursor = self._db.execute(
-                "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)",
-                (image.path, image.size, image.mtime_ns, image.sha256, image.label, vector.tobytes()),
-            )
-            ids.append(cursor.lastrowid)
-        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(image.path,) for image in images])
+            rows.append((image.path, image.size, image.mtime_ns, image.sha256, image.label, vector.tobytes()))
+        paths = [image.path for image in images]
+        self.remove_ids(self._ids_of_paths(paths))
+        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+        first = self.max_sequence() + 1
+        self._db.executemany(
+            "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+        # AUTOINCREMENT hands out consecutive ids within one writer's transaction.
+        return list(range(first, first + len(rows)))
+
+    def max_sequence(self) -> int:
+        """The largest id ever handed out (removed ones included)."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
+        return row[0] if row else 0
+
+    def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
+        ids = []
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            ids.extend(r[0] for r in self._db.execute(f"SELECT id FROM images WHERE path IN ({marks})", chunk))
         return ids
 
     def _remove_path(self, path: str) -> None:
-        row = self._db.execute("SELECT id FROM images WHERE path = ?", (path,)).fetchone()
-        if row:
-            self.remove_ids([row[0]])
+        self.remove_ids(self._ids_of_paths([path]))
 
     def remove_ids(self, ids: Iterable[int]) -> int:
         """Delete images by id, remembering the ids for the next FAISS sync; returns how many."""

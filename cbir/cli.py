@@ -36,7 +36,7 @@ IndexDirOption = Annotated[
     Optional[Path],
     typer.Option(
         "--index-dir",
-        help="Folder holding named indexes. [default: $CBIR_INDEX_DIR or ./indexes]",
+        help="Folder holding named indexes. (default: $CBIR_INDEX_DIR or ./indexes)",
         file_okay=False,
     ),
 ]
@@ -148,7 +148,7 @@ def _parse_bins(text: str) -> list[int]:
 def index(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", show_default=False)],
     name: Annotated[
-        Optional[str], typer.Option("--name", "-n", help="Name of the index. [default: the folder's name]", show_default=False)
+        Optional[str], typer.Option("--name", "-n", help="Name of the index. (default: the folder's name)", show_default=False)
     ] = None,
     index_dir: IndexDirOption = None,
     extractor: Annotated[
@@ -156,12 +156,12 @@ def index(
         typer.Option(
             "--extractor",
             "-e",
-            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. [default: color]",
+            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. (default: color)",
             show_default=False,
         ),
     ] = None,
     bins: Annotated[
-        Optional[str], typer.Option("--bins", help="color: hue,saturation,value bins per region. [default: 8,12,3]", show_default=False)
+        Optional[str], typer.Option("--bins", help="color: hue,saturation,value bins per region. (default: 8,12,3)", show_default=False)
     ] = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
@@ -178,7 +178,7 @@ def index(
         typer.Option("--labels", help="CSV of labels to store (path column first); default label: the image's folder name.", exists=True, dir_okay=False),
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. [default: CPU count]", show_default=False)] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -292,7 +292,7 @@ def evaluate(
         typer.Option(
             "--labels",
             help="CSV of labels (header row; path column first, label column 'label'/'class_name' or last; paths relative to the CSV). "
-            "[default: labels stored at indexing time, i.e. folder names]",
+            "(default: labels stored at indexing time, i.e. folder names)",
             show_default=False,
             dir_okay=False,
         ),

@@ -212,10 +212,11 @@ def _labels_for(files: Sequence[Path], labels_csv) -> dict[Path, str] | None:
 
 
 def _check_writable(path: Path) -> None:
-    parent = path.parent
-    probe = path if path.exists() else parent
+    probe = path
     while not probe.exists():
         probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot create an index under {probe}: it is not a folder (choose another --index-dir)")
     if not os.access(probe, os.W_OK | os.X_OK):
         raise UsageError(f"cannot write to {probe}: permission denied (choose another --index-dir)")
 

@@ -39,8 +39,8 @@ class ColorHistogram(Extractor):
     def __init__(self, bins: Sequence[int] = (8, 12, 3), min_side: int = 128):
         self.bins = bins
         self.min_side = min_side
-        self._masks: dict[tuple[int, int], list[np.ndarray]] = {}
-        self._masks_lock = threading.Lock()
+        self._regions: dict[tuple[int, int], np.ndarray] = {}
+        self._regions_lock = threading.Lock()
 
     def check_params(self) -> None:
         bins = list(self.bins)
@@ -48,6 +48,8 @@ class ColorHistogram(Extractor):
             raise UsageError(f"color bins must be three integers between 1 and 256 (hue, saturation, value), got {self.bins!r}")
         if bins[0] > 180:
             raise UsageError("color bins: OpenCV hue has 180 levels, so at most 180 hue bins")
+        if 5 * bins[0] * bins[1] * bins[2] > 1_000_000:
+            raise UsageError(f"color bins {bins} give more than a million dimensions; use fewer bins")
         if not isinstance(self.min_side, int) or self.min_side < 8:
             raise UsageError(f"color min_side must be an integer >= 8, got {self.min_side!r}")
 
@@ -61,16 +63,17 @@ class ColorHistogram(Extractor):
         return self.min_side
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """Per-region Hellinger-mapped histograms of one RGB image, concatenated."""
+        """Hellinger-mapped histogram of one RGB image (all five regions, concatenated)."""
         image = self._downscale(image)
         hsv = cv2.cvtColor(image, cv2.COLOR_RGB2HSV)
-        bins = [int(b) for b in self.bins]
-        hist = np.concatenate(
-            [
-                cv2.calcHist([hsv], [0, 1, 2], mask, bins, [0, 180, 0, 256, 0, 256]).ravel()
-                for mask in self._region_masks(hsv.shape[:2])
-            ]
+        # The region number is a fourth channel, so one calcHist call (C++,
+        # GIL released) counts all five regions; regions first in the vector.
+        regions = self._region_map(hsv.shape[:2])
+        h_bins, s_bins, v_bins = (int(b) for b in self.bins)
+        counts = cv2.calcHist(
+            [hsv, regions], [0, 1, 2, 3], None, [h_bins, s_bins, v_bins, 5], [0, 180, 0, 256, 0, 256, 0, 5]
         )
+        hist = np.ascontiguousarray(np.moveaxis(counts, 3, 0)).ravel()
         # One L1 normalisation over all regions keeps each region weighted by
         # its area (the ellipse counts most); per-region normalisation scored
         # P@10 0.721 vs 0.752 on Corel-1k.
@@ -89,23 +92,25 @@ class ColorHistogram(Extractor):
             image = cv2.resize(image, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
         return image
 
-    def _region_masks(self, shape: tuple[int, int]) -> list[np.ndarray]:
-        masks = self._masks.get(shape)
-        if masks is None:
-            with self._masks_lock:
-                masks = self._masks.setdefault(shape, _region_masks(*shape))
-        return masks
+    def _region_map(self, shape: tuple[int, int]) -> np.ndarray:
+        regions = self._regions.get(shape)
+        if regions is None:
+            with self._regions_lock:
+                regions = self._regions.setdefault(shape, region_map(*shape))
+        return regions
 
 
-def _region_masks(height: int, width: int) -> list[np.ndarray]:
-    """Four corner masks minus a central ellipse, then the ellipse (axes 3/4 of the half-sides)."""
+def region_map(height: int, width: int) -> np.ndarray:
+    """Region number of every pixel: 0-3 the corners (clockwise from top left) minus the ellipse, 4 the ellipse.
+
+    The ellipse is centred, with axes three quarters of the half-width and
+    half-height: the classic layout of region-based colour histograms.
+    """
     cx, cy = width // 2, height // 2
     ellipse = np.zeros((height, width), dtype=np.uint8)
-    cv2.ellipse(ellipse, (cx, cy), (max(1, int(width * 0.75) // 2), max(1, int(height * 0.75) // 2)), 0, 0, 360, 255, -1)
-    masks = []
-    for x0, x1, y0, y1 in ((0, cx, 0, cy), (cx, width, 0, cy), (cx, width, cy, height), (0, cx, cy, height)):
-        corner = np.zeros((height, width), dtype=np.uint8)
-        corner[y0:y1, x0:x1] = 255
-        masks.append(cv2.subtract(corner, ellipse))
-    masks.append(ellipse)
-    return masks
+    axes = (max(1, int(width * 0.75) // 2), max(1, int(height * 0.75) // 2))
+    cv2.ellipse(ellipse, (cx, cy), axes, 0, 0, 360, 1, -1)
+    regions = np.empty((height, width), dtype=np.uint8)
+    regions[:cy, :cx], regions[:cy, cx:], regions[cy:, cx:], regions[cy:, :cx] = 0, 1, 2, 3
+    regions[ellipse == 1] = 4
+    return regions

@@ -1,0 +1,236 @@
+"""Every command through Typer's CliRunner: output contracts, and bad input as one clean error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+from typer.testing import CliRunner
+
+from cbir.cli import app
+from conftest import add_broken_files
+
+runner = CliRunner()
+
+
+def run(*args, expect=0):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == expect, (result.exit_code, result.stdout, result.stderr, result.exception)
+    assert "Traceback" not in result.stdout + result.stderr
+    return result
+
+
+def fails(*args):
+    """Run a command that must fail with one clear ``error:`` line and no traceback."""
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code != 0, result.stdout
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def indexed(collection, index_dir):
+    run("index", collection, "--name", "photos", "--index-dir", index_dir)
+    return collection
+
+
+def test_index_prints_a_summary_and_json(collection, index_dir):
+    result = run("index", collection, "--name", "photos", "--index-dir", index_dir)
+    assert "created index 'photos'" in result.stdout and "15 added" in result.stdout
+    data = json.loads(run("index", collection, "--name", "photos", "--index-dir", index_dir, "--json").stdout)
+    assert data["created"] is False and data["unchanged"] == 15 and data["added"] == 0 and data["total"] == 15
+
+
+def test_index_name_defaults_to_the_folder_name(collection, index_dir):
+    run("index", collection, "--index-dir", index_dir)
+    assert (index_dir / "photos" / "manifest.json").is_file()
+
+
+def test_index_warns_once_per_skipped_file(collection, index_dir):
+    add_broken_files(collection / "broken")
+    result = run("index", collection, "--name", "photos", "--index-dir", index_dir)
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning: skipped")]
+    assert len(warnings) == 3
+    assert "3 skipped" in result.stdout
+
+
+def test_query_text_json_and_montage(indexed, index_dir, tmp_path):
+    query = indexed / "red" / "red-1.jpg"
+    text = run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "3").stdout.splitlines()
+    assert len(text) == 3 and text[0].split()[0] == "1" and text[0].endswith(str(query))
+
+    data = json.loads(run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "4", "--json").stdout)
+    assert data["query"] == str(query)
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3, 4]
+    assert data["results"][0]["path"] == str(query)
+    assert all(os.path.isabs(r["path"]) for r in data["results"])
+    scores = [r["score"] for r in data["results"]]
+    assert scores == sorted(scores, reverse=True)
+
+    montage = tmp_path / "grid.png"
+    run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "5", "--montage", montage)
+    grid = cv2.imread(str(montage))
+    assert grid is not None and grid.shape[1] >= 6 * 100  # query + 5 results side by side
+
+
+def test_query_folder_gives_one_result_list_per_image(indexed, index_dir, tmp_path):
+    data = json.loads(run("query", indexed / "blue", "--name", "photos", "--index-dir", index_dir, "-k", "2", "--json").stdout)
+    assert isinstance(data, list) and len(data) == 5
+    assert all(entry["results"][0]["path"] == entry["query"] for entry in data)
+
+
+def test_evaluate_json_contract(indexed, index_dir):
+    data = json.loads(run("evaluate", "--name", "photos", "--index-dir", index_dir, "--json").stdout)
+    assert set(data["precision"]) == set(data["recall"]) == {"1", "5", "10", "20", "50"}
+    assert set(data["per_class"]) == {"red", "green", "blue"}
+    assert data["precision"]["1"] == 1.0  # three well-separated colours
+    assert 0.9 < data["map"] <= 1.0
+    text = run("evaluate", "--name", "photos", "--index-dir", index_dir).stdout
+    assert "mAP" in text and "red" in text
+
+
+def test_evaluate_with_labels_csv(indexed, index_dir, tmp_path):
+    csv = tmp_path / "labels.csv"
+    lines = ["filename,class_id,class_name"] + [
+        f"photos/{p.parent.name}/{p.name},{i},{'warm' if p.parent.name == 'red' else 'cold'}"
+        for i, p in enumerate(sorted(indexed.rglob("*.jpg")))
+    ]
+    csv.write_text("\n".join(lines) + "\n")
+    data = json.loads(run("evaluate", "--name", "photos", "--index-dir", index_dir, "--labels", csv, "--json").stdout)
+    assert set(data["per_class"]) == {"warm", "cold"}
+
+
+def test_info_and_list(indexed, index_dir):
+    text = run("info", "photos", "--index-dir", index_dir).stdout
+    assert "color(bins=[8, 12, 3]" in text and "images      15" in text
+    data = json.loads(run("info", "photos", "--index-dir", index_dir, "--json").stdout)
+    assert data["images"] == 15 and data["dim"] == 1440 and data["vectors_current"] is True
+    listing = json.loads(run("list", "--index-dir", index_dir, "--json").stdout)
+    assert [row["name"] for row in listing] == ["photos"]
+    assert "photos" in run("list", "--index-dir", index_dir).stdout
+
+
+def test_demo_runs_end_to_end(tmp_path):
+    result = run("demo", "--out", tmp_path / "demo", "--index-dir", tmp_path / "idx")
+    assert "P@10" in result.stdout
+    assert cv2.imread(str(tmp_path / "demo" / "montage.png")) is not None
+
+
+def test_every_command_has_help():
+    for command in ["index", "query", "evaluate", "info", "list", "demo"]:
+        result = run(command, "--help")
+        assert "Usage" in result.stdout and len(result.stdout) > 200
+
+
+# -- bad input ------------------------------------------------------------------
+def test_missing_folder(tmp_path, index_dir):
+    assert "does not exist" in fails("index", tmp_path / "nope", "--name", "x", "--index-dir", index_dir)
+
+
+def test_empty_folder(tmp_path, index_dir):
+    (tmp_path / "empty").mkdir()
+    assert "no image files" in fails("index", tmp_path / "empty", "--name", "x", "--index-dir", index_dir)
+    assert not (index_dir / "x").exists()
+
+
+def test_folder_of_only_broken_files(tmp_path, index_dir):
+    add_broken_files(tmp_path / "junk")
+    result = runner.invoke(app, ["index", str(tmp_path / "junk"), "--name", "junk", "--index-dir", str(index_dir)])
+    assert result.exit_code != 0 and "error: none of the image files" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (index_dir / "junk").exists()
+
+
+def test_query_file_that_is_not_an_image(indexed, index_dir, tmp_path):
+    bogus = tmp_path / "bogus.jpg"
+    bogus.write_text("hello")
+    assert "not a readable image" in fails("query", bogus, "--name", "photos", "--index-dir", index_dir)
+
+
+def test_unknown_index_name(index_dir, indexed):
+    message = fails("query", indexed / "red" / "red-0.jpg", "--name", "nope", "--index-dir", index_dir)
+    assert "no index named 'nope'" in message and "photos" in message
+    fails("info", "nope", "--index-dir", index_dir)
+    fails("evaluate", "--name", "nope", "--index-dir", index_dir)
+
+
+@pytest.mark.parametrize("damage", ["truncate-faiss", "drop-faiss", "truncate-catalogue", "break-manifest", "drop-manifest"])
+def test_corrupt_index_directory(indexed, index_dir, damage):
+    path = index_dir / "photos"
+    faiss_file = next(path.glob("vectors-*.faiss"))
+    if damage == "truncate-faiss":
+        faiss_file.write_bytes(faiss_file.read_bytes()[:64])
+    elif damage == "drop-faiss":
+        faiss_file.unlink()
+    elif damage == "truncate-catalogue":
+        catalogue = path / "catalogue.sqlite"
+        for extra in path.glob("catalogue.sqlite-*"):
+            extra.unlink()
+        catalogue.write_bytes(catalogue.read_bytes()[:200])
+    elif damage == "break-manifest":
+        (path / "manifest.json").write_text('{"format": "cbir-index"')
+    else:
+        (path / "manifest.json").unlink()
+    message = fails("query", indexed / "red" / "red-0.jpg", "--name", "photos", "--index-dir", index_dir)
+    assert "photos" in message or "catalogue" in message or "vector" in message
+
+
+def test_k_larger_than_the_collection(indexed, index_dir):
+    assert "larger than" in fails("query", indexed / "red" / "red-0.jpg", "--name", "photos", "--index-dir", index_dir, "-k", "99")
+
+
+@pytest.mark.parametrize("problem", ["missing", "extra"])
+def test_labels_csv_with_missing_or_extra_rows(indexed, index_dir, tmp_path, problem):
+    files = sorted(indexed.rglob("*.jpg"))
+    rows = [f"photos/{p.parent.name}/{p.name},{p.parent.name}" for p in files]
+    if problem == "missing":
+        rows = rows[1:]
+    else:
+        rows.append("photos/red/ghost.jpg,red")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "\n".join(rows) + "\n")
+    message = fails("evaluate", "--name", "photos", "--index-dir", index_dir, "--labels", csv)
+    assert ("no row for 1" in message) if problem == "missing" else ("not in the index" in message)
+
+
+def test_index_directory_that_is_not_writable(collection, tmp_path, monkeypatch):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert "not a folder" in fails("index", collection, "--name", "x", "--index-dir", blocker / "indexes")
+    readonly = tmp_path / "readonly"
+    readonly.mkdir()
+    real_access = os.access
+    # Tests may run as root, which may write anywhere: simulate the permission check failing.
+    monkeypatch.setattr(
+        os, "access", lambda p, mode: False if mode & os.W_OK and str(p).startswith(str(readonly)) else real_access(p, mode)
+    )
+    assert "permission denied" in fails("index", collection, "--name", "x", "--index-dir", readonly)
+    assert list(readonly.iterdir()) == []
+
+
+def test_color_commands_never_import_tensorflow(indexed, index_dir, tmp_path):
+    script = f"""
+import sys
+from typer.testing import CliRunner
+from cbir.cli import app
+runner = CliRunner()
+for args in (["--help"], ["index", {str(indexed)!r}, "--name", "p2", "--index-dir", {str(index_dir)!r}],
+             ["query", {str(indexed / "red" / "red-0.jpg")!r}, "--name", "p2", "--index-dir", {str(index_dir)!r}, "--json"],
+             ["evaluate", "--name", "p2", "--index-dir", {str(index_dir)!r}], ["info", "p2", "--index-dir", {str(index_dir)!r}],
+             ["list", "--index-dir", {str(index_dir)!r}]):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, (args, result.stderr)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))
+print("LOADED", loaded)
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert "LOADED []" in output
+    importtime = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "cbir", "--help"], capture_output=True, text=True, check=True
+    )
+    assert "tensorflow" not in importtime.stderr and "Usage" in importtime.stdout
