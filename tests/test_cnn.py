@@ -1,0 +1,272 @@
+"""The pretrained-CNN extractor: resizing, pooling, both runtimes, weights, state.
+
+Networks are random (``weights="none"``) or hand-made weights files, at 32 px,
+so no test needs a download; the network is blocked where a test proves it.
+"""
+
+import importlib.util
+import json
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import cbir.features.cnn as cnn
+from cbir.errors import IndexCorruptError, UsageError, WeightsError
+from cbir.features.base import make_extractor
+from cbir.features.cnn import PAD_RGB, CNNExtractor, file_sha256, resize_image
+
+needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def images():
+    rng = np.random.default_rng(0)
+    shapes = [(40, 60), (60, 40), (32, 32), (90, 50), (45, 45), (33, 80), (70, 70)]
+    return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    """Random MobileNet on TFLite, batches of 4 so 7 images need two sizes."""
+    return CNNExtractor(weights="none", input_size=SIZE, batch_size=4).fit()
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def _cosines(a, b):
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+# -- without TensorFlow ------------------------------------------------------
+def test_importing_the_module_does_not_import_tensorflow():
+    code = "import sys, cbir.features.cnn; print('tensorflow' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("mode", ["squash", "crop", "pad"])
+@pytest.mark.parametrize("shape", [(40, 60), (60, 40), (1, 200), (300, 2), (10, 10), (224, 224)])
+def test_every_resize_mode_gives_a_square_uint8_image(mode, shape):
+    image = np.full((*shape, 3), 77, dtype=np.uint8)
+    out = resize_image(image, 64, mode)
+    assert out.shape == (64, 64, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+
+
+def _banded(width=90, height=30):
+    """Red left third, green middle, blue right third."""
+    image = np.zeros((height, width, 3), dtype=np.uint8)
+    image[:, : width // 3] = (255, 0, 0)
+    image[:, width // 3 : 2 * width // 3] = (0, 255, 0)
+    image[:, 2 * width // 3 :] = (0, 0, 255)
+    return image
+
+
+def test_squash_keeps_everything_crop_keeps_the_centre_pad_adds_mean_borders():
+    squashed = resize_image(_banded(), 30, "squash")
+    assert squashed[15, 2].tolist() == [255, 0, 0] and squashed[15, 27].tolist() == [0, 0, 255]
+
+    cropped = resize_image(_banded(), 30, "crop")
+    assert (cropped == (0, 255, 0)).all()
+
+    padded = resize_image(_banded(), 30, "pad")
+    assert (padded[:9] == PAD_RGB).all() and (padded[-9:] == PAD_RGB).all()
+    assert padded[15, 15].tolist() == [0, 255, 0]
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"backbone": "alexnet"}, "unknown backbone"),
+        ({"pooling": "sum"}, "unknown pooling"),
+        ({"resize": "stretch"}, "unknown resize"),
+        ({"runtime": "onnx"}, "unknown runtime"),
+        ({"input_size": 16}, "at least 32"),
+        ({"batch_size": 0}, "positive integer"),
+        ({"gem_p": 0}, "GeM exponent"),
+        ({"weights": "model.pt"}, r"\.h5"),
+        ({"weights": None}, "imagenet"),
+    ],
+)
+def test_bad_parameters_are_refused(params, message):
+    with pytest.raises(UsageError, match=message):
+        make_extractor("cnn", **params)
+
+
+def test_config_and_dims_come_without_building_a_network():
+    extractor = make_extractor("cnn", backbone="resnet50", input_size=160)
+    assert extractor.get_config() == {
+        "name": "cnn",
+        "params": {
+            "backbone": "resnet50",
+            "weights": "imagenet",
+            "pooling": "avg",
+            "gem_p": 3.0,
+            "input_size": 160,
+            "resize": "squash",
+            "runtime": "tflite",
+            "batch_size": 32,
+            "seed": 0,
+        },
+    }
+    assert extractor.dim == 2048 and extractor.decode_min_side == 160 and not extractor.is_loaded
+
+
+# -- with TensorFlow -----------------------------------------------------------
+@needs_tensorflow
+def test_vectors_are_normalised_float32_rows_in_input_order(extractor, images):
+    vectors = extractor.transform(images)
+    assert vectors.shape == (len(images), 1024) and vectors.dtype == np.float32 and vectors.flags.c_contiguous
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    one_by_one = np.concatenate([extractor.transform([image]) for image in images[::-1]])[::-1]
+    np.testing.assert_allclose(one_by_one, vectors, atol=1e-6)
+    assert extractor.transform([]).shape == (0, 1024)
+
+
+@needs_tensorflow
+def test_tflite_and_keras_runtimes_give_the_same_vectors(extractor, images):
+    keras_vectors = CNNExtractor(weights="none", input_size=SIZE, runtime="keras").transform(images)
+    assert _cosines(extractor.transform(images), keras_vectors).min() >= 0.9999
+
+
+@needs_tensorflow
+def test_caffe_style_backbone_agrees_across_runtimes(images):
+    # VGG preprocessing flips RGB to BGR (a strided view) and subtracts means.
+    small = images[:3]
+    tflite = CNNExtractor(backbone="vgg16", weights="none", input_size=SIZE).transform(small)
+    keras = CNNExtractor(backbone="vgg16", weights="none", input_size=SIZE, runtime="keras").transform(small)
+    assert _cosines(tflite, keras).min() >= 0.9999
+
+
+@needs_tensorflow
+def test_poolings_differ_are_normalised_and_gem_spans_avg_to_max(images):
+    # 96 px gives a 3x3 feature map (32 px would give 1x1, where all poolings agree).
+    extractor = CNNExtractor(weights="none", input_size=96, runtime="keras").fit()
+    results = {}
+    for pooling, p in [("avg", 3.0), ("max", 3.0), ("gem", 3.0), ("gem", 1.0), ("gem", 200.0)]:
+        # Pooling follows the network, so one loaded network serves them all.
+        extractor.pooling, extractor.gem_p = pooling, p
+        results[pooling, p] = extractor.transform(images)
+    for vectors in results.values():
+        np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert not np.allclose(results["avg", 3.0], results["max", 3.0], atol=1e-3)
+    assert not np.allclose(results["avg", 3.0], results["gem", 3.0], atol=1e-3)
+    np.testing.assert_allclose(results["gem", 1.0], results["avg", 3.0], atol=1e-4)
+    assert _cosines(results["gem", 200.0], results["max", 3.0]).min() > 0.99
+
+
+@needs_tensorflow
+def test_random_weights_depend_on_the_seed_only():
+    def digest(seed):
+        return CNNExtractor(weights="none", input_size=SIZE, runtime="keras", seed=seed).fit().weights_sha256_
+
+    assert digest(0) == digest(0) != digest(1)
+
+
+@needs_tensorflow
+def test_saved_state_gives_identical_vectors_without_reconverting(extractor, images, tmp_path, monkeypatch):
+    extractor.save(tmp_path)
+    record = json.loads((tmp_path / "cnn.json").read_text())
+    assert record["backbone"] == "mobilenet" and record["input_size"] == SIZE and record["weights"] == "none"
+    assert record["weights_sha256"] == extractor.weights_sha256_
+
+    def no_conversion(model):
+        raise AssertionError("the cached model should be loaded, not reconverted")
+
+    monkeypatch.setattr(cnn, "convert_to_tflite", no_conversion)
+    loaded = CNNExtractor(weights="none", input_size=SIZE, batch_size=4).load_state(tmp_path)
+    assert not hasattr(loaded, "model_")
+    np.testing.assert_array_equal(loaded.transform(images), extractor.transform(images))
+
+    reference = CNNExtractor(weights="none", input_size=SIZE, runtime="keras").load_state(tmp_path)
+    assert _cosines(reference.transform(images), extractor.transform(images)).min() >= 0.9999
+
+
+@needs_tensorflow
+def test_state_of_another_model_is_refused(extractor, tmp_path):
+    extractor.save(tmp_path)
+    with pytest.raises(IndexCorruptError, match="input_size"):
+        CNNExtractor(weights="none", input_size=64).load_state(tmp_path)
+    with pytest.raises(WeightsError, match="random initialisation differs"):
+        CNNExtractor(weights="none", input_size=SIZE, runtime="keras", seed=1).load_state(tmp_path)
+    tampered = bytearray((tmp_path / "model.tflite").read_bytes())
+    tampered[-1] ^= 1
+    (tmp_path / "model.tflite").write_bytes(bytes(tampered))
+    with pytest.raises(IndexCorruptError, match="SHA-256"):
+        CNNExtractor(weights="none", input_size=SIZE).load_state(tmp_path)
+    with pytest.raises(IndexCorruptError, match="cannot read"):
+        CNNExtractor(weights="none", input_size=SIZE).load_state(tmp_path / "missing")
+
+
+def _legacy_h5_weights(path):
+    """A Keras-layout .h5 file of (random) MobileNet weights, as Keras caches them."""
+    from cbir.features._tensorflow import import_keras
+
+    keras = import_keras()
+    model = keras.applications.MobileNet(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model.save(path)  # the legacy whole-model .h5, which load_weights reads
+    return path
+
+
+@needs_tensorflow
+def test_imagenet_weights_load_from_the_keras_cache_without_network(tmp_path, monkeypatch, no_network, images):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    cached = _legacy_h5_weights(tmp_path / "keras" / "models" / "mobilenet_1_0_224_tf_no_top.h5")
+    from_cache = CNNExtractor(weights="imagenet", input_size=SIZE, runtime="keras")
+    vectors = from_cache.transform(images)
+    assert from_cache.weights_files() == [cached]
+    assert from_cache.weights_sha256_ == file_sha256(cached)
+    from_path = CNNExtractor(weights=str(cached), input_size=SIZE, runtime="keras")
+    np.testing.assert_allclose(from_path.transform(images), vectors, atol=1e-6)
+
+
+@needs_tensorflow
+def test_failed_download_is_one_clear_weights_error(tmp_path, monkeypatch, no_network):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    with pytest.raises(WeightsError) as raised:
+        CNNExtractor(backbone="vgg16", weights="imagenet", input_size=SIZE).fit()
+    message = str(raised.value)
+    assert "\n" not in message and "--weights FILE" in message
+    assert str(tmp_path / "keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") in message
+
+
+@needs_tensorflow
+def test_unusable_weights_files_are_weights_errors(tmp_path):
+    with pytest.raises(WeightsError, match="not found"):
+        CNNExtractor(weights=str(tmp_path / "missing.h5"), input_size=SIZE).fit()
+    (tmp_path / "text.h5").write_text("not HDF5\n")
+    with pytest.raises(WeightsError, match="cannot load"):
+        CNNExtractor(weights=str(tmp_path / "text.h5"), input_size=SIZE).fit()
+    other = _legacy_h5_weights(tmp_path / "mobilenet.h5")
+    with pytest.raises(WeightsError, match="into resnet50") as raised:
+        CNNExtractor(backbone="resnet50", weights=str(other), input_size=SIZE, runtime="keras").fit()
+    assert "\n" not in str(raised.value)
+
+
+@needs_tensorflow
+def test_index_and_query_through_the_library_quietly(collection, index_dir, capfd):
+    from cbir.features.pipeline import Embedder
+    from cbir.indexer import index_folder
+    from cbir.search import Searcher
+
+    embedder = Embedder(make_extractor("cnn", weights="none", input_size=SIZE))
+    summary = index_folder(collection, "cnn", index_dir, embedder=embedder)
+    assert summary.added == 15
+    query = collection / "blue" / "blue-3.jpg"
+    with Searcher.open("cnn", index_dir) as searcher:
+        top = searcher.query(query, k=3).results[0]
+    assert top.path == str(query) and top.score == pytest.approx(1.0, abs=1e-4)
+    out, err = capfd.readouterr()
+    assert out == "" and err == ""
