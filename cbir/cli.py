@@ -171,8 +171,15 @@ def index(
         Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
     ] = None,
     index_type: Annotated[
-        str, typer.Option("--index-type", help="flat (exact), hnsw, ivf, ivfpq, or a FAISS factory string (new indexes).")
-    ] = "flat",
+        Optional[str],
+        typer.Option(
+            "--index-type",
+            help="FAISS index: flat (exact), hnsw, ivf, ivfpq, or a factory string such as 'IVF1024,PQ32'. "
+            "Parameters follow the collection size. Changing it on an existing index rebuilds the FAISS index "
+            "from stored vectors without re-embedding. (default: flat, or the index's own)",
+            show_default=False,
+        ),
+    ] = None,
     labels: Annotated[
         Optional[Path],
         typer.Option("--labels", help="CSV of labels to store (path column first); default label: the image's folder name.", exists=True, dir_okay=False),
@@ -405,6 +412,59 @@ def _index_description(store) -> dict[str, Any]:
         "versions": manifest.get("versions", {}),
         "vectors_current": store.vectors_are_current(),
     }
+
+
+@app.command()
+@_handle_errors
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders to take out of the index.", show_default=False)],
+    name: NameOption,
+    index_dir: IndexDirOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove images from an index (the files themselves are not touched).
+
+    A folder removes every image indexed under it. If any path is not in the
+    index, nothing is removed.
+    """
+    from cbir.indexer import remove_paths
+
+    removed = remove_paths(paths, name, index_dir, wait=wait)
+    if as_json:
+        _print_json({"name": name, "removed": removed})
+    else:
+        print(f"removed {removed} image(s) from index {name!r}")
+
+
+@app.command()
+@_handle_errors
+def duplicates(
+    name: NameOption,
+    index_dir: IndexDirOption = None,
+    threshold: Annotated[
+        float,
+        typer.Option("--threshold", "-t", help="Cosine similarity (-1 to 1) at or above which two images count as near-duplicates."),
+    ] = 0.95,
+    as_json: JsonOption = False,
+) -> None:
+    """List groups of near-duplicate images in an index.
+
+    Pairs at or above the threshold are joined into groups (connected
+    components); --json gives [{"size", "min_score", "paths"}], largest first.
+    """
+    from cbir.duplicates import find_duplicates
+
+    groups = find_duplicates(name, threshold, index_dir, progress=_progress())
+    if as_json:
+        _print_json([g.to_dict() for g in groups])
+        return
+    if not groups:
+        print(f"no near-duplicates at similarity >= {threshold}")
+    for n, group in enumerate(groups, start=1):
+        print(f"group {n}: {len(group.paths)} images, lowest similarity {group.min_score:.4f}")
+        for path in group.paths:
+            print(f"  {path}")
 
 
 @app.command()

@@ -105,7 +105,7 @@ def index_folder(
     index_dir: str | os.PathLike | None = None,
     *,
     embedder: Embedder | None = None,
-    index_type: str = "flat",
+    index_type: str | None = None,
     labels_csv: str | os.PathLike | None = None,
     pca_train_folder: str | os.PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
@@ -126,8 +126,10 @@ def index_folder(
     embedder : Embedder, optional
         Extractor (+ PCA) for a new index; default: colour histograms. On an
         existing index it must equal the index's own config, or be ``None``.
-    index_type : str
-        ``flat``, ``hnsw``, ``ivf``, ``ivfpq`` or a FAISS factory string (new indexes only).
+    index_type : str, optional
+        ``flat`` (the default for new indexes), ``hnsw``, ``ivf``, ``ivfpq`` or
+        a FAISS factory string. Changing it on an existing index rebuilds only
+        the FAISS index from the stored vectors; nothing is re-embedded.
     labels_csv : path, optional
         CSV of labels to store; by default an image's label is its folder name.
     pca_train_folder : path, optional
@@ -161,13 +163,13 @@ def index_folder(
 
     created = not is_index(path)
     if created:
-        store = _create_index(path, files, embedder, index_type, pca_train_folder, batch_size, workers, fit_sample, progress)
+        store = _create_index(
+            path, files, embedder, index_type or "flat", pca_train_folder, batch_size, workers, fit_sample, progress
+        )
     else:
         store = IndexStore.open(path, writable=True, wait=wait)
         try:
             _check_same_config(store, embedder)
-            if index_type not in ("flat", store.manifest.get("index_type")):
-                logger.warning("index %r keeps its index type %r; --index-type applies to new indexes", name, store.manifest.get("index_type"))
         except BaseException:
             store.close()
             raise
@@ -191,6 +193,9 @@ def index_folder(
         summary.total = store.catalogue.count_images()
         if created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
+        if not created and index_type is not None and index_type != store.manifest.get("index_type"):
+            factory, search_params = resolve_index_type(index_type, store.dim, summary.total)
+            store.change_index_type(index_type, factory, search_params)
         store.save_vectors()
     except BaseException:
         if created and store.catalogue.count_images() == 0:
@@ -473,3 +478,33 @@ def _load_all(
 def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> str:
     example = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
     return f"none of the image files under {folder} could be read{example}"
+
+
+def remove_paths(
+    paths: Sequence[str | os.PathLike],
+    name: str,
+    index_dir: str | os.PathLike | None = None,
+    wait: bool = False,
+) -> int:
+    """Remove images from the index ``name``; a folder removes everything indexed under it.
+
+    All or nothing: if any path matches nothing in the index, nothing is
+    removed and :class:`~cbir.errors.UsageError` names it. Returns the number
+    of images removed.
+    """
+    with IndexStore.open(index_path(name, index_dir), writable=True, wait=wait) as store:
+        ids: set[int] = set()
+        skipped_paths: list[str] = []
+        for raw in paths:
+            key = os.path.abspath(raw)
+            rows = store.catalogue.images_under(key)
+            skipped = store.catalogue.skipped_under(key)
+            if not rows and not skipped:
+                raise UsageError(f"not in index {name!r}: {key}")
+            ids.update(row.id for row in rows.values())
+            skipped_paths.extend(skipped)
+        with store.catalogue.transaction():
+            removed = store.catalogue.remove_ids(sorted(ids))
+            store.catalogue.remove_skipped(skipped_paths)
+        store.save_vectors()
+    return removed

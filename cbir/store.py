@@ -165,6 +165,7 @@ class IndexStore:
         self.catalogue = catalogue
         self._lock = lock
         self._embedder = None
+        self._rebuild = False
 
     # -- opening -----------------------------------------------------------
     @classmethod
@@ -332,7 +333,7 @@ class IndexStore:
             raise RuntimeError("save_vectors needs an index opened for writing")
         file_name, max_id = self._vectors_state()
         vector_index = None
-        if file_name is not None and (self.path / file_name).exists():
+        if file_name is not None and (self.path / file_name).exists() and not self._rebuild:
             try:
                 vector_index = VectorIndex.read(self.path / file_name, self.factory, self.dim)
             except IndexCorruptError as exc:
@@ -360,6 +361,16 @@ class IndexStore:
         for old in self.path.glob("vectors-*.faiss"):
             if old.name != new_name:
                 old.unlink(missing_ok=True)
+
+    def change_index_type(self, index_type: str, factory: str, search_params: dict[str, int]) -> None:
+        """Record a new FAISS index type; the next :meth:`save_vectors` rebuilds from the catalogue."""
+        if not self.writable:
+            raise RuntimeError("change_index_type needs an index opened for writing")
+        self.manifest.update(index_type=index_type, factory=factory, search_params=search_params)
+        # A reader holding the old manifest can still read the old snapshot:
+        # it is only replaced once the rebuilt one is recorded.
+        self._rebuild = True
+        write_json_atomic(self.path / MANIFEST_FILE, self.manifest)
 
     def vectors_are_current(self) -> bool:
         """Whether the FAISS file reflects every committed change."""

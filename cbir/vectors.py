@@ -65,9 +65,10 @@ def resolve_index_type(index_type: str, dim: int, n_vectors: int) -> tuple[str, 
     if kind.lower() == "ivfpq":
         nlist = ivf_list_count(n_vectors)
         m = _pq_subquantizers(dim)
-        # 8-bit codes need 256 centroids per sub-quantizer: too many for small collections.
-        bits = 8 if n_vectors >= 256 * _POINTS_PER_CENTROID else 4
-        return f"IVF{nlist},PQ{m}x{bits}", {"nprobe": _default_nprobe(nlist)}
+        # 8-bit codes need 256 centroids per sub-quantizer: too many for small
+        # collections, which get 4-bit fast-scan codes (16 centroids) instead.
+        codes = "" if n_vectors >= 256 * _POINTS_PER_CENTROID else "x4fs"
+        return f"IVF{nlist},PQ{m}{codes}", {"nprobe": _default_nprobe(nlist)}
     try:
         index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -84,11 +85,12 @@ def _default_nprobe(nlist: int) -> int:
 
 
 def _pq_subquantizers(dim: int) -> int:
-    # About 4 dimensions per sub-quantizer, and it must divide the dimension.
-    for m in range(max(1, dim // 4), 0, -1):
-        if dim % m == 0:
+    # About 4 dimensions per sub-quantizer; it must divide the dimension, and
+    # fast-scan codes come in pairs.
+    for m in range(max(2, dim // 4), 0, -1):
+        if dim % m == 0 and m % 2 == 0:
             return m
-    return 1
+    return dim
 
 
 def _is_ivf(index: faiss.Index) -> bool:
@@ -129,8 +131,17 @@ class VectorIndex:
         return isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
 
     def train(self, vectors: np.ndarray) -> None:
-        if not self.index.is_trained:
-            self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
+        if self.index.is_trained:
+            return
+        ivf = faiss.try_extract_index_ivf(self.index)
+        if ivf is not None:
+            # Sizes were chosen from the collection; FAISS's "please provide
+            # more training points" lines would only be noise on the terminal.
+            ivf.cp.min_points_per_centroid = 1
+            pq = getattr(faiss.downcast_index(ivf), "pq", None)
+            if pq is not None:
+                pq.cp.min_points_per_centroid = 1
+        self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
@@ -212,12 +223,16 @@ def build_vector_index(
     """
     vector_index = VectorIndex.create(factory, dim)
     if not vector_index.is_trained:
-        nlist = faiss.extract_index_ivf(vector_index.index).nlist if _is_ivf(vector_index.index) else 256
+        nlist = faiss.extract_index_ivf(vector_index.index).nlist if _is_ivf(vector_index.index) else 1
         sample = training_sample(max(nlist * _TRAIN_POINTS_PER_CENTROID, 256 * _POINTS_PER_CENTROID))
-        if len(sample) < nlist:
-            raise UsageError(f"index type {factory!r} needs at least {nlist} images to train, have {len(sample)}; use --index-type flat")
         logger.info("training %s on %d vectors", factory, len(sample))
-        vector_index.train(sample)
+        try:
+            vector_index.train(sample)
+        except RuntimeError:
+            # Too few vectors for the requested clustering: exact search is
+            # both possible and better at this size.
+            logger.warning("%d vectors are too few to train %r; using exact (flat) search for now", len(sample), factory)
+            vector_index = VectorIndex.create("Flat", dim)
     for ids, vectors in blocks():
         vector_index.add(ids, vectors)
     return vector_index
