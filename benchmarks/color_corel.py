@@ -55,9 +55,9 @@ def main() -> None:
         for round_number in range(args.rounds):
             reference = max(reference, imread_loop(files))
             started = time.perf_counter()
-            summary = index_folder(COREL / "images", f"corel{round_number}", index_dir, labels_csv=COREL_LABELS)
+            summary = index_folder(COREL / "images", f"corel{round_number}", index_dir, labels=COREL_LABELS)
             indexing = max(indexing, summary.total / (time.perf_counter() - started))
-        report = evaluate_index("corel0", index_dir, labels_csv=COREL_LABELS)
+        report = evaluate_index("corel0", index_dir, labels=COREL_LABELS)
         with Searcher.open("corel0", index_dir) as searcher:
             searcher.query(files[0], k=10)  # warm-up
             latencies = []

@@ -132,6 +132,30 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+PathColumnOption = Annotated[
+    Optional[str], typer.Option("--path-column", help="Labels CSV: column of image paths. (default: the first column)", show_default=False)
+]
+LabelColumnOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--label-column",
+        help="Labels CSV: column of labels. (default: 'label', 'class', 'class_name' or 'category', else the last column)",
+        show_default=False,
+    ),
+]
+
+
+def _read_labels(path: Path | None, path_column: str | None, label_column: str | None) -> dict[str, str] | None:
+    from cbir.errors import UsageError
+    from cbir.labels import read_labels_csv
+
+    if path is None:
+        if path_column or label_column:
+            raise UsageError("--path-column and --label-column need --labels")
+        return None
+    return read_labels_csv(path, path_column, label_column)
+
+
 def _parse_bins(text: str) -> list[int]:
     from cbir.errors import UsageError
 
@@ -182,8 +206,10 @@ def index(
     ] = None,
     labels: Annotated[
         Optional[Path],
-        typer.Option("--labels", help="CSV of labels to store (path column first); default label: the image's folder name.", exists=True, dir_okay=False),
+        typer.Option("--labels", help="CSV of labels to store (see 'cbir evaluate --help'); default label: the image's folder name.", dir_okay=False),
     ] = None,
+    path_column: PathColumnOption = None,
+    label_column: LabelColumnOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
@@ -215,7 +241,7 @@ def index(
         index_dir,
         embedder=embedder,
         index_type=index_type,
-        labels_csv=labels,
+        labels=_read_labels(labels, path_column, label_column),
         pca_train_folder=pca_train,
         batch_size=batch_size,
         workers=workers,
@@ -304,6 +330,8 @@ def evaluate(
             dir_okay=False,
         ),
     ] = None,
+    path_column: PathColumnOption = None,
+    label_column: LabelColumnOption = None,
     as_json: JsonOption = False,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
@@ -313,12 +341,10 @@ def evaluate(
     Relevant = same label. Reports precision@k and recall@k (k = 1, 5, 10, 20,
     50), mAP over the full ranking, and per-class precision@10 and mAP.
     """
-    from cbir.errors import LabelsError
     from cbir.evaluate import evaluate_index
 
-    if labels is not None and not labels.is_file():
-        raise LabelsError(f"labels file does not exist: {labels}")
-    report = evaluate_index(name, index_dir, labels_csv=labels, progress=_progress(), nprobe=nprobe, ef_search=ef_search)
+    table = _read_labels(labels, path_column, label_column)
+    report = evaluate_index(name, index_dir, labels=table, progress=_progress(), nprobe=nprobe, ef_search=ef_search)
     if as_json:
         _print_json(report.to_dict())
         return

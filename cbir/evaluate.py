@@ -227,16 +227,16 @@ def evaluate_vectors(vectors: np.ndarray, labels: Sequence, ks: Sequence[int] = 
 def evaluate_index(
     name: str,
     index_dir=None,
-    labels_csv=None,
+    labels=None,
     ks: Sequence[int] = DEFAULT_KS,
     progress=None,
     **search_params,
 ) -> EvaluationReport:
     """Leave-one-out evaluation of a stored index, searched the way queries are.
 
-    Labels come from ``labels_csv`` if given (see
-    :func:`cbir.labels.read_labels_csv`), else from the catalogue (folder
-    names at indexing time). Approximate indexes are evaluated as they search.
+    Labels come from ``labels`` if given (a ``{path: label}`` mapping or a
+    CSV path, see :func:`cbir.labels.read_labels_csv`), else from the
+    catalogue (folder names at indexing time). Approximate indexes are evaluated as they search.
 
     Raises
     ------
@@ -244,7 +244,7 @@ def evaluate_index(
         If the labels do not fit the index, or every image has the same label.
     """
     from cbir.errors import LabelsError
-    from cbir.labels import match_labels, read_labels_csv
+    from cbir.labels import as_label_table, match_labels
     from cbir.progress import SILENT
     from cbir.search import Searcher
 
@@ -253,15 +253,16 @@ def evaluate_index(
         catalogue = searcher.store.catalogue
         rows = catalogue.image_rows()
         paths = [row.path for row in rows]
-        if labels_csv is not None:
+        given = labels is not None
+        if given:
             skipped = [path for path, _reason in catalogue.skipped()]
-            labels = match_labels(read_labels_csv(labels_csv), paths, skipped)
+            labels = match_labels(as_label_table(labels), paths, skipped)
         else:
             labels = [row.label for row in rows]
             if any(label is None for label in labels):
                 raise LabelsError("some indexed images have no label; give a labels CSV")
         if len(set(labels)) < 2:
-            source = "the labels file" if labels_csv is not None else "their folder name"
+            source = "the labels given" if given else "their folder name"
             raise LabelsError(
                 f"every indexed image has the same label {labels[0]!r} (from {source}); "
                 "evaluation needs at least two classes: give a labels CSV (--labels)"

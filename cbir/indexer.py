@@ -21,7 +21,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -29,7 +29,7 @@ from cbir.catalogue import NewImage
 from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder
 from cbir.images import LoadedFile, find_images, load_file
-from cbir.labels import folder_label, read_labels_csv
+from cbir.labels import as_label_table, folder_label
 from cbir.progress import SILENT, Progress
 from cbir.store import (
     CATALOGUE_FILE,
@@ -106,7 +106,7 @@ def index_folder(
     *,
     embedder: Embedder | None = None,
     index_type: str | None = None,
-    labels_csv: str | os.PathLike | None = None,
+    labels: Mapping[str, str] | str | os.PathLike | None = None,
     pca_train_folder: str | os.PathLike | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int | None = None,
@@ -130,8 +130,9 @@ def index_folder(
         ``flat`` (the default for new indexes), ``hnsw``, ``ivf``, ``ivfpq`` or
         a FAISS factory string. Changing it on an existing index rebuilds only
         the FAISS index from the stored vectors; nothing is re-embedded.
-    labels_csv : path, optional
-        CSV of labels to store; by default an image's label is its folder name.
+    labels : mapping or path, optional
+        ``{path: label}``, or a labels CSV (see :func:`cbir.labels.read_labels_csv`),
+        stored with the images; by default an image's label is its folder name.
     pca_train_folder : path, optional
         Fit the PCA on these images instead of on the collection.
     batch_size, workers : int
@@ -156,7 +157,7 @@ def index_folder(
     files = find_images(folder)
     if not files:
         raise NoImagesError(f"no image files under {folder}")
-    labels = _labels_for(files, labels_csv)
+    labels = _labels_for(files, labels)
     path = index_path(name, index_dir)
     _check_writable(path)
     workers = workers or os.cpu_count() or 1
@@ -209,10 +210,10 @@ def index_folder(
     return summary
 
 
-def _labels_for(files: Sequence[Path], labels_csv) -> dict[Path, str] | None:
-    if labels_csv is None:
+def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
+    if labels is None:
         return None
-    table = read_labels_csv(labels_csv)
+    table = as_label_table(labels)
     return {p: table[str(p)] for p in files if str(p) in table}
 
 

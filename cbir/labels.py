@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import os
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 from cbir.errors import LabelsError
 
@@ -60,6 +60,13 @@ def read_labels_csv(
     if not labels:
         raise LabelsError(f"labels file {csv_path} has no rows")
     return labels
+
+
+def as_label_table(labels: "Mapping[str, str] | str | os.PathLike") -> dict[str, str]:
+    """A ``{absolute path: label}`` table, read with :func:`read_labels_csv` if given a path."""
+    if isinstance(labels, Mapping):
+        return {os.path.abspath(p): str(label) for p, label in labels.items()}
+    return read_labels_csv(labels)
 
 
 def match_labels(

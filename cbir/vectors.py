@@ -141,6 +141,9 @@ class VectorIndex:
             pq = getattr(faiss.downcast_index(ivf), "pq", None)
             if pq is not None:
                 pq.cp.min_points_per_centroid = 1
+                # 64 points per centroid train codebooks nearly as well as
+                # FAISS's default 256, in a quarter of the (long) time.
+                pq.cp.max_points_per_centroid = 64
         self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:

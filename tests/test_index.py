@@ -167,7 +167,7 @@ def test_labels_csv_is_stored_and_a_relative_move_is_independent(collection, ind
     csv = tmp_path / "labels.csv"
     rows = ["file,label"] + [f"photos/{p.parent.name}/{p.name},{p.parent.name.upper()}" for p in collection.rglob("*.jpg")]
     csv.write_text("\n".join(rows) + "\n")
-    index_folder(collection, "photos", index_dir, labels_csv=csv)
+    index_folder(collection, "photos", index_dir, labels=csv)
     with IndexStore.open(index_path("photos", index_dir)) as store:
         assert {row.label for row in store.catalogue.image_rows()} == {"RED", "GREEN", "BLUE"}
 
