@@ -7,9 +7,11 @@ import; what they check does not depend on the model being any good.
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
+import zipfile
 
 import cv2
 import numpy as np
@@ -164,7 +166,15 @@ def test_saved_model_reloads_with_identical_embeddings(trained, tmp_path):
     # What a query does: rebuild from the stored config, then load the state.
     reloaded = Embedder.from_config(embedder.get_config()).load_state(tmp_path)
     np.testing.assert_array_equal(reloaded.transform(images), embedder.transform(images))
-    assert (tmp_path / "extractor" / MODEL_FILE).is_file()
+    assert _weight_groups(tmp_path / "extractor" / MODEL_FILE) == ["layers", "vars"]  # no optimizer state
+    assert "optimizer" in _weight_groups(trained[1] / CHECKPOINT_DIR / "last.keras")  # resuming needs it
+
+
+def _weight_groups(path) -> list[str]:
+    """Top-level groups of the weights inside a ``.keras`` file."""
+    h5py = pytest.importorskip("h5py")
+    with zipfile.ZipFile(path) as archive, h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r") as weights:
+        return sorted(weights.keys())
 
 
 def test_load_state_without_model_is_corrupt(tmp_path):

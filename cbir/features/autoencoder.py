@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -285,6 +284,12 @@ class AutoencoderExtractor(Extractor):
         Returns
         -------
         self
+
+        Notes
+        -----
+        Training calls ``keras.utils.set_random_seed(seed)``, which also seeds
+        Python's and NumPy's global generators: on CPU the same images and
+        parameters then give the same model, bit for bit.
         """
         self.check_params()
         if self.model_path is not None:
@@ -359,8 +364,9 @@ class AutoencoderExtractor(Extractor):
         keras = _import_keras()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        # A clone is uncompiled, so the stored model carries no optimizer state.
-        clean = keras.models.clone_model(self.model_)
+        # A model built afresh is uncompiled, so the stored file carries no
+        # optimizer state (keras.models.clone_model copies the optimizer).
+        clean = _build_autoencoder(keras, **self._architecture())
         clean.set_weights(self.model_.get_weights())
         _save_model(clean, directory / MODEL_FILE)
         if self.history_ is not None:
@@ -503,6 +509,7 @@ def _train(extractor: AutoencoderExtractor, pixels: np.ndarray, work_dir: Path, 
                 validation_batch_size=int(extractor.batch_size),
                 epochs=int(extractor.epochs),
                 initial_epoch=done,
+                shuffle=False,  # the generator shuffles, reproducibly
                 callbacks=callbacks,
                 verbose=0,
             )
