@@ -128,8 +128,11 @@ class VectorIndex:
     @property
     def supports_removal(self) -> bool:
         """Whether FAISS can remove ids in place (otherwise removal means a rebuild)."""
-        inner = faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
-        return isinstance(inner, (faiss.IndexFlat, faiss.IndexIVF))
+        return isinstance(self._unwrapped(), (faiss.IndexFlat, faiss.IndexIVF))
+
+    def _unwrapped(self) -> faiss.Index:
+        # Only valid while self.index lives: the view does not own the index.
+        return faiss.downcast_index(self.index.index) if isinstance(self.index, faiss.IndexIDMap2) else self.index
 
     def train(self, vectors: np.ndarray) -> None:
         if self.index.is_trained:
@@ -172,7 +175,9 @@ class VectorIndex:
                 raise UsageError(f"unknown search parameter {name!r}")
             if name == "nprobe" and not _is_ivf(self.index):
                 continue
-            if name == "ef_search" and "HNSW" not in self.factory:
+            # Decided by the index itself, not the factory string: a reader may
+            # hold a manifest newer than the file it reads.
+            if name == "ef_search" and not isinstance(self._unwrapped(), faiss.IndexHNSW):
                 continue
             if int(value) < 1:
                 raise UsageError(f"{name} must be at least 1, got {value}")
