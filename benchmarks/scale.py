@@ -38,7 +38,7 @@ from cbir.evaluate import evaluate_rankings  # noqa: E402
 from cbir.features.base import l2_normalize  # noqa: E402
 from cbir.vectors import VectorIndex, resolve_index_type  # noqa: E402
 
-SWEEPS = {"nprobe": [8, 16, 32, 64, 128], "ef_search": [16, 32, 64, 128, 256]}
+SWEEPS = {"nprobe": [8, 16, 32, 64, 128], "ef_search": [16, 32, 64, 128, 256, 512]}
 
 
 def synthetic(n: int, dim: int, seed: int, clusters: int, intrinsic: int = 32) -> np.ndarray:
@@ -163,7 +163,12 @@ def main() -> None:
                 vector_index.set_search_params({sweep_name: value})
                 lat, got = timed_single_queries(vector_index, queries[:300])
                 entry["sweep"].append(
-                    {sweep_name: value, "latency_ms_median": round(statistics.median(lat), 3), "recall@10": round(recall_at(got, truth[:300]), 4)}
+                    {
+                        sweep_name: value,
+                        "latency_ms_median": round(statistics.median(lat), 3),
+                        "recall@10": round(recall_at(got, truth[:300]), 4),
+                        "corel_p@10": round(corel_precision(vector_index, corel, corel_ids, labels), 4),
+                    }
                 )
             vector_index.set_search_params(params)
         results["types"][index_type] = entry
@@ -215,7 +220,10 @@ def main() -> None:
         )
         for point in e.get("sweep", []):
             knob = next(k for k in point if k in SWEEPS)
-            print(f"{'':8}   {knob}={point[knob]:<5} median {point['latency_ms_median']:.3f} ms, recall@10 {point['recall@10']:.4f}")
+            print(
+                f"{'':8}   {knob}={point[knob]:<5} median {point['latency_ms_median']:.3f} ms, "
+                f"recall@10 {point['recall@10']:.4f}, Corel P@10 {point['corel_p@10']:.4f}"
+            )
     c = results["catalogue"]
     print(f"catalogue of {c['rows']:,} rows: 10 result paths in {c['lookup_10_paths_ms_median']} ms median ({c['lookup_10_paths_ms_p99']} ms p99)")
 
