@@ -191,6 +191,10 @@ def test_model_path_skips_training_and_must_match(trained):
         AutoencoderExtractor(**{**TINY, "input_size": 32, "model_path": str(out / MODEL_FILE)}).fit([])
     with pytest.raises(WeightsError, match="no autoencoder model"):
         AutoencoderExtractor.from_pretrained(out / "missing.keras")
+    with pytest.raises(UsageError, match="no parameter pooling"):
+        AutoencoderExtractor.from_pretrained(out, pooling="max")
+    with pytest.raises(UsageError, match="channels=3 \\(expected 1\\)"):
+        AutoencoderExtractor.from_pretrained(out, channels=1)
 
 
 def test_finished_training_is_not_repeated(trained):

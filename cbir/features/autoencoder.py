@@ -20,8 +20,10 @@ Training
 Embedding
     ``"pool"`` (default): the mean and the max over the spatial positions of
     every encoder block, each part L2-normalised, concatenated, L2-normalised
-    again. ``"flatten"``: the bottleneck map flattened. On Corel-1k the pooled
-    multi-scale descriptor ranks better (see ``docs/autoencoder.md``).
+    again. ``"flatten"``: the bottleneck map flattened. The pooled multi-scale
+    descriptor ranks better on photos (Corel-1k P@10 0.62 vs 0.54), the
+    flattened map on centred, aligned objects (Fashion-MNIST 0.78 vs 0.69),
+    where layout matters: see ``docs/autoencoder.md``.
 
 Everything is stored with Keras' own ``.keras`` format and loaded in safe
 mode, with JSON for the training history: no pickle anywhere. TensorFlow is
@@ -103,7 +105,8 @@ class AutoencoderExtractor(Extractor):
     seed : int, default 0
         Seeds weights, split, noise and augmentation.
     embedding : {"pool", "flatten"}, default "pool"
-        What the vectors are made of (see the module docstring).
+        What the vectors are made of (see the module docstring): ``"pool"``
+        for photos, ``"flatten"`` for centred, aligned objects.
     model_path : str or None, default None
         A ``.keras`` file from :func:`train_autoencoder`: ``fit`` loads it
         instead of training. Its architecture must match the parameters above;
@@ -241,12 +244,15 @@ class AutoencoderExtractor(Extractor):
         WeightsError
             If the model cannot be found or loaded.
         UsageError
-            If an override contradicts the model's architecture.
+            If an override is unknown or contradicts the model's architecture.
         """
-        path = Path(path)
+        names = set(cls._param_names())
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise UsageError(f"autoencoder has no parameter {', '.join(unknown)}; it takes: {', '.join(sorted(names))}")
+        path = Path(path).absolute()
         model_file = path / MODEL_FILE if path.is_dir() else path
         model = _load_model(model_file)
-        names = set(cls._param_names())
         params: dict[str, Any] = {}
         record = _read_history(model_file.parent / HISTORY_FILE)
         if record is not None:
