@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.fileio import write_bytes_atomic
 from cbir.images import read_image
 from cbir.search import QueryResult
 
@@ -46,14 +47,10 @@ def write_montage(result: QueryResult, out_path: str | os.PathLike, tile: int = 
     ok, encoded = cv2.imencode(out_path.suffix.lower(), cv2.cvtColor(canvas, cv2.COLOR_RGB2BGR))
     if not ok:
         raise UsageError(f"cannot encode a montage as {out_path.suffix}")
-    temporary = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        temporary.write_bytes(encoded.tobytes())
-        os.replace(temporary, out_path)
+        write_bytes_atomic(out_path, encoded.tobytes())
     except OSError as exc:
         raise UsageError(f"cannot write montage {out_path}: {exc.strerror or exc}") from None
-    finally:
-        temporary.unlink(missing_ok=True)
     return out_path
 
 

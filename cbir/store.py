@@ -21,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import errno
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -34,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from cbir.catalogue import Catalogue
+from cbir.fileio import file_sha256, write_json_atomic
 from cbir.errors import CbirError, IndexCorruptError, IndexLockedError, IndexNotFoundError, UsageError
 from cbir.vectors import VectorIndex, build_vector_index
 
@@ -91,30 +91,6 @@ def package_versions() -> dict[str, str]:
         "faiss": faiss.__version__,
         "opencv": cv2.__version__,
     }
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file, fsync it, and rename it over ``path``."""
-    path = Path(path)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2, sort_keys=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
 
 
 class WriteLock:

@@ -44,7 +44,8 @@ import cv2
 import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError, WeightsError
-from cbir.features._tensorflow import _stderr_captured, import_keras, import_tensorflow
+from cbir.features._tensorflow import captured_stderr, import_keras, import_tensorflow
+from cbir.fileio import file_sha256, write_bytes_atomic
 from cbir.features.base import Extractor, l2_normalize
 
 
@@ -391,9 +392,9 @@ class CNNExtractor(Extractor):
             "weights_sha256": self.weights_sha256_,
         }
         if self.runtime == "tflite":
-            _write_atomic(directory / _TFLITE_FILE, self.tflite_model_)
+            write_bytes_atomic(directory / _TFLITE_FILE, self.tflite_model_)
             record["tflite_sha256"] = hashlib.sha256(self.tflite_model_).hexdigest()
-        _write_atomic(directory / _STATE_FILE, (json.dumps(record, indent=2) + "\n").encode())
+        write_bytes_atomic(directory / _STATE_FILE, (json.dumps(record, indent=2) + "\n").encode())
 
     def load_state(self, directory: Path) -> "CNNExtractor":
         """Load the model :meth:`save` recorded, refusing any other.
@@ -541,15 +542,6 @@ def convert_to_tflite(model) -> bytes:
         return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _weights_digest(model) -> str:
     """SHA-256 over a model's weight arrays, in order."""
     digest = hashlib.sha256()
@@ -591,7 +583,7 @@ def _randomize(model, seed: int) -> None:
 def _silenced():
     """Keep TensorFlow's chatter (C++ logs, converter prints, the TFLite
     deprecation warning) off the terminal; replay it if the block fails."""
-    captured = _stderr_captured()
+    captured = captured_stderr()
     try:
         with captured, contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -599,12 +591,6 @@ def _silenced():
     except BaseException:
         sys.stderr.write(captured.read())
         raise
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _cpu_count() -> int:
