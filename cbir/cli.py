@@ -73,8 +73,13 @@ class _ConsoleLogHandler(logging.Handler):
     """Warnings from the library as one ``warning: ...`` line each, above any progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno >= logging.WARNING else "info"
-        stderr.print(f"{level}: {record.getMessage()}", markup=False)
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        stderr.print(f"{prefix}{record.getMessage()}", markup=False)
+
+
+def _show_training_epochs() -> None:
+    """One line per training epoch (the autoencoder logs them at INFO)."""
+    logging.getLogger("cbir.features.autoencoder").setLevel(logging.INFO)
 
 
 def _configure_logging() -> None:
@@ -109,8 +114,9 @@ class _RichProgress:
         self._bar = None
         self._task = None
 
-    def start(self, description: str, total: int) -> None:
+    def start(self, description: str, total: int, unit: str = "images") -> None:
         self.stop()
+        self._unit = unit
         self._bar = self._progress_class(*self._columns, console=stderr, transient=True)
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, rate="")
@@ -120,7 +126,9 @@ class _RichProgress:
             self._bar.advance(self._task, steps)
             speed = self._bar.tasks[0].speed
             if speed:
-                self._bar.update(self._task, rate=f"{speed:.1f} img/s")
+                # Images come many per second; epochs take many seconds each.
+                rate = f"{speed:.1f} img/s" if self._unit == "images" else f"{1 / speed:.1f} s per {self._unit.rstrip('s')}"
+                self._bar.update(self._task, rate=rate)
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -156,6 +164,59 @@ def _read_labels(path: Path | None, path_column: str | None, label_column: str |
     return read_labels_csv(path, path_column, label_column)
 
 
+_COLOR = "Colour histogram (--extractor color)"
+_CNN = "CNN (--extractor cnn)"
+_AE = "Autoencoder (--extractor autoencoder)"
+
+
+def _weights_option(weights: str | None) -> str | None:
+    # A file is stored in the manifest by absolute path, so a later update or
+    # query from another directory finds the same file.
+    if weights is None or weights in ("imagenet", "none"):
+        return weights
+    return str(Path(weights).expanduser().absolute())
+
+
+_CNN_ONLY = {"backbone", "weights", "pooling", "gem_p", "resize", "runtime"}
+_AE_ONLY = {"embedding", "epochs", "channels"}
+
+
+def _existing_embedder_config(name: str, index_dir: Path | None) -> dict[str, Any] | None:
+    from cbir.errors import CbirError
+    from cbir.store import index_path, is_index, read_manifest
+
+    path = index_path(name, index_dir)
+    if not is_index(path):
+        return None
+    try:
+        return read_manifest(path)["embedder"]
+    except CbirError:
+        return None  # opening the index reports the damage
+
+
+def _implied_extractor(params: dict[str, Any], model: Path | None) -> str:
+    """Without --extractor, a new index uses the extractor its options belong to."""
+    if model is not None or _AE_ONLY & set(params):
+        return "autoencoder"
+    if _CNN_ONLY & set(params):
+        return "cnn"
+    return "color"
+
+
+def _make_extractor(name: str, params: dict[str, Any], model: Path | None):
+    """The extractor the options describe; each extractor refuses options it does not take."""
+    from cbir.errors import UsageError
+    from cbir.features.base import make_extractor
+
+    if model is None:
+        return make_extractor(name, **params)
+    if name != "autoencoder":
+        raise UsageError("--model applies to --extractor autoencoder")
+    from cbir.features.autoencoder import AutoencoderExtractor
+
+    return AutoencoderExtractor.from_pretrained(model, **params)
+
+
 def _parse_bins(text: str) -> list[int]:
     from cbir.errors import UsageError
 
@@ -185,7 +246,74 @@ def index(
         ),
     ] = None,
     bins: Annotated[
-        Optional[str], typer.Option("--bins", help="color: hue,saturation,value bins per region. (default: 8,12,3)", show_default=False)
+        Optional[str],
+        typer.Option("--bins", help="Hue,saturation,value bins per region. (default: 8,12,3)", show_default=False, rich_help_panel=_COLOR),
+    ] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backbone",
+            help="mobilenet, mobilenetv2, efficientnetb0, resnet50 or vgg16. (default: mobilenet)",
+            show_default=False,
+            rich_help_panel=_CNN,
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            "--weights",
+            help="imagenet (Keras' cache, downloaded if missing), none (random), or a .h5 / .weights.h5 FILE. (default: imagenet)",
+            show_default=False,
+            rich_help_panel=_CNN,
+        ),
+    ] = None,
+    pooling: Annotated[
+        Optional[str], typer.Option("--pooling", help="avg, max or gem. (default: avg)", show_default=False, rich_help_panel=_CNN)
+    ] = None,
+    gem_p: Annotated[
+        Optional[float], typer.Option("--gem-p", help="Exponent of gem pooling. (default: 3)", show_default=False, rich_help_panel=_CNN)
+    ] = None,
+    resize: Annotated[
+        Optional[str],
+        typer.Option("--resize", help="squash, crop or pad to a square. (default: squash)", show_default=False, rich_help_panel=_CNN),
+    ] = None,
+    runtime: Annotated[
+        Optional[str],
+        typer.Option(
+            "--runtime", help="tflite (fast) or keras (reference); same vectors. (default: tflite)", show_default=False, rich_help_panel=_CNN
+        ),
+    ] = None,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--input-size", help="Network input side in pixels. (default: 224 for cnn, 64 for autoencoder)", show_default=False, rich_help_panel=_CNN
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            help="A model from 'cbir train-autoencoder' (model.keras or its folder); without it the autoencoder trains on the collection.",
+            exists=True,
+            show_default=False,
+            rich_help_panel=_AE,
+        ),
+    ] = None,
+    embedding: Annotated[
+        Optional[str],
+        typer.Option(
+            "--embedding",
+            help="pool (multi-scale pooled encoder activations) or flatten (the bottleneck; for centred, aligned objects). (default: pool)",
+            show_default=False,
+            rich_help_panel=_AE,
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option("--epochs", min=1, help="Most training epochs. (default: 40)", show_default=False, rich_help_panel=_AE)
+    ] = None,
+    grey: Annotated[Optional[bool], typer.Option("--grey", help="Train on greyscale images.", show_default=False, rich_help_panel=_AE)] = None,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", help="Random seed of training (and of cnn --weights none). (default: 0)", show_default=False)
     ] = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
@@ -221,20 +349,42 @@ def index(
     unreadable files are skipped with a warning and recorded. Interrupting is
     safe: run the same command again to continue.
     """
-    from cbir.features.base import make_extractor
     from cbir.features.pca import PCAReduction
     from cbir.features.pipeline import Embedder
     from cbir.indexer import index_folder
 
-    params: dict[str, Any] = {}
-    if bins is not None:
-        params["bins"] = _parse_bins(bins)
+    _show_training_epochs()
+    given = {
+        "bins": _parse_bins(bins) if bins is not None else None,
+        "backbone": backbone,
+        "weights": _weights_option(weights),
+        "pooling": pooling,
+        "gem_p": gem_p,
+        "resize": resize,
+        "runtime": runtime,
+        "input_size": input_size,
+        "embedding": embedding,
+        "epochs": epochs,
+        "channels": 1 if grey else None,
+        "seed": seed,
+    }
+    params = {key: value for key, value in given.items() if value is not None}
+    pca_step = PCAReduction(pca, whiten=pca_whiten) if pca is not None else None
     embedder = None
-    if extractor is not None or params or pca is not None:
-        embedder = Embedder(
-            make_extractor(extractor or "color", **params),
-            PCAReduction(pca, whiten=pca_whiten) if pca is not None else None,
-        )
+    if extractor is not None or params or pca is not None or model is not None:
+        name = name or Path(folder).resolve().name
+        existing = _existing_embedder_config(name, index_dir)
+        if existing is not None and model is None and extractor in (None, existing["extractor"]["name"]):
+            # Options given for an existing index change only what they name.
+            stored = existing["extractor"]
+            embedder = Embedder.from_config(
+                {
+                    "extractor": {**stored, "params": {**stored.get("params", {}), **params}},
+                    "pca": pca_step.get_params() if pca_step is not None else existing.get("pca"),
+                }
+            )
+        else:
+            embedder = Embedder(_make_extractor(extractor or _implied_extractor(params, model), params, model), pca_step)
     summary = index_folder(
         folder,
         name or Path(folder).resolve().name,
@@ -491,6 +641,71 @@ def duplicates(
         print(f"group {n}: {len(group.paths)} images, lowest similarity {group.min_score:.4f}")
         for path in group.paths:
             print(f"  {path}")
+
+
+@app.command("train-autoencoder")
+@_handle_errors
+def train_autoencoder_command(
+    folder: Annotated[Path, typer.Argument(help="Folder of training images, searched recursively.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for model.keras, history.json, loss.png and checkpoints.", file_okay=False)],
+    input_size: Annotated[int, typer.Option("--input-size", min=8, help="Images are resized to this square side.")] = 64,
+    grey: Annotated[bool, typer.Option("--grey", help="Train on greyscale images.")] = False,
+    filters: Annotated[str, typer.Option("--filters", help="Filters of the encoder blocks, each halving the size.")] = "32,64,128,256",
+    latent_channels: Annotated[int, typer.Option("--latent-channels", min=1, help="Channels of the bottleneck.")] = 64,
+    noise: Annotated[float, typer.Option("--noise", min=0.0, help="Gaussian noise on training inputs (0: plain autoencoder).")] = 0.1,
+    augment: Annotated[bool, typer.Option("--augment/--no-augment", help="Random flips and small shifts while training.")] = True,
+    batch_norm: Annotated[bool, typer.Option("--batch-norm/--no-batch-norm", help="BatchNorm after each convolution.")] = True,
+    epochs: Annotated[int, typer.Option("--epochs", min=1, help="Most epochs (training stops early when validation loss stalls).")] = 40,
+    patience: Annotated[int, typer.Option("--patience", min=1, help="Epochs without improvement before stopping.")] = 5,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per training step.")] = 32,
+    validation_split: Annotated[float, typer.Option("--validation-split", min=0.0, max=0.9, help="Share of images held out for validation.")] = 0.1,
+    learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="Adam learning rate.")] = 1e-3,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, images and options give the same model.")] = 0,
+    as_json: JsonOption = False,
+) -> None:
+    """Train a denoising autoencoder on FOLDER; run again after an interruption to resume.
+
+    Use the model with 'cbir index PHOTOS/ --extractor autoencoder --model OUT'.
+    """
+    from cbir.errors import UsageError
+    from cbir.features.autoencoder import HISTORY_FILE, LOSS_PLOT_FILE, MODEL_FILE, train_autoencoder
+
+    _show_training_epochs()
+    try:
+        filter_list = [int(f) for f in filters.split(",")]
+    except ValueError:
+        raise UsageError(f"--filters must look like 32,64,128,256, got {filters!r}") from None
+    trained = train_autoencoder(
+        folder,
+        out,
+        progress=_progress(),
+        input_size=input_size,
+        channels=1 if grey else 3,
+        filters=filter_list,
+        latent_channels=latent_channels,
+        noise=noise,
+        augment=augment,
+        batch_norm=batch_norm,
+        epochs=epochs,
+        patience=patience,
+        batch_size=batch_size,
+        validation_split=validation_split,
+        learning_rate=learning_rate,
+        seed=seed,
+    )
+    history = trained.history_ or {}
+    epochs_run = history.get("epochs", [])
+    best = epochs_run[history["best_epoch"] - 1] if history.get("best_epoch") else None
+    files = {"model": str(out / MODEL_FILE), "history": str(out / HISTORY_FILE), "loss_plot": str(out / LOSS_PLOT_FILE)}
+    if as_json:
+        _print_json({"epochs": len(epochs_run), "best_epoch": best, **files})
+        return
+    summary = f"trained {len(epochs_run)} epoch(s)"
+    if best is not None:
+        summary += f"; best epoch {best['epoch']}: " + ", ".join(f"{k} {best[k]:.5f}" for k in ("loss", "val_loss") if k in best)
+    print(summary)
+    for label, path in files.items():
+        print(f"{label:10} {path}")
 
 
 @app.command()

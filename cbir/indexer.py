@@ -13,6 +13,7 @@ thread; memory stays bounded however large the folder.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -45,6 +46,11 @@ from cbir.vectors import resolve_index_type
 logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
+#: Inside a new index: checkpoints of a training extractor, kept if training is interrupted.
+TRAINING_DIR = "training"
+
+#: ``(embedded files, their vectors, files not embedded)``: what one committed batch holds.
+_Batch = tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]
 #: At most this many images are decoded to fit a learning extractor or a PCA.
 DEFAULT_FIT_SAMPLE = 20_000
 
@@ -163,14 +169,17 @@ def index_folder(
     workers = workers or os.cpu_count() or 1
 
     created = not is_index(path)
+    precomputed: list[_Batch] = []
     if created:
-        store = _create_index(
+        store, precomputed = _create_index(
             path, files, embedder, index_type or "flat", pca_train_folder, batch_size, workers, fit_sample, progress
         )
     else:
         store = IndexStore.open(path, writable=True, wait=wait)
         try:
-            _check_same_config(store, embedder)
+            runtime_overrides = _check_same_config(store, embedder)
+            if runtime_overrides:
+                store.embedder(runtime_overrides)
         except BaseException:
             store.close()
             raise
@@ -180,7 +189,7 @@ def index_folder(
         plan = _plan(store, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
         try:
-            _embed_and_commit(store, plan, labels, batch_size, workers, summary, progress)
+            _embed_and_commit(store, plan, precomputed, labels, batch_size, workers, summary, progress)
         except KeyboardInterrupt:
             store.save_vectors()
             raise
@@ -227,18 +236,26 @@ def _check_writable(path: Path) -> None:
         raise UsageError(f"cannot write to {probe}: permission denied (choose another --index-dir)")
 
 
-def _check_same_config(store: IndexStore, embedder: Embedder | None) -> None:
+def _check_same_config(store: IndexStore, embedder: Embedder | None) -> dict[str, Any]:
+    """Refuse a config that would embed differently; return runtime-only parameters that differ."""
     if embedder is None:
-        return
+        return {}
     wanted, built = embedder.get_config(), store.manifest["embedder"]
-    if wanted != built:
-        from cbir.features.pipeline import Embedder as _Embedder
-
-        built_text = _Embedder.from_config(built).describe()
+    runtime = set(embedder.extractor.runtime_params)
+    if _without(wanted, runtime) != _without(built, runtime):
+        built_text = Embedder.from_config(built).describe()
         raise ConfigMismatchError(
             f"index {store.name!r} was built with {built_text}, not {embedder.describe()}; "
             f"to update it, leave out the extractor options; to rebuild, delete {store.path} or choose another --name"
         )
+    built_params = built["extractor"].get("params", {})
+    return {k: v for k, v in wanted["extractor"]["params"].items() if k in runtime and built_params.get(k) != v}
+
+
+def _without(config: dict[str, Any], names: set[str]) -> dict[str, Any]:
+    extractor = config["extractor"]
+    params = {k: v for k, v in extractor.get("params", {}).items() if k not in names}
+    return {**config, "extractor": {**extractor, "params": params}}
 
 
 def _create_index(
@@ -251,7 +268,8 @@ def _create_index(
     workers: int,
     fit_sample: int,
     progress: Progress,
-) -> IndexStore:
+) -> tuple[IndexStore, list[_Batch]]:
+    """Fit the embedder and write a new index; also returns batches already embedded while fitting."""
     if embedder is None:
         from cbir.features.base import make_extractor
 
@@ -262,30 +280,41 @@ def _create_index(
     path.mkdir(parents=True, exist_ok=True)
     lock = WriteLock(path)
     try:
-        # An unfinished creation (no manifest) may have left files behind.
+        # An unfinished creation (no manifest) may have left files behind;
+        # the training folder stays, so interrupted training resumes.
         for leftover in [path / CATALOGUE_FILE, *path.glob(CATALOGUE_FILE + "-*"), *path.glob("vectors-*.faiss")]:
             leftover.unlink(missing_ok=True)
         shutil.rmtree(path / MODEL_DIR, ignore_errors=True)
-        _fit(embedder, files, pca_train_folder, batch_size, workers, fit_sample, progress)
+        precomputed = _fit(embedder, files, path / TRAINING_DIR, pca_train_folder, batch_size, workers, fit_sample, progress)
         factory, search_params = resolve_index_type(index_type, embedder.dim, len(files))
-        return IndexStore.create(path, embedder, factory, search_params, lock, index_type)
+        store = IndexStore.create(path, embedder, factory, search_params, lock, index_type)
     except BaseException:
         lock.release()
         if not is_index(path):
-            shutil.rmtree(path, ignore_errors=True)
+            if (path / TRAINING_DIR).is_dir():
+                logger.warning("training state kept in %s: run the same command again to resume", path / TRAINING_DIR)
+            else:
+                shutil.rmtree(path, ignore_errors=True)
         raise
+    shutil.rmtree(path / TRAINING_DIR, ignore_errors=True)  # the model and its history now live in model/
+    return store, precomputed
 
 
 def _fit(
     embedder: Embedder,
     files: list[Path],
+    training_dir: Path,
     pca_train_folder,
     batch_size: int,
     workers: int,
     fit_sample: int,
     progress: Progress,
-) -> None:
-    """Fit what learns (the extractor, then the PCA) on a random sample of images."""
+) -> list[_Batch]:
+    """Fit what learns (the extractor, then the PCA) on a random sample of images.
+
+    Returns the batches whose raw vectors were computed to fit a PCA on the
+    collection itself, so indexing does not run them through the model again.
+    """
     rng = np.random.default_rng(0)
 
     def sample(paths: list[Path]) -> list[Path]:
@@ -294,12 +323,14 @@ def _fit(
         return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
 
     extractor = embedder.extractor
-    if not extractor.is_fitted:
+    if not extractor.requires_fit:
+        extractor.fit([])  # loads a model, if any, before progress starts counting images
+    elif not extractor.is_fitted:
         chosen = sample(files)
         progress.start("decoding images to train the extractor", len(chosen))
         images = []
         try:
-            for loaded, _ in _load_all(chosen, extractor.decode_min_side, None, workers, {}):
+            for loaded, _ in _load_all(chosen, extractor.decode_min_side, None, workers, {}, batch_size):
                 progress.advance()
                 if loaded.image is not None:
                     images.append(loaded.image)
@@ -307,21 +338,24 @@ def _fit(
             progress.stop()
         if not images:
             raise NoImagesError("none of the images could be read to train the extractor")
-        extractor.fit(images)
+        training_dir.mkdir(parents=True, exist_ok=True)
+        extractor.fit(images, work_dir=training_dir, progress=progress)
         del images
-    if embedder.pca is not None and not embedder.pca.is_fitted:
-        source = find_images(pca_train_folder) if pca_train_folder is not None else files
-        chosen = sample(source)
-        progress.start("extracting features to fit the PCA", len(chosen))
-        raw = []
-        try:
-            for ok, vectors, _failed in _stream(chosen, Embedder(extractor), batch_size, workers, {}, progress):
-                raw.append(vectors)
-        finally:
-            progress.stop()
-        if not raw:
-            raise NoImagesError("none of the images could be read to fit the PCA")
-        embedder.pca.fit(np.concatenate(raw))
+    if embedder.pca is None or embedder.pca.is_fitted:
+        return []
+    source = find_images(pca_train_folder) if pca_train_folder is not None else files
+    chosen = sample(source)
+    progress.start("extracting features to fit the PCA", len(chosen))
+    try:
+        raw = list(_stream(chosen, Embedder(extractor), batch_size, workers, {}, progress))
+    finally:
+        progress.stop()
+    if not any(len(vectors) for _, vectors, _ in raw):
+        raise NoImagesError("none of the images could be read to fit the PCA")
+    embedder.pca.fit(np.concatenate([vectors for _, vectors, _ in raw]))
+    if pca_train_folder is not None:
+        return []
+    return [(ok, embedder.pca.transform(vectors), failed) for ok, vectors, failed in raw]
 
 
 def _plan(store: IndexStore, folder: Path, files: list[Path]) -> _Plan:
@@ -359,6 +393,7 @@ def _plan(store: IndexStore, folder: Path, files: list[Path]) -> _Plan:
 def _embed_and_commit(
     store: IndexStore,
     plan: _Plan,
+    precomputed: list[_Batch],
     labels: dict[Path, str] | None,
     batch_size: int,
     workers: int,
@@ -368,9 +403,13 @@ def _embed_and_commit(
     if not plan.todo:
         return
     embedder, catalogue, dim = store.embedder(), store.catalogue, store.dim
+    done = {loaded.path for ok, _, failed in precomputed for loaded in ok + failed}
+    remaining = [path for path in plan.todo if path not in done]
     progress.start(f"indexing into {store.name!r}", len(plan.todo))
+    progress.advance(len(plan.todo) - len(remaining))
+    batches = itertools.chain(precomputed, _stream(remaining, embedder, batch_size, workers, plan.known_sha256, progress))
     try:
-        for ok, vectors, not_embedded in _stream(plan.todo, embedder, batch_size, workers, plan.known_sha256, progress):
+        for ok, vectors, not_embedded in batches:
             with catalogue.transaction():
                 new_images = [
                     NewImage(
@@ -413,12 +452,12 @@ def _stream(
     workers: int,
     known_sha256: dict[Path, str],
     progress: Progress,
-) -> Iterator[tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]]:
+) -> Iterator[_Batch]:
     """Yield ``(embedded files, their vectors, files not embedded)`` batch by batch, in order."""
     ok: list[LoadedFile] = []
     prepared: list[Any] = []
     not_embedded: list[LoadedFile] = []
-    for loaded, item in _load_all(files, embedder.decode_min_side, embedder.prepare, workers, known_sha256):
+    for loaded, item in _load_all(files, embedder.decode_min_side, embedder.prepare, workers, known_sha256, batch_size):
         progress.advance()
         if item is None:
             not_embedded.append(loaded)
@@ -439,11 +478,13 @@ def _load_all(
     prepare,
     workers: int,
     known_sha256: dict[Path, str],
+    batch_size: int,
 ) -> Iterator[tuple[LoadedFile, Any]]:
     """Load (and ``prepare``) files in a thread pool, yielding in input order.
 
-    At most a few files per worker are in flight, so memory does not grow
-    with the folder. With ``prepare`` the decoded image is dropped once
+    About one batch plus a few files per worker are in flight: enough for
+    the next batch to be decoded while the model runs on this one, and
+    memory does not grow with the folder. With ``prepare`` the decoded image is dropped once
     prepared; without it the item is the image itself.
     """
 
@@ -462,7 +503,7 @@ def _load_all(
         return loaded, item
 
     in_flight: deque[Future] = deque()
-    limit = max(4 * workers, 8)
+    limit = batch_size + 4 * workers
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-load") as pool:
         try:
             for path in files:

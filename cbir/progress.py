@@ -10,8 +10,8 @@ from __future__ import annotations
 class Progress:
     """Receiver of progress events; subclass and override what you need."""
 
-    def start(self, description: str, total: int) -> None:
-        """A phase of ``total`` steps begins."""
+    def start(self, description: str, total: int, unit: str = "images") -> None:
+        """A phase of ``total`` steps, counted in ``unit``, begins."""
 
     def advance(self, steps: int = 1) -> None:
         """``steps`` more steps are done."""

@@ -208,6 +208,8 @@ class IndexStore:
             "model_files": {
                 str(p.relative_to(path)): file_sha256(p) for p in sorted(model_dir.rglob("*")) if p.is_file()
             },
+            # Outside files the embedding came from (e.g. CNN weights), for the record.
+            "weights_files": {str(p): file_sha256(p) for p in embedder.extractor.weights_files()},
             **(extra or {}),
         }
         # The manifest goes last: a directory without one is an unfinished creation.
@@ -253,13 +255,21 @@ class IndexStore:
             if file_sha256(file) != expected:
                 raise IndexCorruptError(f"index {self.name!r}: {relative} changed since the index was built; rebuild it")
 
-    def embedder(self):
-        """The :class:`~cbir.features.pipeline.Embedder` the collection was embedded with, state loaded."""
+    def embedder(self, runtime_overrides: dict[str, Any] | None = None):
+        """The :class:`~cbir.features.pipeline.Embedder` the collection was embedded with, state loaded.
+
+        ``runtime_overrides`` may change the extractor's ``runtime_params``
+        (how vectors are computed, not what they are) on first use.
+        """
         if self._embedder is None:
             from cbir.features.pipeline import Embedder
 
+            config = self.manifest["embedder"]
+            if runtime_overrides:
+                extractor = config["extractor"]
+                config = {**config, "extractor": {**extractor, "params": {**extractor["params"], **runtime_overrides}}}
             try:
-                embedder = Embedder.from_config(self.manifest["embedder"])
+                embedder = Embedder.from_config(config)
             except CbirError as exc:
                 raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
             self._embedder = embedder.load_state(self.path / MODEL_DIR)

@@ -177,3 +177,28 @@ def test_index_can_be_moved_with_its_folder(collection, index_dir, tmp_path):
     shutil.move(index_dir, tmp_path / "elsewhere")
     with Searcher.open("photos", tmp_path / "elsewhere") as searcher:
         assert searcher.size == 15
+
+
+def test_pca_on_the_collection_embeds_each_image_once(collection, index_dir, monkeypatch):
+    from cbir.features.color import ColorHistogram
+    from cbir.features.pca import PCAReduction
+
+    prepared = []
+    real_prepare = ColorHistogram.prepare
+    monkeypatch.setattr(ColorHistogram, "prepare", lambda self, image: prepared.append(1) or real_prepare(self, image))
+    summary = index_folder(collection, "pca", index_dir, embedder=Embedder(make_extractor("color"), PCAReduction(5)))
+    assert summary.added == 15 and len(prepared) == 15
+    with Searcher.open("pca", index_dir) as searcher:
+        query = collection / "red" / "red-4.jpg"
+        assert searcher.query(query, k=1).results[0].path == str(query)
+
+
+def test_pca_fitted_on_another_folder(collection, index_dir, tmp_path):
+    from cbir.features.pca import PCAReduction
+    from conftest import make_collection
+
+    make_collection(tmp_path / "training", per_class=3)
+    embedder = Embedder(make_extractor("color"), PCAReduction(4))
+    index_folder(collection, "pca", index_dir, embedder=embedder, pca_train_folder=tmp_path / "training")
+    with Searcher.open("pca", index_dir) as searcher:
+        assert searcher.size == 15 and searcher.store.dim == 4

@@ -489,7 +489,7 @@ def _train(extractor: AutoencoderExtractor, pixels: np.ndarray, work_dir: Path, 
         model.compile(optimizer=keras.optimizers.Adam(float(extractor.learning_rate)), loss="mse")
         best, patience_left = None, extractor.patience
 
-    progress.start("training autoencoder", int(extractor.epochs))
+    progress.start("training autoencoder", int(extractor.epochs), unit="epochs")
     try:
         progress.advance(min(done, int(extractor.epochs)))
         if not record["stopped_early"] and patience_left > 0 and done < extractor.epochs:

@@ -49,6 +49,9 @@ class Extractor:
     name: ClassVar[str] = ""
     #: True when ``fit`` learns something (so an index must fit before embedding).
     requires_fit: ClassVar[bool] = False
+    #: Parameters that change how fast vectors are computed, not the vectors
+    #: (a runtime, a batch size): an index may be updated or queried with others.
+    runtime_params: ClassVar[tuple[str, ...]] = ()
 
     # -- configuration -----------------------------------------------------
     @classmethod
@@ -81,8 +84,13 @@ class Extractor:
         """Whether ``transform`` can run (always true for stateless extractors)."""
         return not self.requires_fit
 
-    def fit(self, images: Sequence[np.ndarray]) -> "Extractor":
-        """Learn from decoded RGB images; a no-op unless the extractor learns."""
+    def fit(self, images: Sequence[np.ndarray], **fit_params: Any) -> "Extractor":
+        """Learn from decoded RGB images; a no-op unless the extractor learns.
+
+        Learning extractors may take keyword ``fit_params``; the indexer
+        passes ``work_dir`` (a folder for resumable training state) and
+        ``progress`` (a :class:`cbir.progress.Progress`).
+        """
         self.check_params()
         return self
 

@@ -200,6 +200,7 @@ class CNNExtractor(Extractor):
     """
 
     name = "cnn"
+    runtime_params = ("runtime", "batch_size")
 
     def __init__(
         self,
@@ -259,7 +260,7 @@ class CNNExtractor(Extractor):
         return hasattr(self, "interpreter_") or hasattr(self, "model_")
 
     # -- loading -----------------------------------------------------------
-    def fit(self, images: Sequence[np.ndarray] = ()) -> "CNNExtractor":
+    def fit(self, images: Sequence[np.ndarray] = (), **fit_params: Any) -> "CNNExtractor":
         """Build the network now (nothing is learned from ``images``).
 
         Otherwise it is built at the first :meth:`transform_prepared`: loading
