@@ -280,17 +280,15 @@ class CNNExtractor(Extractor):
         if len(items) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         self._ensure_loaded()
-        preprocess = _preprocess_input(self.backbone)
         pooled = []
         for start in range(0, len(items), self.batch_size):
-            batch = np.stack(items[start : start + self.batch_size]).astype(np.float32)
-            # Caffe-style preprocessing (VGG, ResNet) returns a BGR view.
-            batch = np.ascontiguousarray(preprocess(batch), dtype=np.float32)
+            # uint8 in: preprocess_input runs inside the network (see _with_preprocessing).
+            batch = np.stack(items[start : start + self.batch_size])
             pooled.append(self._pool(self._forward(batch)))
         return l2_normalize(np.concatenate(pooled))
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Last feature map ``(n, h, w, channels)`` of a preprocessed batch."""
+        """Last feature map ``(n, h, w, channels)`` of a uint8 RGB batch."""
         if self.runtime == "keras":
             return self.model_.predict(batch, batch_size=len(batch), verbose=0)
         interpreter = self.interpreter_
@@ -337,7 +335,7 @@ class CNNExtractor(Extractor):
             model = constructor(include_top=False, weights=None, input_shape=shape)
             _randomize(model, int(self.seed))
             self.weights_sha256_ = _weights_digest(model)
-            return model
+            return _with_preprocessing(keras, model, self.backbone)
         path = self._weights_file()
         model = constructor(include_top=False, weights=None, input_shape=shape)
         try:
@@ -351,7 +349,7 @@ class CNNExtractor(Extractor):
                 f"cannot load {path} into {self.backbone} (include_top=False): {_first_line(exc)}"
             ) from exc
         self.weights_sha256_ = file_sha256(path)
-        return model
+        return _with_preprocessing(keras, model, self.backbone)
 
     def _weights_file(self) -> Path:
         """The weights file, fetched into Keras' cache first for ``imagenet``."""
@@ -493,10 +491,12 @@ def resize_image(image: np.ndarray, size: int, mode: str = "squash") -> np.ndarr
 def _scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
     if (image.shape[1], image.shape[0]) == (width, height):
         return np.ascontiguousarray(image)
-    # Area averaging avoids aliasing when shrinking; it degenerates to
-    # nearest-neighbour when enlarging, where bilinear is the better choice.
-    shrinking = width * height < image.shape[0] * image.shape[1]
-    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    # Area averaging avoids aliasing when shrinking by 2x or more. Below
+    # that (the usual case: big JPEGs are decoded at a reduced scale first)
+    # bilinear is as good (Corel-1k P@10 0.956 vs 0.956) at a quarter of
+    # the cost, 0.12 vs 0.52 ms an image: CPU the network can use instead.
+    shrink = min(image.shape[1] / width, image.shape[0] / height)
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
 
 
 def fetch_imagenet_weights(backbone: str, input_size: int = 224) -> Path:
@@ -551,9 +551,17 @@ def _weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-def _preprocess_input(backbone: str):
-    keras = import_keras()
-    return getattr(keras.applications, BACKBONES[backbone].module).preprocess_input
+def _with_preprocessing(keras, backbone_model, backbone: str):
+    """The backbone behind a uint8 RGB input and its own ``preprocess_input``.
+
+    Inside the graph, preprocessing runs in TensorFlow's and TFLite's kernels
+    rather than in NumPy on the main thread (about 12% of MobileNet's batch
+    time), and both runtimes share it. The network's weights are untouched.
+    """
+    preprocess = getattr(keras.applications, BACKBONES[backbone].module).preprocess_input
+    inputs = keras.Input(shape=backbone_model.input_shape[1:], dtype="uint8", name="rgb")
+    outputs = backbone_model(preprocess(keras.ops.cast(inputs, "float32")))
+    return keras.Model(inputs, outputs, name=f"{backbone}_preprocessed")
 
 
 def _randomize(model, seed: int) -> None:
