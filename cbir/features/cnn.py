@@ -9,8 +9,9 @@ Two runtimes give the same vectors (cosine >= 0.9999999 here):
 
 * ``tflite`` (default): the Keras model converted once with
   ``tf.lite.TFLiteConverter`` (float32, no quantisation) and run by the TFLite
-  interpreter with the XNNPACK delegate: 3.7x ``model.predict`` for MobileNet
-  and 1.1-1.4x for ResNet50 and VGG16 on a 2-core CPU. The converted model is cached in the index directory, so a
+  interpreter with the XNNPACK delegate: about 2x ``model.predict`` (with
+  TensorFlow's oneDNN) for MobileNet, about 1x for ResNet50, slower for VGG16
+  on a 2-core CPU. The converted model is cached in the index directory, so a
   query loads it in a fraction of a second and never reconverts.
 * ``keras``: ``model.predict``, the reference.
 
@@ -158,7 +159,7 @@ class CNNExtractor(Extractor):
     backbone : {"mobilenet", "mobilenetv2", "efficientnetb0", "resnet50", "vgg16"}
         Network from ``keras.applications``, without its classifier.
         MobileNet is the default: on Corel-1k it reaches P@10 0.956 with the
-        shared ImageNet weights at 188 images/s (TFLite, 2 cores).
+        shared ImageNet weights at about 240 images/s (TFLite, 2 cores).
     weights : str
         ``"imagenet"``: Keras' pretrained weights from its cache
         (``$KERAS_HOME/models/``, downloaded there by Keras if missing);
