@@ -141,8 +141,8 @@ class Catalogue:
     def count_skipped(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM skipped").fetchone()[0]
 
-    def add_images(self, images: Sequence[NewImage], dim: int) -> list[int]:
-        """Insert embedded images (replacing rows of the same path); returns their new ids."""
+    def add_images(self, images: Sequence[NewImage], dim: int) -> None:
+        """Insert embedded images, replacing rows of the same path (which get new ids)."""
         rows = []
         for image in images:
             vector = np.ascontiguousarray(image.vector, dtype=np.float32)
@@ -152,17 +152,9 @@ class Catalogue:
         paths = [image.path for image in images]
         self.remove_ids(self._ids_of_paths(paths))
         self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
-        first = self.max_sequence() + 1
         self._db.executemany(
             "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
-        # AUTOINCREMENT hands out consecutive ids within one writer's transaction.
-        return list(range(first, first + len(rows)))
-
-    def max_sequence(self) -> int:
-        """The largest id ever handed out (removed ones included)."""
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'images'").fetchone()
-        return row[0] if row else 0
 
     def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
         ids = []
