@@ -317,6 +317,8 @@ class IndexStore:
         """Bring the FAISS file up to date with the catalogue (writers only)."""
         if not self.writable:
             raise RuntimeError("save_vectors needs an index opened for writing")
+        if self.vectors_are_current() and not self._rebuild and (self.path / self._vectors_state()[0]).is_file():
+            return  # nothing changed: do not rewrite a possibly large file
         file_name, max_id = self._vectors_state()
         vector_index = None
         if file_name is not None and (self.path / file_name).exists() and not self._rebuild:

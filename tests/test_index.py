@@ -92,6 +92,13 @@ def test_update_embeds_only_new_and_changed_files(collection, index_dir, monkeyp
     assert str(gone) not in paths and str(touched) in paths
 
 
+def test_an_update_that_changes_nothing_leaves_the_faiss_file_alone(collection, index_dir):
+    index_folder(collection, "photos", index_dir)
+    before = [(p.name, p.stat().st_mtime_ns) for p in (index_dir / "photos").glob("vectors-*.faiss")]
+    assert index_folder(collection, "photos", index_dir).unchanged == 15
+    assert [(p.name, p.stat().st_mtime_ns) for p in (index_dir / "photos").glob("vectors-*.faiss")] == before
+
+
 def test_update_with_a_different_extractor_config_is_refused(collection, index_dir):
     index_folder(collection, "photos", index_dir)
     other = Embedder(make_extractor("color", bins=[4, 4, 4]))
