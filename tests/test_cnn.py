@@ -135,6 +135,15 @@ def test_vectors_are_normalised_float32_rows_in_input_order(extractor, images):
 
 
 @needs_tensorflow
+def test_batches_that_do_not_fill_the_last_invocation_give_the_same_vectors(extractor, images, tmp_path):
+    # 7 images in one batch: an invocation of 4, then 3 padded to 4.
+    extractor.save(tmp_path)
+    seven = CNNExtractor(weights="none", input_size=SIZE, batch_size=7).load_state(tmp_path)
+    np.testing.assert_allclose(seven.transform(images), extractor.transform(images), atol=1e-6)
+    np.testing.assert_allclose(seven.transform(images[:2]), extractor.transform(images[:2]), atol=1e-6)
+
+
+@needs_tensorflow
 def test_tflite_and_keras_runtimes_give_the_same_vectors(extractor, images):
     keras_vectors = CNNExtractor(weights="none", input_size=SIZE, runtime="keras").transform(images)
     assert _cosines(extractor.transform(images), keras_vectors).min() >= 0.9999
@@ -253,6 +262,28 @@ def test_unusable_weights_files_are_weights_errors(tmp_path):
     with pytest.raises(WeightsError, match="into resnet50") as raised:
         CNNExtractor(backbone="resnet50", weights=str(other), input_size=SIZE, runtime="keras").fit()
     assert "\n" not in str(raised.value)
+
+
+@needs_tensorflow
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT is not installed")
+def test_querying_a_tflite_index_does_not_import_tensorflow(collection, index_dir):
+    from cbir.features.pipeline import Embedder
+    from cbir.indexer import index_folder
+
+    index_folder(collection, "cnn", index_dir, embedder=Embedder(make_extractor("cnn", weights="none", input_size=SIZE)))
+    query = collection / "red" / "red-2.jpg"
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from cbir.cli import app
+result = CliRunner().invoke(app, ["query", {str(query)!r}, "--name", "cnn", "--index-dir", {str(index_dir)!r}, "-k", "2", "--json"])
+assert result.exit_code == 0, result.output
+print(json.dumps({{"top": json.loads(result.stdout)["results"][0]["path"],
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))}}))
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    report = json.loads(output.strip().splitlines()[-1])
+    assert report == {"top": str(query), "loaded": []}
 
 
 @needs_tensorflow

@@ -8,11 +8,14 @@ max or generalised mean) into one L2-normalised vector.
 Two runtimes give the same vectors (cosine >= 0.9999999 here):
 
 * ``tflite`` (default): the Keras model converted once with
-  ``tf.lite.TFLiteConverter`` (float32, no quantisation) and run by the TFLite
-  interpreter with the XNNPACK delegate: about 2x ``model.predict`` (with
-  TensorFlow's oneDNN) for MobileNet, about 1x for ResNet50, slower for VGG16
-  on a 2-core CPU. The converted model is cached in the index directory, so a
-  query loads it in a fraction of a second and never reconverts.
+  ``tf.lite.TFLiteConverter`` (float32, no quantisation) and run by the LiteRT
+  interpreter (``ai_edge_litert``, TensorFlow Lite's successor; TensorFlow's
+  own ``tf.lite.Interpreter`` where no LiteRT wheel exists) with the XNNPACK
+  delegate, four images per invocation. On a 2-core AVX2 CPU: 3.1x
+  ``model.predict`` for MobileNet, 1.6x for ResNet50 (less where TensorFlow
+  turns oneDNN on, as on AVX-512 CPUs); see docs/cnn.md. The converted model
+  is cached in the index directory, so a query loads it in a fraction of a
+  second, never reconverts and never imports TensorFlow.
 * ``keras``: ``model.predict``, the reference.
 
 Pooling and ``preprocess_input`` run in NumPy outside the network, so both
@@ -24,8 +27,9 @@ weights (of the weights file, or of the seeded random weights for
 ``weights="none"``). :meth:`CNNExtractor.load_state` refuses a model that
 differs, so a query is never embedded by another model than its collection.
 
-TensorFlow is imported only when a model is built or loaded, through
-:mod:`cbir.features._tensorflow`, never when this module is imported.
+TensorFlow is imported only when a Keras model is built (to index, or with
+the ``keras`` runtime), through :mod:`cbir.features._tensorflow`, never when
+this module is imported nor to query a TFLite index.
 """
 
 from __future__ import annotations
@@ -146,6 +150,10 @@ PAD_RGB = (124, 116, 104)
 _STATE_FILE = "cnn.json"
 _TFLITE_FILE = "model.tflite"
 _STATE_VERSION = 1
+#: Images per TFLite invocation, whatever ``batch_size``: XNNPACK's
+#: activations then stay in cache (MobileNet 152.6 vs 137.6 images/s with 32,
+#: ResNet50 22.0 vs 21.3), and planning a shape takes 0.4 s, not 2-4 s.
+_TFLITE_CHUNK = 4
 # GeM is defined on positive activations; EfficientNet's last one (swish) can
 # be slightly negative, so activations are clamped to this floor first.
 _GEM_EPS = 1e-6
@@ -196,7 +204,7 @@ class CNNExtractor(Extractor):
         The backbone, when built with the Keras runtime (or to convert it).
     tflite_model_ : bytes
         The converted model, with the TFLite runtime (what :meth:`save` caches).
-    interpreter_ : tf.lite.Interpreter
+    interpreter_ : ai_edge_litert.interpreter.Interpreter
         Runs ``tflite_model_`` with XNNPACK on every available core.
     """
 
@@ -292,17 +300,30 @@ class CNNExtractor(Extractor):
         """Last feature map ``(n, h, w, channels)`` of a uint8 RGB batch."""
         if self.runtime == "keras":
             return self.model_.predict(batch, batch_size=len(batch), verbose=0)
+        chunk = min(len(batch), _TFLITE_CHUNK)
+        self._plan_interpreter(chunk)
         interpreter = self.interpreter_
-        if self._interpreter_batch != len(batch):
-            # The converted model keeps Keras' dynamic batch dimension; a new
-            # batch size only costs a re-plan (the last batch, or queries).
-            interpreter.resize_tensor_input(self._input_index, batch.shape, strict=True)
-            with _silenced():
-                interpreter.allocate_tensors()
-            self._interpreter_batch = len(batch)
-        interpreter.set_tensor(self._input_index, batch)
-        interpreter.invoke()
-        return interpreter.get_tensor(self._output_index)
+        maps = []
+        for start in range(0, len(batch), chunk):
+            images = batch[start : start + chunk]
+            if len(images) < chunk:
+                # Padding the last few costs less than planning another shape.
+                images = np.concatenate([images, np.zeros((chunk - len(images), *images.shape[1:]), images.dtype)])
+            interpreter.set_tensor(self._input_index, images)
+            interpreter.invoke()
+            maps.append(interpreter.get_tensor(self._output_index)[: len(batch) - start])
+        return np.concatenate(maps) if len(maps) > 1 else maps[0]
+
+    def _plan_interpreter(self, batch_size: int) -> None:
+        # The converted model keeps Keras' dynamic batch dimension; another
+        # size costs a re-plan, so it changes only between indexing and queries.
+        if self._interpreter_batch == batch_size:
+            return
+        shape = (batch_size, int(self.input_size), int(self.input_size), 3)
+        self.interpreter_.resize_tensor_input(self._input_index, shape, strict=True)
+        with _silenced():
+            self.interpreter_.allocate_tensors()
+        self._interpreter_batch = batch_size
 
     def _pool(self, feature_map: np.ndarray) -> np.ndarray:
         if self.pooling == "avg":
@@ -362,9 +383,8 @@ class CNNExtractor(Extractor):
         return path
 
     def _set_tflite_model(self, model_bytes: bytes) -> None:
-        tf = import_tensorflow()
         with _silenced():
-            interpreter = tf.lite.Interpreter(model_content=model_bytes, num_threads=_cpu_count())
+            interpreter = tflite_interpreter_class()(model_content=model_bytes, num_threads=_cpu_count())
         self.tflite_model_ = model_bytes
         self.interpreter_ = interpreter
         self._input_index = interpreter.get_input_details()[0]["index"]
@@ -535,6 +555,20 @@ def fetch_imagenet_weights(backbone: str, input_size: int = 224) -> Path:
             f"place the file at {where} or pass --weights FILE"
         ) from exc
     return Path(path)
+
+
+def tflite_interpreter_class():
+    """LiteRT's interpreter, or TensorFlow's own where LiteRT has no wheel.
+
+    LiteRT (``ai_edge_litert``) is the runtime ``tf.lite.Interpreter`` is
+    deprecated in favour of; it imports in milliseconds where TensorFlow takes
+    seconds, which is most of a one-off query's time. Same kernels, same speed.
+    """
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        return import_tensorflow().lite.Interpreter
+    return Interpreter
 
 
 def convert_to_tflite(model) -> bytes:
