@@ -20,7 +20,9 @@ process and interleaved over ``--rounds`` rounds (best of each counts):
   and opening an index for queries (the cached ``.tflite`` is loaded).
 
 Query latency: median and p95 of ``Searcher.query`` (decode, embed, search)
-against an open MobileNet index.
+against an open MobileNet index; and a one-off ``cbir query`` in a new
+process (Python start, imports, loading the cached model, the query), next to
+``import tensorflow`` alone in a new process, which that path avoids.
 
     python benchmarks/cnn_corel.py [--json] [--sweep] [--rounds 2]
 """
@@ -31,6 +33,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -164,6 +167,21 @@ def latency(name: str, index_dir: Path, files: list[Path], queries: int) -> dict
     return {"median_ms": statistics.median(times), "p95_ms": float(np.percentile(times, 95)), "queries": len(times)}
 
 
+def one_off_query(name: str, index_dir: Path, query: Path, runs: int = 3) -> dict:
+    """Median wall time of ``cbir query`` in a new process, and of ``import tensorflow`` alone."""
+    commands = {
+        "cli_query_s": [sys.executable, "-m", "cbir", "query", str(query), "--name", name, "--index-dir", str(index_dir), "--json"],
+        "import_tensorflow_s": [sys.executable, "-c", "import tensorflow"],
+    }
+    times: dict[str, list[float]] = {key: [] for key in commands}
+    for _ in range(runs):
+        for key, command in commands.items():
+            started = time.perf_counter()
+            subprocess.run(command, check=True, capture_output=True)
+            times[key].append(time.perf_counter() - started)
+    return {key: statistics.median(values) for key, values in times.items()}
+
+
 def sweep(files: list[Path], labels: list[int]) -> dict:
     """Every resize mode x pooling with the shared MobileNet weights."""
     extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS)).fit()
@@ -217,6 +235,7 @@ def main() -> None:
             evaluate_index("mobilenet-pca", work, labels=COREL_LABELS, ks=(10, 20))
         )
         figures["latency"] = latency("mobilenet0", work, files, args.queries)
+        figures["latency"].update(one_off_query("mobilenet0", work, files[0]))
     figures["load_average_after"] = os.getloadavg()[0]
     if args.sweep:
         figures["sweep"] = sweep(files, labels)
@@ -248,6 +267,7 @@ def print_table(figures: dict) -> None:
     lat = figures["latency"]
     print()
     print(f"  query latency (MobileNet, open index): median {lat['median_ms']:.1f} ms, p95 {lat['p95_ms']:.1f} ms over {lat['queries']} queries")
+    print(f"  one-off `cbir query` in a new process: {lat['cli_query_s']:.2f} s (`import tensorflow` alone: {lat['import_tensorflow_s']:.2f} s)")
     if "sweep" in figures:
         print()
         print(f"  {'resize/pooling sweep':<34}{'P@10':>8}{'P@20':>8}{'mAP':>8}")

@@ -75,3 +75,56 @@ def test_index_trains_an_autoencoder_when_no_model_is_given(tmp_path):
     model_dir = indexes / "ae" / "model" / "extractor"
     assert (model_dir / "model.keras").is_file() and (model_dir / "history.json").is_file()
     assert not (indexes / "ae" / "training").exists()
+
+
+def _mobilenet_h5(path):
+    """A Keras .h5 file of random 32 px MobileNet weights (what a user would pass to --weights)."""
+    from cbir.features._tensorflow import import_keras
+
+    keras = import_keras()
+    keras.applications.MobileNet(include_top=False, weights=None, input_shape=(32, 32, 3)).save(path)
+    return path
+
+
+def _refused(result, indexes, name):
+    """One error line, a non-zero exit, and no index left behind."""
+    assert result.exit_code != 0
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr
+    assert not (indexes / name).exists()
+    return result.stderr
+
+
+def test_bad_weights_and_pca_settings_are_one_error_line_and_leave_no_index(tmp_path):
+    photos, indexes = tmp_path / "photos", tmp_path / "indexes"
+    make_collection(photos, per_class=4)
+    cnn = ("index", photos, "--index-dir", indexes, "--input-size", "32")
+
+    corrupt = tmp_path / "corrupt.h5"
+    corrupt.write_bytes(b"\x89HDF\r\n\x1a\n" + b"\x00" * 64)
+    assert "cannot load" in _refused(invoke(*cnn, "--name", "a", "--backbone", "mobilenet", "--weights", corrupt), indexes, "a")
+
+    mobilenet = _mobilenet_h5(tmp_path / "mobilenet.h5")
+    message = _refused(invoke(*cnn, "--name", "b", "--backbone", "resnet50", "--weights", mobilenet), indexes, "b")
+    assert "into resnet50" in message
+
+    too_many = _refused(invoke(*cnn, "--name", "c", "--weights", "none", "--pca", "13"), indexes, "c")
+    assert "PCA to 13 dimensions" in too_many and "12 images" in too_many
+    # Colour histograms with one bin per channel: 5 regions, 5 dimensions.
+    too_wide = invoke("index", photos, "--index-dir", indexes, "--name", "d", "--bins", "1,1,1", "--pca", "6")
+    assert "dimension 5" in _refused(too_wide, indexes, "d")
+
+
+def test_a_pca_index_whose_model_changed_is_refused_at_query_time(tmp_path):
+    photos, indexes = tmp_path / "photos", tmp_path / "indexes"
+    make_collection(photos, per_class=4)
+    created = invoke("index", photos, "--name", "p", "--index-dir", indexes, "--backbone", "mobilenet",
+                     "--weights", "none", "--input-size", "32", "--pca", "4")
+    assert created.exit_code == 0, created.stderr
+    query = ("query", photos / "red" / "red-1.jpg", "--name", "p", "--index-dir", indexes)
+    assert invoke(*query).exit_code == 0
+
+    model = indexes / "p" / "model" / "extractor" / "model.tflite"
+    model.write_bytes(model.read_bytes()[:-1] + bytes([model.read_bytes()[-1] ^ 1]))
+    result = invoke(*query)
+    assert result.exit_code != 0 and result.stderr.startswith("error: ") and result.stderr.count("\n") == 1
+    assert "model.tflite" in result.stderr and result.stdout == ""
