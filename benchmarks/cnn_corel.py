@@ -11,11 +11,14 @@ Speed, per backbone (MobileNet with its real weights; VGG16 and ResNet50 with
 process and interleaved over ``--rounds`` rounds (best of each counts):
 
 * model only: ``transform_prepared`` on batches of 32 already decoded and
-  resized images (preprocess, network, pooling, normalisation), for the
-  default TFLite runtime and for Keras ``model.predict``, alternating batch by
-  batch, and the lowest cosine between their vectors;
-* end to end: ``index_folder`` from files to a stored index (decoding threads,
-  batches, network, catalogue, FAISS), with the network already built;
+  resized images (preprocess, network, pooling, normalisation), for each
+  engine of the converted model (LiteRT, OpenVINO) and for Keras
+  ``model.predict``, alternating batch by batch; the default runtime
+  (``auto``) is whichever engine it picks for the backbone, and the lowest
+  cosine between its vectors and Keras' is reported;
+* end to end: ``index_folder`` with the default runtime, from files to a
+  stored index (decoding threads, batches, network, catalogue, FAISS), with
+  the network already built;
 * loading: building the network and converting it to TFLite at index time,
   and opening an index for queries (the cached ``.tflite`` is loaded).
 
@@ -48,6 +51,7 @@ from cbir.evaluate import evaluate_index, evaluate_vectors  # noqa: E402
 from cbir.features.cnn import CNNExtractor, POOLINGS, RESIZE_MODES  # noqa: E402
 from cbir.features.pca import PCAReduction  # noqa: E402
 from cbir.features.pipeline import Embedder  # noqa: E402
+from cbir.features.runtimes import openvino_available  # noqa: E402
 from cbir.images import read_image  # noqa: E402
 from cbir.indexer import index_folder  # noqa: E402
 from cbir.search import Searcher  # noqa: E402
@@ -82,25 +86,26 @@ def report_quality(report) -> dict[str, float]:
     return {"p@10": report.precision[10], "p@20": report.precision[20], "map": report.map}
 
 
-def model_only(fast: CNNExtractor, reference: CNNExtractor, prepared: list[np.ndarray]) -> tuple[float, float, float]:
-    """Images/s of ``transform_prepared`` for both runtimes, and the lowest cosine between their vectors.
+def model_only(runtimes: dict[str, CNNExtractor], prepared: list[np.ndarray], default: str) -> tuple[dict[str, float], float]:
+    """Images/s of ``transform_prepared`` for each runtime, and the lowest
+    cosine between the default runtime's vectors and Keras'.
 
     The runtimes alternate batch by batch, so a burst of load elsewhere on
-    the machine hits both alike.
+    the machine hits all alike.
     """
-    seconds = {"fast": 0.0, "reference": 0.0}
+    seconds = dict.fromkeys(runtimes, 0.0)
     lowest = 1.0
-    fast.transform_prepared(prepared[:BATCH])  # warm-up at the timed batch size
-    reference.transform_prepared(prepared[:BATCH])
+    for extractor in runtimes.values():
+        extractor.transform_prepared(prepared[:BATCH])  # warm-up at the timed batch size
     for start in range(0, len(prepared), BATCH):
         batch = prepared[start : start + BATCH]
         vectors = {}
-        for key, extractor in (("fast", fast), ("reference", reference)):
+        for key, extractor in runtimes.items():
             started = time.perf_counter()
             vectors[key] = extractor.transform_prepared(batch)
             seconds[key] += time.perf_counter() - started
-        lowest = min(lowest, float((vectors["fast"] * vectors["reference"]).sum(axis=1).min()))
-    return len(prepared) / seconds["fast"], len(prepared) / seconds["reference"], lowest
+        lowest = min(lowest, float((vectors[default] * vectors["keras"]).sum(axis=1).min()))
+    return {key: len(prepared) / value for key, value in seconds.items()}, lowest
 
 
 def end_to_end(extractor: CNNExtractor, folder: Path, index_dir: Path, name: str) -> float:
@@ -126,15 +131,19 @@ def speed(backbone: str, files: list[Path], work: Path, rounds: int) -> dict:
     started = time.perf_counter()
     fast = CNNExtractor(backbone=backbone, weights=weights, batch_size=BATCH).fit()
     build_seconds = time.perf_counter() - started
-    reference = CNNExtractor(backbone=backbone, weights=weights, runtime="keras", batch_size=BATCH).fit()
+    default = fast.engine
+    runtimes = {default: fast}
+    for runtime in ("tflite", "openvino", "keras"):
+        if runtime not in runtimes and (runtime != "openvino" or openvino_available()):
+            runtimes[runtime] = CNNExtractor(backbone=backbone, weights=weights, runtime=runtime, batch_size=BATCH).fit()
     prepared = [fast.prepare(image) for image in decode(chosen, fast.input_size)]
 
-    figures = {"weights": "imagenet (shared)" if weights != "none" else "none", "images": len(chosen)}
-    best = {"tflite": 0.0, "keras": 0.0, "end_to_end": 0.0}
+    figures = {"weights": "imagenet (shared)" if weights != "none" else "none", "images": len(chosen), "default_runtime": default}
+    best = dict.fromkeys([*runtimes, "end_to_end"], 0.0)
     lowest_cosine = 1.0
     for round_number in range(rounds):
-        tflite_rate, keras_rate, cosine = model_only(fast, reference, prepared)
-        best["tflite"], best["keras"] = max(best["tflite"], tflite_rate), max(best["keras"], keras_rate)
+        rates, cosine = model_only(runtimes, prepared, default)
+        best.update({key: max(best[key], rate) for key, rate in rates.items()})
         lowest_cosine = min(lowest_cosine, cosine)
         best["end_to_end"] = max(best["end_to_end"], end_to_end(fast, folder, work, f"{backbone}{round_number}"))
     started = time.perf_counter()
@@ -143,12 +152,11 @@ def speed(backbone: str, files: list[Path], work: Path, rounds: int) -> dict:
         open_seconds = time.perf_counter() - started
     figures.update(
         {
-            "model_only_tflite": best["tflite"],
-            "model_only_keras": best["keras"],
-            "tflite_vs_keras": best["tflite"] / best["keras"],
+            "model_only": {key: best[key] for key in runtimes},
+            "default_vs_keras": best[default] / best["keras"],
             "end_to_end": best["end_to_end"],
-            "end_to_end_vs_model_only": best["end_to_end"] / best["tflite"],
-            "min_cosine_tflite_keras": lowest_cosine,
+            "end_to_end_vs_model_only": best["end_to_end"] / best[default],
+            "min_cosine_default_keras": lowest_cosine,
             "build_and_convert_s": build_seconds,
             "open_index_s": open_seconds,
         }
@@ -254,15 +262,17 @@ def print_table(figures: dict) -> None:
         print(f"  {label:<34}{q['p@10']:8.4f}{q['p@20']:8.4f}{q['map']:8.4f}")
     print("  targets: P@10 >= 0.955 and mAP >= 0.85 without PCA; mAP >= 0.875 with the best PCA")
     print()
-    print(f"  {'images/s (batch 32)':<20}{'images':>7}{'TFLite':>8}{'Keras':>8}{'ratio':>7}{'end-to-end':>12}{'e2e/model':>10}{'cosine':>11}{'build s':>9}{'open s':>8}")
+    print(f"  {'images/s (batch 32)':<20}{'images':>7}{'LiteRT':>8}{'OpenVINO':>9}{'Keras':>8}{'default':>10}{'/Keras':>7}{'end-to-end':>11}{'e2e/model':>10}{'cosine':>11}{'build s':>9}{'open s':>8}")
     for backbone, s in figures["speed"].items():
+        rates = s["model_only"]
         print(
-            f"  {backbone + ' (' + s['weights'].split()[0] + ')':<20}{s['images']:>7}{s['model_only_tflite']:8.1f}"
-            f"{s['model_only_keras']:8.1f}{s['tflite_vs_keras']:7.2f}{s['end_to_end']:12.1f}"
-            f"{s['end_to_end_vs_model_only']:10.2f}{s['min_cosine_tflite_keras']:11.7f}"
+            f"  {backbone + ' (' + s['weights'].split()[0] + ')':<20}{s['images']:>7}{rates['tflite']:8.1f}"
+            f"{rates.get('openvino', float('nan')):9.1f}{rates['keras']:8.1f}{s['default_runtime']:>10}"
+            f"{s['default_vs_keras']:7.2f}{s['end_to_end']:11.1f}"
+            f"{s['end_to_end_vs_model_only']:10.2f}{s['min_cosine_default_keras']:11.7f}"
             f"{s['build_and_convert_s']:9.1f}{s['open_index_s']:8.2f}"
         )
-    print("  targets: TFLite/Keras >= 2.5 (MobileNet), >= 1.5 (ResNet50); end-to-end >= 0.9 x model only; cosine >= 0.9999")
+    print("  targets: default/Keras >= 2.5 (MobileNet), >= 1.5 (ResNet50); end-to-end >= 0.9 x model only; cosine >= 0.9999")
     print(f"  load average (1 min) {figures['load_average_before']:.1f} before, {figures['load_average_after']:.1f} after the timings (2 cores)")
     lat = figures["latency"]
     print()

@@ -280,7 +280,10 @@ def index(
     runtime: Annotated[
         Optional[str],
         typer.Option(
-            "--runtime", help="tflite (fast) or keras (reference); same vectors. (default: tflite)", show_default=False, rich_help_panel=_CNN
+            "--runtime",
+            help="auto (the faster of tflite and openvino for the backbone), tflite (LiteRT), openvino, or keras (reference); same vectors. (default: auto)",
+            show_default=False,
+            rich_help_panel=_CNN,
         ),
     ] = None,
     input_size: Annotated[

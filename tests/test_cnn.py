@@ -19,6 +19,11 @@ from cbir.features.base import make_extractor
 from cbir.features.cnn import PAD_RGB, CNNExtractor, file_sha256, resize_image
 
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
+#: The engines that run the converted model, each where it is installed.
+CONVERTED_RUNTIMES = [
+    "tflite",
+    pytest.param("openvino", marks=pytest.mark.skipif(importlib.util.find_spec("openvino") is None, reason="OpenVINO is not installed")),
+]
 
 SIZE = 32
 
@@ -115,7 +120,7 @@ def test_config_and_dims_come_without_building_a_network():
             "gem_p": 3.0,
             "input_size": 160,
             "resize": "squash",
-            "runtime": "tflite",
+            "runtime": "auto",
             "batch_size": 32,
             "seed": 0,
         },
@@ -144,9 +149,23 @@ def test_batches_that_do_not_fill_the_last_invocation_give_the_same_vectors(extr
 
 
 @needs_tensorflow
-def test_tflite_and_keras_runtimes_give_the_same_vectors(extractor, images):
+@pytest.mark.parametrize("runtime", CONVERTED_RUNTIMES)
+def test_converted_runtimes_give_the_keras_vectors(runtime, images):
+    fast = CNNExtractor(weights="none", input_size=SIZE, runtime=runtime, batch_size=5)
     keras_vectors = CNNExtractor(weights="none", input_size=SIZE, runtime="keras").transform(images)
-    assert _cosines(extractor.transform(images), keras_vectors).min() >= 0.9999
+    assert _cosines(fast.transform(images), keras_vectors).min() >= 0.9999
+    assert _cosines(fast.transform(images[:1]), keras_vectors[:1]).min() >= 0.9999  # a query re-plans
+
+
+def test_auto_runtime_is_the_faster_engine_for_the_backbone(monkeypatch):
+    monkeypatch.setattr(cnn, "openvino_available", lambda: True)
+    assert CNNExtractor(backbone="resnet50").engine == "openvino"
+    assert CNNExtractor(backbone="mobilenet").engine == "tflite"
+    assert CNNExtractor(backbone="resnet50", runtime="keras").engine == "keras"
+    monkeypatch.setattr(cnn, "openvino_available", lambda: False)
+    assert CNNExtractor(backbone="resnet50").engine == "tflite"
+    with pytest.raises(UsageError, match="needs the openvino package"):
+        make_extractor("cnn", runtime="openvino")
 
 
 @needs_tensorflow
@@ -200,6 +219,9 @@ def test_saved_state_gives_identical_vectors_without_reconverting(extractor, ima
 
     reference = CNNExtractor(weights="none", input_size=SIZE, runtime="keras").load_state(tmp_path)
     assert _cosines(reference.transform(images), extractor.transform(images)).min() >= 0.9999
+    if importlib.util.find_spec("openvino") is not None:
+        other_engine = CNNExtractor(weights="none", input_size=SIZE, runtime="openvino").load_state(tmp_path)
+        assert _cosines(other_engine.transform(images), extractor.transform(images)).min() >= 0.9999
 
 
 @needs_tensorflow
@@ -266,11 +288,13 @@ def test_unusable_weights_files_are_weights_errors(tmp_path):
 
 @needs_tensorflow
 @pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None, reason="LiteRT is not installed")
-def test_querying_a_tflite_index_does_not_import_tensorflow(collection, index_dir):
+@pytest.mark.parametrize("runtime", CONVERTED_RUNTIMES)
+def test_querying_a_converted_index_does_not_import_tensorflow(runtime, collection, index_dir):
     from cbir.features.pipeline import Embedder
     from cbir.indexer import index_folder
 
-    index_folder(collection, "cnn", index_dir, embedder=Embedder(make_extractor("cnn", weights="none", input_size=SIZE)))
+    extractor = make_extractor("cnn", weights="none", input_size=SIZE, runtime=runtime)
+    index_folder(collection, "cnn", index_dir, embedder=Embedder(extractor))
     query = collection / "red" / "red-2.jpg"
     script = f"""
 import json, sys

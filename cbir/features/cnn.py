@@ -5,18 +5,22 @@ or padded), scaled by the backbone's own ``preprocess_input``, run through the
 backbone without its classifier, and its last feature map is pooled (average,
 max or generalised mean) into one L2-normalised vector.
 
-Two runtimes give the same vectors (cosine >= 0.9999999 here):
+The runtimes give the same vectors (cosine >= 0.9999998 here):
 
-* ``tflite`` (default): the Keras model converted once with
-  ``tf.lite.TFLiteConverter`` (float32, no quantisation) and run by the LiteRT
-  interpreter (``ai_edge_litert``, TensorFlow Lite's successor; TensorFlow's
-  own ``tf.lite.Interpreter`` where no LiteRT wheel exists) with the XNNPACK
-  delegate, four images per invocation. On a 2-core AVX2 CPU: 3.1x
-  ``model.predict`` for MobileNet, 1.6x for ResNet50 (less where TensorFlow
-  turns oneDNN on, as on AVX-512 CPUs); see docs/cnn.md. The converted model
-  is cached in the index directory, so a query loads it in a fraction of a
-  second, never reconverts and never imports TensorFlow.
+* ``tflite``: the Keras model converted once with ``tf.lite.TFLiteConverter``
+  (float32, no quantisation) and run by the LiteRT interpreter
+  (``ai_edge_litert``, TensorFlow Lite's successor; TensorFlow's own
+  ``tf.lite.Interpreter`` where no LiteRT wheel exists) with XNNPACK;
+* ``openvino``: the same converted model run by OpenVINO's CPU plugin;
+* ``auto`` (default): whichever of the two is faster for the backbone
+  (:data:`FASTEST_RUNTIME`; OpenVINO for ResNet50, LiteRT otherwise);
 * ``keras``: ``model.predict``, the reference.
+
+On 2 AVX2 cores the default runs MobileNet at 3.1x ``model.predict`` and
+ResNet50 at 1.6x (less where TensorFlow turns oneDNN on, as on AVX-512 CPUs);
+see docs/cnn.md and :mod:`cbir.features.runtimes`. The converted model is
+cached in the index directory, so a query loads it in a fraction of a second,
+never reconverts and never imports TensorFlow.
 
 Pooling and ``preprocess_input`` run in NumPy outside the network, so both
 runtimes share them and one converted model serves every pooling.
@@ -52,6 +56,7 @@ from cbir.errors import IndexCorruptError, UsageError, WeightsError
 from cbir.features._tensorflow import captured_stderr, import_keras, import_tensorflow
 from cbir.fileio import file_sha256, write_bytes_atomic
 from cbir.features.base import Extractor, l2_normalize
+from cbir.features.runtimes import NETWORKS, openvino_available
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,16 @@ BACKBONES: dict[str, Backbone] = {
 
 POOLINGS = ("avg", "max", "gem")
 RESIZE_MODES = ("squash", "crop", "pad")
-RUNTIMES = ("tflite", "keras")
+RUNTIMES = ("auto", "tflite", "openvino", "keras")
+#: What ``runtime="auto"`` runs each backbone with: the faster of LiteRT and
+#: OpenVINO on 2 AVX2 cores (see :mod:`cbir.features.runtimes`).
+FASTEST_RUNTIME = {
+    "mobilenet": "tflite",
+    "mobilenetv2": "tflite",
+    "efficientnetb0": "tflite",
+    "resnet50": "openvino",
+    "vgg16": "tflite",
+}
 #: Smallest input ``keras.applications`` accepts for these networks.
 MIN_INPUT_SIZE = 32
 #: Padding colour: the ImageNet mean, which every ``preprocess_input`` maps to
@@ -150,10 +164,6 @@ PAD_RGB = (124, 116, 104)
 _STATE_FILE = "cnn.json"
 _TFLITE_FILE = "model.tflite"
 _STATE_VERSION = 1
-#: Images per TFLite invocation, whatever ``batch_size``: XNNPACK's
-#: activations then stay in cache (MobileNet 152.6 vs 137.6 images/s with 32,
-#: ResNet50 22.0 vs 21.3), and planning a shape takes 0.4 s, not 2-4 s.
-_TFLITE_CHUNK = 4
 # GeM is defined on positive activations; EfficientNet's last one (swish) can
 # be slightly negative, so activations are clamped to this floor first.
 _GEM_EPS = 1e-6
@@ -188,9 +198,11 @@ class CNNExtractor(Extractor):
         and pads with the ImageNet mean colour. ``squash`` is the default: on
         Corel-1k it ties with ``crop`` (P@10 0.956 vs 0.955, mAP 0.852 vs
         0.853) and beats ``pad`` (0.943 / 0.827) while keeping the whole picture.
-    runtime : {"tflite", "keras"}
-        ``tflite``: TFLite with XNNPACK, the converted model cached in the
-        index; ``keras``: ``model.predict``, the reference. Same vectors.
+    runtime : {"auto", "tflite", "openvino", "keras"}
+        ``tflite``: LiteRT with XNNPACK; ``openvino``: OpenVINO; both run the
+        converted model cached in the index. ``auto``: the faster of the two
+        for the backbone (LiteRT where OpenVINO is not installed). ``keras``:
+        ``model.predict``, the reference. Same vectors.
     batch_size : int
         Images per forward pass; bounds memory whatever the number of images.
     seed : int
@@ -203,9 +215,9 @@ class CNNExtractor(Extractor):
     model_ : keras.Model
         The backbone, when built with the Keras runtime (or to convert it).
     tflite_model_ : bytes
-        The converted model, with the TFLite runtime (what :meth:`save` caches).
-    interpreter_ : ai_edge_litert.interpreter.Interpreter
-        Runs ``tflite_model_`` with XNNPACK on every available core.
+        The converted model, with every runtime but Keras (what :meth:`save` caches).
+    network_ : cbir.features.runtimes.ConvertedNetwork
+        Runs ``tflite_model_`` with LiteRT or OpenVINO on every available core.
     """
 
     name = "cnn"
@@ -219,7 +231,7 @@ class CNNExtractor(Extractor):
         gem_p: float = 3.0,
         input_size: int = 224,
         resize: str = "squash",
-        runtime: str = "tflite",
+        runtime: str = "auto",
         batch_size: int = 32,
         seed: int = 0,
     ):
@@ -239,6 +251,8 @@ class CNNExtractor(Extractor):
         _check_choice("pooling", self.pooling, POOLINGS)
         _check_choice("resize", self.resize, RESIZE_MODES)
         _check_choice("runtime", self.runtime, RUNTIMES)
+        if self.runtime == "openvino" and not openvino_available():
+            raise UsageError("the openvino runtime needs the openvino package (pip install openvino); or use --runtime tflite")
         if not isinstance(self.weights, str) or not self.weights:
             raise UsageError(f"weights must be 'imagenet', 'none' or a file path, got {self.weights!r}")
         if self.weights not in ("imagenet", "none") and not self.weights.endswith((".h5", ".hdf5")):
@@ -266,7 +280,15 @@ class CNNExtractor(Extractor):
     @property
     def is_loaded(self) -> bool:
         """Whether the network is built (it is built on first use otherwise)."""
-        return hasattr(self, "interpreter_") or hasattr(self, "model_")
+        return hasattr(self, "network_") or hasattr(self, "model_")
+
+    @property
+    def engine(self) -> str:
+        """The runtime that actually runs: ``auto`` resolved for this backbone."""
+        if self.runtime != "auto":
+            return self.runtime
+        fastest = FASTEST_RUNTIME[self.backbone]
+        return fastest if fastest != "openvino" or openvino_available() else "tflite"
 
     # -- loading -----------------------------------------------------------
     def fit(self, images: Sequence[np.ndarray] = (), **fit_params: Any) -> "CNNExtractor":
@@ -298,32 +320,10 @@ class CNNExtractor(Extractor):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Last feature map ``(n, h, w, channels)`` of a uint8 RGB batch."""
-        if self.runtime == "keras":
+        if self.engine == "keras":
             return self.model_.predict(batch, batch_size=len(batch), verbose=0)
-        chunk = min(len(batch), _TFLITE_CHUNK)
-        self._plan_interpreter(chunk)
-        interpreter = self.interpreter_
-        maps = []
-        for start in range(0, len(batch), chunk):
-            images = batch[start : start + chunk]
-            if len(images) < chunk:
-                # Padding the last few costs less than planning another shape.
-                images = np.concatenate([images, np.zeros((chunk - len(images), *images.shape[1:]), images.dtype)])
-            interpreter.set_tensor(self._input_index, images)
-            interpreter.invoke()
-            maps.append(interpreter.get_tensor(self._output_index)[: len(batch) - start])
-        return np.concatenate(maps) if len(maps) > 1 else maps[0]
-
-    def _plan_interpreter(self, batch_size: int) -> None:
-        # The converted model keeps Keras' dynamic batch dimension; another
-        # size costs a re-plan, so it changes only between indexing and queries.
-        if self._interpreter_batch == batch_size:
-            return
-        shape = (batch_size, int(self.input_size), int(self.input_size), 3)
-        self.interpreter_.resize_tensor_input(self._input_index, shape, strict=True)
-        with _silenced():
-            self.interpreter_.allocate_tensors()
-        self._interpreter_batch = batch_size
+        with _silenced():  # engines log when they plan a shape
+            return self.network_(batch)
 
     def _pool(self, feature_map: np.ndarray) -> np.ndarray:
         if self.pooling == "avg":
@@ -343,10 +343,10 @@ class CNNExtractor(Extractor):
             return
         self.check_params()
         model = self._build_keras_model()
-        if self.runtime == "keras":
+        if self.engine == "keras":
             self.model_ = model
         else:
-            self._set_tflite_model(convert_to_tflite(model))
+            self._set_converted_model(convert_to_tflite(model))
 
     def _build_keras_model(self):
         """The backbone with the requested weights; sets ``weights_sha256_``."""
@@ -382,14 +382,10 @@ class CNNExtractor(Extractor):
             raise WeightsError(f"weights file not found: {path}")
         return path
 
-    def _set_tflite_model(self, model_bytes: bytes) -> None:
+    def _set_converted_model(self, model_bytes: bytes) -> None:
         with _silenced():
-            interpreter = tflite_interpreter_class()(model_content=model_bytes, num_threads=_cpu_count())
+            self.network_ = NETWORKS[self.engine](model_bytes, int(self.input_size), _cpu_count())
         self.tflite_model_ = model_bytes
-        self.interpreter_ = interpreter
-        self._input_index = interpreter.get_input_details()[0]["index"]
-        self._output_index = interpreter.get_output_details()[0]["index"]
-        self._interpreter_batch = None
 
     # -- persistence -------------------------------------------------------
     def weights_files(self) -> list[Path]:
@@ -399,8 +395,8 @@ class CNNExtractor(Extractor):
         return [self._weights_file()]
 
     def save(self, directory: Path) -> None:
-        """Write ``cnn.json`` (what the vectors depend on) and, for the
-        TFLite runtime, the converted ``model.tflite``."""
+        """Write ``cnn.json`` (what the vectors depend on) and, unless the
+        runtime is Keras, the converted ``model.tflite``."""
         self._ensure_loaded()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
@@ -411,7 +407,7 @@ class CNNExtractor(Extractor):
             "weights": self.weights,
             "weights_sha256": self.weights_sha256_,
         }
-        if self.runtime == "tflite":
+        if self.engine != "keras":
             write_bytes_atomic(directory / _TFLITE_FILE, self.tflite_model_)
             record["tflite_sha256"] = hashlib.sha256(self.tflite_model_).hexdigest()
         write_bytes_atomic(directory / _STATE_FILE, (json.dumps(record, indent=2) + "\n").encode())
@@ -419,7 +415,7 @@ class CNNExtractor(Extractor):
     def load_state(self, directory: Path) -> "CNNExtractor":
         """Load the model :meth:`save` recorded, refusing any other.
 
-        With the TFLite runtime the cached ``model.tflite`` is loaded as is
+        With LiteRT or OpenVINO the cached ``model.tflite`` is loaded as is
         (no Keras model, no conversion, the weights file is not needed).
         Otherwise the network is rebuilt and its weights must have the
         recorded SHA-256.
@@ -436,7 +432,7 @@ class CNNExtractor(Extractor):
         directory = Path(directory)
         record = self._read_record(directory / _STATE_FILE)
         tflite_path = directory / _TFLITE_FILE
-        if self.runtime == "tflite" and "tflite_sha256" in record:
+        if self.engine != "keras" and "tflite_sha256" in record:
             try:
                 model_bytes = tflite_path.read_bytes()
             except OSError as exc:
@@ -444,7 +440,7 @@ class CNNExtractor(Extractor):
             if hashlib.sha256(model_bytes).hexdigest() != record["tflite_sha256"]:
                 raise IndexCorruptError(f"cached model {tflite_path} does not match its SHA-256 in {_STATE_FILE}")
             self.weights_sha256_ = record["weights_sha256"]
-            self._set_tflite_model(model_bytes)
+            self._set_converted_model(model_bytes)
             return self
         # Built with the Keras runtime: rebuild, and check it is the same network.
         model = self._build_keras_model()
@@ -454,10 +450,10 @@ class CNNExtractor(Extractor):
                 f"{source} differs from the one this index was built with "
                 f"(SHA-256 {self.weights_sha256_[:12]}... vs {record['weights_sha256'][:12]}...); rebuild the index"
             )
-        if self.runtime == "keras":
+        if self.engine == "keras":
             self.model_ = model
         else:
-            self._set_tflite_model(convert_to_tflite(model))
+            self._set_converted_model(convert_to_tflite(model))
         return self
 
     def _read_record(self, path: Path) -> dict[str, Any]:
@@ -555,20 +551,6 @@ def fetch_imagenet_weights(backbone: str, input_size: int = 224) -> Path:
             f"place the file at {where} or pass --weights FILE"
         ) from exc
     return Path(path)
-
-
-def tflite_interpreter_class():
-    """LiteRT's interpreter, or TensorFlow's own where LiteRT has no wheel.
-
-    LiteRT (``ai_edge_litert``) is the runtime ``tf.lite.Interpreter`` is
-    deprecated in favour of; it imports in milliseconds where TensorFlow takes
-    seconds, which is most of a one-off query's time. Same kernels, same speed.
-    """
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        return import_tensorflow().lite.Interpreter
-    return Interpreter
 
 
 def convert_to_tflite(model) -> bytes:
