@@ -177,7 +177,7 @@ class CNNExtractor(Extractor):
     backbone : {"mobilenet", "mobilenetv2", "efficientnetb0", "resnet50", "vgg16"}
         Network from ``keras.applications``, without its classifier.
         MobileNet is the default: on Corel-1k it reaches P@10 0.956 with the
-        shared ImageNet weights at about 240 images/s (TFLite, 2 cores).
+        shared ImageNet weights at about 140 images/s (LiteRT, 2 AVX2 cores).
     weights : str
         ``"imagenet"``: Keras' pretrained weights from its cache
         (``$KERAS_HOME/models/``, downloaded there by Keras if missing);

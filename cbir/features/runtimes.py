@@ -4,16 +4,17 @@ Both engines run the same float32 TFLite flatbuffer, the one cbir converts a
 Keras backbone into and caches in an index, and neither imports TensorFlow,
 so a query on a CNN index starts in a fraction of a second.
 
-Measured on 2 AVX2 cores, 224 px, images/s (``benchmarks/cnn_corel.py``):
+Neither wins everywhere. On 2 AVX2 cores at 224 px, images/s
+(``benchmarks/cnn_corel.py``; docs/cnn.md has the full table):
 
 ==============  ======  ========
 backbone        LiteRT  OpenVINO
 ==============  ======  ========
-mobilenet        147      134
+mobilenet        140.7    132.0
 mobilenetv2      230      232
 efficientnetb0   114      110
-resnet50          21.1     24.0
-vgg16              6.1      6.0
+resnet50          20.8     23.4
+vgg16              6.0      6.0
 ==============  ======  ========
 
 Images go through in chunks of :data:`CHUNK`, whatever the caller's batch:
