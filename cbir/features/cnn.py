@@ -16,14 +16,15 @@ The runtimes give the same vectors (cosine >= 0.9999998 here):
   (:data:`FASTEST_RUNTIME`; OpenVINO for ResNet50, LiteRT otherwise);
 * ``keras``: ``model.predict``, the reference.
 
-On 2 AVX2 cores the default runs MobileNet at 3.1x ``model.predict`` and
-ResNet50 at 1.6x (less where TensorFlow turns oneDNN on, as on AVX-512 CPUs);
+On 2 AVX2 cores the default runs MobileNet at 3.4x ``model.predict`` and
+ResNet50 at 1.7x (less where TensorFlow turns oneDNN on, as on AVX-512 CPUs);
 see docs/cnn.md and :mod:`cbir.features.runtimes`. The converted model is
 cached in the index directory, so a query loads it in a fraction of a second,
 never reconverts and never imports TensorFlow.
 
-Pooling and ``preprocess_input`` run in NumPy outside the network, so both
-runtimes share them and one converted model serves every pooling.
+``preprocess_input`` runs inside the network (uint8 in), pooling in NumPy
+outside it, so every runtime shares both and one converted model serves every
+pooling.
 
 What the embedding depends on is recorded by :meth:`CNNExtractor.save` in
 ``cnn.json``: backbone, input size, weights source and the SHA-256 of the
@@ -322,8 +323,9 @@ class CNNExtractor(Extractor):
         """Last feature map ``(n, h, w, channels)`` of a uint8 RGB batch."""
         if self.engine == "keras":
             return self.model_.predict(batch, batch_size=len(batch), verbose=0)
-        with _silenced():  # engines log when they plan a shape
-            return self.network_(batch)
+        with _silenced():  # only planning logs; a forward pass must not hide the progress bar
+            self.network_.plan(len(batch))
+        return self.network_(batch)
 
     def _pool(self, feature_map: np.ndarray) -> np.ndarray:
         if self.pooling == "avg":

@@ -59,13 +59,21 @@ class ConvertedNetwork:
         self._planned = None
         self._load(model)
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """The last feature map ``(n, h, w, channels)`` float32 of a uint8 batch."""
-        chunk = min(len(batch), CHUNK)
+    def plan(self, batch_size: int) -> None:
+        """Get ready for batches of ``batch_size`` images (a no-op when ready).
+
+        The engine compiles for the chunk size, which only changes between
+        indexing (chunks of 4) and single queries; engines log while they do.
+        """
+        chunk = min(batch_size, CHUNK)
         if self._planned != chunk:
-            # Only changes between indexing (chunks of 4) and single queries.
             self._plan(chunk)
             self._planned = chunk
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """The last feature map ``(n, h, w, channels)`` float32 of a uint8 batch."""
+        self.plan(len(batch))
+        chunk = self._planned
         maps = []
         for start in range(0, len(batch), chunk):
             images = batch[start : start + chunk]
