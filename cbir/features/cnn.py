@@ -369,8 +369,11 @@ class CNNExtractor(Extractor):
                 warnings.simplefilter("ignore")
                 model.load_weights(path)
         except (OSError, ValueError, KeyError) as exc:
+            # Keras' first line goes on with "Example error message for ...:".
+            reason = _first_line(exc).split(". ")[0].rstrip(":. ")
             raise WeightsError(
-                f"cannot load {path} into {self.backbone} (include_top=False): {_first_line(exc)}"
+                f"cannot load {path} into {self.backbone} (include_top=False): {reason} "
+                f"(weights of another network, or a damaged file?)"
             ) from exc
         self.weights_sha256_ = file_sha256(path)
         return _with_preprocessing(keras, model, self.backbone)
