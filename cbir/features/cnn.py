@@ -321,10 +321,11 @@ class CNNExtractor(Extractor):
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
         """Last feature map ``(n, h, w, channels)`` of a uint8 RGB batch."""
-        if self.engine == "keras":
+        if not hasattr(self, "network_"):  # the Keras runtime
             return self.model_.predict(batch, batch_size=len(batch), verbose=0)
-        with _silenced():  # only planning logs; a forward pass must not hide the progress bar
-            self.network_.plan(len(batch))
+        if not self.network_.is_planned_for(len(batch)):
+            with _silenced():  # only planning logs; a forward pass must not hide the progress bar
+                self.network_.plan(len(batch))
         return self.network_(batch)
 
     def _pool(self, feature_map: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ the activations of four images stay in cache (LiteRT: MobileNet 152.6 vs
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import tempfile
@@ -35,6 +36,7 @@ import numpy as np
 CHUNK = 4
 
 
+@functools.cache
 def openvino_available() -> bool:
     """Whether the ``openvino`` package is importable (it is an optional speed-up)."""
     return importlib.util.find_spec("openvino") is not None
@@ -59,16 +61,19 @@ class ConvertedNetwork:
         self._planned = None
         self._load(model)
 
+    def is_planned_for(self, batch_size: int) -> bool:
+        """Whether batches of ``batch_size`` images run without planning first."""
+        return self._planned == min(batch_size, CHUNK)
+
     def plan(self, batch_size: int) -> None:
         """Get ready for batches of ``batch_size`` images (a no-op when ready).
 
         The engine compiles for the chunk size, which only changes between
         indexing (chunks of 4) and single queries; engines log while they do.
         """
-        chunk = min(batch_size, CHUNK)
-        if self._planned != chunk:
-            self._plan(chunk)
-            self._planned = chunk
+        if not self.is_planned_for(batch_size):
+            self._plan(min(batch_size, CHUNK))
+            self._planned = min(batch_size, CHUNK)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """The last feature map ``(n, h, w, channels)`` float32 of a uint8 batch."""
