@@ -1,0 +1,165 @@
+"""What every command shares: output consoles, error handling, logging, progress, common options.
+
+Results go to stdout (``--json`` for scripts); progress bars, warnings and
+errors go to stderr. Library errors (:class:`cbir.errors.CbirError`) become a
+one-line ``error: ...`` message and a non-zero exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# -- shared options ----------------------------------------------------------
+NameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).")]
+IndexDirOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--index-dir",
+        help="Folder holding named indexes. (default: $CBIR_INDEX_DIR or ./indexes)",
+        file_okay=False,
+    ),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+NprobeOption = Annotated[
+    Optional[int], typer.Option("--nprobe", min=1, help="IVF indexes: inverted lists to visit (more = exact-er, slower).")
+]
+EfSearchOption = Annotated[
+    Optional[int], typer.Option("--ef-search", min=1, help="HNSW indexes: candidate list size (more = exact-er, slower).")
+]
+
+
+def handle_errors(command: Callable) -> Callable:
+    """Turn library errors into ``error: message`` on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from cbir.errors import CbirError
+
+        _configure_logging()
+        try:
+            return command(*args, **kwargs)
+        except CbirError as exc:
+            stderr.print(f"[bold red]error:[/] {exc}", markup=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
+            raise typer.Exit(code=130) from None
+
+    return wrapper
+
+
+class _ConsoleLogHandler(logging.Handler):
+    """Warnings from the library as one ``warning: ...`` line each, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        prefix = "warning: " if record.levelno >= logging.WARNING else ""
+        stderr.print(f"{prefix}{record.getMessage()}", markup=False)
+
+
+def show_training_epochs() -> None:
+    """One line per training epoch (the autoencoder logs them at INFO)."""
+    logging.getLogger("cbir.features.autoencoder").setLevel(logging.INFO)
+
+
+def _configure_logging() -> None:
+    logger = logging.getLogger("cbir")
+    if not any(isinstance(h, _ConsoleLogHandler) for h in logger.handlers):
+        logger.addHandler(_ConsoleLogHandler())
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def progress_bar():
+    """A rich progress bar on stderr when it is a terminal; silent otherwise."""
+    from cbir.progress import SILENT
+
+    if not stderr.is_terminal:
+        return SILENT
+    return _RichProgress()
+
+
+class _RichProgress:
+    def __init__(self):
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeRemainingColumn(),
+        )
+        self._progress_class = Progress
+        self._bar = None
+        self._task = None
+
+    def start(self, description: str, total: int, unit: str = "images") -> None:
+        self.stop()
+        self._unit = unit
+        self._bar = self._progress_class(*self._columns, console=stderr, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total, rate="")
+
+    def advance(self, steps: int = 1) -> None:
+        if self._bar is not None:
+            self._bar.advance(self._task, steps)
+            speed = self._bar.tasks[0].speed
+            if speed:
+                # Images come many per second; epochs take many seconds each.
+                rate = f"{speed:.1f} img/s" if self._unit == "images" else f"{1 / speed:.1f} s per {self._unit.rstrip('s')}"
+                self._bar.update(self._task, rate=rate)
+
+    def stop(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+PathColumnOption = Annotated[
+    Optional[str], typer.Option("--path-column", help="Labels CSV: column of image paths. (default: the first column)", show_default=False)
+]
+LabelColumnOption = Annotated[
+    Optional[str],
+    typer.Option(
+        "--label-column",
+        help="Labels CSV: column of labels. (default: 'label', 'class', 'class_name' or 'category', else the last column)",
+        show_default=False,
+    ),
+]
+
+
+def read_labels(path: Path | None, path_column: str | None, label_column: str | None) -> dict[str, str] | None:
+    from cbir.errors import UsageError
+    from cbir.labels import read_labels_csv
+
+    if path is None:
+        if path_column or label_column:
+            raise UsageError("--path-column and --label-column need --labels")
+        return None
+    return read_labels_csv(path, path_column, label_column)
+
+
+_COLOR = "Colour histogram (--extractor color)"
+_CNN = "CNN (--extractor cnn)"
+_AE = "Autoencoder (--extractor autoencoder)"
+

@@ -1,0 +1,289 @@
+"""``cbir index`` and ``cbir remove``: build, update and shrink an index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from cbir.cli._common import (
+    IndexDirOption,
+    JsonOption,
+    LabelColumnOption,
+    NameOption,
+    PathColumnOption,
+    handle_errors,
+    print_json,
+    progress_bar,
+    read_labels,
+    show_training_epochs,
+)
+
+_COLOR = "Colour histogram (--extractor color)"
+_CNN = "CNN (--extractor cnn)"
+_AE = "Autoencoder (--extractor autoencoder)"
+
+
+def _weights_option(weights: str | None) -> str | None:
+    # A file is stored in the manifest by absolute path, so a later update or
+    # query from another directory finds the same file.
+    if weights is None or weights in ("imagenet", "none"):
+        return weights
+    return str(Path(weights).expanduser().absolute())
+
+
+_CNN_ONLY = {"backbone", "weights", "pooling", "gem_p", "resize", "runtime"}
+_AE_ONLY = {"embedding", "epochs", "channels"}
+
+
+def _existing_embedder_config(name: str, index_dir: Path | None) -> dict[str, Any] | None:
+    from cbir.errors import CbirError
+    from cbir.store import index_path, is_index, read_manifest
+
+    path = index_path(name, index_dir)
+    if not is_index(path):
+        return None
+    try:
+        return read_manifest(path)["embedder"]
+    except CbirError:
+        return None  # opening the index reports the damage
+
+
+def _implied_extractor(params: dict[str, Any], model: Path | None) -> str:
+    """Without --extractor, a new index uses the extractor its options belong to."""
+    if model is not None or _AE_ONLY & set(params):
+        return "autoencoder"
+    if _CNN_ONLY & set(params):
+        return "cnn"
+    return "color"
+
+
+def _make_extractor(name: str, params: dict[str, Any], model: Path | None):
+    """The extractor the options describe; each extractor refuses options it does not take."""
+    from cbir.errors import UsageError
+    from cbir.features.base import make_extractor
+
+    if model is None:
+        return make_extractor(name, **params)
+    if name != "autoencoder":
+        raise UsageError("--model applies to --extractor autoencoder")
+    from cbir.features.autoencoder import AutoencoderExtractor
+
+    return AutoencoderExtractor.from_pretrained(model, **params)
+
+
+def _parse_bins(text: str) -> list[int]:
+    from cbir.errors import UsageError
+
+    parts = text.replace("x", ",").split(",")
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
+
+
+
+@handle_errors
+def index(
+    folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", show_default=False)],
+    name: Annotated[
+        Optional[str], typer.Option("--name", "-n", help="Name of the index. (default: the folder's name)", show_default=False)
+    ] = None,
+    index_dir: IndexDirOption = None,
+    extractor: Annotated[
+        Optional[str],
+        typer.Option(
+            "--extractor",
+            "-e",
+            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. (default: color)",
+            show_default=False,
+        ),
+    ] = None,
+    bins: Annotated[
+        Optional[str],
+        typer.Option("--bins", help="Hue,saturation,value bins per region. (default: 8,12,3)", show_default=False, rich_help_panel=_COLOR),
+    ] = None,
+    backbone: Annotated[
+        Optional[str],
+        typer.Option(
+            "--backbone",
+            help="mobilenet, mobilenetv2, efficientnetb0, resnet50 or vgg16. (default: mobilenet)",
+            show_default=False,
+            rich_help_panel=_CNN,
+        ),
+    ] = None,
+    weights: Annotated[
+        Optional[str],
+        typer.Option(
+            "--weights",
+            help="imagenet (Keras' cache, downloaded if missing), none (random), or a .h5 / .weights.h5 FILE. (default: imagenet)",
+            show_default=False,
+            rich_help_panel=_CNN,
+        ),
+    ] = None,
+    pooling: Annotated[
+        Optional[str], typer.Option("--pooling", help="avg, max or gem. (default: avg)", show_default=False, rich_help_panel=_CNN)
+    ] = None,
+    gem_p: Annotated[
+        Optional[float], typer.Option("--gem-p", help="Exponent of gem pooling. (default: 3)", show_default=False, rich_help_panel=_CNN)
+    ] = None,
+    resize: Annotated[
+        Optional[str],
+        typer.Option("--resize", help="squash, crop or pad to a square. (default: squash)", show_default=False, rich_help_panel=_CNN),
+    ] = None,
+    runtime: Annotated[
+        Optional[str],
+        typer.Option(
+            "--runtime",
+            help="auto (the faster of tflite and openvino for the backbone), tflite (LiteRT), openvino, or keras (reference); same vectors. (default: auto)",
+            show_default=False,
+            rich_help_panel=_CNN,
+        ),
+    ] = None,
+    input_size: Annotated[
+        Optional[int],
+        typer.Option(
+            "--input-size", help="Network input side in pixels. (default: 224 for cnn, 64 for autoencoder)", show_default=False, rich_help_panel=_CNN
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            help="A model from 'cbir train-autoencoder' (model.keras or its folder); without it the autoencoder trains on the collection.",
+            exists=True,
+            show_default=False,
+            rich_help_panel=_AE,
+        ),
+    ] = None,
+    embedding: Annotated[
+        Optional[str],
+        typer.Option(
+            "--embedding",
+            help="pool (multi-scale pooled encoder activations) or flatten (the bottleneck; for centred, aligned objects). (default: pool)",
+            show_default=False,
+            rich_help_panel=_AE,
+        ),
+    ] = None,
+    epochs: Annotated[
+        Optional[int], typer.Option("--epochs", min=1, help="Most training epochs. (default: 40)", show_default=False, rich_help_panel=_AE)
+    ] = None,
+    grey: Annotated[Optional[bool], typer.Option("--grey", help="Train on greyscale images.", show_default=False, rich_help_panel=_AE)] = None,
+    seed: Annotated[
+        Optional[int], typer.Option("--seed", help="Random seed of training (and of cnn --weights none). (default: 0)", show_default=False)
+    ] = None,
+    pca: Annotated[
+        Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
+    ] = None,
+    pca_whiten: Annotated[bool, typer.Option("--pca-whiten", help="Whiten the PCA components.")] = False,
+    pca_train: Annotated[
+        Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
+    ] = None,
+    index_type: Annotated[
+        Optional[str],
+        typer.Option(
+            "--index-type",
+            help="FAISS index: flat (exact), hnsw, ivf, ivfpq, or a factory string such as 'IVF1024,PQ32'. "
+            "Parameters follow the collection size. Changing it on an existing index rebuilds the FAISS index "
+            "from stored vectors without re-embedding. (default: flat, or the index's own)",
+            show_default=False,
+        ),
+    ] = None,
+    labels: Annotated[
+        Optional[Path],
+        typer.Option("--labels", help="CSV of labels to store (see 'cbir evaluate --help'); default label: the image's folder name.", dir_okay=False),
+    ] = None,
+    path_column: PathColumnOption = None,
+    label_column: LabelColumnOption = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
+    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Index a folder of images, or update an existing index with what changed in it.
+
+    New and changed files are embedded, files that disappeared are removed,
+    unreadable files are skipped with a warning and recorded. Interrupting is
+    safe: run the same command again to continue.
+    """
+    from cbir.features.pca import PCAReduction
+    from cbir.features.pipeline import Embedder
+    from cbir.indexer import index_folder
+
+    show_training_epochs()
+    given = {
+        "bins": _parse_bins(bins) if bins is not None else None,
+        "backbone": backbone,
+        "weights": _weights_option(weights),
+        "pooling": pooling,
+        "gem_p": gem_p,
+        "resize": resize,
+        "runtime": runtime,
+        "input_size": input_size,
+        "embedding": embedding,
+        "epochs": epochs,
+        "channels": 1 if grey else None,
+        "seed": seed,
+    }
+    params = {key: value for key, value in given.items() if value is not None}
+    pca_step = PCAReduction(pca, whiten=pca_whiten) if pca is not None else None
+    embedder = None
+    if extractor is not None or params or pca is not None or model is not None:
+        name = name or Path(folder).resolve().name
+        existing = _existing_embedder_config(name, index_dir)
+        if existing is not None and model is None and extractor in (None, existing["extractor"]["name"]):
+            # Options given for an existing index change only what they name.
+            stored = existing["extractor"]
+            embedder = Embedder.from_config(
+                {
+                    "extractor": {**stored, "params": {**stored.get("params", {}), **params}},
+                    "pca": pca_step.get_params() if pca_step is not None else existing.get("pca"),
+                }
+            )
+        else:
+            embedder = Embedder(_make_extractor(extractor or _implied_extractor(params, model), params, model), pca_step)
+    summary = index_folder(
+        folder,
+        name or Path(folder).resolve().name,
+        index_dir,
+        embedder=embedder,
+        index_type=index_type,
+        labels=read_labels(labels, path_column, label_column),
+        pca_train_folder=pca_train,
+        batch_size=batch_size,
+        workers=workers,
+        wait=wait,
+        progress=progress_bar(),
+    )
+    if as_json:
+        print_json(summary.to_dict())
+        return
+    verb = "created" if summary.created else "updated"
+    print(
+        f"{verb} index {summary.name!r} ({summary.path}): {summary.total} images; this run: "
+        f"{summary.added} added, {summary.updated} updated, {summary.removed} removed, "
+        f"{summary.unchanged} unchanged, {summary.skipped} skipped "
+        f"({summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s)"
+    )
+
+@handle_errors
+def remove(
+    paths: Annotated[list[Path], typer.Argument(help="Image files or folders to take out of the index.", show_default=False)],
+    name: NameOption,
+    index_dir: IndexDirOption = None,
+    wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Remove images from an index (the files themselves are not touched).
+
+    A folder removes every image indexed under it. If any path is not in the
+    index, nothing is removed.
+    """
+    from cbir.indexer import remove_paths
+
+    removed = remove_paths(paths, name, index_dir, wait=wait)
+    if as_json:
+        print_json({"name": name, "removed": removed})
+    else:
+        print(f"removed {removed} image(s) from index {name!r}")
