@@ -205,6 +205,10 @@ class Catalogue:
         for row in self._db.execute(query, tuple(args)):
             yield ImageRow(*row)
 
+    def content_hashes(self) -> Iterator[tuple[int, str]]:
+        """``(id, sha256)`` of every image."""
+        yield from self._db.execute("SELECT id, sha256 FROM images")
+
     def row_for_path(self, path: str) -> ImageRow | None:
         rows = list(self._select_images("WHERE path = ?", (path,)))
         return rows[0] if rows else None

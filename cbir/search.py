@@ -10,7 +10,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
-from cbir.images import read_image
 from cbir.store import IndexStore, index_path
 
 
@@ -129,24 +128,28 @@ class Searcher:
         unless ``on_error(path, error)`` is given: then it is reported there
         and left out.
         """
+        from cbir.loading import PrepareSpec, batched, load_prepared, usable_cores
+
         self._check_k(k)
         embedder = self.embedder
+        paths = [Path(os.path.abspath(p)) for p in image_paths]
+        loaded = load_prepared(
+            paths,
+            PrepareSpec(embedder.decode_min_side),
+            workers=min(usable_cores(), len(paths)),
+            prepare=embedder.prepare,
+            lookahead=batch_size,
+        )
         results = []
-        paths = [str(Path(os.path.abspath(p))) for p in image_paths]
-        for start in range(0, len(paths), batch_size):
-            readable, images = [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    images.append(read_image(path, min_side=embedder.decode_min_side))
-                except ImageError as exc:
-                    if on_error is None:
-                        raise
-                    on_error(path, exc)
-                    continue
-                readable.append(path)
-            if images:
-                matches = self.search_vectors(embedder.transform(images), k)
-                results.extend(QueryResult(path, found) for path, found in zip(readable, matches))
+        for readable, prepared, unreadable in batched(loaded, batch_size):
+            for file in unreadable:
+                error = ImageError(f"cannot read {file.path}: {file.error}")
+                if on_error is None:
+                    raise error
+                on_error(str(file.path), error)
+            if prepared:
+                matches = self.search_vectors(embedder.transform_prepared(prepared), k)
+                results.extend(QueryResult(str(file.path), found) for file, found in zip(readable, matches))
         return results
 
     def _check_k(self, k: int) -> None:

@@ -121,6 +121,20 @@ class WriteLock:
             self._file.close()
 
 
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the write lock on ``directory`` (``None`` if nobody), without taking it."""
+    try:
+        with open(Path(directory) / LOCK_FILE) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return file.read().strip() or "another process"
+            fcntl.flock(file, fcntl.LOCK_UN)
+            return None
+    except OSError:
+        return None
+
+
 @dataclass
 class LoadedVectors:
     """A FAISS index as a reader sees it, with how many stale ids it may still return."""
@@ -156,19 +170,29 @@ class IndexStore:
         if not path.is_dir():
             known = ", ".join(p.name for p in list_indexes(path.parent)) or "none"
             raise IndexNotFoundError(f"no index named {path.name!r} in {path.parent} (indexes there: {known})")
+        if not writable and not is_index(path):
+            builder = _lock_holder(path)
+            if builder is not None:
+                raise IndexLockedError(f"index {path.name!r} is being built by {builder}; query it once that run has finished")
         lock = WriteLock(path, wait=wait) if writable else None
         try:
-            manifest = read_manifest(path)
-            catalogue = Catalogue(path / CATALOGUE_FILE)
+            return cls.open_locked(path, lock)
         except BaseException:
             if lock:
                 lock.release()
             raise
+
+    @classmethod
+    def open_locked(cls, path: Path, lock: WriteLock | None) -> "IndexStore":
+        """:meth:`open` with the write ``lock`` already held by the caller (``None``: read only)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        catalogue = Catalogue(path / CATALOGUE_FILE)
         store = cls(path, manifest, catalogue, lock)
         try:
             store._check_model_files()
         except BaseException:
-            store.close()
+            catalogue.close()
             raise
         return store
 

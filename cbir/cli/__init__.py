@@ -20,7 +20,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-app.command("index")(index.index)
+app.command("index", cls=index.IndexCommand)(index.index)
 app.command("query")(query.query)
 app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)
