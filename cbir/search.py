@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.images import normalize_path
 from cbir.store import IndexStore, index_path
 
 
@@ -132,7 +132,7 @@ class Searcher:
 
         self._check_k(k)
         embedder = self.embedder
-        paths = [Path(os.path.abspath(p)) for p in image_paths]
+        paths = [normalize_path(p) for p in image_paths]
         loaded = load_prepared(
             paths,
             PrepareSpec(embedder.decode_min_side),

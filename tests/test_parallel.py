@@ -14,14 +14,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from cbir.catalogue import Catalogue
 from cbir.cli import app
 from cbir.errors import CbirError
 from cbir.indexer import index_folder
 from cbir.loading import WorkerError, usable_cores
 from cbir.progress import Progress
 from cbir.search import Searcher
-from cbir.store import IndexStore, index_path
+from cbir.store import IndexStore
 
 from conftest import coloured_image, make_collection, write_image
 
