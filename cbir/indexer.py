@@ -21,7 +21,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -30,14 +30,8 @@ from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageErro
 from cbir.features.pipeline import Embedder, EmbedderOptions
 from cbir.images import LoadedFile, find_images, normalize_path
 from cbir.labels import as_label_table, assign_labels, folder_label
-from cbir.loading import (
-    MIN_FILES_FOR_PROCESSES,
-    KnownContent,
-    PrepareSpec,
-    batched,
-    check_workers,
-    load_prepared,
-)
+from cbir.fitting import Batch, fit_new_embedder
+from cbir.loading import KnownContent, Loader, PrepareSpec, check_workers, load_prepared
 from cbir.progress import SILENT, Progress
 from cbir.store import IndexStore, index_path, is_index, read_manifest
 from cbir.writer import IndexWriter, Restat, SkippedFile, open_writer
@@ -46,8 +40,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_BATCH_SIZE = 64
 
-#: ``(embedded files, their vectors, files not embedded)``: what one committed batch holds.
-_Batch = tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]
 #: At most this many images are decoded to fit a learning extractor or a PCA.
 DEFAULT_FIT_SAMPLE = 20_000
 
@@ -167,7 +159,7 @@ def index_folder(
     started = time.perf_counter()
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    loader = _Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
+    loader = Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
     folder = normalize_path(folder)
     if name is None:
         name = folder.name
@@ -190,10 +182,10 @@ def index_folder(
 
     with open_writer(path, wait=wait) as writer:
         summary = IndexSummary(name=name, path=str(path), created=writer.created)
-        precomputed: list[_Batch] = []
+        precomputed: list[Batch] = []
         if writer.created:
             embedder = _new_embedder(embedder)
-            precomputed = _fit(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
+            precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
             writer.create(embedder, index_type or "flat", len(files))
         else:
             runtime_overrides = _check_same_config(writer.store, embedder)
@@ -213,29 +205,6 @@ def index_folder(
             writer.change_index_type(index_type)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-@dataclass
-class _Loader:
-    """Where files are read and prepared: this process, worker processes, or a Ray cluster."""
-
-    workers: int
-    explicit: bool
-    batch_size: int
-    ray: Any = None
-
-    def load(self, files: Sequence[Path], spec: PrepareSpec, prepare=None, known_sha256=None, known=None):
-        processes = self.workers > 1 and (self.explicit or len(files) >= MIN_FILES_FOR_PROCESSES)
-        return load_prepared(
-            files,
-            spec,
-            workers=self.workers,
-            processes=processes,
-            prepare=None if processes else prepare,
-            known_sha256=known_sha256,
-            known=known.for_workers() if known is not None and processes else known,
-            lookahead=self.batch_size,
-        )
 
 
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
@@ -279,71 +248,6 @@ def _check_same_config(store: IndexStore, embedder: Embedder | None) -> dict[str
             f"leave them out to update it, or choose another --name"
         )
     return embedder.runtime_overrides(built)
-
-
-def _fit(
-    embedder: Embedder,
-    files: list[Path],
-    training_dir: Path,
-    pca_train_folder,
-    loader: _Loader,
-    fit_sample: int,
-    progress: Progress,
-) -> list[_Batch]:
-    """Fit what learns (the extractor, then the PCA) on a random sample of images.
-
-    Returns the batches whose raw vectors were computed to fit a PCA on the
-    collection itself, so indexing does not run them through the model again.
-    """
-    rng = np.random.default_rng(0)
-
-    def sample(paths: list[Path]) -> list[Path]:
-        if len(paths) <= fit_sample:
-            return paths
-        return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
-
-    extractor = embedder.extractor
-    if not extractor.requires_fit:
-        extractor.fit([])  # loads a model, if any, before progress starts counting images
-    elif not extractor.is_fitted:
-        _fit_extractor(extractor, sample(files), training_dir, loader, progress)
-    if embedder.pca is None or embedder.pca.is_fitted:
-        return []
-    source = find_images(pca_train_folder) if pca_train_folder is not None else files
-    chosen = sample(source)
-    progress.start("extracting features to fit the PCA", len(chosen))
-    try:
-        raw = list(_stream(chosen, Embedder(extractor), loader, {}, None, progress))
-    finally:
-        progress.stop()
-    if not any(len(vectors) for _, vectors, _ in raw):
-        raise NoImagesError("none of the images could be read to fit the PCA")
-    embedder.pca.fit(np.concatenate([vectors for _, vectors, _ in raw]))
-    if pca_train_folder is not None:
-        return []
-    return [(ok, embedder.pca.transform(vectors), failed) for ok, vectors, failed in raw]
-
-
-def _fit_extractor(extractor, chosen: list[Path], training_dir: Path, loader: _Loader, progress: Progress) -> None:
-    """Train a learning extractor on ``chosen``, holding them prepared (small) where it can take that."""
-    takes_prepared = hasattr(extractor, "fit_prepared")
-    spec = PrepareSpec.for_extractor(extractor) if takes_prepared else PrepareSpec(extractor.decode_min_side)
-    progress.start("decoding images to train the extractor", len(chosen))
-    items = []
-    try:
-        for _, item in loader.load(chosen, spec, prepare=extractor.prepare if takes_prepared else None):
-            progress.advance()
-            if item is not None:
-                items.append(item)
-    finally:
-        progress.stop()
-    if not items:
-        raise NoImagesError("none of the images could be read to train the extractor")
-    training_dir.mkdir(parents=True, exist_ok=True)
-    if takes_prepared:
-        extractor.fit_prepared(np.stack(items), work_dir=training_dir, progress=progress)
-    else:
-        extractor.fit(items, work_dir=training_dir, progress=progress)
 
 
 @dataclass
@@ -399,9 +303,9 @@ def _plan(writer: IndexWriter, folder: Path, files: list[Path]) -> _Plan:
 def _embed_and_commit(
     writer: IndexWriter,
     plan: _Plan,
-    precomputed: list[_Batch],
+    precomputed: list[Batch],
     labels: dict[Path, str] | None,
-    loader: _Loader,
+    loader: Loader,
     summary: IndexSummary,
     progress: Progress,
 ) -> None:
@@ -416,7 +320,7 @@ def _embed_and_commit(
     if loader.ray is not None:
         fresh = loader.ray.embed(remaining, store, loader.batch_size, plan.known_sha256, plan.known, progress)
     else:
-        fresh = _stream(remaining, embedder, loader, plan.known_sha256, plan.known, progress)
+        fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, plan.known, progress)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
             ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, plan.known, ok, vectors, not_embedded)
@@ -481,27 +385,6 @@ def _reuse_vectors(
                 extra_vectors.append(embedder.transform_prepared([item]))
     all_vectors = np.concatenate([vectors.reshape(-1, writer.store.dim), *extra_vectors])
     return ok + extra_ok, all_vectors, rest, len(found)
-
-
-def _stream(
-    files: Sequence[Path],
-    embedder: Embedder,
-    loader: _Loader,
-    known_sha256: dict[Path, str],
-    known: KnownContent | None,
-    progress: Progress,
-) -> Iterator[_Batch]:
-    """Yield ``(embedded files, their vectors, files not embedded)`` batch by batch, in order."""
-
-    def counted():
-        spec = PrepareSpec.for_extractor(embedder.extractor)
-        for pair in loader.load(files, spec, embedder.prepare, known_sha256, known):
-            progress.advance()
-            yield pair
-
-    for ok, prepared, not_embedded in batched(counted(), loader.batch_size):
-        vectors = embedder.transform_prepared(prepared) if prepared else np.zeros((0, embedder.dim), np.float32)
-        yield ok, vectors, not_embedded
 
 
 def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> str:

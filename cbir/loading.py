@@ -247,6 +247,57 @@ def load_prepared(
                 future.cancel()
 
 
+@dataclass
+class Loader:
+    """Where an indexing run reads and prepares files: this process, worker processes, or a Ray cluster.
+
+    ``explicit`` says the caller chose ``workers``: then worker processes
+    start even for a few files; otherwise fewer than
+    :data:`MIN_FILES_FOR_PROCESSES` files are read in this process.
+    ``ray`` is a :class:`cbir.distributed.RayRunner` where the run uses Ray.
+    """
+
+    workers: int
+    explicit: bool
+    batch_size: int
+    ray: Any = None
+
+    def load(self, files: Sequence[Path], spec: PrepareSpec, prepare=None, known_sha256=None, known=None):
+        """:func:`load_prepared` in worker processes where they pay off, else in threads."""
+        processes = self.workers > 1 and (self.explicit or len(files) >= MIN_FILES_FOR_PROCESSES)
+        return load_prepared(
+            files,
+            spec,
+            workers=self.workers,
+            processes=processes,
+            prepare=None if processes else prepare,
+            known_sha256=known_sha256,
+            known=known.for_workers() if known is not None and processes else known,
+            lookahead=self.batch_size,
+        )
+
+    def embed_batches(
+        self,
+        files: Sequence[Path],
+        embedder,
+        known_sha256: dict[Path, str] | None = None,
+        known: KnownContent | None = None,
+        progress=None,
+    ) -> Iterator[tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]]:
+        """Yield ``(embedded files, their vectors, files not embedded)`` per batch, in order; the model runs here."""
+
+        def counted():
+            spec = PrepareSpec.for_extractor(embedder.extractor)
+            for pair in self.load(files, spec, embedder.prepare, known_sha256, known):
+                if progress is not None:
+                    progress.advance()
+                yield pair
+
+        for ok, prepared, not_embedded in batched(counted(), self.batch_size):
+            vectors = embedder.transform_prepared(prepared) if prepared else np.zeros((0, embedder.dim), np.float32)
+            yield ok, vectors, not_embedded
+
+
 def batched(items: Iterable[tuple[LoadedFile, Any]], batch_size: int) -> Iterator[tuple[list[LoadedFile], list[Any], list[LoadedFile]]]:
     """Group loader output into ``(files with an item, their items, files without)``, ``batch_size`` items each."""
     ok: list[LoadedFile] = []

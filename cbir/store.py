@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,7 @@ class WriteLock:
 
     def __init__(self, directory: Path, wait: bool = False):
         self.path = Path(directory) / LOCK_FILE
+        self._release_guard = threading.Lock()
         self._file = open(self.path, "a+")
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
@@ -116,9 +118,11 @@ class WriteLock:
         self._file.flush()
 
     def release(self) -> None:
-        if not self._file.closed:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+        """Give the lock up; safe to call again, or from another thread."""
+        with self._release_guard:
+            if not self._file.closed:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+                self._file.close()
 
 
 def _lock_holder(directory: Path) -> str | None:
