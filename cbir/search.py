@@ -49,8 +49,9 @@ class Searcher:
     Opening costs a model load (and for deep extractors a TensorFlow import);
     each query after that costs one embedding and one search, so keep a
     ``Searcher`` open to answer many queries. One ``Searcher`` may serve many
-    threads at once: images are decoded in parallel, the model and the
-    catalogue are used by one thread at a time, FAISS searches run in parallel.
+    threads at once: images are decoded and prepared in parallel, the model
+    and the catalogue are used by one thread at a time, FAISS searches run in
+    parallel.
     It never writes to the index directory (a read-only one works).
 
     Parameters
@@ -229,22 +230,23 @@ class Searcher:
         labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
         if len(labels) != len(images):
             raise UsageError(f"{len(labels)} names for {len(images)} images")
-        min_side = self.embedder.decode_min_side
+        embedder = self.embedder
         results = []
         for start in range(0, len(images), batch_size):
-            readable, decoded = [], []
+            readable, prepared = [], []
             for image, label in zip(images[start : start + batch_size], labels[start : start + batch_size]):
                 try:
-                    decoded.append(_to_rgb(image, channels, min_side))
+                    rgb = _to_rgb(image, channels, embedder.decode_min_side)
                 except ImageError as exc:
                     if on_error is None:
                         raise
                     on_error(label, exc)
                     continue
+                prepared.append(embedder.prepare(rgb))  # per-image work: thread-safe, runs in parallel
                 readable.append(label)
-            if decoded:
+            if prepared:
                 with self._model_lock:
-                    vectors = self._embedder.transform(decoded)
+                    vectors = embedder.transform_prepared(prepared)
                 matches = self.search_vectors(vectors, k)
                 results.extend(QueryResult(label, found) for label, found in zip(readable, matches))
         return results
