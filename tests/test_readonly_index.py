@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -22,24 +21,9 @@ import pytest
 from cbir.indexer import index_folder
 from cbir.search import Searcher
 from cbir.store import IndexStore, index_path
+from conftest import read_only_prefix
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _read_only_runner(folder: Path) -> list[str]:
-    """A command prefix under which ``folder`` is read-only for the process, even as root."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        return []
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("running as root without unshare(1): cannot make a folder read-only for this process")
-    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
-    prefix = [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, str(folder)]
-    probe = subprocess.run([*prefix, "sh", "-c", f'touch "{folder}/probe" 2>/dev/null; echo $?'], capture_output=True, text=True)
-    if probe.returncode != 0 or probe.stdout.strip() == "0":
-        pytest.skip(f"cannot mount {folder} read-only here (unprivileged user namespaces unavailable): {probe.stderr.strip()}")
-    return prefix
 
 
 def _run_all(prefix: list[str], commands: list[list[str]]) -> list[dict]:
@@ -58,7 +42,7 @@ def _run_all(prefix: list[str], commands: list[list[str]]) -> list[dict]:
 def test_cli_on_a_read_only_mounted_index(collection, index_dir):
     index_folder(collection, "photos", index_dir)
     before = sorted((p.name, p.stat().st_mtime_ns) for p in (index_dir / "photos").iterdir())
-    prefix = _read_only_runner(index_dir)
+    prefix = read_only_prefix(index_dir)
     common = ["--index-dir", str(index_dir)]
     query = str(collection / "red" / "red-2.jpg")
     try:
