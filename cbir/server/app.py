@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+import anyio
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -53,6 +55,8 @@ class Limits:
     max_pixels: int = 50_000_000
     max_k: int = 1000
     default_k: int = 10
+    #: Searches run at once (decoding, model, FAISS); default: two per CPU, plus two.
+    search_threads: int | None = None
 
 
 class ApiError(Exception):
@@ -88,6 +92,9 @@ def create_app(
     """
     pool = pool or IndexPool(index_dir, names, refresh_interval)
     thumbnails = ThumbnailCache()
+    # Searches are CPU-bound: a few threads per core keep every core busy; more
+    # only queue inside the process (more memory, longer tails) instead of on the socket.
+    search_threads = anyio.CapacityLimiter(limits.search_threads or 2 * (os.cpu_count() or 1) + 2)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -151,7 +158,7 @@ def create_app(
         summary="Search by an uploaded image or by the id of an indexed image",
         openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER]},
     )
-    async def search(name: str, request: Request) -> dict[str, Any]:
+    async def search(name: str, request: Request) -> JSONResponse:
         live = pool.get(name)
         k_param = request.query_params.get("k")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
@@ -159,11 +166,12 @@ def create_app(
             if content_type == "multipart/form-data":
                 data, filename, k_value = await _read_upload(request, limits)
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return await run_in_threadpool(_search_upload, live, data, filename, k, limits)
+                body = await anyio.to_thread.run_sync(_search_upload, live, data, filename, k, limits, limiter=search_threads)
+                return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
             if content_type == "application/json":
                 image_id, k_value = _parse_json(await request.body())
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return await run_in_threadpool(_search_id, live, image_id, k)
+                return JSONResponse(await anyio.to_thread.run_sync(_search_id, live, image_id, k, limiter=search_threads))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
         raise ApiError(
