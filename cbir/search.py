@@ -12,7 +12,7 @@ import numpy as np
 
 from cbir.errors import ImageError, NotInIndexError, UsageError
 from cbir.images import decode_image, read_image
-from cbir.store import IndexStore, index_path, read_manifest
+from cbir.store import IndexStore, index_path
 
 #: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
 QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
@@ -101,13 +101,6 @@ class Searcher:
             fresh._embedder = self._embedder
             fresh._model_lock = self._model_lock
         return fresh
-
-    def manifest_changed(self) -> bool:
-        """Whether the index's manifest on disk differs from the one this ``Searcher`` read."""
-        try:
-            return read_manifest(self.store.path) != self.store.manifest
-        except Exception:  # a manifest being replaced or removed: not a new state yet
-            return False
 
     def close(self) -> None:
         self.store.close()

@@ -89,3 +89,17 @@ def test_many_threads_at_once_get_the_same_answers_as_one(searcher, collection):
     with ThreadPoolExecutor(8) as pool:
         got = list(pool.map(lambda q: _paths(searcher.query(q.read_bytes(), k=4)), queries))
     assert got == expected
+
+
+def test_reopened_sees_new_commits_and_keeps_the_loaded_model(collection, index_dir):
+    from conftest import coloured_image, write_image
+
+    index_folder(collection, "photos", index_dir)
+    with Searcher.open("photos", index_dir) as searcher:
+        searcher.query(collection / "red" / "red-0.jpg", k=1)  # loads the model
+        new = write_image(collection / "yellow" / "yellow-0.jpg", coloured_image((20, 220, 230), seed=3))
+        index_folder(collection, "photos", index_dir)
+        assert searcher.size == 15
+        with searcher.reopened() as fresh:
+            assert fresh.size == 16 and fresh.embedder is searcher.embedder
+            assert fresh.query(new, k=1).results[0].path == str(new)

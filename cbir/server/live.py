@@ -208,7 +208,11 @@ class IndexPool:
             try:
                 live.refresh()
             except (CbirError, OSError) as exc:  # a writer mid-way: keep serving the last good state
-                logger.warning("index %r not reloaded, still serving its previous state: %s", live.name, exc)
+                if self._failed.get(live.name) != str(exc):  # say it once, not every second
+                    logger.warning("index %r not reloaded, still serving its previous state: %s", live.name, exc)
+                self._failed[live.name] = str(exc)
+            else:
+                self._failed.pop(live.name, None)
 
     def _scan(self) -> None:
         present = {path.name: path for path in list_indexes(self.index_dir)}
