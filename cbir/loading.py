@@ -20,10 +20,12 @@ parent dies, even by SIGKILL.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections import deque
@@ -343,7 +345,9 @@ def _in_processes(
     try:
         for start in range(0, len(files), CHUNK_SIZE):
             chunk = list(files[start : start + CHUNK_SIZE])
-            in_flight.append((chunk, pool.submit(_work_chunk, chunk, [known_sha256.get(p) for p in chunk])))
+            # The first submissions start the workers (before anything is yielded).
+            with _main_script_hidden() if start < workers * CHUNK_SIZE else contextlib.nullcontext():
+                in_flight.append((chunk, pool.submit(_work_chunk, chunk, [known_sha256.get(p) for p in chunk])))
             if len(in_flight) >= limit:
                 chunk, future = in_flight.popleft()
                 yield from future.result()
@@ -364,6 +368,26 @@ def _in_processes(
             pool.shutdown(wait=True)
         else:
             _stop_pool(pool)
+
+
+@contextlib.contextmanager
+def _main_script_hidden():
+    """Start spawned workers without re-running the caller's ``__main__`` script.
+
+    Spawn re-imports the main script in every child unless it is guarded by
+    ``if __name__ == "__main__"``; workers only need :mod:`cbir.loading`, so a
+    script calling :func:`cbir.index_folder` at top level works too.
+    """
+    main = sys.modules.get("__main__")
+    main_file = getattr(main, "__file__", None)
+    if main_file is None or getattr(getattr(main, "__spec__", None), "name", None):
+        yield  # no script (REPL, -c), or run as a module (-m): nothing is re-run
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = main_file
 
 
 def _stop_pool(pool) -> None:

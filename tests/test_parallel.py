@@ -287,3 +287,15 @@ def test_autoencoder_training_through_the_indexer_holds_prepared_images_not_phot
     with pytest.raises(Stop):
         index_folder(tmp_path / "big", "ae", index_dir, embedder=Embedder(extractor), fit_sample=5, workers=1)
     assert seen["shape"] == (5, 32, 32, 3)
+
+
+def test_a_script_without_a_main_guard_can_use_workers(collection, index_dir, tmp_path):
+    script = tmp_path / "plain_script.py"
+    script.write_text(
+        "import sys\nfrom cbir import index_folder\n"
+        "print(index_folder(sys.argv[1], 'photos', sys.argv[2], workers=2).added)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, str(script), str(collection), str(index_dir)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["15"]  # run once: the workers did not re-run the script
