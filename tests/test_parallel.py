@@ -299,3 +299,26 @@ def test_a_script_without_a_main_guard_can_use_workers(collection, index_dir, tm
     done = subprocess.run([sys.executable, str(script), str(collection), str(index_dir)], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["15"]  # run once: the workers did not re-run the script
+
+
+def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_filesystem(collection):
+    from cbir.distributed import _unpack
+
+    readable_here = str(collection / "red" / "red-0.jpg")
+    batch = {
+        "path": np.array([readable_here], dtype=object),
+        "size": np.array([-1]),
+        "mtime_ns": np.array([-1]),
+        "sha256": np.array([""], dtype=object),  # the worker could not read the bytes
+        "error": np.array(["no such file or directory"], dtype=object),
+        "unchanged": np.array([False]),
+        "reusable": np.array([False]),
+        "embedded": np.array([False]),
+        "vector": np.zeros((1, 4), np.float32),
+        "node": np.array(["10.0.0.7"], dtype=object),
+    }
+    ok, vectors, without = _unpack(batch)
+    assert ok == [] and len(vectors) == 0
+    assert without[0].error == (
+        "no such file or directory (on Ray node 10.0.0.7; every node must read the files at the same paths)"
+    )
