@@ -19,14 +19,40 @@ from rich.console import Console
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# -- help layout -------------------------------------------------------------
+def tidy_help() -> None:
+    """One look for every command's help: no type beside flags, defaults written one way.
+
+    Typer's rich help asks each option for ``display_type_rich``, which (unlike
+    click's plain help) does not skip flags, so every flag, ``--help`` included,
+    showed ``<bool>``. Defaults Typer fills in are written like the ones in
+    help texts, ``(default: ...)``, instead of ``[default: ...]``.
+    """
+    from typer import core, rich_utils
+
+    if getattr(core.TyperOption.display_type_rich, "_cbir_tidy", False):
+        return
+    original = core.TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._cbir_tidy = True
+    core.TyperOption.display_type_rich = display_type_rich
+    rich_utils.DEFAULT_STRING = "(default: {})"
+
+
 # -- shared options ----------------------------------------------------------
-NameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).")]
+NameOption = Annotated[
+    str, typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).", show_default=False)
+]
 IndexDirOption = Annotated[
     Optional[Path],
     typer.Option(
         "--index-dir",
-        help="Folder holding named indexes. (default: $CBIR_INDEX_DIR or ./indexes)",
+        help="Folder holding named indexes. (default: $CBIR_INDEX_DIR, else ./indexes where it exists, else the per-user data folder)",
         file_okay=False,
+        show_default=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -49,7 +75,10 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except CbirError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", markup=True)
+            from rich.markup import escape
+
+            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
@@ -163,3 +192,24 @@ _COLOR = "Colour histogram (--extractor color)"
 _CNN = "CNN (--extractor cnn)"
 _AE = "Autoencoder (--extractor autoencoder)"
 
+
+
+# -- an index name given as NAME or --name ------------------------------------
+NameArgument = Annotated[
+    Optional[str], typer.Argument(metavar="NAME", help="Name of the index (or use --name).", show_default=False)
+]
+OptionalNameOption = Annotated[
+    Optional[str], typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).", show_default=False)
+]
+
+
+def pick_name(positional: str | None, option: str | None, required: bool = True) -> str | None:
+    """The index name from NAME or --name (either form, not two different names)."""
+    from cbir.errors import UsageError
+
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(f"two index names given ({positional!r} and --name {option!r}): give one")
+    name = option if option is not None else positional
+    if name is None and required:
+        raise UsageError("which index? give its name (NAME or --name NAME; 'cbir list' shows them)")
+    return name

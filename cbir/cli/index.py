@@ -73,6 +73,12 @@ def _make_extractor(name: str, params: dict[str, Any], model: Path | None):
     return AutoencoderExtractor.from_pretrained(model, **params)
 
 
+def _default_name(folder: Path) -> str:
+    from cbir.store import name_for_folder
+
+    return name_for_folder(folder)
+
+
 def _parse_bins(text: str) -> list[int]:
     from cbir.errors import UsageError
 
@@ -230,7 +236,7 @@ def index(
     pca_step = PCAReduction(pca, whiten=pca_whiten) if pca is not None else None
     embedder = None
     if extractor is not None or params or pca is not None or model is not None:
-        name = name or Path(folder).resolve().name
+        name = name if name is not None else _default_name(folder)
         existing = _existing_embedder_config(name, index_dir)
         if existing is not None and model is None and extractor in (None, existing["extractor"]["name"]):
             # Options given for an existing index change only what they name.
@@ -245,7 +251,7 @@ def index(
             embedder = Embedder(_make_extractor(extractor or _implied_extractor(params, model), params, model), pca_step)
     summary = index_folder(
         folder,
-        name or Path(folder).resolve().name,
+        name if name is not None else _default_name(folder),
         index_dir,
         embedder=embedder,
         index_type=index_type,
