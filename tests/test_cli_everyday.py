@@ -234,3 +234,166 @@ def test_demo_works_without_scikit_learn(tmp_path):
                          "demo", "--out", tmp_path / "demo", "--index-dir", tmp_path / "idx")
     assert result["code"] == 0, result
     assert "P@1 1.000" in result["stdout"] and (tmp_path / "demo" / "montage.png").is_file()
+
+
+# -- 5, 9. missing files flagged; montage and HTML galleries ------------------------------
+def test_a_result_whose_file_is_gone_is_flagged(indexed, index_dir, tmp_path):
+    import cv2
+
+    query = indexed / "red" / "red-1.jpg"
+    gone = indexed / "red" / "red-2.jpg"
+    gone.unlink()
+    data = json.loads(run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "5", "--json").stdout)
+    flags = {r["path"]: r["exists"] for r in data["results"]}
+    assert flags[str(gone)] is False and flags[str(query)] is True
+    text = run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "5")
+    line = next(line for line in text.stdout.splitlines() if str(gone) in line)
+    assert line.endswith("(missing)") and "cbir prune photos" in text.stderr
+    out = tmp_path / "grid.png"
+    run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "5", "--montage", out)
+    grid = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    rank = [r["path"] for r in data["results"]].index(str(gone)) + 1  # tile index: the query is tile 0
+    tile = grid[:192, rank * 192 : (rank + 1) * 192]
+    red = (tile[..., 0] > 150) & (tile[..., 1] < 80) & (tile[..., 2] < 80)
+    assert red.sum() > 300  # the crossed, red-framed placeholder, not a blank tile
+
+
+def test_montage_keeps_aspect_ratio_and_shows_the_parent_folder(tmp_path, index_dir):
+    import cv2
+    import numpy as np
+
+    from cbir.montage import _tile, short_name
+
+    wide = tmp_path / "trip" / "wide.png"
+    wide.parent.mkdir()
+    cv2.imwrite(str(wide), np.full((50, 200, 3), (0, 0, 255), np.uint8))
+    tile = _tile(str(wide), 192, "#1", short_name(wide))
+    painted = np.argwhere((tile[:192, :, 0] > 200) & (tile[:192, :, 1] < 50))  # RGB red
+    height, width = np.ptp(painted, axis=0) + 1
+    assert abs(width / height - 4.0) < 0.2
+    assert short_name(wide) == "trip/wide.png"
+
+
+def test_html_gallery_for_one_and_many_queries(indexed, index_dir, tmp_path):
+    import base64
+    import html.parser
+
+    out = tmp_path / "one.html"
+    run("query", indexed / "red" / "red-1.jpg", "--name", "photos", "--index-dir", index_dir, "-k", "3", "--html", out)
+    page = out.read_text()
+    images = [a for a in page.split("src='")[1:]]
+    assert len(images) == 4 and all(src.startswith("data:image/jpeg;base64,") for src in images)
+    first = images[0].split("'")[0].split(",", 1)[1]
+    assert base64.b64decode(first)[:3] == b"\xff\xd8\xff"  # an embedded JPEG, no external file
+    assert "red/red-1.jpg" in page and "#1" in page
+    html.parser.HTMLParser().feed(page)
+
+    many = tmp_path / "many.html"
+    run("query", indexed / "blue", "--name", "photos", "--index-dir", index_dir, "-k", "2", "--html", many)
+    assert many.read_text().count("<section>") == 5
+    assert "must end in .html" in fails("query", indexed / "blue", "--name", "photos", "--index-dir", index_dir, "--html", tmp_path / "x.png")
+
+
+def test_duplicates_montage_and_html_show_the_groups(indexed, index_dir, tmp_path):
+    import shutil
+
+    import cv2
+
+    shutil.copy(indexed / "red" / "red-0.jpg", indexed / "green" / "copy-of-red-0.jpg")
+    run("index", indexed, "--name", "photos", "--index-dir", index_dir)
+    page, grid = tmp_path / "dups.html", tmp_path / "dups.png"
+    result = run("duplicates", "--name", "photos", "--index-dir", index_dir, "--threshold", "0.999", "--html", page, "--montage", grid)
+    assert "group 1: 2 images" in result.stdout
+    text = page.read_text()
+    assert text.count("<section>") == 1 and "red/red-0.jpg" in text and "green/copy-of-red-0.jpg" in text
+    assert text.count("data:image/jpeg;base64,") == 2
+    image = cv2.imread(str(grid))
+    assert image is not None and image.shape[1] == 2 * 160  # one line, two tiles
+
+
+# -- 10. scripts --------------------------------------------------------------------
+def test_paths_and_nul_separated_output(indexed, index_dir):
+    query = indexed / "red" / "red-1.jpg"
+    expected = [r["path"] for r in json.loads(run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "4", "--json").stdout)["results"]]
+    assert run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "4", "--paths").stdout.splitlines() == expected
+    raw = run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "4", "-0").stdout
+    assert raw.split("\0") == expected + [""]
+    assert "choose one" in fails("query", query, "--name", "photos", "--index-dir", index_dir, "--paths", "--json")
+
+
+def test_query_from_standard_input(indexed, index_dir):
+    query = indexed / "green" / "green-2.jpg"
+    data = json.loads(run("query", "-", "--name", "photos", "--index-dir", index_dir, "-k", "2", "--json", input=query.read_bytes()).stdout)
+    assert data["query"] == "<stdin>" and data["results"][0]["path"] == str(query)
+    assert "standard input is empty" in fails("query", "-", "--name", "photos", "--index-dir", index_dir, input=b"")
+    assert "not a readable image" in fails("query", "-", "--name", "photos", "--index-dir", index_dir, input=b"hello")
+
+
+@pytest.fixture
+def loopback(indexed):
+    """An http server on 127.0.0.1 serving the collection, plus /big (over the size cap) and a 404."""
+    import http.server
+    import threading
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(indexed), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_query_by_url_on_a_loopback_server(indexed, index_dir, loopback, monkeypatch):
+    import cbir.sources
+
+    url = f"{loopback}/blue/blue-3.jpg"
+    data = json.loads(run("query", url, "--name", "photos", "--index-dir", index_dir, "-k", "1", "--json").stdout)
+    assert data["query"] == url  # the URL as given, not mangled into a path
+    assert data["results"][0]["path"] == str(indexed / "blue" / "blue-3.jpg")
+    message = fails("query", f"{loopback}/nope.jpg", "--name", "photos", "--index-dir", index_dir)
+    assert "HTTP 404" in message and f"{loopback}/nope.jpg" in message
+    monkeypatch.setattr(cbir.sources, "MAX_QUERY_BYTES", 100)
+    monkeypatch.setattr(cbir.sources.fetch_url, "__defaults__", (100, 5.0))
+    assert "larger than" in fails("query", url, "--name", "photos", "--index-dir", index_dir)
+
+
+def test_piping_into_head_exits_quietly(indexed, index_dir):
+    import subprocess
+    import sys
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cbir", "query", str(indexed / "red"), "--name", "photos", "--index-dir", str(index_dir), "-k", "15"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+    process.stdout.close()  # the reader is gone before the first line is written
+    stderr = process.stderr.read().decode()
+    assert process.wait() == 0 and stderr == ""
+
+
+# -- 11. results that help -------------------------------------------------------------
+def test_exclude_self_drops_the_query_and_identical_copies(indexed, index_dir):
+    import shutil
+
+    query = indexed / "red" / "red-1.jpg"
+    shutil.copy(query, indexed / "blue" / "copy-of-red-1.jpg")
+    run("index", indexed, "--name", "photos", "--index-dir", index_dir)
+    plain = json.loads(run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "3", "--json").stdout)
+    assert {r["path"] for r in plain["results"][:2]} == {str(query), str(indexed / "blue" / "copy-of-red-1.jpg")}
+    data = json.loads(run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "3", "--exclude-self", "--json").stdout)
+    paths = [r["path"] for r in data["results"]]
+    assert len(paths) == 3 and str(query) not in paths and str(indexed / "blue" / "copy-of-red-1.jpg") not in paths
+    assert [r["rank"] for r in data["results"]] == [1, 2, 3]
+    folder = json.loads(run("query", indexed / "green", "--name", "photos", "--index-dir", index_dir, "-k", "2", "--exclude-self", "--json").stdout)
+    assert all(entry["query"] not in [r["path"] for r in entry["results"]] for entry in folder)
+    assert all(len(entry["results"]) == 2 for entry in folder)
+    everything = json.loads(run("query", query, "--name", "photos", "--index-dir", index_dir, "-k", "50", "--exclude-self", "--json").stdout)
+    assert len(everything["results"]) == 14  # 16 images less the query and its copy
+    piped = json.loads(run("query", "-", "--name", "photos", "--index-dir", index_dir, "-k", "2", "--exclude-self", "--json", input=query.read_bytes()).stdout)
+    assert str(query) not in [r["path"] for r in piped["results"]]

@@ -8,8 +8,10 @@ one-line ``error: ...`` message and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -73,7 +75,13 @@ def handle_errors(command: Callable) -> Callable:
 
         _configure_logging()
         try:
-            return command(*args, **kwargs)
+            returned = command(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return returned
+        except BrokenPipeError:
+            # The reader (head, grep -m1) has what it wanted: stop quietly, successfully.
+            _drop_stdout()
+            raise typer.Exit(code=0) from None
         except CbirError as exc:
             from rich.markup import escape
 
@@ -85,6 +93,16 @@ def handle_errors(command: Callable) -> Callable:
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 class _ConsoleLogHandler(logging.Handler):
