@@ -52,6 +52,8 @@ ENV_INDEX_DIR = "CBIR_INDEX_DIR"
 _META_VECTORS_FILE = "vectors_file"
 _META_VECTORS_MAX_ID = "vectors_max_id"
 _META_VECTORS_SERIAL = "vectors_serial"
+#: Files and folders taken out with ``cbir remove``: an update of a folder above them leaves them out.
+_META_REMOVED = "removed_paths"
 
 
 #: What an index name may hold: letters, digits, '-' and '_' (it names a folder).
@@ -428,6 +430,25 @@ class IndexStore:
             if old.name != new_name:
                 old.unlink(missing_ok=True)
 
+    # -- removals remembered -----------------------------------------------
+    def removed_paths(self) -> list[str]:
+        """Absolute paths (files or folders) taken out with ``cbir remove``, sorted."""
+        try:
+            paths = json.loads(self.catalogue.get_meta(_META_REMOVED, "[]"))
+        except json.JSONDecodeError:
+            raise IndexCorruptError(f"index {self.name!r}: the list of removed paths is unreadable") from None
+        return [str(p) for p in paths]
+
+    def set_removed_paths(self, paths) -> None:
+        """Record the removed paths (writers only; call inside a catalogue transaction to commit with rows)."""
+        if not self.writable:
+            raise RuntimeError("set_removed_paths needs an index opened for writing")
+        roots: list[str] = []
+        for path in sorted(set(map(str, paths))):
+            if not any(is_under(path, root) for root in roots):  # a folder covers what is below it
+                roots.append(path)
+        self.catalogue.set_meta(_META_REMOVED, json.dumps(roots))
+
     def change_index_type(self, index_type: str, factory: str, search_params: dict[str, int]) -> None:
         """Record a new FAISS index type; the next :meth:`save_vectors` rebuilds from the catalogue."""
         if not self.writable:
@@ -446,6 +467,11 @@ class IndexStore:
             and self.catalogue.max_id() <= max_id
             and len(self.catalogue.pending_removals()) == 0
         )
+
+
+def is_under(path: str, root: str) -> bool:
+    """Whether absolute ``path`` is ``root`` or lies below it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -397,3 +397,87 @@ def test_exclude_self_drops_the_query_and_identical_copies(indexed, index_dir):
     assert len(everything["results"]) == 14  # 16 images less the query and its copy
     piped = json.loads(run("query", "-", "--name", "photos", "--index-dir", index_dir, "-k", "2", "--exclude-self", "--json", input=query.read_bytes()).stdout)
     assert str(query) not in [r["path"] for r in piped["results"]]
+
+
+# -- 12. collections --------------------------------------------------------------------
+def test_exclude_globs_and_hidden_files(collection, index_dir):
+    import shutil
+
+    (collection / ".thumbnails").mkdir()
+    shutil.copy(collection / "red" / "red-0.jpg", collection / ".thumbnails" / "t.jpg")
+    shutil.copy(collection / "red" / "red-0.jpg", collection / "red" / ".hidden.jpg")
+    (collection / "raw").mkdir()
+    shutil.copy(collection / "blue" / "blue-0.jpg", collection / "raw" / "b.jpg")
+    shutil.copy(collection / "blue" / "blue-0.jpg", collection / "green" / "x.png")
+
+    def indexed_paths(*options):
+        run("index", collection, "--name", "p", "--index-dir", index_dir, *options)
+        data = json.loads(run("query", collection / "red" / "red-0.jpg", "--name", "p", "--index-dir", index_dir, "-k", "99", "--json").stdout)
+        return {os.path.relpath(r["path"], collection) for r in data["results"]}
+
+    paths = indexed_paths("--exclude", "raw", "--exclude", "*.png")
+    assert len(paths) == 15 and not any(p.startswith((".", "raw")) or "/." in p or p.endswith(".png") for p in paths)
+    paths = indexed_paths("--include-hidden")  # an update: what the globs left out comes in, hidden files too
+    assert {".thumbnails/t.jpg", "red/.hidden.jpg", "raw/b.jpg", "green/x.png"} <= paths and len(paths) == 19
+    paths = indexed_paths("--exclude", "green/*")  # left out now: dropped like deleted files
+    assert not any(p.startswith("green/") for p in paths) and len(paths) == 11
+
+
+def test_formats_cbir_cannot_read_are_counted_by_extension(collection, index_dir):
+    (collection / "phone").mkdir()
+    for n in range(3):
+        (collection / "phone" / f"IMG_{n}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
+    (collection / "phone" / "IMG_9.jxl").write_bytes(b"\xff\x0a")
+    (collection / "notes.txt").write_text("not an image")
+    result = run("index", collection, "--name", "p", "--index-dir", index_dir)
+    assert "not indexed, formats cbir cannot read: 3 .heic, 1 .jxl" in result.stdout
+    data = json.loads(run("index", collection, "--name", "p", "--index-dir", index_dir, "--json").stdout)
+    assert data["unsupported"] == {".heic": 3, ".jxl": 1}
+    only_heic = collection / "phone"
+    message = fails("index", only_heic, "--name", "q", "--index-dir", index_dir)
+    assert "no image files" in message and "3 .heic" in message
+
+
+@pytest.mark.parametrize("suffix", [".gif", ".ppm", ".pgm", ".jp2"])
+def test_more_formats_are_read_where_opencv_can(tmp_path, index_dir, suffix):
+    import cv2
+    import numpy as np
+
+    from cbir.images import readable_extensions
+    from conftest import coloured_image
+
+    if suffix not in readable_extensions():
+        pytest.skip(f"this OpenCV build has no {suffix} codec")
+    folder = tmp_path / "formats"
+    folder.mkdir()
+    for n, colour in enumerate([(40, 40, 210), (200, 90, 30)]):
+        image = cv2.resize(coloured_image(colour, seed=n), (64, 64))
+        if suffix == ".pgm":
+            image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+        ok, encoded = cv2.imencode(suffix, image)
+        assert ok
+        (folder / f"img-{n}{suffix}").write_bytes(encoded.tobytes())
+    data = json.loads(run("index", folder, "--name", "f", "--index-dir", index_dir, "--json").stdout)
+    assert data["added"] == 2 and data["skipped"] == 0
+    query = folder / f"img-1{suffix}"
+    found = json.loads(run("query", query, "--name", "f", "--index-dir", index_dir, "-k", "1", "--json").stdout)
+    assert found["results"][0]["path"] == str(query)
+    assert np.isclose(found["results"][0]["score"], 1.0, atol=1e-4)
+
+
+def test_removed_files_stay_out_of_later_updates_unless_asked(indexed, index_dir):
+    def total():
+        return json.loads(run("info", "photos", "--index-dir", index_dir, "--json").stdout)["images"]
+
+    run("remove", indexed / "red", indexed / "blue" / "blue-0.jpg", "--name", "photos", "--index-dir", index_dir)
+    assert total() == 9
+    update = json.loads(run("index", indexed, "--name", "photos", "--index-dir", index_dir, "--json").stdout)
+    assert update["added"] == 0 and total() == 9  # the parent folder again: removals remembered
+    json.loads(run("index", indexed / "red", "--name", "photos", "--index-dir", index_dir, "--json").stdout)
+    assert total() == 14  # the removed folder itself, by name: asked back
+    run("index", indexed, "--name", "photos", "--index-dir", index_dir)
+    assert total() == 14  # blue-0.jpg still out
+    run("index", indexed, "--name", "photos", "--index-dir", index_dir, "--include-removed")
+    assert total() == 15
+    run("index", indexed, "--name", "photos", "--index-dir", index_dir)
+    assert total() == 15
