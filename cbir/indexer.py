@@ -135,7 +135,7 @@ def index_folder(
         Searched recursively for images. On an existing index, rows under this
         folder whose files are gone are removed; rows elsewhere are kept.
     name, index_dir : str, path
-        The index lives in ``index_dir / name`` (``indexes/`` by default).
+        The index lives in ``index_dir / name`` (default folder: :func:`cbir.store.resolve_index_dir`).
     embedder : Embedder, optional
         Extractor (+ PCA) for a new index; default: colour histograms. On an
         existing index it must equal the index's own config, or be ``None``.

@@ -71,7 +71,7 @@ class Searcher:
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
-        """Open the index ``name`` in ``index_dir`` (``indexes/`` by default)."""
+        """Open the index ``name`` in ``index_dir`` (default: :func:`cbir.store.resolve_index_dir`)."""
         store = IndexStore.open(index_path(name, index_dir))
         try:
             return cls(store, **search_params)
