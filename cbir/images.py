@@ -71,6 +71,22 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in readable_extensions()
 
 
+def normalize_path(path: str | os.PathLike) -> Path:
+    """The one spelling of a path that cbir stores and compares.
+
+    Absolute, ``~`` expanded, with symbolic links resolved in the folders
+    above it (a folder given itself is fully resolved) while a file keeps its
+    own name. So a collection reached through a symlinked folder, a labels CSV
+    beside it and a query all name the same file the same way; folders below
+    an indexed root keep the names the walk saw them under.
+    """
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.isdir(absolute):
+        return Path(os.path.realpath(absolute))
+    head, tail = os.path.split(absolute)
+    return Path(os.path.realpath(head), tail)
+
+
 @dataclass
 class FolderScan:
     """What a folder walk found: the images to read, and image files cbir cannot read, by suffix."""
@@ -110,7 +126,7 @@ def scan_folder(
     UsageError
         If ``root`` does not exist or is neither a folder nor an image file.
     """
-    root = Path(os.path.abspath(os.fspath(root)))
+    root = normalize_path(root)
     if root.is_file():
         if not is_image_path(root):
             raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(readable_extensions()))})")

@@ -5,14 +5,13 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import file_sha256
-from cbir.images import read_image
+from cbir.images import normalize_path, read_image
 from cbir.store import IndexStore, index_path
 
 logger = logging.getLogger(__name__)
@@ -139,7 +138,7 @@ class Searcher:
         self._check_k(k)
         embedder = self.embedder
         results = []
-        paths = [str(Path(os.path.abspath(p))) for p in image_paths]
+        paths = [str(normalize_path(p)) for p in image_paths]
         for start in range(0, len(paths), batch_size):
             readable, images = [], []
             for path in paths[start : start + batch_size]:
@@ -184,7 +183,7 @@ class Searcher:
         self._effective_k(k)  # says so if k exceeds the collection
         hashes = {}
         for path in image_paths:
-            key = str(Path(os.path.abspath(path)))
+            key = str(normalize_path(path))
             try:
                 hashes[key] = file_sha256(key)
             except OSError:
