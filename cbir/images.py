@@ -10,7 +10,6 @@ skipped and recorded instead of aborting a run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import struct
@@ -20,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.fileio import sha256_bytes
 
 #: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
 MAX_IMAGE_PIXELS = 180_000_000
@@ -197,11 +197,6 @@ class LoadedFile:
     unchanged: bool = False
 
 
-def file_digest(data: bytes) -> str:
-    """Content hash used to tell a changed file from a touched one."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_file(path: Path, min_side: int | None = None, known_sha256: str | None = None) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
@@ -222,7 +217,7 @@ def load_file(path: Path, min_side: int | None = None, known_sha256: str | None 
         except OSError:
             size, mtime_ns = -1, -1
         return LoadedFile(path, size, mtime_ns, "", error=(exc.strerror or str(exc)).lower())
-    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, file_digest(data))
+    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, sha256_bytes(data))
     if known_sha256 is not None and loaded.sha256 == known_sha256:
         loaded.unchanged = True
         return loaded
