@@ -222,6 +222,26 @@ def test_random_weights_depend_on_the_seed_only():
 
 
 @needs_tensorflow
+def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatch):
+    """Every plan (and every network's creation) used to take fd 2 from the whole process."""
+    import cbir.features._tensorflow as quieting
+    from cbir.features.runtimes import LiteRTNetwork
+
+    redirections = []
+
+    class Counted(quieting.captured_stderr):
+        def __enter__(self):
+            redirections.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(quieting, "captured_stderr", Counted)
+    monkeypatch.setattr(LiteRTNetwork, "_announced", False)
+    for chunk in (4, 1, 4):
+        LiteRTNetwork(extractor.tflite_model_, SIZE).plan(chunk)
+    assert len(redirections) == 1
+
+
+@needs_tensorflow
 def test_saved_state_gives_identical_vectors_without_reconverting(extractor, images, tmp_path, monkeypatch):
     extractor.save(tmp_path)
     record = json.loads((tmp_path / "cnn.json").read_text())
