@@ -38,6 +38,7 @@ this module is imported nor to query a TFLite index.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 

@@ -153,6 +153,16 @@ class OpenVINONetwork(ConvertedNetwork):
 NETWORKS = {"tflite": LiteRTNetwork, "openvino": OpenVINONetwork}
 
 
+class KerasNetwork:
+    """A Keras model (the reference runtime), called like a converted network."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(batch))
+
+
 def tflite_interpreter_class():
     """LiteRT's interpreter, or TensorFlow's own where LiteRT has no wheel.
 

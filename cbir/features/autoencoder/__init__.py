@@ -7,7 +7,8 @@ One job per module: :mod:`.model` (the network and its files),
 TensorFlow.
 """
 
-from cbir.features.autoencoder.extractor import EMBEDDINGS, RUNTIMES, AutoencoderExtractor
+from cbir.features.autoencoder.extractor import AutoencoderExtractor
+from cbir.features.autoencoder.params import EMBEDDINGS, RUNTIMES
 from cbir.features.autoencoder.history import HISTORY_FILE, LOSS_PLOT_FILE, plot_losses
 from cbir.features.autoencoder.training import CHECKPOINT_DIR, MODEL_FILE, train_autoencoder
 

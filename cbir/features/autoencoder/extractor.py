@@ -34,18 +34,15 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, NoImagesError, UsageError, WeightsError
 from cbir.features.autoencoder import model as networks
+from cbir.features.autoencoder.params import check_params
 from cbir.features.autoencoder.history import HISTORY_FILE, read_history, write_history
 from cbir.features.autoencoder.training import MODEL_FILE, NOT_TRAINING_PARAMS, train
 from cbir.features.base import Extractor, l2_normalize
-from cbir.features.runtimes import NETWORKS, convert_to_tflite
+from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite
 from cbir.fileio import write_bytes_atomic
 from cbir.images import resize_image
 from cbir.progress import SILENT, Progress
 
-#: Accepted values of ``embedding``.
-EMBEDDINGS = ("pool", "flatten")
-#: Accepted values of ``runtime``; ``auto`` is LiteRT.
-RUNTIMES = ("auto", "tflite", "openvino", "keras")
 
 _TFLITE_FILE = "model.tflite"
 # Images per encoder call at embedding time: bounds memory, not results.
@@ -153,45 +150,7 @@ class AutoencoderExtractor(Extractor):
 
     # -- configuration -----------------------------------------------------
     def check_params(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise UsageError(f"autoencoder {name} must be a positive integer, got {value!r}")
-
-        for name in ("input_size", "latent_channels", "epochs", "batch_size", "patience"):
-            positive_int(name)
-        if self.channels not in (1, 3):
-            raise UsageError(f"autoencoder channels must be 3 (colour) or 1 (greyscale), got {self.channels!r}")
-        filters = self.filters
-        if isinstance(filters, (str, bytes)) or not isinstance(filters, Sequence) or not filters:
-            raise UsageError(f"autoencoder filters must be a non-empty list of positive integers, got {filters!r}")
-        if not all(_is_int(f) and f >= 1 for f in filters):
-            raise UsageError(f"autoencoder filters must be positive integers, got {list(filters)!r}")
-        step = 2 ** len(filters)
-        if self.input_size % step:
-            raise UsageError(
-                f"autoencoder input_size {self.input_size} must be divisible by 2**{len(filters)} = {step} "
-                f"({len(filters)} blocks each halve the resolution)"
-            )
-        if not isinstance(self.noise, (int, float)) or isinstance(self.noise, bool) or not 0 <= self.noise <= 1:
-            raise UsageError(f"autoencoder noise must be between 0 and 1, got {self.noise!r}")
-        for name in ("augment", "batch_norm"):
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"autoencoder {name} must be true or false, got {getattr(self, name)!r}")
-        if not isinstance(self.validation_split, (int, float)) or not 0 <= self.validation_split < 1:
-            raise UsageError(f"autoencoder validation_split must be in [0, 1), got {self.validation_split!r}")
-        if not isinstance(self.learning_rate, (int, float)) or not self.learning_rate > 0:
-            raise UsageError(f"autoencoder learning_rate must be positive, got {self.learning_rate!r}")
-        if not _is_int(self.seed):
-            raise UsageError(f"autoencoder seed must be an integer, got {self.seed!r}")
-        if self.embedding not in EMBEDDINGS:
-            raise UsageError(f"autoencoder embedding must be one of {', '.join(EMBEDDINGS)}, got {self.embedding!r}")
-        if self.model_path is not None and not isinstance(self.model_path, (str, os.PathLike)):
-            raise UsageError(f"autoencoder model_path must be a path, got {self.model_path!r}")
-        if self.model_path is not None and Path(self.model_path).suffix != networks.MODEL_SUFFIX:
-            raise UsageError(f"autoencoder models must be {networks.MODEL_SUFFIX} files, got {self.model_path}")
-        if self.runtime not in RUNTIMES:
-            raise UsageError(f"autoencoder runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        check_params(self.get_params())
 
     def _architecture(self) -> dict[str, Any]:
         return {
@@ -367,7 +326,7 @@ class AutoencoderExtractor(Extractor):
             return
         network = networks.embedding_network(self.model_, self.embedding)
         if self.engine == "keras":
-            self.network_ = _KerasNetwork(network)
+            self.network_ = KerasNetwork(network)
         else:
             self._set_converted_model(convert_to_tflite(network))
 
@@ -438,19 +397,5 @@ class AutoencoderExtractor(Extractor):
         return self
 
 
-class _KerasNetwork:
-    """The embedding network run by Keras, called like a converted one."""
-
-    def __init__(self, model: Any):
-        self.model = model
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict_on_batch(batch))
-
-
 def _training_subset(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in NOT_TRAINING_PARAMS}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -20,11 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from cbir.errors import UsageError, WeightsError
+from cbir.features.autoencoder.params import MODEL_SUFFIX
 from cbir.features._tensorflow import import_keras
 from cbir.fileio import atomic_path
 
-#: The one file format accepted for autoencoder models.
-MODEL_SUFFIX = ".keras"
 
 
 def block_name(index: int) -> str:
