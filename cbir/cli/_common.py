@@ -163,6 +163,15 @@ class _RichProgress:
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, rate="")
 
+    def status(self, message: str) -> None:
+        from rich.progress import SpinnerColumn, TextColumn
+
+        self.stop()
+        self._unit = ""
+        self._bar = self._progress_class(SpinnerColumn(), TextColumn("{task.description}"), console=stderr, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(message, total=None, rate="")
+
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
             self._bar.advance(self._task, steps)
