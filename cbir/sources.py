@@ -11,7 +11,8 @@ import logging
 from typing import BinaryIO
 
 from cbir.errors import ImageError, UsageError
-from cbir.images import decode_image, file_digest
+from cbir.fileio import sha256_bytes
+from cbir.images import decode_image
 from cbir.search import Match, QueryResult, Searcher
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def query_bytes(searcher: Searcher, data: bytes, k: int, name: str, exclude_self
     vector = searcher.embedder.transform([image])
     if not exclude_self:
         return QueryResult(name, searcher.search_vectors(vector, k)[0])
-    digest = file_digest(data)
+    digest = sha256_bytes(data)
     searcher._effective_k(k)  # says so if k exceeds the collection
     wanted = k
     while True:
