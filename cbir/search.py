@@ -11,7 +11,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 import numpy as np
 
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.images import decode_image, read_image
+from cbir.images import decode_image, normalize_path, read_image
 from cbir.store import IndexStore, index_path
 
 #: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
@@ -259,7 +259,7 @@ def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
 
 def _default_name(image: Any) -> str:
     if isinstance(image, (str, os.PathLike)):
-        return str(Path(os.path.abspath(os.fspath(image))))
+        return str(normalize_path(image))
     if isinstance(image, (bytes, bytearray, memoryview)):
         return "<bytes>"
     if isinstance(image, np.ndarray):
