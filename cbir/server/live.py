@@ -68,16 +68,7 @@ class LiveIndex:
 
     def describe(self) -> dict[str, Any]:
         with self.use() as searcher:
-            manifest = searcher.store.manifest
-            embedder = manifest["embedder"]
-            return {
-                "name": self.name,
-                "extractor": embedder["extractor"]["name"],
-                "embedder": embedder,
-                "dim": searcher.store.dim,
-                "index_type": manifest.get("index_type"),
-                "size": searcher.size,
-            }
+            return searcher.describe()
 
     # -- refreshing --------------------------------------------------------
     def _disk_identity(self) -> tuple:
