@@ -42,7 +42,7 @@ class LiveIndex:
         self._lock = threading.Lock()
         self._searcher = Searcher.open(self.name, self.path.parent)
         try:
-            self._searcher.embedder  # load the model now, not in the first request
+            _ = self._searcher.embedder  # load the model now, not in the first request
             self._users: dict[int, int] = {id(self._searcher): 0}
             self._retired: dict[int, Searcher] = {}
             self._watch: Catalogue | None = None
