@@ -27,8 +27,9 @@ def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-def read_stream(stream: BinaryIO, what: str, max_bytes: int = MAX_QUERY_BYTES) -> bytes:
-    """At most ``max_bytes`` from ``stream``; :class:`ImageError` if there is more, or nothing."""
+def read_stream(stream: BinaryIO, what: str, max_bytes: int | None = None) -> bytes:
+    """At most ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) from ``stream``; :class:`ImageError` if there is more, or nothing."""
+    max_bytes = MAX_QUERY_BYTES if max_bytes is None else max_bytes
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageError(f"{what} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
@@ -37,10 +38,14 @@ def read_stream(stream: BinaryIO, what: str, max_bytes: int = MAX_QUERY_BYTES) -
     return data
 
 
-def fetch_url(url: str, max_bytes: int = MAX_QUERY_BYTES, timeout: float = URL_TIMEOUT) -> bytes:
-    """The body of an http(s) URL, capped at ``max_bytes``; :class:`ImageError` says why it failed."""
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
+    """The body of an http(s) URL, capped at ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) and
+    ``timeout`` seconds per network operation (default :data:`URL_TIMEOUT`); :class:`ImageError` says why it failed."""
     import urllib.error
     import urllib.request
+
+    max_bytes = MAX_QUERY_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT if timeout is None else timeout
 
     if not is_url(url):
         raise UsageError(f"only http:// and https:// URLs can be queried: {url}")
