@@ -1,7 +1,7 @@
 """Query images that are not files: standard input and http(s) URLs.
 
-Both arrive as bytes and go through the same safe decoder as indexing
-(:func:`cbir.images.decode_image`: pixel cap, EXIF orientation). Downloads are
+Both arrive as bytes, which :meth:`cbir.search.Searcher.query` decodes with the
+same safe decoder as indexing (pixel cap, EXIF orientation). Downloads are
 capped in size and time.
 """
 
@@ -11,8 +11,6 @@ import logging
 from typing import BinaryIO
 
 from cbir.errors import ImageError, UsageError
-from cbir.images import decode_image, file_digest
-from cbir.search import Match, QueryResult, Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -62,32 +60,3 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
         raise ImageError(f"cannot fetch {url}: {exc.reason}") from None
     except (TimeoutError, OSError) as exc:
         raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None
-
-
-def query_bytes(searcher: Searcher, data: bytes, k: int, name: str, exclude_self: bool = False) -> QueryResult:
-    """Search with an encoded image held in memory (``name`` is what the result calls it)."""
-    try:
-        image = decode_image(data, min_side=searcher.embedder.decode_min_side)
-    except ImageError as exc:
-        raise ImageError(f"cannot read {name}: {exc}") from None
-    vector = searcher.embedder.transform([image])
-    if not exclude_self:
-        return QueryResult(name, searcher.search_vectors(vector, k)[0])
-    digest = file_digest(data)
-    searcher._effective_k(k)  # says so if k exceeds the collection
-    wanted = k
-    while True:
-        wanted = min(wanted + 8, searcher.size)
-        found = searcher.search_vectors(vector, wanted)[0]
-        sha_of = {row.id: row.sha256 for row in searcher.store.catalogue.image_rows([m.id for m in found])}
-        kept = [m for m in found if sha_of.get(m.id) != digest]
-        if len(kept) >= k or wanted >= searcher.size:
-            break
-        wanted *= 4
-    return QueryResult(name, [_renumber(m, n) for n, m in enumerate(kept[:k], start=1)])
-
-
-def _renumber(match: Match, rank: int) -> Match:
-    from dataclasses import replace
-
-    return replace(match, rank=rank)

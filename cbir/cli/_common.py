@@ -85,7 +85,7 @@ def handle_errors(command: Callable) -> Callable:
         except CbirError as exc:
             from rich.markup import escape
 
-            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
+            # Escaped: a message may hold brackets ('cbir[serve]', a file name) that are not markup.
             stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
