@@ -12,7 +12,7 @@ from typing import Any, Callable, Literal, Sequence, Union
 import numpy as np
 
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256
+from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images import decode_image, normalize_path, read_image
 from cbir.store import IndexStore, index_path
 
@@ -275,42 +275,58 @@ class Searcher:
 
     def query_excluding_self(
         self,
-        image_paths: Sequence[str | os.PathLike],
+        images: Sequence[QueryImage],
         k: int = 10,
         on_error: Callable[[str, ImageError], None] | None = None,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        names: Sequence[str] | None = None,
     ) -> list[QueryResult]:
-        """:meth:`query_many`, leaving out each query file itself and byte-identical copies of it.
+        """:meth:`query_many`, leaving out each query's own file and byte-identical copies of it.
 
         A query file that is in the index would otherwise come back first with
         score 1.0, as would its copies; the ``k`` results are the next ones.
+        Copies are found by content hash: of the file for a path, of the bytes
+        for encoded bytes (an array has no file: only an equal path is left out).
         """
         self._effective_k(k)  # says so if k exceeds the collection
-        hashes = {}
-        for path in image_paths:
-            key = str(normalize_path(path))
-            try:
-                hashes[key] = file_sha256(key)
-            except OSError:
-                hashes[key] = None  # query_many reports the unreadable file
+        images = list(images)
+        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
-            results = self.query_many(list(hashes), wanted, on_error=on_error)
+            results = self.query_many(images, wanted, on_error=on_error, channels=channels, names=labels)
             ids = sorted({m.id for result in results for m in result.results})
             with self._catalogue_lock:
                 sha_of = {row.id: row.sha256 for row in self.store.catalogue.image_rows(ids)}
             kept = [
-                [m for m in result.results if m.path != result.query and sha_of.get(m.id) != hashes.get(result.query)]
-                for result in results
+                [m for m in r.results if m.path != r.query and (digest_of.get(r.query) is None or sha_of.get(m.id) != digest_of[r.query])]
+                for r in results
             ]
             # Too many copies of a query ate the margin: search again, deeper.
             if wanted >= self.size or all(len(found) >= k for found in kept):
                 break
             margin *= 4
+            on_error = None if on_error is None else (lambda label, exc: None)  # reported once already
         return [
             QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
             for result, found in zip(results, kept)
         ]
+
+
+def _content_digest(image: Any) -> str | None:
+    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return sha256_bytes(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return file_sha256(image)
+        except OSError:
+            return None  # query_many reports the unreadable file
+    return None
+
+
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 

@@ -361,6 +361,7 @@ class IndexStore:
             "created": manifest.get("created"),
             "versions": manifest.get("versions", {}),
             "vectors_current": self.vectors_are_current(),
+            "removed_paths": self.removed_paths(),
         }
 
     def _check_model_files(self) -> None:
