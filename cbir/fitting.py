@@ -44,9 +44,8 @@ def fit_new_embedder(
         return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
 
     extractor = embedder.extractor
-    if not extractor.requires_fit:
-        extractor.fit([])  # loads a model, if any, before progress starts counting images
-    elif not extractor.is_fitted:
+    extractor.build(progress)  # loads a network or a given model before progress starts counting images
+    if extractor.requires_fit and not extractor.is_fitted:
         _fit_extractor(extractor, sample(files), training_dir, loader, progress)
     if embedder.pca is None or embedder.pca.is_fitted:
         return []

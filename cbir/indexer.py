@@ -28,12 +28,12 @@ import numpy as np
 from cbir.catalogue import NewImage
 from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder, EmbedderOptions
-from cbir.images import LoadedFile, find_images, normalize_path
+from cbir.images import LoadedFile, normalize_path, scan_folder
 from cbir.labels import as_label_table, assign_labels, folder_label
 from cbir.fitting import Batch, fit_new_embedder
 from cbir.loading import KnownContent, Loader, PrepareSpec, check_workers, load_prepared
 from cbir.progress import SILENT, Progress
-from cbir.store import IndexStore, index_path, is_index, read_manifest
+from cbir.store import IndexStore, index_path, is_index, is_under, name_for_folder, read_manifest
 from cbir.writer import IndexWriter, Restat, SkippedFile, open_writer
 
 logger = logging.getLogger(__name__)
@@ -62,6 +62,8 @@ class IndexSummary:
     reused: int = 0
     created: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    #: Image files of formats cbir cannot read (HEIC, RAW...), by suffix; not indexed.
+    unsupported: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -82,6 +84,7 @@ class IndexSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
+            "unsupported": dict(self.unsupported),
         }
 
 
@@ -101,6 +104,9 @@ def index_folder(
     fit_sample: int = DEFAULT_FIT_SAMPLE,
     wait: bool = False,
     progress: Progress = SILENT,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    include_removed: bool = False,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -110,8 +116,8 @@ def index_folder(
         Searched recursively for images. On an existing index, rows under this
         folder whose files are gone are removed; rows elsewhere are kept.
     name, index_dir : str, path
-        The index lives in ``index_dir / name`` (``indexes/`` by default);
-        ``name`` defaults to the folder's name.
+        The index lives in ``index_dir / name`` (default folder: :func:`cbir.store.resolve_index_dir`);
+        ``name`` defaults to the folder's name (see :func:`cbir.store.name_for_folder`).
     embedder : Embedder, optional
         Extractor (+ PCA) for a new index; default: colour histograms. On an
         existing index it must embed as the index's own config does, or be ``None``.
@@ -147,6 +153,13 @@ def index_folder(
         Wait for another writer (a first build included) to finish instead of failing.
     progress : Progress
         Receives progress events.
+    exclude, include_hidden : sequence of str, bool
+        Glob patterns of files and folders to leave out, and whether to walk
+        hidden ones (see :func:`cbir.images.scan_folder`). Rows of files left
+        out are dropped like those of deleted files.
+    include_removed : bool
+        Add back files under ``folder`` that ``cbir remove`` took out (they
+        are otherwise left out; indexing a removed folder itself adds it back).
 
     Raises
     ------
@@ -162,10 +175,11 @@ def index_folder(
     loader = Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
     folder = normalize_path(folder)
     if name is None:
-        name = folder.name
-    files = find_images(folder)
+        name = name_for_folder(folder)
+    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
+    files = scan.images
     if not files:
-        raise NoImagesError(f"no image files under {folder}")
+        raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
     labels = _labels_for(files, labels)
     path = index_path(name, index_dir)
     if options is not None:
@@ -181,7 +195,7 @@ def index_folder(
         loader.ray = RayRunner.connect(None if ray is True else ray, actors=workers)
 
     with open_writer(path, wait=wait) as writer:
-        summary = IndexSummary(name=name, path=str(path), created=writer.created)
+        summary = IndexSummary(name=name, path=str(path), created=writer.created, unsupported=scan.unsupported)
         precomputed: list[Batch] = []
         if writer.created:
             embedder = _new_embedder(embedder)
@@ -191,6 +205,7 @@ def index_folder(
             runtime_overrides = _check_same_config(writer.store, embedder)
             if runtime_overrides:
                 writer.store.embedder(runtime_overrides)
+            files = _without_removed(writer, folder, files, include_removed)
         plan = _plan(writer, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
         _embed_and_commit(writer, plan, precomputed, labels, loader, summary, progress)
@@ -205,6 +220,31 @@ def index_folder(
             writer.change_index_type(index_type)
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _without_removed(writer: IndexWriter, folder: Path, files: list[Path], include_removed: bool) -> list[Path]:
+    """Leave out what ``cbir remove`` took out below ``folder``; forget removals the run asks back."""
+    removed = writer.store.removed_paths()
+    if not removed:
+        return files
+    root = str(folder)
+    # Indexing a removed folder (or one inside it) by name asks for it back.
+    asked_back = [p for p in removed if is_under(root, p) or (include_removed and is_under(p, root))]
+    if asked_back:
+        writer.set_removed_paths([p for p in removed if p not in asked_back])
+    honoured = [p for p in removed if p not in asked_back]
+    if not honoured:
+        return files
+    kept = [f for f in files if not any(is_under(str(f), p) for p in honoured)]
+    if len(kept) < len(files):
+        logger.info("left out %d file(s) removed earlier with cbir remove", len(files) - len(kept))
+    return kept
+
+
+def _unsupported_note(unsupported: dict[str, int]) -> str:
+    if not unsupported:
+        return ""
+    return " (files of formats cbir cannot read: " + ", ".join(f"{n} {ext}" for ext, n in unsupported.items()) + ")"
 
 
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
@@ -415,4 +455,6 @@ def remove_paths(
                 raise UsageError(f"not in index {name!r}: {key}")
             ids.update(row.id for row in rows.values())
             skipped_paths.extend(skipped)
-        return writer.remove(sorted(ids), skipped_paths)
+        # Remembered, so that indexing a folder above them does not bring them back.
+        remembered = [*writer.store.removed_paths(), *(str(normalize_path(p)) for p in paths)]
+        return writer.remove(sorted(ids), skipped_paths, removed_paths=remembered)

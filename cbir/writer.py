@@ -173,13 +173,25 @@ class IndexWriter:
             for file in restat:
                 store.catalogue.update_stat(file.path, file.size, file.mtime_ns)
 
-    def remove(self, ids: Sequence[int], skipped_paths: Sequence[str] = ()) -> int:
-        """Remove images by id and skipped-file records by path in one commit; returns images removed."""
+    def remove(self, ids: Sequence[int], skipped_paths: Sequence[str] = (), removed_paths: Sequence[str] | None = None) -> int:
+        """Remove images by id and skipped-file records by path in one commit; returns images removed.
+
+        ``removed_paths``, if given, becomes the index's list of paths taken
+        out with ``cbir remove`` (see :meth:`set_removed_paths`), in the same commit.
+        """
         store = self._open_store()
         with store.catalogue.transaction():
             removed = store.catalogue.remove_ids(ids)
             store.catalogue.remove_skipped(skipped_paths)
+            if removed_paths is not None:
+                store.set_removed_paths(removed_paths)
         return removed
+
+    def set_removed_paths(self, paths: Sequence[str]) -> None:
+        """Record the paths ``cbir remove`` took out, so indexing a folder above them leaves them out."""
+        store = self._open_store()
+        with store.catalogue.transaction():
+            store.set_removed_paths(paths)
 
     def set_labels(self, labels: dict[str, str]) -> None:
         store = self._open_store()
