@@ -322,3 +322,10 @@ def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_file
     assert without[0].error == (
         "no such file or directory (on Ray node 10.0.0.7; every node must read the files at the same paths)"
     )
+
+
+def test_index_help_explains_workers_and_ray():
+    result = runner.invoke(app, ["index", "--help"])
+    text = " ".join(result.stdout.replace("│", " ").split())  # the words, without rich's boxes
+    assert "--workers" in text and "usable CPU cores" in text
+    assert "pip install 'cbir[ray]'" in text and "shared filesystem" in text

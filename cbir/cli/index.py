@@ -186,6 +186,7 @@ def index(
         Optional[str],
         typer.Option(
             "--workers",
+            metavar="N",
             help="Worker processes that read and decode images (this process writes the index and runs the network). "
             "With --ray: actors. (default: the usable CPU cores)",
             show_default=False,
@@ -198,7 +199,7 @@ def index(
             metavar="[ADDRESS]",
             help="Read and embed on a Ray cluster: alone or 'auto' joins a running local cluster or starts one; "
             "HOST:PORT or ray://HOST:PORT joins that cluster. Every node must read the images (and the index folder) "
-            "at the same paths: a shared filesystem. Needs pip install 'cbir[ray]'.",
+            "at the same paths: a shared filesystem. Needs pip install 'cbir\\[ray]'.",
             show_default=False,
         ),
     ] = None,
