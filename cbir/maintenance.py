@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from cbir.store import IndexStore, index_path
+from cbir.writer import open_writer
 
 
 def prune_missing(
@@ -15,13 +16,20 @@ def prune_missing(
     Only the existence of each path is checked: nothing is read or re-embedded.
     With ``dry_run`` nothing changes (and no write lock is taken).
     """
-    with IndexStore.open(index_path(name, index_dir), writable=not dry_run, wait=wait) as store:
-        catalogue = store.catalogue
-        gone_rows = [row for row in catalogue.image_rows() if not os.path.exists(row.path)]
-        gone_skipped = [path for path, _reason in catalogue.skipped() if not os.path.exists(path)]
-        if not dry_run and (gone_rows or gone_skipped):
-            with catalogue.transaction():
-                catalogue.remove_ids([row.id for row in gone_rows])
-                catalogue.remove_skipped(gone_skipped)
-            store.save_vectors()
-    return sorted([row.path for row in gone_rows] + gone_skipped)
+    path = index_path(name, index_dir)
+    if dry_run:
+        with IndexStore.open(path) as store:
+            rows, skipped = _gone(store.catalogue)
+    else:
+        with open_writer(path, wait=wait, create=False) as writer:
+            rows, skipped = _gone(writer.catalogue)
+            if rows or skipped:
+                writer.remove([row.id for row in rows], skipped)
+    return sorted([row.path for row in rows] + skipped)
+
+
+def _gone(catalogue) -> tuple[list, list[str]]:
+    """Rows and skipped-file records whose path no longer exists."""
+    rows = [row for row in catalogue.image_rows() if not os.path.exists(row.path)]
+    skipped = [path for path, _reason in catalogue.skipped() if not os.path.exists(path)]
+    return rows, skipped
