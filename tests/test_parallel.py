@@ -329,3 +329,26 @@ def test_index_help_explains_workers_and_ray():
     text = " ".join(result.stdout.replace("│", " ").split())  # the words, without rich's boxes
     assert "--workers" in text and "usable CPU cores" in text
     assert "pip install 'cbir[ray]'" in text and "shared filesystem" in text
+
+
+def test_cli_query_and_wait_during_a_first_build(collection, index_dir):
+    import threading
+
+    from cbir.store import WriteLock
+
+    folder = index_dir / "photos"
+    folder.mkdir(parents=True)
+    builder = WriteLock(folder)  # what a first `cbir index` holds until its manifest is written
+    try:
+        query = runner.invoke(app, ["query", str(collection / "red" / "red-0.jpg"), "--name", "photos", "--index-dir", str(index_dir)])
+        assert query.exit_code != 0
+        lines = query.stderr.strip().splitlines()
+        assert len(lines) == 1 and "is being built by cbir process" in lines[0] and "never finished" not in lines[0]
+        threading.Timer(1.0, builder.release).start()
+        started = time.monotonic()
+        waited = runner.invoke(app, ["index", str(collection), "--name", "photos", "--index-dir", str(index_dir), "--wait", "--json"])
+        assert waited.exit_code == 0, waited.stderr
+        assert time.monotonic() - started >= 0.9
+        assert '"total": 15' in waited.stdout
+    finally:
+        builder.release()
