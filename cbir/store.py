@@ -211,6 +211,13 @@ class WriteLock:
         self._file.write(f"cbir process {os.getpid()}")
         self._file.flush()
 
+    def is_current(self) -> bool:
+        """Whether the lock file held is still the one in the folder (a failed first build deletes its folder)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino
+        except (OSError, ValueError):
+            return False
+
     def release(self) -> None:
         """Give the lock up; safe to call again, or from another thread."""
         with self._release_guard:

@@ -82,14 +82,19 @@ class IndexWriter:
             self.store = IndexStore.open(self.path, writable=True, wait=self.wait)
             return self
         _check_writable(self.path)
-        made_folder = not self.path.exists()
-        self.path.mkdir(parents=True, exist_ok=True)
-        try:
-            self._lock = WriteLock(self.path, wait=self.wait)
-        except BaseException:
-            if made_folder and not is_index(self.path):
-                shutil.rmtree(self.path, ignore_errors=True)
-            raise
+        while self._lock is None:
+            made_folder = not self.path.exists()
+            self.path.mkdir(parents=True, exist_ok=True)
+            try:
+                lock = WriteLock(self.path, wait=self.wait)
+            except BaseException:
+                if made_folder and not is_index(self.path):
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
+            if lock.is_current():
+                self._lock = lock
+            else:  # waited for a first build that failed and removed its folder: start afresh
+                lock.release()
         try:
             if is_index(self.path):
                 self.store = IndexStore.open_locked(self.path, self._lock)

@@ -352,3 +352,41 @@ def test_cli_query_and_wait_during_a_first_build(collection, index_dir):
         assert '"total": 15' in waited.stdout
     finally:
         builder.release()
+
+
+def test_waiting_for_a_first_build_that_fails_and_removes_its_folder(collection, index_dir):
+    import shutil
+    import threading
+
+    from cbir.errors import IndexLockedError
+    from cbir.store import WriteLock
+
+    folder = index_dir / "photos"
+    folder.mkdir(parents=True)
+    builder = WriteLock(folder)
+
+    class SecondWriter(Progress):
+        """While the waiting run writes, is the index really locked against others?"""
+
+        refused = None
+
+        def advance(self, steps: int = 1) -> None:
+            if self.refused is None:
+                try:
+                    WriteLock(folder).release()
+                    self.refused = False
+                except IndexLockedError:
+                    self.refused = True
+
+    second = SecondWriter()
+    outcome = {}
+    waiting = threading.Thread(
+        target=lambda: outcome.update(summary=index_folder(collection, "photos", index_dir, wait=True, progress=second))
+    )
+    waiting.start()
+    time.sleep(0.5)
+    shutil.rmtree(folder)  # what a failed first build leaves: nothing
+    builder.release()
+    waiting.join(60)
+    assert outcome["summary"].created and outcome["summary"].total == 15
+    assert second.refused is True, "the waiting run wrote without holding the index's lock"
