@@ -185,6 +185,8 @@ def create_app(
         row = _row(pool.get(name), image_id)
         if not os.path.isfile(row.path):
             raise ApiError(404, f"the file of image {row.id} is no longer there: {row.path}")
+        if not os.access(row.path, os.R_OK):
+            raise ApiError(404, f"the file of image {row.id} cannot be read by the server: {row.path}")
         media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
         return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
