@@ -262,4 +262,4 @@ def test_serve_without_the_extra_names_it(collection, index_dir, monkeypatch):
     monkeypatch.setitem(sys.modules, "uvicorn", None)
     result = CliRunner().invoke(cli_app, ["serve", "--index-dir", str(index_dir)])
     assert result.exit_code != 0
-    assert result.stderr.strip() == "error: cbir serve needs the serve extra (uvicorn is missing): pip install 'cbir[serve]'"
+    assert result.stderr.strip() == "error: cbir serve needs uvicorn, which is not installed: pip install 'cbir[serve]'"
