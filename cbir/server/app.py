@@ -337,7 +337,7 @@ class _UploadLimit:
 
     async def _refuse(self, send) -> None:
         limit_mb = self.max_bytes / 2**20
-        body = json.dumps({"error": f"request body larger than the {limit_mb:g} MB upload limit"}).encode()
+        body = json.dumps({"error": f"request body larger than the {limit_mb:.3g} MB upload limit"}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})
