@@ -171,8 +171,11 @@ def test_unknown_index_and_k_too_large(collection, index_dir):
     with pytest.raises(IndexNotFoundError, match="no index named 'nope'"):
         Searcher.open("nope", index_dir)
     index_folder(collection, "photos", index_dir)
-    with Searcher.open("photos", index_dir) as searcher, pytest.raises(UsageError, match="larger than"):
-        searcher.query(collection / "red" / "red-0.jpg", k=16)
+    with Searcher.open("photos", index_dir) as searcher:
+        # More than the collection holds: all of it, said once as a warning.
+        assert len(searcher.query(collection / "red" / "red-0.jpg", k=16).results) == 15
+        with pytest.raises(UsageError, match="at least 1"):
+            searcher.query(collection / "red" / "red-0.jpg", k=0)
 
 
 def test_pca_is_applied_to_collection_and_queries(collection, index_dir):

@@ -37,7 +37,9 @@ def import_tensorflow() -> ModuleType:
     if "tensorflow" not in sys.modules:
         with captured_stderr() as captured:
             try:
-                import tensorflow  # noqa: F401
+                from cbir.extras import import_optional
+
+                import_optional("tensorflow", "TensorFlow", "cnn", "building a CNN or autoencoder model")
             except Exception:
                 sys.stderr.write(captured.read())
                 raise

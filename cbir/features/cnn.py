@@ -165,7 +165,7 @@ class CNNExtractor(Extractor):
         _check_choice("resize", self.resize, RESIZE_MODES)
         _check_choice("runtime", self.runtime, RUNTIMES)
         if self.runtime == "openvino" and not openvino_available():
-            raise UsageError("the openvino runtime needs the openvino package (pip install openvino); or use --runtime tflite")
+            raise UsageError("the openvino runtime needs the openvino package, which is not installed: pip install 'cbir[cnn]'; or use --runtime tflite")
         if not isinstance(self.weights, str) or not self.weights:
             raise UsageError(f"weights must be 'imagenet', 'none' or a file path, got {self.weights!r}")
         if self.weights not in ("imagenet", "none") and not self.weights.endswith((".h5", ".hdf5")):

@@ -173,9 +173,14 @@ def tflite_interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
+        from cbir.errors import MissingExtraError
+        from cbir.extras import missing_extra
         from cbir.features._tensorflow import import_tensorflow
 
-        return import_tensorflow().lite.Interpreter
+        try:
+            return import_tensorflow().lite.Interpreter
+        except MissingExtraError:
+            raise missing_extra("LiteRT (ai-edge-litert)", "litert", "running a CNN or autoencoder model") from None
     return Interpreter
 
 
