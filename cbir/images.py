@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import fnmatch
 import functools
-import hashlib
 import logging
 import os
 import struct
@@ -23,6 +22,7 @@ from typing import Sequence
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.fileio import sha256_bytes
 
 #: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
 MAX_IMAGE_PIXELS = 180_000_000
@@ -293,11 +293,6 @@ class LoadedFile:
     unchanged: bool = False
 
 
-def file_digest(data: bytes) -> str:
-    """Content hash used to tell a changed file from a touched one."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_file(path: Path, min_side: int | None = None, known_sha256: str | None = None) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
@@ -318,7 +313,7 @@ def load_file(path: Path, min_side: int | None = None, known_sha256: str | None 
         except OSError:
             size, mtime_ns = -1, -1
         return LoadedFile(path, size, mtime_ns, "", error=(exc.strerror or str(exc)).lower())
-    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, file_digest(data))
+    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, sha256_bytes(data))
     if known_sha256 is not None and loaded.sha256 == known_sha256:
         loaded.unchanged = True
         return loaded
@@ -327,3 +322,74 @@ def load_file(path: Path, min_side: int | None = None, known_sha256: str | None 
     except ImageError as exc:
         loaded.error = str(exc)
     return loaded
+
+
+#: How :func:`resize_image` fits an image to a size.
+RESIZE_MODES = ("squash", "crop", "pad", "reduce")
+
+
+def resize_image(image: np.ndarray, size: int, mode: str = "squash", fill: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """Resize a decoded image the way an extractor needs it; every extractor uses this one function.
+
+    Parameters
+    ----------
+    image : ndarray of shape (height, width) or (height, width, channels), uint8
+    size : int
+        The side of the square result, or for ``"reduce"`` the shortest
+        side to keep.
+    mode : {"squash", "crop", "pad", "reduce"}
+        ``"squash"``: both sides scaled to ``size`` (aspect ratio lost,
+        nothing cut off; the CNN's default and the autoencoder's input).
+        ``"crop"``: the shorter side scaled to ``size``, the centre kept.
+        ``"pad"``: the longer side scaled to ``size``, the rest filled with
+        ``fill``. ``"reduce"``: shrunk by the largest integer factor that
+        keeps the shorter side at least ``size`` (aspect ratio kept, never
+        enlarged), as JPEG's reduced-scale decoding does; what colour
+        histograms use so that every image is described at a comparable scale.
+    fill : tuple of int
+        Padding colour for ``"pad"``, one value per channel.
+
+    Returns
+    -------
+    ndarray, uint8, C-contiguous
+        ``(size, size[, channels])``, or for ``"reduce"`` the reduced image.
+
+    Notes
+    -----
+    Shrinking by 2x or more uses area averaging, which avoids aliasing;
+    below that (the usual case, since large JPEGs are decoded at a reduced
+    scale first) and when enlarging, bilinear interpolation, which is as good
+    for retrieval at a quarter of the cost (see docs/cnn.md).
+    """
+    height, width = image.shape[:2]
+    if mode == "squash":
+        return _scale(image, size, size)
+    if mode == "crop":
+        scale = size / min(height, width)
+        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        scaled = _scale(image, new_w, new_h)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return np.ascontiguousarray(scaled[top : top + size, left : left + size])
+    if mode == "pad":
+        scale = size / max(height, width)
+        new_h, new_w = max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+        out = np.empty((size, size, *image.shape[2:]), dtype=image.dtype)
+        out[:] = fill if image.ndim == 3 else fill[0]
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        out[top : top + new_h, left : left + new_w] = _scale(image, new_w, new_h)
+        return out
+    if mode == "reduce":
+        factor = min(height, width) // max(int(size), 1)
+        if factor < 2:
+            return np.ascontiguousarray(image)
+        return _scale(image, width // factor, height // factor)
+    raise UsageError(f"unknown resize mode {mode!r}; choose one of: {', '.join(RESIZE_MODES)}")
+
+
+def _scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return np.ascontiguousarray(image)
+    shrink = min(image.shape[1] / width, image.shape[0] / height)
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
+    # OpenCV drops a trailing axis of length 1 (greyscale (h, w, 1) images).
+    return resized.reshape(height, width, *image.shape[2:])

@@ -384,9 +384,8 @@ def _fit(
         return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
 
     extractor = embedder.extractor
-    if not extractor.requires_fit:
-        extractor.fit([])  # loads a model, if any, before progress starts counting images
-    elif not extractor.is_fitted:
+    extractor.build(progress)  # loads a network or a given model before progress starts counting images
+    if extractor.requires_fit and not extractor.is_fitted:
         chosen = sample(files)
         progress.start("decoding images to train the extractor", len(chosen))
         images = []

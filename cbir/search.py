@@ -12,8 +12,8 @@ from typing import Any, Callable, Literal, Sequence, Union
 import numpy as np
 
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256
-from cbir.images import decode_image, file_digest, normalize_path, read_image
+from cbir.fileio import file_sha256, sha256_bytes
+from cbir.images import decode_image, normalize_path, read_image
 from cbir.store import IndexStore, index_path
 
 logger = logging.getLogger(__name__)
@@ -313,7 +313,7 @@ class Searcher:
 def _content_digest(image: Any) -> str | None:
     """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
     if isinstance(image, (bytes, bytearray, memoryview)):
-        return file_digest(bytes(image))
+        return sha256_bytes(bytes(image))
     if isinstance(image, (str, os.PathLike)):
         try:
             return file_sha256(image)

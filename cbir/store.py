@@ -259,13 +259,9 @@ class IndexStore:
             if lock:
                 lock.release()
             raise
-        store = cls(path, manifest, catalogue, lock)
-        try:
-            store._check_model_files()
-        except BaseException:
-            store.close()
-            raise
-        return store
+        # Model files are hashed only when the embedder is loaded (see
+        # embedder()): listing or describing an index reads no model.
+        return cls(path, manifest, catalogue, lock)
 
     @classmethod
     def create(
@@ -369,6 +365,7 @@ class IndexStore:
         }
 
     def _check_model_files(self) -> None:
+        """Each model file hashed once, against the manifest, before the embedder loads it."""
         for relative, expected in self.manifest.get("model_files", {}).items():
             file = self.path / relative
             if not file.is_file():
@@ -393,6 +390,7 @@ class IndexStore:
                 embedder = Embedder.from_config(config)
             except CbirError as exc:
                 raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
+            self._check_model_files()
             self._embedder = embedder.load_state(self.path / MODEL_DIR)
         return self._embedder
 

@@ -147,8 +147,24 @@ def test_changed_model_file_is_refused(tmp_path, index_dir, collection):
 
     index_folder(collection, "pca", index_dir, embedder=Embedder(make_extractor("color"), PCAReduction(4)))
     np.savez(index_dir / "pca" / "model" / "pca.npz", mean=np.zeros(1))
-    with pytest.raises(IndexCorruptError, match="changed since"):
-        Searcher.open("pca", index_dir)
+    with Searcher.open("pca", index_dir) as searcher, pytest.raises(IndexCorruptError, match="changed since"):
+        searcher.query(collection / "red" / "red-0.jpg", k=3)
+
+
+def test_opening_an_index_hashes_no_model_file(collection, index_dir, monkeypatch):
+    """``cbir list``/``info`` open the store only: model files are hashed when the embedder loads, once each."""
+    import cbir.store
+    from cbir.features.pca import PCAReduction
+
+    index_folder(collection, "pca", index_dir, embedder=Embedder(make_extractor("color"), PCAReduction(4)))
+    hashed = []
+    real = cbir.store.file_sha256
+    monkeypatch.setattr(cbir.store, "file_sha256", lambda path: hashed.append(path) or real(path))
+    with IndexStore.open(index_dir / "pca") as store:
+        assert store.dim == 4 and hashed == []
+        store.embedder()
+        store.embedder()
+    assert [p.name for p in hashed] == ["pca.npz"]
 
 
 def test_unknown_index_and_k_too_large(collection, index_dir):

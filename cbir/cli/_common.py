@@ -85,7 +85,7 @@ def handle_errors(command: Callable) -> Callable:
         except CbirError as exc:
             from rich.markup import escape
 
-            # Escaped: a message may hold brackets ('cbir[serve]', a file name) that are not markup.
+            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
             stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
@@ -162,6 +162,15 @@ class _RichProgress:
         self._bar = self._progress_class(*self._columns, console=stderr, transient=True)
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, rate="")
+
+    def status(self, message: str) -> None:
+        from rich.progress import SpinnerColumn, TextColumn
+
+        self.stop()
+        self._unit = ""
+        self._bar = self._progress_class(SpinnerColumn(), TextColumn("{task.description}"), console=stderr, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(message, total=None, rate="")
 
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:

@@ -13,6 +13,7 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.features.base import l2_normalize
+from cbir.fileio import atomic_path
 
 
 class PCAReduction:
@@ -82,8 +83,10 @@ class PCAReduction:
         return l2_normalize(projected)
 
     def save(self, path: Path) -> None:
-        """Write the learned arrays as one ``.npz`` of plain arrays."""
-        with open(path, "wb") as f:
+        """Write the learned arrays as one ``.npz`` of plain arrays, atomically."""
+        if not self.is_fitted:
+            raise UsageError("PCA is not fitted: nothing to save")
+        with atomic_path(path) as temporary, open(temporary, "wb") as f:
             np.savez(f, mean=self.mean_, components=self.components_, explained_variance=self.explained_variance_)
 
     def load_state(self, path: Path) -> "PCAReduction":
