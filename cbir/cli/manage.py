@@ -58,7 +58,8 @@ def delete(
 ) -> None:
     """Delete an index: its folder, catalogue and vectors (the images are not touched)."""
     from cbir.errors import UsageError
-    from cbir.store import delete_index, index_path, is_index
+    from cbir.maintenance import delete_index
+    from cbir.store import index_path, is_index
 
     name = pick_name(name_argument, name)
     path = index_path(name, index_dir)
