@@ -155,6 +155,11 @@ class Searcher:
             results.append(matches)
         return results
 
+    def describe(self) -> dict[str, Any]:
+        """:meth:`IndexStore.describe <cbir.store.IndexStore.describe>`, plus ``size``: the images a query can return."""
+        with self._catalogue_lock:
+            return {**self.store.describe(), "size": self.size}
+
     def image_row(self, image_id: int):
         """The catalogue row of ``image_id``; :class:`~cbir.errors.NotInIndexError` if there is none."""
         with self._catalogue_lock:

@@ -59,7 +59,8 @@ def png_bomb(width: int, height: int) -> bytes:
 def test_health_and_index_list(served):
     assert served.get("/api/health").json() == {"status": "ok", "version": "0.1.0", "indexes": ["photos"]}
     (index,) = served.get("/api/indexes").json()["indexes"]
-    assert (index["name"], index["extractor"], index["size"], index["dim"]) == ("photos", "color", 15, 1440)
+    assert (index["name"], index["size"], index["images"], index["dim"]) == ("photos", 15, 15, 1440)
+    assert index["extractor"].startswith("color(") and index["embedder"]["extractor"]["name"] == "color"
 
 
 def test_upload_search_finds_the_image_first_with_ids_and_urls(served, collection):
