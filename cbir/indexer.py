@@ -31,6 +31,7 @@ from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageErro
 from cbir.features.pipeline import Embedder, EmbedderOptions
 from cbir.images import LoadedFile, find_images, load_file, normalize_path, scan_folder
 from cbir.labels import as_label_table, assign_labels, folder_label
+from cbir.maintenance import without_removed
 from cbir.progress import SILENT, Progress
 from cbir.store import (
     CATALOGUE_FILE,
@@ -39,7 +40,6 @@ from cbir.store import (
     WriteLock,
     index_path,
     is_index,
-    is_under,
     name_for_folder,
     read_manifest,
 )
@@ -211,7 +211,7 @@ def index_folder(
             runtime_overrides = _check_same_config(store, embedder)
             if runtime_overrides:
                 store.embedder(runtime_overrides)
-            files = _without_removed(store, folder, files, include_removed)
+            files = without_removed(store, folder, files, include_removed)
         except BaseException:
             store.close()
             raise
@@ -249,26 +249,6 @@ def index_folder(
     store.close()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _without_removed(store: IndexStore, folder: Path, files: list[Path], include_removed: bool) -> list[Path]:
-    """Leave out what ``cbir remove`` took out below ``folder``; forget removals the run asks back."""
-    removed = store.removed_paths()
-    if not removed:
-        return files
-    root = str(folder)
-    # Indexing a removed folder (or one inside it) by name asks for it back.
-    asked_back = [p for p in removed if is_under(root, p) or (include_removed and is_under(p, root))]
-    if asked_back:
-        with store.catalogue.transaction():
-            store.set_removed_paths([p for p in removed if p not in asked_back])
-    honoured = [p for p in removed if p not in asked_back]
-    if not honoured:
-        return files
-    kept = [f for f in files if not any(is_under(str(f), p) for p in honoured)]
-    if len(kept) < len(files):
-        logger.info("left out %d file(s) removed earlier with cbir remove", len(files) - len(kept))
-    return kept
 
 
 def _unsupported_note(unsupported: dict[str, int]) -> str:
