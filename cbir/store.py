@@ -26,6 +26,7 @@ import logging
 import os
 import platform
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,7 @@ class WriteLock:
 
     def __init__(self, directory: Path, wait: bool = False):
         self.path = Path(directory) / LOCK_FILE
+        self._release_guard = threading.Lock()
         try:
             self._file = open(self.path, "a+")
         except OSError as exc:
@@ -134,10 +136,33 @@ class WriteLock:
         self._file.write(f"cbir process {os.getpid()}")
         self._file.flush()
 
+    def is_current(self) -> bool:
+        """Whether the lock file held is still the one in the folder (a failed first build deletes its folder)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino
+        except (OSError, ValueError):
+            return False
+
     def release(self) -> None:
-        if not self._file.closed:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+        """Give the lock up; safe to call again, or from another thread."""
+        with self._release_guard:
+            if not self._file.closed:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+                self._file.close()
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the write lock on ``directory`` (``None`` if nobody), without taking it."""
+    try:
+        with open(Path(directory) / LOCK_FILE) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return file.read().strip() or "another process"
+            fcntl.flock(file, fcntl.LOCK_UN)
+            return None
+    except OSError:
+        return None
 
 
 @dataclass
@@ -174,16 +199,26 @@ class IndexStore:
         path = Path(path)
         if not path.is_dir():
             raise IndexNotFoundError(not_found_message(path))
+        if not writable and not is_index(path):
+            builder = _lock_holder(path)
+            if builder is not None:
+                raise IndexLockedError(f"index {path.name!r} is being built by {builder}; query it once that run has finished")
         lock = WriteLock(path, wait=wait) if writable else None
         try:
-            manifest = read_manifest(path)
-            # Readers never write: a read-only connection works in a read-only
-            # folder, and threads may share it (Searcher serialises its use).
-            catalogue = Catalogue(path / CATALOGUE_FILE, read_only=not writable, check_same_thread=writable)
+            return cls.open_locked(path, lock)
         except BaseException:
             if lock:
                 lock.release()
             raise
+
+    @classmethod
+    def open_locked(cls, path: Path, lock: WriteLock | None) -> "IndexStore":
+        """:meth:`open` with the write ``lock`` already held by the caller (``None``: read only)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        # Readers never write: a read-only connection works in a read-only
+        # folder, and threads may share it (Searcher serialises its use).
+        catalogue = Catalogue(path / CATALOGUE_FILE, read_only=lock is None, check_same_thread=lock is not None)
         # Model files are hashed only when the embedder is loaded (see
         # embedder()): listing or describing an index reads no model.
         return cls(path, manifest, catalogue, lock)
