@@ -26,6 +26,7 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from cbir import augmentation
 from cbir.catalogue import NewImage
 from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder
@@ -41,6 +42,7 @@ from cbir.store import (
     index_path,
     is_index,
 )
+from cbir.rerank import DEFAULT_ALPHA
 from cbir.vectors import resolve_index_type
 
 logger = logging.getLogger(__name__)
@@ -119,6 +121,8 @@ def index_folder(
     fit_sample: int = DEFAULT_FIT_SAMPLE,
     wait: bool = False,
     progress: Progress = SILENT,
+    dba: int | None | str = augmentation.KEEP,
+    dba_alpha: float = DEFAULT_ALPHA,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -149,6 +153,10 @@ def index_folder(
         Wait for another writer to finish instead of failing.
     progress : Progress
         Receives progress events.
+    dba, dba_alpha : int or None, float
+        Database-side augmentation with this many neighbours (``None``: off;
+        default: :data:`cbir.rerank.DEFAULT_DBA` for a new index, unchanged
+        for an existing one), see :mod:`cbir.augmentation`.
 
     Raises
     ------
@@ -186,6 +194,7 @@ def index_folder(
 
     summary = IndexSummary(name=name, path=str(path), created=created)
     try:
+        augmentation.configure(store, dba, dba_alpha, created, len(files))
         plan = _plan(store, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
         try:

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from cbir.cli._common import (
+    AlphaOption,
     IndexDirOption,
     JsonOption,
     LabelColumnOption,
@@ -71,6 +72,21 @@ def _make_extractor(name: str, params: dict[str, Any], model: Path | None):
     from cbir.features.autoencoder import AutoencoderExtractor
 
     return AutoencoderExtractor.from_pretrained(model, **params)
+
+
+def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
+    """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
+    from cbir.augmentation import KEEP, dba_config
+    from cbir.errors import UsageError
+    from cbir.rerank import DEFAULT_ALPHA
+
+    if no_dba and dba is not None:
+        raise UsageError("--dba and --no-dba contradict each other")
+    chosen = None if no_dba else (KEEP if dba is None else dba)
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    if chosen not in (None, KEEP):
+        dba_config(chosen, alpha)  # one clean error for --dba 0 or a bad --alpha, before any work
+    return {"dba": chosen, "dba_alpha": alpha}
 
 
 def _parse_bins(text: str) -> list[int]:
@@ -200,6 +216,18 @@ def index(
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
     as_json: JsonOption = False,
+    dba: Annotated[
+        Optional[int],
+        typer.Option(
+            "--dba",
+            help="Database-side augmentation: index each vector as the weighted mean of itself and its K nearest "
+            "neighbours, recomputed from the original vectors whenever the collection changes. "
+            "(default: 2 for a new index, the index's own setting otherwise; --no-dba turns it off)",
+            show_default=False,
+        ),
+    ] = None,
+    no_dba: Annotated[bool, typer.Option("--no-dba", help="Index the original vectors (no database-side augmentation).")] = False,
+    alpha: AlphaOption = None,
 ) -> None:
     """Index a folder of images, or update an existing index with what changed in it.
 
@@ -255,6 +283,7 @@ def index(
         workers=workers,
         wait=wait,
         progress=progress_bar(),
+        **_dba_arguments(dba, no_dba, alpha),
     )
     if as_json:
         print_json(summary.to_dict())

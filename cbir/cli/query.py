@@ -8,7 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from cbir.cli._common import (
+    AlphaOption,
     EfSearchOption,
+    ExpandOption,
+    NoExpandOption,
+    alpha_setting,
+    expand_setting,
     IndexDirOption,
     JsonOption,
     NameOption,
@@ -31,12 +36,15 @@ def query(
     ] = None,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
+    expand: ExpandOption = None,
+    no_expand: NoExpandOption = False,
+    alpha: AlphaOption = None,
 ) -> None:
     """Find the images most similar to IMAGE (or to each image in a folder).
 
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
-    closer) and path; --json gives {"query", "results": [{"rank", "path", "score"}]},
+    closer; after query expansion, similarity to the expanded query) and path; --json gives {"query", "results": [{"rank", "path", "score"}]},
     a list of those for a folder.
     """
     from cbir.errors import UsageError
@@ -51,7 +59,8 @@ def query(
         raise UsageError(f"no image files in {image}")
     if montage is not None and is_folder:
         raise UsageError("--montage takes a single query image, not a folder")
-    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search) as searcher:
+    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha)}
+    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as searcher:
         if is_folder:
             results = searcher.query_many(
                 paths, k, on_error=lambda path, exc: stderr.print(f"warning: skipped query {exc}", markup=False)
