@@ -96,6 +96,8 @@ def first_of_group(paths: Sequence[str], labels: Sequence) -> np.ndarray:
     """Rows of the first image (by path) of each label: the Holidays-style designated queries."""
     first: dict[str, tuple[str, int]] = {}
     for row, (path, label) in enumerate(zip(paths, labels)):
+        if label is None:
+            continue  # an image without a label is never a query
         if label not in first or path < first[label][0]:
             first[label] = (path, row)
     return np.array(sorted(row for _path, row in first.values()), dtype=np.int64)
@@ -162,13 +164,22 @@ def read_ground_truth(csv_path: str | os.PathLike) -> GroundTruth:
             raise LabelsError(f"ground truth {csv_path}, line {line}: expected 'query,relevant[,kind]'")
         if kind not in GROUND_TRUTH_KINDS:
             raise LabelsError(f"ground truth {csv_path}, line {line}: kind {kind!r} is not one of {', '.join(GROUND_TRUTH_KINDS)}")
-        query, image = (os.path.normpath(os.path.join(base, p)) for p in fields[:2])
+        query, image = (_resolve(base, p) for p in fields[:2])
         if query not in truth.relevant and query not in truth.junk:
             truth.queries.append(query)
         (truth.junk if kind == "junk" else truth.relevant)[query].add(image)
     if not truth.queries:
         raise LabelsError(f"ground truth {csv_path} has no rows")
     return truth
+
+
+def _resolve(base: Path, raw: str) -> str:
+    # The spelling the catalogue stores (cbir.images.normalize_path); relative to the CSV's folder.
+    from cbir.images import normalize_path
+
+    if os.path.isabs(os.path.expanduser(raw)):
+        return str(normalize_path(raw))
+    return os.path.normpath(os.path.join(base, raw))
 
 
 # -- stored indexes ------------------------------------------------------------
@@ -215,25 +226,18 @@ def evaluate_index(
         index_labels = _index_labels(ranker, labels)
         if query_folder is not None:
             return _evaluate_query_folder(ranker, index_labels, query_folder, ks, progress)
-        if len(set(index_labels)) < 2:
-            source = "the labels given" if labels is not None else "their folder name"
-            raise LabelsError(
-                f"every indexed image has the same label {index_labels[0]!r} (from {source}); "
-                "evaluation needs at least two classes: give a labels CSV (--labels)"
-            )
-        if all(count < 2 for count in _counts(index_labels).values()):
-            raise LabelsError(
-                f"no label has two images ({len(index_labels)} images, {len(set(index_labels))} labels): "
-                "nothing can be found for any query; give a labels CSV (--labels) that groups images"
-            )
-        query_rows = first_of_group(ranker.paths, index_labels) if protocol == "first-of-group" else None
-        total = len(ranker.ids) if query_rows is None else len(query_rows)
+        _check_label_groups(index_labels, given=labels is not None)
+        if protocol == "first-of-group":
+            query_rows = first_of_group(ranker.paths, index_labels)
+        else:  # an image without a label is never a query (it stays in the rankings)
+            query_rows = np.array([n for n, label in enumerate(index_labels) if label is not None], dtype=np.int64)
+        total = len(query_rows)
         progress.start("evaluating", total)
         try:
             report = leave_one_out(
                 lambda rows: ranker.rank(ranker.stored(rows), exclude_ids=ranker.ids[rows]),
                 len(ranker.ids),
-                index_labels,
+                _never_relevant(index_labels),
                 ks,
                 progress=progress.advance,
                 query_rows=query_rows,
@@ -245,10 +249,33 @@ def evaluate_index(
 
 
 def _counts(labels: Sequence) -> dict:
+    """Images per label (images without a label are not counted)."""
     counts: dict = defaultdict(int)
     for label in labels:
-        counts[label] += 1
+        if label is not None:
+            counts[label] += 1
     return counts
+
+
+def _never_relevant(labels: Sequence) -> list[str]:
+    """Labels with a class of its own for each unlabelled image: never relevant to another."""
+    return [f"\0unlabelled-{n}" if label is None else label for n, label in enumerate(labels)]
+
+
+def _check_label_groups(labels: Sequence, given: bool) -> None:
+    counts = _counts(labels)
+    if len(counts) < 2:
+        source = "the labels given" if given else "their folder name"
+        which = f"the same label {next(iter(counts))!r}" if counts else "no label"
+        raise LabelsError(
+            f"every indexed image has {which} (from {source}); "
+            "evaluation needs at least two classes: give a labels CSV (--labels)"
+        )
+    if all(count < 2 for count in counts.values()):
+        raise LabelsError(
+            f"no label has two images ({sum(counts.values())} images, {len(counts)} labels): "
+            "nothing can be found for any query; give a labels CSV (--labels) that groups images"
+        )
 
 
 class _Ranker:
@@ -288,15 +315,17 @@ class _Ranker:
         return readable, embedder.transform(images)
 
 
-def _index_labels(ranker: _Ranker, labels) -> list[str]:
-    from cbir.labels import as_label_table, match_labels
+def _index_labels(ranker: _Ranker, labels) -> list[str | None]:
+    """Every indexed image's label, ``None`` for an image without one (see :func:`cbir.labels.assign_labels`)."""
+    from cbir.labels import as_label_table, assign_labels
 
     if labels is not None:
         skipped = [path for path, _reason in ranker.searcher.store.catalogue.skipped()]
-        return match_labels(as_label_table(labels), ranker.paths, skipped)
+        return assign_labels(as_label_table(labels), ranker.paths, skipped)
     found = [row.label for row in ranker.rows]
-    if any(label is None for label in found):
-        raise LabelsError("some indexed images have no label; give a labels CSV")
+    unlabelled = sum(label is None for label in found)
+    if unlabelled:
+        logger.warning("%d indexed image(s) have no label (never a query, never relevant)", unlabelled)
     return found
 
 

@@ -43,6 +43,22 @@ def is_image_path(path: str | os.PathLike) -> bool:
     return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
 
 
+def normalize_path(path: str | os.PathLike) -> Path:
+    """The one spelling of a path that cbir stores and compares.
+
+    Absolute, ``~`` expanded, with symbolic links resolved in the folders
+    above it (a folder given itself is fully resolved) while a file keeps its
+    own name. So a collection reached through a symlinked folder, a labels CSV
+    beside it and a query all name the same file the same way; folders below
+    an indexed root keep the names the walk saw them under.
+    """
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.isdir(absolute):
+        return Path(os.path.realpath(absolute))
+    head, tail = os.path.split(absolute)
+    return Path(os.path.realpath(head), tail)
+
+
 def find_images(root: str | os.PathLike) -> list[Path]:
     """All image files under ``root``, recursively, as absolute paths in sorted order.
 
@@ -56,7 +72,7 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     UsageError
         If ``root`` does not exist or is neither a folder nor an image file.
     """
-    root = Path(os.path.abspath(os.fspath(root)))
+    root = normalize_path(root)
     if root.is_file():
         if not is_image_path(root):
             raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")

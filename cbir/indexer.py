@@ -28,19 +28,19 @@ import numpy as np
 
 from cbir import augmentation
 from cbir.catalogue import NewImage
-from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
-from cbir.features.pipeline import Embedder
-from cbir.images import LoadedFile, find_images, load_file
-from cbir.labels import as_label_table, folder_label
+from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
+from cbir.features.pipeline import Embedder, EmbedderOptions
+from cbir.images import LoadedFile, find_images, load_file, normalize_path
+from cbir.labels import as_label_table, assign_labels, folder_label
 from cbir.progress import SILENT, Progress
 from cbir.store import (
     CATALOGUE_FILE,
-    LOCK_FILE,
     MODEL_DIR,
     IndexStore,
     WriteLock,
     index_path,
     is_index,
+    read_manifest,
 )
 from cbir.rerank import DEFAULT_ALPHA
 from cbir.vectors import resolve_index_type
@@ -109,10 +109,11 @@ class _Plan:
 
 def index_folder(
     folder: str | os.PathLike,
-    name: str,
+    name: str | None = None,
     index_dir: str | os.PathLike | None = None,
     *,
     embedder: Embedder | None = None,
+    options: EmbedderOptions | Mapping[str, Any] | None = None,
     index_type: str | None = None,
     labels: Mapping[str, str] | str | os.PathLike | None = None,
     pca_train_folder: str | os.PathLike | None = None,
@@ -132,10 +133,16 @@ def index_folder(
         Searched recursively for images. On an existing index, rows under this
         folder whose files are gone are removed; rows elsewhere are kept.
     name, index_dir : str, path
-        The index lives in ``index_dir / name`` (``indexes/`` by default).
+        The index lives in ``index_dir / name`` (``indexes/`` by default);
+        ``name`` defaults to the folder's name.
     embedder : Embedder, optional
         Extractor (+ PCA) for a new index; default: colour histograms. On an
-        existing index it must equal the index's own config, or be ``None``.
+        existing index it must embed as the index's own config does, or be ``None``.
+    options : EmbedderOptions or mapping, optional
+        Instead of ``embedder``: only what to change, as the CLI's options do
+        (e.g. ``{"backbone": "resnet50", "pca": 64}`` for a new index, or
+        ``{"runtime": "tflite"}`` on an existing one, which keeps the rest of
+        its config). See :class:`~cbir.features.pipeline.EmbedderOptions`.
     index_type : str, optional
         ``flat`` (the default for new indexes), ``hnsw``, ``ivf``, ``ivfpq`` or
         a FAISS factory string. Changing it on an existing index rebuilds only
@@ -167,12 +174,20 @@ def index_folder(
     started = time.perf_counter()
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    folder = Path(os.path.abspath(folder))
+    folder = normalize_path(folder)
+    if name is None:
+        name = folder.name
     files = find_images(folder)
     if not files:
         raise NoImagesError(f"no image files under {folder}")
     labels = _labels_for(files, labels)
     path = index_path(name, index_dir)
+    if options is not None:
+        if embedder is not None:
+            raise UsageError("give either an embedder or options, not both")
+        if not isinstance(options, EmbedderOptions):
+            options = EmbedderOptions.from_mapping(options)
+        embedder = options.resolve(_stored_embedder_config(path))
     _check_writable(path)
     workers = workers or os.cpu_count() or 1
 
@@ -208,7 +223,7 @@ def index_folder(
                 store.catalogue.remove_skipped(plan.removed_skipped)
         if labels is not None:
             with store.catalogue.transaction():
-                store.catalogue.set_labels({str(p): labels[p] for p in files if p in labels})
+                store.catalogue.set_labels({str(p): label for p, label in labels.items()})
         summary.total = store.catalogue.count_images()
         if created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
@@ -231,8 +246,8 @@ def index_folder(
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
     if labels is None:
         return None
-    table = as_label_table(labels)
-    return {p: table[str(p)] for p in files if str(p) in table}
+    assigned = assign_labels(as_label_table(labels), [str(p) for p in files])
+    return {p: label for p, label in zip(files, assigned)}
 
 
 def _check_writable(path: Path) -> None:
@@ -245,26 +260,29 @@ def _check_writable(path: Path) -> None:
         raise UsageError(f"cannot write to {probe}: permission denied (choose another --index-dir)")
 
 
+def _stored_embedder_config(path: Path) -> dict[str, Any] | None:
+    """An existing index's embedder config, or ``None`` for a new (or unreadable) index."""
+    if not is_index(path):
+        return None
+    try:
+        return read_manifest(path)["embedder"]
+    except CbirError:
+        return None  # opening the index reports the damage
+
+
 def _check_same_config(store: IndexStore, embedder: Embedder | None) -> dict[str, Any]:
     """Refuse a config that would embed differently; return runtime-only parameters that differ."""
     if embedder is None:
         return {}
-    wanted, built = embedder.get_config(), store.manifest["embedder"]
-    runtime = set(embedder.extractor.runtime_params)
-    if _without(wanted, runtime) != _without(built, runtime):
-        built_text = Embedder.from_config(built).describe()
+    built = store.manifest["embedder"]
+    differences = embedder.differences(built)
+    if differences:
+        listed = ", ".join(f"{key} {stored!r} (asked: {asked!r})" for key, (stored, asked) in differences.items())
         raise ConfigMismatchError(
-            f"index {store.name!r} was built with {built_text}, not {embedder.describe()}; "
-            f"to update it, leave out the extractor options; to rebuild, delete {store.path} or choose another --name"
+            f"index {store.name!r} was built with other options: {listed}; "
+            f"leave them out to update it, or choose another --name"
         )
-    built_params = built["extractor"].get("params", {})
-    return {k: v for k, v in wanted["extractor"]["params"].items() if k in runtime and built_params.get(k) != v}
-
-
-def _without(config: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    extractor = config["extractor"]
-    params = {k: v for k, v in extractor.get("params", {}).items() if k not in names}
-    return {**config, "extractor": {**extractor, "params": params}}
+    return embedder.runtime_overrides(built)
 
 
 def _create_index(
@@ -426,7 +444,7 @@ def _embed_and_commit(
                         size=loaded.size,
                         mtime_ns=loaded.mtime_ns,
                         sha256=loaded.sha256,
-                        label=(labels or {}).get(loaded.path) or folder_label(loaded.path),
+                        label=labels.get(loaded.path) if labels is not None else folder_label(loaded.path),
                         vector=vector,
                     )
                     for loaded, vector in zip(ok, vectors)
@@ -547,7 +565,7 @@ def remove_paths(
         ids: set[int] = set()
         skipped_paths: list[str] = []
         for raw in paths:
-            key = os.path.abspath(raw)
+            key = str(normalize_path(raw))
             rows = store.catalogue.images_under(key)
             skipped = store.catalogue.skipped_under(key)
             if not rows and not skipped:

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from cbir.augmentation import AugmentedVectors
 from cbir.errors import ImageError, UsageError
-from cbir.images import read_image
+from cbir.images import normalize_path, read_image
 from cbir.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store import IndexStore, index_path
 
@@ -199,7 +198,7 @@ class Searcher:
         self._check_k(k)
         embedder = self.embedder
         results = []
-        paths = [str(Path(os.path.abspath(p))) for p in image_paths]
+        paths = [str(normalize_path(p)) for p in image_paths]
         for start in range(0, len(paths), batch_size):
             readable, images = [], []
             for path in paths[start : start + batch_size]:

@@ -247,6 +247,31 @@ class IndexStore:
     def writable(self) -> bool:
         return self._lock is not None
 
+    def describe(self) -> dict[str, Any]:
+        """What ``cbir info`` and ``cbir list`` show: config, counts, versions (no model is loaded)."""
+        from cbir.features.pipeline import Embedder
+
+        manifest = self.manifest
+        try:
+            extractor = Embedder.from_config(manifest["embedder"]).describe()
+        except CbirError as exc:
+            raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
+        return {
+            "name": self.name,
+            "path": str(self.path.resolve()),
+            "extractor": extractor,
+            "embedder": manifest["embedder"],
+            "dim": manifest["dim"],
+            "metric": manifest["metric"],
+            "index_type": manifest.get("index_type", manifest["factory"]),
+            "factory": manifest["factory"],
+            "images": self.catalogue.count_images(),
+            "skipped": self.catalogue.count_skipped(),
+            "created": manifest.get("created"),
+            "versions": manifest.get("versions", {}),
+            "vectors_current": self.vectors_are_current(),
+        }
+
     def _check_model_files(self) -> None:
         for relative, expected in self.manifest.get("model_files", {}).items():
             file = self.path / relative

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -24,54 +24,6 @@ from cbir.cli._common import (
 _COLOR = "Colour histogram (--extractor color)"
 _CNN = "CNN (--extractor cnn)"
 _AE = "Autoencoder (--extractor autoencoder)"
-
-
-def _weights_option(weights: str | None) -> str | None:
-    # A file is stored in the manifest by absolute path, so a later update or
-    # query from another directory finds the same file.
-    if weights is None or weights in ("imagenet", "none"):
-        return weights
-    return str(Path(weights).expanduser().absolute())
-
-
-_CNN_ONLY = {"backbone", "weights", "pooling", "gem_p", "resize", "runtime"}
-_AE_ONLY = {"embedding", "epochs", "channels"}
-
-
-def _existing_embedder_config(name: str, index_dir: Path | None) -> dict[str, Any] | None:
-    from cbir.errors import CbirError
-    from cbir.store import index_path, is_index, read_manifest
-
-    path = index_path(name, index_dir)
-    if not is_index(path):
-        return None
-    try:
-        return read_manifest(path)["embedder"]
-    except CbirError:
-        return None  # opening the index reports the damage
-
-
-def _implied_extractor(params: dict[str, Any], model: Path | None) -> str:
-    """Without --extractor, a new index uses the extractor its options belong to."""
-    if model is not None or _AE_ONLY & set(params):
-        return "autoencoder"
-    if _CNN_ONLY & set(params):
-        return "cnn"
-    return "color"
-
-
-def _make_extractor(name: str, params: dict[str, Any], model: Path | None):
-    """The extractor the options describe; each extractor refuses options it does not take."""
-    from cbir.errors import UsageError
-    from cbir.features.base import make_extractor
-
-    if model is None:
-        return make_extractor(name, **params)
-    if name != "autoencoder":
-        raise UsageError("--model applies to --extractor autoencoder")
-    from cbir.features.autoencoder import AutoencoderExtractor
-
-    return AutoencoderExtractor.from_pretrained(model, **params)
 
 
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
@@ -235,15 +187,17 @@ def index(
     unreadable files are skipped with a warning and recorded. Interrupting is
     safe: run the same command again to continue.
     """
-    from cbir.features.pca import PCAReduction
-    from cbir.features.pipeline import Embedder
     from cbir.indexer import index_folder
 
     show_training_epochs()
-    given = {
+    options = {
+        "extractor": extractor,
+        "model": model,
+        "pca": pca,
+        "pca_whiten": pca_whiten or None,
         "bins": _parse_bins(bins) if bins is not None else None,
         "backbone": backbone,
-        "weights": _weights_option(weights),
+        "weights": weights,
         "pooling": pooling,
         "gem_p": gem_p,
         "resize": resize,
@@ -254,28 +208,11 @@ def index(
         "channels": 1 if grey else None,
         "seed": seed,
     }
-    params = {key: value for key, value in given.items() if value is not None}
-    pca_step = PCAReduction(pca, whiten=pca_whiten) if pca is not None else None
-    embedder = None
-    if extractor is not None or params or pca is not None or model is not None:
-        name = name or Path(folder).resolve().name
-        existing = _existing_embedder_config(name, index_dir)
-        if existing is not None and model is None and extractor in (None, existing["extractor"]["name"]):
-            # Options given for an existing index change only what they name.
-            stored = existing["extractor"]
-            embedder = Embedder.from_config(
-                {
-                    "extractor": {**stored, "params": {**stored.get("params", {}), **params}},
-                    "pca": pca_step.get_params() if pca_step is not None else existing.get("pca"),
-                }
-            )
-        else:
-            embedder = Embedder(_make_extractor(extractor or _implied_extractor(params, model), params, model), pca_step)
     summary = index_folder(
         folder,
-        name or Path(folder).resolve().name,
+        name,
         index_dir,
-        embedder=embedder,
+        options=options,
         index_type=index_type,
         labels=read_labels(labels, path_column, label_column),
         pca_train_folder=pca_train,

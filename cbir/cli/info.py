@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,7 +26,7 @@ def info(
     from cbir.store import IndexStore, index_path
 
     with IndexStore.open(index_path(name, index_dir)) as store:
-        data = _index_description(store)
+        data = store.describe()
         data["skipped_files"] = [{"path": p, "reason": r} for p, r in store.catalogue.skipped(limit=skipped)]
     if as_json:
         print_json(data)
@@ -56,7 +56,7 @@ def list_command(index_dir: IndexDirOption = None, as_json: JsonOption = False) 
     for path in list_indexes(index_dir):
         try:
             with IndexStore.open(path) as store:
-                rows.append(_index_description(store))
+                rows.append(store.describe())
         except CbirError as exc:
             rows.append({"name": path.name, "path": str(path.resolve()), "error": str(exc)})
     if as_json:
@@ -70,24 +70,3 @@ def list_command(index_dir: IndexDirOption = None, as_json: JsonOption = False) 
             print(f"{row['name']:<20} unusable: {row['error']}")
         else:
             print(f"{row['name']:<20} {row['images']:>8} images  {row['extractor']}  [{row['index_type']}]")
-
-
-def _index_description(store) -> dict[str, Any]:
-    from cbir.features.pipeline import Embedder
-
-    manifest = store.manifest
-    return {
-        "name": store.name,
-        "path": str(store.path.resolve()),
-        "extractor": Embedder.from_config(manifest["embedder"]).describe(),
-        "embedder": manifest["embedder"],
-        "dim": manifest["dim"],
-        "metric": manifest["metric"],
-        "index_type": manifest.get("index_type", manifest["factory"]),
-        "factory": manifest["factory"],
-        "images": store.catalogue.count_images(),
-        "skipped": store.catalogue.count_skipped(),
-        "created": manifest.get("created"),
-        "versions": manifest.get("versions", {}),
-        "vectors_current": store.vectors_are_current(),
-    }

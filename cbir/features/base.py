@@ -74,6 +74,15 @@ class Extractor:
     def check_params(self) -> None:
         """Raise :class:`~cbir.errors.UsageError` if a hyperparameter cannot work."""
 
+    @classmethod
+    def normalize_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters as they should be stored, e.g. file paths made absolute.
+
+        A manifest is read from other working directories (a later update, a
+        query): anything relative to the current one must be pinned here.
+        """
+        return dict(params)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -172,6 +181,19 @@ def make_extractor(name: str, **params: Any) -> Extractor:
     extractor = cls(**params)
     extractor.check_params()
     return extractor
+
+
+def extractor_for_params(params: Sequence[str]) -> str:
+    """The registered extractor that takes every one of ``params`` (colour when none are given).
+
+    Lets a new index follow from its options (``--backbone`` means cnn)
+    without repeating each extractor's parameter names.
+    """
+    names = set(params)
+    for name in EXTRACTORS:
+        if names <= set(extractor_class(name)._param_names()):
+            return name
+    raise UsageError(f"no extractor takes all of: {', '.join(sorted(names))}")
 
 
 def extractor_from_config(config: dict[str, Any]) -> Extractor:

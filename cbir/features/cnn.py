@@ -247,6 +247,13 @@ class CNNExtractor(Extractor):
         self.seed = seed
 
     # -- configuration -----------------------------------------------------
+    @classmethod
+    def normalize_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        weights = params.get("weights")
+        if isinstance(weights, (str, os.PathLike)) and str(weights) not in ("imagenet", "none"):
+            params = {**params, "weights": str(Path(weights).expanduser().absolute())}
+        return params
+
     def check_params(self) -> None:
         _check_choice("backbone", self.backbone, BACKBONES)
         _check_choice("pooling", self.pooling, POOLINGS)
