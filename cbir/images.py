@@ -140,13 +140,15 @@ def _looks_truncated(data: bytes) -> bool:
     return data.startswith(_JPEG_MAGIC) and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
-def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, min_side: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decode encoded image bytes into an RGB uint8 ``(height, width, 3)`` array.
 
     EXIF orientation is applied; greyscale, 16-bit and RGBA inputs come out as
     8-bit RGB (alpha dropped). When ``min_side`` is given, a JPEG is decoded at
     the smallest of the scales 1/8, 1/4, 1/2 whose shorter side is still at
     least ``min_side`` pixels, which is several times faster than full size.
+    ``max_pixels`` lowers the pixel cap below :data:`MAX_IMAGE_PIXELS` (a
+    server decoding uploads); JPEG and PNG are refused from their header.
 
     Raises
     ------
@@ -155,12 +157,13 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
     """
     if len(data) == 0:
         raise ImageError("empty file")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
     size = image_size(data)
     flag = cv2.IMREAD_COLOR
     if size is not None:
         width, height = size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ImageError(f"image too large ({width}x{height} pixels, limit {MAX_IMAGE_PIXELS:,})")
+        if width * height > limit:
+            raise ImageError(f"image too large ({width}x{height} pixels, limit {limit:,})")
         if min_side and data.startswith(_JPEG_MAGIC):
             for factor, reduced_flag in _REDUCED_FLAGS:
                 if min(width, height) // factor >= min_side:
@@ -178,6 +181,8 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
         if data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
             raise ImageError("corrupt or truncated image data")
         raise ImageError("not a readable image")
+    if size is None and image.shape[0] * image.shape[1] > limit:  # formats whose header is not parsed
+        raise ImageError(f"image too large ({image.shape[1]}x{image.shape[0]} pixels, limit {limit:,})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -34,7 +34,14 @@ import numpy as np
 
 from cbir.catalogue import Catalogue
 from cbir.fileio import file_sha256, write_json_atomic
-from cbir.errors import CbirError, IndexCorruptError, IndexLockedError, IndexNotFoundError, UsageError
+from cbir.errors import (
+    CbirError,
+    IndexCorruptError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+    UsageError,
+)
 from cbir.vectors import VectorIndex, build_vector_index
 
 logger = logging.getLogger(__name__)
@@ -98,7 +105,13 @@ class WriteLock:
 
     def __init__(self, directory: Path, wait: bool = False):
         self.path = Path(directory) / LOCK_FILE
-        self._file = open(self.path, "a+")
+        try:
+            self._file = open(self.path, "a+")
+        except OSError as exc:
+            raise IndexReadOnlyError(
+                f"index {Path(directory).name!r} is read-only here: cannot write in {directory} "
+                f"({exc.strerror or exc}); it can still be queried"
+            ) from None
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
@@ -159,7 +172,9 @@ class IndexStore:
         lock = WriteLock(path, wait=wait) if writable else None
         try:
             manifest = read_manifest(path)
-            catalogue = Catalogue(path / CATALOGUE_FILE)
+            # Readers never write: a read-only connection works in a read-only
+            # folder, and threads may share it (Searcher serialises its use).
+            catalogue = Catalogue(path / CATALOGUE_FILE, read_only=not writable, check_same_thread=writable)
         except BaseException:
             if lock:
                 lock.release()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import typer
 
-from cbir.cli import benchmark, demo, duplicates, evaluate, index, info, query, train
+from cbir.cli import benchmark, demo, duplicates, evaluate, index, info, query, serve, train
 
 app = typer.Typer(
     name="cbir",
@@ -30,6 +30,7 @@ app.command("duplicates")(duplicates.duplicates)
 app.command("train-autoencoder")(train.train_autoencoder_command)
 app.command("demo")(demo.demo)
 app.command("benchmark")(benchmark.benchmark)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -49,7 +49,10 @@ def handle_errors(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except CbirError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", markup=True)
+            from rich.markup import escape
+
+            # Escaped: a message may hold brackets ('cbir[serve]', a file name) that are not markup.
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
