@@ -86,27 +86,56 @@ def expand_queries(
     return weighted_means(queries, neighbours, scores, alpha, valid)
 
 
-def nearest_neighbours(vectors: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top ``k`` other rows of every row by inner product, blocked so memory stays ``block x N``.
+def top_k(
+    queries: np.ndarray, vectors: np.ndarray, k: int, own_rows: np.ndarray | None = None, block_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` rows of ``vectors`` for each query by inner product, best first, blocked.
 
-    Returns ``(rows, scores)``, each ``(N, k)``, best first; a row is never
-    its own neighbour (ties with a duplicate are kept).
+    ``own_rows[i]`` (optional, -1 for none) is left out of query ``i``'s
+    results: its own row when the queries are rows of ``vectors``. Returns
+    ``(rows, scores)``, each ``(len(queries), k)``, -1 / -inf where fewer exist.
     """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    take = min(k, len(vectors))
+    if take == 0:
+        return rows, scores
+    for start in range(0, len(queries), block_size):
+        stop = min(start + block_size, len(queries))
+        block = queries[start:stop] @ vectors.T
+        if own_rows is not None:
+            own = np.asarray(own_rows[start:stop])
+            hit = own >= 0
+            block[np.flatnonzero(hit), own[hit]] = -np.inf
+        top = np.argpartition(-block, take - 1, axis=1)[:, :take]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        rows[start:stop, :take] = np.take_along_axis(top, order, axis=1)
+        scores[start:stop, :take] = np.take_along_axis(top_scores, order, axis=1)
+    rows[~np.isfinite(scores)] = -1
+    return rows, scores
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` other rows of every row (a row is never its own neighbour); see :func:`top_k`."""
     n = len(vectors)
     if not 1 <= k < n:
         raise UsageError(f"need 1 <= k < {n} (the number of vectors) for neighbours, got k={k}")
-    rows = np.empty((n, k), dtype=np.int64)
-    scores = np.empty((n, k), dtype=np.float32)
-    for start in range(0, n, block_size):
-        stop = min(start + block_size, n)
-        block = vectors[start:stop] @ vectors.T
-        block[np.arange(stop - start), np.arange(start, stop)] = -np.inf
-        top = np.argpartition(-block, k - 1, axis=1)[:, :k]
-        top_scores = np.take_along_axis(block, top, axis=1)
-        order = np.argsort(-top_scores, axis=1, kind="stable")
-        rows[start:stop] = np.take_along_axis(top, order, axis=1)
-        scores[start:stop] = np.take_along_axis(top_scores, order, axis=1)
+    return top_k(vectors, vectors, k, np.arange(n), block_size)
+
+
+def merge_neighbours(
+    rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray, scores_b: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row, the ``k`` best of two disjoint neighbour lists (-1 entries never win)."""
+    rows = np.concatenate([rows_a, rows_b], axis=1)
+    scores = np.concatenate([scores_a, scores_b], axis=1).astype(np.float32)
+    scores = np.where(rows >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows, scores = np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    rows[~np.isfinite(scores)] = -1
     return rows, scores
 
 
@@ -129,11 +158,17 @@ def augment_database(
     if k >= len(vectors):
         raise UsageError(f"--dba {k} needs more than {k} images; the index holds {len(vectors)}")
     rows, scores = neighbours if neighbours is not None else nearest_neighbours(vectors, k)
-    rows, scores = rows[:, :k], scores[:, :k]
+    return augment_rows(vectors, np.arange(len(vectors)), rows[:, :k], scores[:, :k], alpha)
+
+
+def augment_rows(vectors: np.ndarray, which: np.ndarray, rows: np.ndarray, scores: np.ndarray, alpha: float) -> np.ndarray:
+    """DBA of the rows ``which`` of ``vectors`` only, given their neighbour ``rows`` and ``scores`` (-1 = none)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    which = np.asarray(which, dtype=np.int64)
     valid = rows >= 0
-    augmented = np.empty_like(vectors)
-    for start in range(0, len(vectors), 4096):  # bounds the (block, k, d) gather
+    augmented = np.empty((len(which), vectors.shape[1]), np.float32)
+    for start in range(0, len(which), 4096):  # bounds the (block, k, d) gather
         part = slice(start, start + 4096)
         gathered = vectors[np.where(valid[part], rows[part], 0)]
-        augmented[part] = weighted_means(vectors[part], gathered, scores[part], alpha, valid[part])
+        augmented[part] = weighted_means(vectors[which[part]], gathered, scores[part], alpha, valid[part])
     return augmented

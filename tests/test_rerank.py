@@ -84,7 +84,7 @@ def _augmented_matches_catalogue(index_dir, name, k):
 
 def test_dba_is_on_by_default_and_kept_consistent_under_add_and_remove(collection, index_dir, tmp_path):
     index_folder(collection, "photos", index_dir)
-    assert _state(index_dir, "photos") == ({"k": 2, "alpha": 3.0}, ["augmented-1.ids.npy", "augmented-1.npy"])
+    assert _state(index_dir, "photos") == ({"k": 2, "alpha": 3.0}, [f"augmented-1{s}.npy" for s in (".ids", ".neighbours", "", ".scores")])
     _augmented_matches_catalogue(index_dir, "photos", 2)
     # add: a new class folder; remove: one file
     extra = tmp_path / "photos" / "more"
@@ -141,3 +141,22 @@ def test_expansion_with_a_query_excluded_uses_other_images(collection, index_dir
     assert not np.allclose(without, vector, atol=1e-3)
     with pytest.raises(UsageError, match="--expand must be at least 1"):
         Searcher.open("photos", index_dir, expand=0)
+
+
+def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_dir, tmp_path, caplog):
+    index_folder(collection, "photos", index_dir)
+    newcomer = collection / "red" / "red-new.jpg"
+    shutil.copy(collection / "blue" / "blue-0.jpg", newcomer)
+    with caplog.at_level("INFO", logger="cbir.augmentation"):
+        index_folder(collection, "photos", index_dir)
+    counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")]
+    averaged, total = (int(w) for w in counts[-1].split()[1:4:2])
+    assert total == 16 and 1 <= averaged < 16
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+    newcomer.unlink()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cbir.augmentation"):
+        index_folder(collection, "photos", index_dir)
+    averaged = int([r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")][-1].split()[1])
+    assert averaged < 15
+    _augmented_matches_catalogue(index_dir, "photos", 2)
