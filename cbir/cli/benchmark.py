@@ -13,7 +13,7 @@ from cbir.cli._common import JsonOption, handle_errors, print_json, progress_bar
 
 @handle_errors
 def benchmark(
-    spec: Annotated[Path, typer.Argument(help="JSON spec: folder, optional labels, configs (see below).", dir_okay=False, show_default=False)],
+    spec: Annotated[Path, typer.Argument(help="JSON spec: folder, optional labels, configs (described above).", dir_okay=False, show_default=False)],
     index_dir: Annotated[
         Optional[Path],
         typer.Option(
