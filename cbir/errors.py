@@ -57,3 +57,7 @@ class LabelsError(CbirError):
 
 class WeightsError(CbirError):
     """Model weights that cannot be found, downloaded or loaded."""
+
+
+class MissingExtraError(CbirError):
+    """An optional part of cbir whose packages are not installed (see :mod:`cbir.extras`)."""

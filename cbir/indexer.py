@@ -30,7 +30,7 @@ from cbir import augmentation
 from cbir.catalogue import NewImage
 from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder, EmbedderOptions
-from cbir.images import LoadedFile, find_images, load_file, normalize_path
+from cbir.images import LoadedFile, find_images, load_file, normalize_path, scan_folder
 from cbir.labels import as_label_table, assign_labels, folder_label
 from cbir.progress import SILENT, Progress
 from cbir.store import (
@@ -40,6 +40,8 @@ from cbir.store import (
     WriteLock,
     index_path,
     is_index,
+    is_under,
+    name_for_folder,
     read_manifest,
 )
 from cbir.rerank import DEFAULT_ALPHA
@@ -73,6 +75,8 @@ class IndexSummary:
     embedded: int = 0
     created: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    #: Image files of formats cbir cannot read (HEIC, RAW...), by suffix; not indexed.
+    unsupported: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -92,6 +96,7 @@ class IndexSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
+            "unsupported": dict(self.unsupported),
         }
 
 
@@ -122,6 +127,9 @@ def index_folder(
     fit_sample: int = DEFAULT_FIT_SAMPLE,
     wait: bool = False,
     progress: Progress = SILENT,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    include_removed: bool = False,
     dba: int | None | str = augmentation.KEEP,
     dba_alpha: float = DEFAULT_ALPHA,
 ) -> IndexSummary:
@@ -133,8 +141,8 @@ def index_folder(
         Searched recursively for images. On an existing index, rows under this
         folder whose files are gone are removed; rows elsewhere are kept.
     name, index_dir : str, path
-        The index lives in ``index_dir / name`` (``indexes/`` by default);
-        ``name`` defaults to the folder's name.
+        The index lives in ``index_dir / name`` (default folder: :func:`cbir.store.resolve_index_dir`);
+        ``name`` defaults to the folder's name (see :func:`cbir.store.name_for_folder`).
     embedder : Embedder, optional
         Extractor (+ PCA) for a new index; default: colour histograms. On an
         existing index it must embed as the index's own config does, or be ``None``.
@@ -160,6 +168,13 @@ def index_folder(
         Wait for another writer to finish instead of failing.
     progress : Progress
         Receives progress events.
+    exclude, include_hidden : sequence of str, bool
+        Glob patterns of files and folders to leave out, and whether to walk
+        hidden ones (see :func:`cbir.images.scan_folder`). Rows of files left
+        out are dropped like those of deleted files.
+    include_removed : bool
+        Add back files under ``folder`` that ``cbir remove`` took out (they
+        are otherwise left out; indexing a removed folder itself adds it back).
     dba, dba_alpha : int or None, float
         Database-side augmentation with this many neighbours (``None``: off;
         default: :data:`cbir.rerank.DEFAULT_DBA` for a new index, unchanged
@@ -176,10 +191,11 @@ def index_folder(
         raise UsageError("batch size must be at least 1")
     folder = normalize_path(folder)
     if name is None:
-        name = folder.name
-    files = find_images(folder)
+        name = name_for_folder(folder)
+    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
+    files = scan.images
     if not files:
-        raise NoImagesError(f"no image files under {folder}")
+        raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
     labels = _labels_for(files, labels)
     path = index_path(name, index_dir)
     if options is not None:
@@ -203,11 +219,12 @@ def index_folder(
             runtime_overrides = _check_same_config(store, embedder)
             if runtime_overrides:
                 store.embedder(runtime_overrides)
+            files = _without_removed(store, folder, files, include_removed)
         except BaseException:
             store.close()
             raise
 
-    summary = IndexSummary(name=name, path=str(path), created=created)
+    summary = IndexSummary(name=name, path=str(path), created=created, unsupported=scan.unsupported)
     try:
         augmentation.configure(store, dba, dba_alpha, created, len(files))
         plan = _plan(store, folder, files)
@@ -241,6 +258,32 @@ def index_folder(
     store.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _without_removed(store: IndexStore, folder: Path, files: list[Path], include_removed: bool) -> list[Path]:
+    """Leave out what ``cbir remove`` took out below ``folder``; forget removals the run asks back."""
+    removed = store.removed_paths()
+    if not removed:
+        return files
+    root = str(folder)
+    # Indexing a removed folder (or one inside it) by name asks for it back.
+    asked_back = [p for p in removed if is_under(root, p) or (include_removed and is_under(p, root))]
+    if asked_back:
+        with store.catalogue.transaction():
+            store.set_removed_paths([p for p in removed if p not in asked_back])
+    honoured = [p for p in removed if p not in asked_back]
+    if not honoured:
+        return files
+    kept = [f for f in files if not any(is_under(str(f), p) for p in honoured)]
+    if len(kept) < len(files):
+        logger.info("left out %d file(s) removed earlier with cbir remove", len(files) - len(kept))
+    return kept
+
+
+def _unsupported_note(unsupported: dict[str, int]) -> str:
+    if not unsupported:
+        return ""
+    return " (files of formats cbir cannot read: " + ", ".join(f"{n} {ext}" for ext, n in unsupported.items()) + ")"
 
 
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
@@ -350,9 +393,8 @@ def _fit(
         return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
 
     extractor = embedder.extractor
-    if not extractor.requires_fit:
-        extractor.fit([])  # loads a model, if any, before progress starts counting images
-    elif not extractor.is_fitted:
+    extractor.build(progress)  # loads a network or a given model before progress starts counting images
+    if extractor.requires_fit and not extractor.is_fitted:
         chosen = sample(files)
         progress.start("decoding images to train the extractor", len(chosen))
         images = []
@@ -575,5 +617,7 @@ def remove_paths(
         with store.catalogue.transaction():
             removed = store.catalogue.remove_ids(sorted(ids))
             store.catalogue.remove_skipped(skipped_paths)
+            # Remembered, so that indexing a folder above them does not bring them back.
+            store.set_removed_paths([*store.removed_paths(), *(str(normalize_path(p)) for p in paths)])
         store.save_vectors()
     return removed

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -12,9 +13,12 @@ import numpy as np
 
 from cbir.augmentation import AugmentedVectors
 from cbir.errors import ImageError, NotInIndexError, UsageError
+from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images import decode_image, normalize_path, read_image
 from cbir.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store import IndexStore, index_path
+
+logger = logging.getLogger(__name__)
 
 #: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
 QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
@@ -29,9 +33,11 @@ class Match:
     score: float
     id: int
     label: str | None = None
+    #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
+    exists: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": self.path, "score": self.score}
+        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
 
 
 @dataclass(frozen=True)
@@ -96,7 +102,7 @@ class Searcher:
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
-        """Open the index ``name`` in ``index_dir`` (``indexes/`` by default)."""
+        """Open the index ``name`` in ``index_dir`` (default: :func:`cbir.store.resolve_index_dir`)."""
         return cls._open_path(index_path(name, index_dir), search_params)
 
     @classmethod
@@ -197,8 +203,10 @@ class Searcher:
         return expand_queries(vectors, self.stored_vectors(ids), scores, self.alpha, valid=ids >= 0)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
-        """The ``k`` best matches of each vector, best first (after query expansion, if on)."""
-        self._check_k(k)
+        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on)."""
+        k = self._effective_k(k)
+        if k == 0:
+            return [[] for _ in range(len(vectors))]
         vectors = self.expand_queries(vectors)
         scores, ids = self.vectors.search(vectors, k + self.stale_ids)
         wanted = np.unique(ids[ids >= 0]).tolist()
@@ -211,11 +219,16 @@ class Searcher:
                 row = rows.get(int(image_id))
                 if row is None:  # -1 padding, or removed since the FAISS file was written
                     continue
-                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label))
+                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path)))
                 if len(matches) == k:
                     break
             results.append(matches)
         return results
+
+    def describe(self) -> dict[str, Any]:
+        """:meth:`IndexStore.describe <cbir.store.IndexStore.describe>`, plus ``size``: the images a query can return."""
+        with self._catalogue_lock:
+            return {**self.store.describe(), "size": self.size}
 
     def image_row(self, image_id: int):
         """The catalogue row of ``image_id``; :class:`~cbir.errors.NotInIndexError` if there is none."""
@@ -319,8 +332,69 @@ class Searcher:
             raise TypeError(f"k must be an integer, got {type(k).__name__}")
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}")
-        if k > self.size:
-            raise UsageError(f"k={k} is larger than index {self.store.name!r}, which holds {self.size} images")
+
+    def _effective_k(self, k: int) -> int:
+        """``k``, or the whole collection when ``k`` is larger (said once per ``Searcher``)."""
+        self._check_k(k)
+        if k <= self.size:
+            return k
+        if not getattr(self, "_said_k", False):
+            self._said_k = True
+            logger.warning("k=%d is larger than index %r, which holds %d images: returning all of them", k, self.store.name, self.size)
+        return self.size
+
+    def query_excluding_self(
+        self,
+        images: Sequence[QueryImage],
+        k: int = 10,
+        on_error: Callable[[str, ImageError], None] | None = None,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        names: Sequence[str] | None = None,
+    ) -> list[QueryResult]:
+        """:meth:`query_many`, leaving out each query's own file and byte-identical copies of it.
+
+        A query file that is in the index would otherwise come back first with
+        score 1.0, as would its copies; the ``k`` results are the next ones.
+        Copies are found by content hash: of the file for a path, of the bytes
+        for encoded bytes (an array has no file: only an equal path is left out).
+        """
+        self._effective_k(k)  # says so if k exceeds the collection
+        images = list(images)
+        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
+        margin = 8
+        while True:
+            wanted = min(k + margin, self.size)
+            results = self.query_many(images, wanted, on_error=on_error, channels=channels, names=labels)
+            ids = sorted({m.id for result in results for m in result.results})
+            with self._catalogue_lock:
+                sha_of = {row.id: row.sha256 for row in self.store.catalogue.image_rows(ids)}
+            kept = [
+                [m for m in r.results if m.path != r.query and (digest_of.get(r.query) is None or sha_of.get(m.id) != digest_of[r.query])]
+                for r in results
+            ]
+            # Too many copies of a query ate the margin: search again, deeper.
+            if wanted >= self.size or all(len(found) >= k for found in kept):
+                break
+            margin *= 4
+            on_error = None if on_error is None else (lambda label, exc: None)  # reported once already
+        return [
+            QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
+            for result, found in zip(results, kept)
+        ]
+
+
+def _content_digest(image: Any) -> str | None:
+    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return sha256_bytes(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return file_sha256(image)
+        except OSError:
+            return None  # query_many reports the unreadable file
+    return None
 
 
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:

@@ -184,8 +184,10 @@ def test_corrupt_index_directory(indexed, index_dir, damage):
     assert "photos" in message or "catalogue" in message or "vector" in message
 
 
-def test_k_larger_than_the_collection(indexed, index_dir):
-    assert "larger than" in fails("query", indexed / "red" / "red-0.jpg", "--name", "photos", "--index-dir", index_dir, "-k", "99")
+def test_k_larger_than_the_collection_returns_all_of_it_with_a_note(indexed, index_dir):
+    result = run("query", indexed / "red" / "red-0.jpg", "--name", "photos", "--index-dir", index_dir, "-k", "99", "--json")
+    assert len(json.loads(result.stdout)["results"]) == 15
+    assert "k=99 is larger than index 'photos', which holds 15 images" in result.stderr
 
 
 @pytest.mark.parametrize("problem", ["missing", "extra"])

@@ -166,6 +166,20 @@ def index(
     label_column: LabelColumnOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude",
+            help="Leave out files and folders matching this glob (relative path or name, e.g. '*.png', 'raw/*', 'thumbnails'); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also index hidden files and folders (names starting with '.').")
+    ] = False,
+    include_removed: Annotated[
+        bool, typer.Option("--include-removed", help="Add back files under FOLDER that 'cbir remove' took out.")
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
     as_json: JsonOption = False,
     dba: Annotated[
@@ -220,6 +234,9 @@ def index(
         workers=workers,
         wait=wait,
         progress=progress_bar(),
+        exclude=exclude or (),
+        include_hidden=include_hidden,
+        include_removed=include_removed,
         **_dba_arguments(dba, no_dba, alpha),
     )
     if as_json:
@@ -232,6 +249,9 @@ def index(
         f"{summary.unchanged} unchanged, {summary.skipped} skipped "
         f"({summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s)"
     )
+    if summary.unsupported:
+        counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
+        print(f"not indexed, formats cbir cannot read: {counts}")
 
 @handle_errors
 def remove(
@@ -244,7 +264,8 @@ def remove(
     """Remove images from an index (the files themselves are not touched).
 
     A folder removes every image indexed under it. If any path is not in the
-    index, nothing is removed.
+    index, nothing is removed. Removals are remembered: indexing a folder
+    above them again leaves them out (--include-removed adds them back).
     """
     from cbir.indexer import remove_paths
 

@@ -9,7 +9,10 @@ import typer
 from cbir.cli._common import (
     IndexDirOption,
     JsonOption,
+    NameArgument,
+    OptionalNameOption,
     handle_errors,
+    pick_name,
     print_json,
     stderr,
 )
@@ -17,7 +20,8 @@ from cbir.cli._common import (
 
 @handle_errors
 def info(
-    name: Annotated[str, typer.Argument(help="Name of the index.", show_default=False)],
+    name_argument: NameArgument = None,
+    name: OptionalNameOption = None,
     index_dir: IndexDirOption = None,
     skipped: Annotated[int, typer.Option("--skipped", min=0, help="List up to this many skipped files with their reasons.")] = 10,
     as_json: JsonOption = False,
@@ -25,6 +29,7 @@ def info(
     """Describe an index: extractor config, dimension, index type, counts, versions."""
     from cbir.store import IndexStore, index_path
 
+    name = pick_name(name_argument, name)
     with IndexStore.open(index_path(name, index_dir)) as store:
         data = store.describe()
         data["skipped_files"] = [{"path": p, "reason": r} for p, r in store.catalogue.skipped(limit=skipped)]
@@ -42,18 +47,32 @@ def info(
     print("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     if not data["vectors_current"]:
         print("note        the vector file is behind the catalogue (interrupted run?); queries still see every committed image")
+    if data["removed_paths"]:
+        print(f"removed     {len(data['removed_paths'])} path(s) left out of updates (cbir index --include-removed adds them back)")
     for entry in data["skipped_files"]:
         print(f"  skipped: {entry['path']}: {entry['reason']}")
 
 
 @handle_errors
-def list_command(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
-    """List the indexes in the index directory."""
-    from cbir.errors import CbirError
-    from cbir.store import IndexStore, default_index_dir, list_indexes
+def list_command(
+    name_argument: NameArgument = None,
+    name: OptionalNameOption = None,
+    index_dir: IndexDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the indexes in the index directory (or just the one named)."""
+    from cbir.errors import CbirError, IndexNotFoundError
+    from cbir.store import IndexStore, index_path, list_indexes, not_found_message, resolve_index_dir
 
+    name = pick_name(name_argument, name, required=False)
+    paths = list_indexes(index_dir)
+    if name is not None:
+        wanted = index_path(name, index_dir)
+        paths = [p for p in paths if p.name == wanted.name]
+        if not paths:
+            raise IndexNotFoundError(not_found_message(wanted))
     rows = []
-    for path in list_indexes(index_dir):
+    for path in paths:
         try:
             with IndexStore.open(path) as store:
                 rows.append(store.describe())
@@ -63,7 +82,7 @@ def list_command(index_dir: IndexDirOption = None, as_json: JsonOption = False) 
         print_json(rows)
         return
     if not rows:
-        stderr.print(f"no indexes in {index_dir or default_index_dir()}", markup=False)
+        stderr.print(f"no indexes in {resolve_index_dir(index_dir)}", markup=False)
         return
     for row in rows:
         if "error" in row:

@@ -31,14 +31,15 @@ def serve(
     while serving are picked up without a restart; nothing is written to the
     index folder. Stop with Ctrl-C.
     """
-    from cbir.errors import UsageError
 
     try:
         import uvicorn
 
         from cbir.server.app import Limits, create_app
     except ImportError as exc:
-        raise UsageError(f"cbir serve needs the serve extra ({exc.name} is missing): pip install 'cbir[serve]'") from None
+        from cbir.extras import missing_extra
+
+        raise missing_extra(exc.name or "FastAPI", "serve", "cbir serve") from None
     from cbir.server.live import IndexPool
 
     pool = IndexPool(index_dir, names).open()

@@ -20,6 +20,11 @@ _EXTRACTOR_DIR = "extractor"
 class Embedder:
     """Extractor plus optional :class:`PCAReduction`, with one config and one state folder.
 
+    Not an extractor itself (it is not in the registry and its config is
+    ``{"extractor": ..., "pca": ...}``), but it keeps the same promises:
+    ``fit`` returns ``self``, ``transform`` gives L2-normalised float32 rows
+    (no images: a ``(0, dim)`` array), ``save``/``load_state`` round-trip.
+
     ``get_config()`` is what an index manifest stores; ``Embedder.from_config``
     rebuilds it and ``load_state`` restores what was learned, so a query is
     embedded exactly as the collection was.
@@ -96,9 +101,15 @@ class Embedder:
     def dim(self) -> int:
         return self.pca.dim if self.pca is not None else self.extractor.dim
 
-    def fit(self, images: Sequence[np.ndarray]) -> "Embedder":
-        """Fit the extractor, then the PCA on the extractor's vectors of ``images``."""
-        self.extractor.fit(images)
+    def fit(self, images: Sequence[np.ndarray], **fit_params: Any) -> "Embedder":
+        """Fit the extractor, then the PCA on the extractor's vectors of ``images``; returns ``self``.
+
+        What the Python API offers for images in memory; the indexer fits the
+        same two steps itself, from a sample of files, with progress.
+        ``fit_params`` go to the extractor's ``fit``.
+        """
+        self.extractor.fit(images, **fit_params)
+        self.extractor.build()
         if self.pca is not None:
             self.pca.fit(self.extractor.transform(images))
         return self
