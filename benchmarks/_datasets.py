@@ -77,7 +77,7 @@ def instance_set(n_images: int | None = None) -> Path:
 
 def fashion_mnist_set(per_class: int = 300) -> Path:
     """Folder of ``<class>/<n>.png``: the first ``per_class`` test images of each Fashion-MNIST class."""
-    from autoencoder_fashion_mnist import CLASSES, FILES, dataset_folder, read_idx
+    from _fashion_mnist import CLASSES, FILES, dataset_folder, read_idx
 
     root = CACHE / f"fashion-mnist-{per_class}"
     done = root / ".complete"
