@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cbir import augmentation
 from cbir.catalogue import NewImage
 from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder, EmbedderOptions
@@ -36,6 +37,7 @@ from cbir.maintenance import without_removed
 from cbir.progress import SILENT, Progress
 from cbir.store import IndexStore, index_path, is_index, name_for_folder, read_manifest
 from cbir.writer import IndexWriter, Restat, SkippedFile, open_writer
+from cbir.rerank import DEFAULT_ALPHA
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,8 @@ def index_folder(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     include_removed: bool = False,
+    dba: int | None | str = augmentation.KEEP,
+    dba_alpha: float = DEFAULT_ALPHA,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -161,6 +165,10 @@ def index_folder(
     include_removed : bool
         Add back files under ``folder`` that ``cbir remove`` took out (they
         are otherwise left out; indexing a removed folder itself adds it back).
+    dba, dba_alpha : int or None, float
+        Database-side augmentation with this many neighbours (``None``: off;
+        default: :data:`cbir.rerank.DEFAULT_DBA` for a new index, unchanged
+        for an existing one), see :mod:`cbir.augmentation`.
 
     Raises
     ------
@@ -207,6 +215,7 @@ def index_folder(
             if runtime_overrides:
                 writer.store.embedder(runtime_overrides)
             files = without_removed(writer, folder, files, include_removed)
+        augmentation.configure(writer.store, dba, dba_alpha, writer.created, len(files))
         plan = _plan(writer, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
         _embed_and_commit(writer, plan, precomputed, labels, loader, summary, progress)

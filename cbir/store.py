@@ -396,6 +396,10 @@ class IndexStore:
         """Bring the FAISS file up to date with the catalogue (writers only)."""
         if not self.writable:
             raise RuntimeError("save_vectors needs an index opened for writing")
+        from cbir import augmentation
+
+        if augmentation.applies(self):  # DBA: the snapshot is recomputed from the catalogue
+            return augmentation.save_snapshot(self)
         if self.vectors_are_current() and not self._rebuild and (self.path / self._vectors_state()[0]).is_file():
             return  # nothing changed: do not rewrite a possibly large file
         file_name, max_id = self._vectors_state()

@@ -216,7 +216,8 @@ def test_browser_upload_then_more_like_this(corel_server, tmp_path):
         results = browser.find_elements(By.CSS_SELECTOR, "#results .result")
         first_grid = [r.get_attribute("data-id") for r in results]
         assert results[0].find_element(By.CSS_SELECTOR, ".name").text == query.name
-        assert results[0].find_element(By.CSS_SELECTOR, ".score").text == "1.000"
+        # Default re-ranking (DBA + query expansion): the image itself scores just under 1.
+        assert 0.99 <= float(results[0].find_element(By.CSS_SELECTOR, ".score").text) <= 1.0
         assert results[0].find_element(By.CSS_SELECTOR, ".open").get_attribute("href").endswith(f"/images/{first_grid[0]}")
         third_id, third_name = first_grid[2], results[2].find_element(By.CSS_SELECTOR, ".name").text
 
