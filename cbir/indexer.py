@@ -25,6 +25,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from cbir import augmentation
 from cbir.catalogue import NewImage
 from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder, EmbedderOptions
@@ -32,9 +33,11 @@ from cbir.images import LoadedFile, normalize_path, scan_folder
 from cbir.labels import as_label_table, assign_labels, folder_label
 from cbir.fitting import Batch, fit_new_embedder
 from cbir.loading import KnownContent, Loader, PrepareSpec, check_workers, load_prepared
+from cbir.maintenance import without_removed
 from cbir.progress import SILENT, Progress
-from cbir.store import IndexStore, index_path, is_index, is_under, name_for_folder, read_manifest
+from cbir.store import IndexStore, index_path, is_index, name_for_folder, read_manifest
 from cbir.writer import IndexWriter, Restat, SkippedFile, open_writer
+from cbir.rerank import DEFAULT_ALPHA
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,8 @@ def index_folder(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     include_removed: bool = False,
+    dba: int | None | str = augmentation.KEEP,
+    dba_alpha: float = DEFAULT_ALPHA,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -160,6 +165,10 @@ def index_folder(
     include_removed : bool
         Add back files under ``folder`` that ``cbir remove`` took out (they
         are otherwise left out; indexing a removed folder itself adds it back).
+    dba, dba_alpha : int or None, float
+        Database-side augmentation with this many neighbours (``None``: off;
+        default: :data:`cbir.rerank.DEFAULT_DBA` for a new index, unchanged
+        for an existing one), see :mod:`cbir.augmentation`.
 
     Raises
     ------
@@ -205,7 +214,8 @@ def index_folder(
             runtime_overrides = _check_same_config(writer.store, embedder)
             if runtime_overrides:
                 writer.store.embedder(runtime_overrides)
-            files = _without_removed(writer, folder, files, include_removed)
+            files = without_removed(writer, folder, files, include_removed)
+        augmentation.configure(writer.store, dba, dba_alpha, writer.created, len(files))
         plan = _plan(writer, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
         _embed_and_commit(writer, plan, precomputed, labels, loader, summary, progress)
@@ -220,25 +230,6 @@ def index_folder(
             writer.change_index_type(index_type)
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _without_removed(writer: IndexWriter, folder: Path, files: list[Path], include_removed: bool) -> list[Path]:
-    """Leave out what ``cbir remove`` took out below ``folder``; forget removals the run asks back."""
-    removed = writer.store.removed_paths()
-    if not removed:
-        return files
-    root = str(folder)
-    # Indexing a removed folder (or one inside it) by name asks for it back.
-    asked_back = [p for p in removed if is_under(root, p) or (include_removed and is_under(p, root))]
-    if asked_back:
-        writer.set_removed_paths([p for p in removed if p not in asked_back])
-    honoured = [p for p in removed if p not in asked_back]
-    if not honoured:
-        return files
-    kept = [f for f in files if not any(is_under(str(f), p) for p in honoured)]
-    if len(kept) < len(files):
-        logger.info("left out %d file(s) removed earlier with cbir remove", len(files) - len(kept))
-    return kept
 
 
 def _unsupported_note(unsupported: dict[str, int]) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from typer.core import TyperCommand
 
 from cbir.cli._common import (
+    AlphaOption,
     IndexDirOption,
     JsonOption,
     LabelColumnOption,
@@ -25,6 +26,21 @@ from cbir.cli._common import (
 _COLOR = "Colour histogram (--extractor color)"
 _CNN = "CNN (--extractor cnn)"
 _AE = "Autoencoder (--extractor autoencoder)"
+
+
+def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
+    """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
+    from cbir.augmentation import KEEP, dba_config
+    from cbir.errors import UsageError
+    from cbir.rerank import DEFAULT_ALPHA
+
+    if no_dba and dba is not None:
+        raise UsageError("--dba and --no-dba contradict each other")
+    chosen = None if no_dba else (KEEP if dba is None else dba)
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    if chosen not in (None, KEEP):
+        dba_config(chosen, alpha)  # one clean error for --dba 0 or a bad --alpha, before any work
+    return {"dba": chosen, "dba_alpha": alpha}
 
 
 def _parse_bins(text: str) -> list[int]:
@@ -219,6 +235,18 @@ def index(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
     as_json: JsonOption = False,
+    dba: Annotated[
+        Optional[int],
+        typer.Option(
+            "--dba",
+            help="Database-side augmentation: index each vector as the weighted mean of itself and its K nearest "
+            "neighbours, recomputed from the original vectors whenever the collection changes. "
+            "(default: 2 for a new index, the index's own setting otherwise; --no-dba turns it off)",
+            show_default=False,
+        ),
+    ] = None,
+    no_dba: Annotated[bool, typer.Option("--no-dba", help="Index the original vectors (no database-side augmentation).")] = False,
+    alpha: AlphaOption = None,
 ) -> None:
     """Index a folder of images, or update an existing index with what changed in it.
 
@@ -263,6 +291,7 @@ def index(
         exclude=exclude or (),
         include_hidden=include_hidden,
         include_removed=include_removed,
+        **_dba_arguments(dba, no_dba, alpha),
     )
     if as_json:
         print_json(summary.to_dict())

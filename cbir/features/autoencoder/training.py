@@ -235,11 +235,8 @@ def train(
             # them with the record makes a resumed run stop, and keep, exactly
             # what an uninterrupted one would have.
             callbacks = [
-                keras.callbacks.ModelCheckpoint(
-                    best_path, monitor=monitor, save_best_only=True, initial_value_threshold=best
-                ),
                 keras.callbacks.EarlyStopping(monitor=monitor, patience=patience_left, baseline=best),
-                _recorder(keras, model, record, work_dir, last_path, monitor, int(extractor.epochs), progress),
+                _recorder(keras, model, record, work_dir, checkpoints, monitor, int(extractor.epochs), progress),
             ]
             validation = None
             if n_val:
@@ -272,11 +269,11 @@ def _training_subset(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in NOT_TRAINING_PARAMS}
 
 
-def _recorder(keras, model, record: dict, work_dir: Path, last_path: Path, monitor: str, epochs: int, progress: Progress):
+def _recorder(keras, model, record: dict, work_dir: Path, checkpoints: Path, monitor: str, epochs: int, progress: Progress):
     """Callback that, after every epoch, saves the resumable state and reports progress.
 
-    The last checkpoint is written before the history, so a history never
-    counts an epoch whose weights are not on disk.
+    The best and last checkpoints are written before the history, so a
+    history never counts an epoch whose weights are not on disk.
     """
     started = [0.0]
 
@@ -292,7 +289,11 @@ def _recorder(keras, model, record: dict, work_dir: Path, last_path: Path, monit
         if best_epoch is None or entry[monitor] < record["epochs"][best_epoch - 1][monitor]:
             record["best_epoch"] = epoch + 1
         record["epochs"].append(entry)
-        save_model(model, last_path)
+        # Atomic writes (Keras' ModelCheckpoint writes in place): a kill
+        # mid-save leaves the previous checkpoint, never half of one.
+        if record["best_epoch"] == epoch + 1:
+            save_model(model, checkpoints / _BEST_CHECKPOINT)
+        save_model(model, checkpoints / _LAST_CHECKPOINT)
         write_history(record, work_dir)
         logger.info(
             "autoencoder epoch %d/%d: loss %.5f%s, %.1f s%s",
