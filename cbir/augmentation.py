@@ -39,7 +39,7 @@ import numpy as np
 from cbir.errors import UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, top_k
-from cbir.vectors import VectorIndex, build_vector_index
+from cbir.vectors import build_vector_index
 
 logger = logging.getLogger(__name__)
 

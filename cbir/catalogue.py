@@ -246,12 +246,22 @@ class Catalogue:
         for row in self._db.execute(query, tuple(args)):
             yield ImageRow(*row)
 
+    def content_hashes(self) -> Iterator[tuple[int, str]]:
+        """``(id, sha256)`` of every image."""
+        yield from self._db.execute("SELECT id, sha256 FROM images")
+
     def row_for_path(self, path: str) -> ImageRow | None:
         rows = list(self._select_images("WHERE path = ?", (path,)))
         return rows[0] if rows else None
 
-    def iter_vectors(self, dim: int, batch_size: int = 65536, min_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(ids, vectors)`` blocks in id order, for ids greater than ``min_id``."""
+    def iter_vectors(self, dim: int, batch_size: int | None = None, min_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` blocks in id order, for ids greater than ``min_id``.
+
+        Blocks hold about 4 MB of vectors by default: building a FAISS index
+        then needs little more memory than the index itself.
+        """
+        if batch_size is None:
+            batch_size = max(256, (4 << 20) // (4 * max(1, dim)))
         cursor = self._db.execute("SELECT id, vector FROM images WHERE id > ? ORDER BY id", (min_id,))
         while True:
             rows = cursor.fetchmany(batch_size)
@@ -264,16 +274,22 @@ class Catalogue:
             yield ids, np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
 
     def vectors_for_ids(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Vectors of ``ids`` in that order; every id must exist."""
-        out = np.empty((len(ids), dim), dtype=np.float32)
-        position = {int(i): n for n, i in enumerate(ids)}
-        id_list = list(position)
+        """Vectors of ``ids`` in that order (an id may repeat); every id must exist."""
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        unique, positions = np.unique(wanted, return_inverse=True)
+        found = np.empty((len(unique), dim), dtype=np.float32)
+        filled = np.zeros(len(unique), dtype=bool)
+        row_of = {int(i): n for n, i in enumerate(unique)}
+        id_list = list(row_of)
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
-                out[position[image_id]] = np.frombuffer(blob, dtype=np.float32)
-        return out
+                found[row_of[image_id]] = np.frombuffer(blob, dtype=np.float32)
+                filled[row_of[image_id]] = True
+        if not filled.all():
+            raise KeyError(f"no image with id {int(unique[~filled][0])}")
+        return found[positions]
 
     def max_id(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]

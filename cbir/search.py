@@ -310,15 +310,14 @@ class Searcher:
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
-            for image, label in zip(images[start : start + batch_size], labels[start : start + batch_size]):
-                try:
-                    rgb = _to_rgb(image, channels, embedder.decode_min_side)
-                except ImageError as exc:
+            batch = images[start : start + batch_size]
+            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, embedder)):
+                if error is not None:
                     if on_error is None:
-                        raise
-                    on_error(label, exc)
+                        raise error
+                    on_error(label, error)
                     continue
-                prepared.append(embedder.prepare(rgb))  # per-image work: thread-safe, runs in parallel
+                prepared.append(item)
                 readable.append(label)
             if prepared:
                 with self._model_lock:
@@ -416,6 +415,31 @@ def _wrong_type(image: Any) -> TypeError:
         "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
         f"or a decoded uint8 NumPy array; got {type(image).__name__}"
     )
+
+
+def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
+    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
+
+    Files go through the one loader (read, decode and ``prepare`` in threads);
+    bytes and arrays are decoded or checked here.
+    """
+    from cbir.loading import PrepareSpec, load_prepared, usable_cores
+
+    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
+    from_files = load_prepared(
+        paths, PrepareSpec(embedder.decode_min_side), workers=max(1, min(usable_cores(), len(paths))), prepare=embedder.prepare
+    )
+    out: list[tuple[Any, ImageError | None]] = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            file, item = next(from_files)
+            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
+            continue
+        try:
+            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
+        except ImageError as exc:
+            out.append((None, exc))
+    return out
 
 
 def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:

@@ -129,6 +129,17 @@ def test_delete_needs_yes_when_not_interactive(indexed, index_dir):
     assert "no index named 'photos'" in fails("delete", "photos", "--index-dir", index_dir, "--yes")
 
 
+def test_delete_asks_at_a_terminal(indexed, index_dir, monkeypatch):
+    import cbir.cli.manage
+
+    monkeypatch.setattr(cbir.cli.manage, "_interactive", lambda: True)
+    kept = runner.invoke(app, ["delete", "photos", "--index-dir", str(index_dir)], input="n\n")
+    assert kept.exit_code == 1 and "delete index 'photos'" in kept.stderr
+    assert (index_dir / "photos" / "manifest.json").is_file()
+    run("delete", "photos", "--index-dir", index_dir, input="y\n")
+    assert not (index_dir / "photos").exists()
+
+
 def test_delete_takes_the_write_lock(indexed, index_dir):
     from cbir.store import WriteLock
 

@@ -44,7 +44,7 @@ def _options(
     pass
 
 
-app.command("index")(index.index)
+app.command("index", cls=index.IndexCommand)(index.index)
 app.command("query")(query.query)
 app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from cbir.cli._common import (
     AlphaOption,
@@ -50,6 +52,37 @@ def _parse_bins(text: str) -> list[int]:
     except ValueError:
         raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
 
+
+
+def _parse_workers(text: str | None) -> int | None:
+    from cbir.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise UsageError(f"--workers must be a whole number of at least 1, got {text!r}")
+    return workers
+
+
+_RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
+
+
+class IndexCommand(TyperCommand):
+    """``--ray`` takes an optional address: without one (or before the folder) it means ``auto``."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--ray" and (i + 1 == len(args) or not _RAY_ADDRESS.match(args[i + 1])):
+                args.insert(i + 1, "auto")
+                break
+        return super().parse_args(ctx, args)
 
 
 @handle_errors
@@ -165,7 +198,27 @@ def index(
     path_column: PathColumnOption = None,
     label_column: LabelColumnOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
+    workers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Worker processes that read and decode images (this process writes the index and runs the network). "
+            "With --ray: actors. (default: the usable CPU cores)",
+            show_default=False,
+        ),
+    ] = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Read and embed on a Ray cluster: alone or 'auto' joins a running local cluster or starts one; "
+            "HOST:PORT or ray://HOST:PORT joins that cluster. Every node must read the images (and the index folder) "
+            "at the same paths: a shared filesystem. Needs pip install 'cbir\\[ray]'.",
+            show_default=False,
+        ),
+    ] = None,
     exclude: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -231,7 +284,8 @@ def index(
         labels=read_labels(labels, path_column, label_column),
         pca_train_folder=pca_train,
         batch_size=batch_size,
-        workers=workers,
+        workers=_parse_workers(workers),
+        ray=ray,
         wait=wait,
         progress=progress_bar(),
         exclude=exclude or (),
