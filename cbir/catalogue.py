@@ -274,9 +274,11 @@ class Catalogue:
             yield ids, np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
 
     def vectors_for_ids(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Vectors of ``ids`` in that order; every id must exist."""
+        """Vectors of ``ids`` in that order (an id may repeat); every id must exist."""
         out = np.empty((len(ids), dim), dtype=np.float32)
-        position = {int(i): n for n, i in enumerate(ids)}
+        position: dict[int, list[int]] = {}
+        for n, i in enumerate(ids):
+            position.setdefault(int(i), []).append(n)  # two copies of one file ask for the same row
         id_list = list(position)
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
