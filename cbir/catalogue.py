@@ -275,17 +275,21 @@ class Catalogue:
 
     def vectors_for_ids(self, ids: Sequence[int], dim: int) -> np.ndarray:
         """Vectors of ``ids`` in that order (an id may repeat); every id must exist."""
-        out = np.empty((len(ids), dim), dtype=np.float32)
-        position: dict[int, list[int]] = {}
-        for n, i in enumerate(ids):
-            position.setdefault(int(i), []).append(n)  # two copies of one file ask for the same row
-        id_list = list(position)
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        unique, positions = np.unique(wanted, return_inverse=True)
+        found = np.empty((len(unique), dim), dtype=np.float32)
+        filled = np.zeros(len(unique), dtype=bool)
+        row_of = {int(i): n for n, i in enumerate(unique)}
+        id_list = list(row_of)
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
-                out[position[image_id]] = np.frombuffer(blob, dtype=np.float32)
-        return out
+                found[row_of[image_id]] = np.frombuffer(blob, dtype=np.float32)
+                filled[row_of[image_id]] = True
+        if not filled.all():
+            raise KeyError(f"no image with id {int(unique[~filled][0])}")
+        return found[positions]
 
     def max_id(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
