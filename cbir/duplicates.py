@@ -51,6 +51,8 @@ def find_duplicates(
         raise UsageError(f"threshold {threshold} is outside the range of cosine similarity, [-1, 1]")
     with Searcher.open(name, index_dir) as searcher:
         catalogue, dim = searcher.store.catalogue, searcher.store.dim
+        if searcher.augmented:  # DBA moved the indexed vectors: compare the original ones
+            searcher.vectors = searcher.plain_vectors()
         rows = catalogue.image_rows()
         ids = np.array([row.id for row in rows], dtype=np.int64)
         parent = np.arange(len(ids))

@@ -11,9 +11,11 @@ from typing import Any, Callable, Literal, Sequence, Union
 
 import numpy as np
 
+from cbir.augmentation import AugmentedVectors
 from cbir.errors import ImageError, NotInIndexError, UsageError
 from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images import decode_image, normalize_path, read_image
+from cbir.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store import IndexStore, index_path
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,26 @@ class Searcher:
         An index opened for reading (see :meth:`open`).
     nprobe, ef_search : int, optional
         Search-time knobs of IVF and HNSW indexes; the index's defaults otherwise.
+    expand, alpha : int or None, float
+        Alpha query expansion (:mod:`cbir.rerank`): each query is searched
+        again as the weighted mean of itself and its top ``expand`` results
+        (``None``: one plain search). Scores are then similarities to the
+        expanded query.
     """
 
-    def __init__(self, store: IndexStore, nprobe: int | None = None, ef_search: int | None = None):
+    def __init__(
+        self,
+        store: IndexStore,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        expand: int | None = DEFAULT_EXPAND,
+        alpha: float = DEFAULT_ALPHA,
+    ):
+        check_expand(expand)
+        check_alpha(alpha)
         self.store = store
+        self.expand = expand
+        self.alpha = alpha
         loaded = store.load_vectors()
         self.vectors = loaded.index
         self.stale_ids = loaded.stale_ids
@@ -80,6 +98,7 @@ class Searcher:
         self._embedder = None
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
+        self._augmented = AugmentedVectors.load(store)
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
@@ -127,17 +146,68 @@ class Searcher:
         return self.vectors.ntotal - self.stale_ids
 
     @property
+    def augmented(self) -> bool:
+        """Whether the index searches DBA-augmented vectors (:mod:`cbir.augmentation`)."""
+        return self._augmented is not None
+
+    def plain_vectors(self):
+        """A FAISS index of the original vectors, built from the catalogue (for exact-similarity work)."""
+        from cbir.vectors import build_vector_index
+
+        store = self.store
+        ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
+        sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
+        return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+
+    @property
     def embedder(self):
         with self._model_lock:
             if self._embedder is None:
                 self._embedder = self.store.embedder()
             return self._embedder
 
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors the index searches for catalogue ``ids`` (augmented ones under DBA), -1 giving zeros."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((*ids.shape, self.store.dim), np.float32)
+        found = np.zeros(ids.shape, bool)
+        if self._augmented is not None:
+            out, found = self._augmented.lookup(ids)
+        wanted = (ids >= 0) & ~found
+        if wanted.any():
+            unique, inverse = np.unique(ids[wanted], return_inverse=True)
+            with self._catalogue_lock:
+                found_vectors = self.store.catalogue.vectors_for_ids(unique.tolist(), self.store.dim)
+            out[wanted] = found_vectors[inverse]
+        return out
+
+    def expand_queries(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
+        """αQE: each vector replaced by the weighted mean of itself and its top ``expand`` results.
+
+        ``exclude_ids`` (one per vector, -1 for none) are left out of the
+        neighbours: a query's own entry when evaluating leave-one-out.
+        """
+        if not self.expand:
+            return vectors
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        extra = self.stale_ids + (1 if exclude_ids is not None else 0)
+        scores, ids = self.vectors.search(vectors, self.expand + extra)
+        if self.stale_ids:
+            with self._catalogue_lock:
+                live = {row.id for row in self.store.catalogue.image_rows(np.unique(ids[ids >= 0]).tolist())}
+            ids = np.where(np.isin(ids, list(live)), ids, -1)
+        if exclude_ids is not None:
+            ids = np.where(ids == np.asarray(exclude_ids)[:, None], -1, ids)
+        order = np.argsort(ids < 0, axis=1, kind="stable")[:, : self.expand]  # first `expand` real results
+        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return expand_queries(vectors, self.stored_vectors(ids), scores, self.alpha, valid=ids >= 0)
+
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
-        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`)."""
+        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on)."""
         k = self._effective_k(k)
         if k == 0:
             return [[] for _ in range(len(vectors))]
+        vectors = self.expand_queries(vectors)
         scores, ids = self.vectors.search(vectors, k + self.stale_ids)
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
@@ -240,15 +310,14 @@ class Searcher:
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
-            for image, label in zip(images[start : start + batch_size], labels[start : start + batch_size]):
-                try:
-                    rgb = _to_rgb(image, channels, embedder.decode_min_side)
-                except ImageError as exc:
+            batch = images[start : start + batch_size]
+            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, embedder)):
+                if error is not None:
                     if on_error is None:
-                        raise
-                    on_error(label, exc)
+                        raise error
+                    on_error(label, error)
                     continue
-                prepared.append(embedder.prepare(rgb))  # per-image work: thread-safe, runs in parallel
+                prepared.append(item)
                 readable.append(label)
             if prepared:
                 with self._model_lock:
@@ -346,6 +415,31 @@ def _wrong_type(image: Any) -> TypeError:
         "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
         f"or a decoded uint8 NumPy array; got {type(image).__name__}"
     )
+
+
+def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
+    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
+
+    Files go through the one loader (read, decode and ``prepare`` in threads);
+    bytes and arrays are decoded or checked here.
+    """
+    from cbir.loading import PrepareSpec, load_prepared, usable_cores
+
+    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
+    from_files = load_prepared(
+        paths, PrepareSpec(embedder.decode_min_side), workers=max(1, min(usable_cores(), len(paths))), prepare=embedder.prepare
+    )
+    out: list[tuple[Any, ImageError | None]] = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            file, item = next(from_files)
+            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
+            continue
+        try:
+            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
+        except ImageError as exc:
+            out.append((None, exc))
+    return out
 
 
 def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:

@@ -25,8 +25,8 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,15 @@ from typing import Any
 import numpy as np
 
 from cbir.catalogue import Catalogue
+from cbir.locations import (  # noqa: F401  (where indexes live; re-exported for callers of cbir.store)
+    ENV_INDEX_DIR,
+    check_index_name,
+    default_index_dir,
+    index_path,
+    is_under,
+    name_for_folder,
+    resolve_index_dir,
+)
 from cbir.fileio import file_sha256, write_json_atomic
 from cbir.errors import (
     CbirError,
@@ -41,7 +50,6 @@ from cbir.errors import (
     IndexLockedError,
     IndexNotFoundError,
     IndexReadOnlyError,
-    UsageError,
 )
 from cbir.vectors import VectorIndex, build_vector_index
 
@@ -54,66 +62,12 @@ LOCK_FILE = ".lock"
 FORMAT = "cbir-index"
 FORMAT_VERSION = 1
 METRIC = "inner_product"
-ENV_INDEX_DIR = "CBIR_INDEX_DIR"
 
 _META_VECTORS_FILE = "vectors_file"
 _META_VECTORS_MAX_ID = "vectors_max_id"
 _META_VECTORS_SERIAL = "vectors_serial"
 #: Files and folders taken out with ``cbir remove``: an update of a folder above them leaves them out.
 _META_REMOVED = "removed_paths"
-
-
-#: What an index name may hold: letters, digits, '-' and '_' (it names a folder).
-_NAME_PATTERN = re.compile(r"[\w-]{1,100}")
-LOCAL_INDEX_DIR = "indexes"
-
-
-def default_index_dir() -> Path:
-    """Where named indexes live when no folder is given; see :func:`resolve_index_dir`."""
-    return resolve_index_dir(None)
-
-
-def resolve_index_dir(index_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of named indexes: the one place that decides it.
-
-    In order: ``index_dir`` if given; ``$CBIR_INDEX_DIR`` if set; ``./indexes``
-    only where that folder already exists in the current directory (a project
-    that keeps its indexes beside it); else the per-user data folder
-    (``platformdirs.user_data_dir("cbir")/indexes``, e.g.
-    ``~/.local/share/cbir/indexes``). ``~`` is expanded. Nothing is created
-    here, so indexing a photo folder from inside it leaves no ``indexes/`` there.
-    """
-    if index_dir is not None and str(index_dir) != "":
-        return Path(os.path.expanduser(os.fspath(index_dir)))
-    env = os.environ.get(ENV_INDEX_DIR)
-    if env:
-        return Path(os.path.expanduser(env))
-    if Path(LOCAL_INDEX_DIR).is_dir():
-        return Path(LOCAL_INDEX_DIR).absolute()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("cbir", appauthor=False)) / "indexes"
-
-
-def check_index_name(name: str) -> str:
-    """Return ``name`` if it is a valid index name (letters, digits, ``-``, ``_``), else :class:`UsageError`."""
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise UsageError(
-            f"invalid index name {name!r}: use 1 to 100 letters, digits, '-' or '_' (no spaces, dots or slashes)"
-        )
-    return name
-
-
-def name_for_folder(folder: str | os.PathLike) -> str:
-    """The default index name for ``folder``: its name, other characters replaced by ``-``."""
-    base = Path(os.path.abspath(os.fspath(folder))).name
-    name = re.sub(r"[^\w-]+", "-", base).strip("-")[:100]
-    return name or "images"
-
-
-def index_path(name: str, index_dir: str | os.PathLike | None = None) -> Path:
-    """Directory of the index called ``name`` (see :func:`resolve_index_dir` and :func:`check_index_name`)."""
-    return resolve_index_dir(index_dir) / check_index_name(name)
 
 
 def not_found_message(path: Path) -> str:
@@ -137,34 +91,6 @@ def list_indexes(index_dir: str | os.PathLike | None = None) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_index(p))
 
 
-def delete_index(name: str, index_dir: str | os.PathLike | None = None, wait: bool = False) -> Path:
-    """Delete the index ``name`` (its folder and everything in it); returns the path it had.
-
-    Takes the write lock first, so an index being written is not pulled away
-    from its writer (``wait`` waits for it). The folder is renamed out of the
-    way before it is removed: readers and ``cbir list`` never see half of it.
-
-    Raises
-    ------
-    IndexNotFoundError, IndexLockedError, UsageError (a folder that is not a cbir index)
-    """
-    path = index_path(name, index_dir)
-    if not path.is_dir():
-        raise IndexNotFoundError(not_found_message(path))
-    if not any((path / marker).exists() for marker in (MANIFEST_FILE, CATALOGUE_FILE, LOCK_FILE)):
-        raise UsageError(f"{path} does not look like a cbir index; not deleting it")
-    lock = WriteLock(path, wait=wait)
-    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-    try:
-        os.replace(path, trash)
-    except OSError as exc:
-        raise UsageError(f"cannot delete index {name!r}: {exc.strerror or exc}") from None
-    finally:
-        lock.release()
-    shutil.rmtree(trash, ignore_errors=True)
-    return path
-
-
 def package_versions() -> dict[str, str]:
     """Versions recorded in a manifest, to explain differences between machines."""
     import cv2
@@ -186,6 +112,7 @@ class WriteLock:
 
     def __init__(self, directory: Path, wait: bool = False):
         self.path = Path(directory) / LOCK_FILE
+        self._release_guard = threading.Lock()
         try:
             self._file = open(self.path, "a+")
         except OSError as exc:
@@ -209,10 +136,33 @@ class WriteLock:
         self._file.write(f"cbir process {os.getpid()}")
         self._file.flush()
 
+    def is_current(self) -> bool:
+        """Whether the lock file held is still the one in the folder (a failed first build deletes its folder)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino
+        except (OSError, ValueError):
+            return False
+
     def release(self) -> None:
-        if not self._file.closed:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+        """Give the lock up; safe to call again, or from another thread."""
+        with self._release_guard:
+            if not self._file.closed:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+                self._file.close()
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the write lock on ``directory`` (``None`` if nobody), without taking it."""
+    try:
+        with open(Path(directory) / LOCK_FILE) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return file.read().strip() or "another process"
+            fcntl.flock(file, fcntl.LOCK_UN)
+            return None
+    except OSError:
+        return None
 
 
 @dataclass
@@ -249,16 +199,26 @@ class IndexStore:
         path = Path(path)
         if not path.is_dir():
             raise IndexNotFoundError(not_found_message(path))
+        if not writable and not is_index(path):
+            builder = _lock_holder(path)
+            if builder is not None:
+                raise IndexLockedError(f"index {path.name!r} is being built by {builder}; query it once that run has finished")
         lock = WriteLock(path, wait=wait) if writable else None
         try:
-            manifest = read_manifest(path)
-            # Readers never write: a read-only connection works in a read-only
-            # folder, and threads may share it (Searcher serialises its use).
-            catalogue = Catalogue(path / CATALOGUE_FILE, read_only=not writable, check_same_thread=writable)
+            return cls.open_locked(path, lock)
         except BaseException:
             if lock:
                 lock.release()
             raise
+
+    @classmethod
+    def open_locked(cls, path: Path, lock: WriteLock | None) -> "IndexStore":
+        """:meth:`open` with the write ``lock`` already held by the caller (``None``: read only)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        # Readers never write: a read-only connection works in a read-only
+        # folder, and threads may share it (Searcher serialises its use).
+        catalogue = Catalogue(path / CATALOGUE_FILE, read_only=lock is None, check_same_thread=lock is not None)
         # Model files are hashed only when the embedder is loaded (see
         # embedder()): listing or describing an index reads no model.
         return cls(path, manifest, catalogue, lock)
@@ -436,6 +396,10 @@ class IndexStore:
         """Bring the FAISS file up to date with the catalogue (writers only)."""
         if not self.writable:
             raise RuntimeError("save_vectors needs an index opened for writing")
+        from cbir import augmentation
+
+        if augmentation.applies(self):  # DBA: the snapshot is recomputed from the catalogue
+            return augmentation.save_snapshot(self)
         if self.vectors_are_current() and not self._rebuild and (self.path / self._vectors_state()[0]).is_file():
             return  # nothing changed: do not rewrite a possibly large file
         file_name, max_id = self._vectors_state()
@@ -506,11 +470,6 @@ class IndexStore:
             and self.catalogue.max_id() <= max_id
             and len(self.catalogue.pending_removals()) == 0
         )
-
-
-def is_under(path: str, root: str) -> bool:
-    """Whether absolute ``path`` is ``root`` or lies below it."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -129,6 +129,17 @@ def test_delete_needs_yes_when_not_interactive(indexed, index_dir):
     assert "no index named 'photos'" in fails("delete", "photos", "--index-dir", index_dir, "--yes")
 
 
+def test_delete_asks_at_a_terminal(indexed, index_dir, monkeypatch):
+    import cbir.cli.manage
+
+    monkeypatch.setattr(cbir.cli.manage, "_interactive", lambda: True)
+    kept = runner.invoke(app, ["delete", "photos", "--index-dir", str(index_dir)], input="n\n")
+    assert kept.exit_code == 1 and "delete index 'photos'" in kept.stderr
+    assert (index_dir / "photos" / "manifest.json").is_file()
+    run("delete", "photos", "--index-dir", index_dir, input="y\n")
+    assert not (index_dir / "photos").exists()
+
+
 def test_delete_takes_the_write_lock(indexed, index_dir):
     from cbir.store import WriteLock
 
@@ -475,10 +486,11 @@ def test_more_formats_are_read_where_opencv_can(tmp_path, index_dir, suffix):
         ok, encoded = cv2.imencode(suffix, image)
         assert ok
         (folder / f"img-{n}{suffix}").write_bytes(encoded.tobytes())
-    data = json.loads(run("index", folder, "--name", "f", "--index-dir", index_dir, "--json").stdout)
+    # Plain vectors and search (no re-ranking): the score must show the exact same embedding.
+    data = json.loads(run("index", folder, "--name", "f", "--index-dir", index_dir, "--json", "--no-dba").stdout)
     assert data["added"] == 2 and data["skipped"] == 0
     query = folder / f"img-1{suffix}"
-    found = json.loads(run("query", query, "--name", "f", "--index-dir", index_dir, "-k", "1", "--json").stdout)
+    found = json.loads(run("query", query, "--name", "f", "--index-dir", index_dir, "-k", "1", "--json", "--no-expand").stdout)
     assert found["results"][0]["path"] == str(query)
     assert np.isclose(found["results"][0]["score"], 1.0, atol=1e-4)
 

@@ -70,7 +70,8 @@ def test_upload_search_finds_the_image_first_with_ids_and_urls(served, collectio
     body = response.json()
     assert body["index"] == "photos" and body["query"] == "green-1.jpg" and body["k"] == 4
     first = body["results"][0]
-    assert first["path"] == str(query) and first["score"] == pytest.approx(1.0, abs=1e-4) and first["rank"] == 1
+    # Default re-ranking (DBA + query expansion) moves the self-match's score slightly below 1.0.
+    assert first["path"] == str(query) and first["score"] == pytest.approx(1.0, abs=1e-2) and first["rank"] == 1
     assert [r["rank"] for r in body["results"]] == [1, 2, 3, 4]
     assert first["image_url"] == f"/api/indexes/photos/images/{first['id']}"
     assert first["thumbnail_url"] == f"/api/indexes/photos/thumbnails/{first['id']}"

@@ -8,7 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from cbir.cli._common import (
+    AlphaOption,
     EfSearchOption,
+    ExpandOption,
+    NoExpandOption,
+    alpha_setting,
+    expand_setting,
     IndexDirOption,
     JsonOption,
     NameOption,
@@ -46,14 +51,17 @@ def query(
     ] = None,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
+    expand: ExpandOption = None,
+    no_expand: NoExpandOption = False,
+    alpha: AlphaOption = None,
 ) -> None:
     """Find the images most similar to IMAGE (or to each image in a folder).
 
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
-    closer) and path; a result whose file is gone is marked (missing). --json
-    gives {"query", "results": [{"rank", "path", "score", "exists"}]}, a list
-    of those for a folder.
+    closer; after query expansion, similarity to the expanded query) and path;
+    a result whose file is gone is marked (missing). --json gives {"query",
+    "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder.
     """
     from cbir.errors import UsageError
     from cbir.images import find_images
@@ -74,7 +82,8 @@ def query(
         raise UsageError(f"no image files in {image}")
     images, names = _read_source(image) if from_bytes else (paths, None)
     on_error = (lambda p, exc: stderr.print(f"warning: skipped query {exc}", markup=False)) if is_folder else None
-    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search) as searcher:
+    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha)}
+    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as searcher:
         search = searcher.query_excluding_self if exclude_self else searcher.query_many
         results = search(images, k, on_error=on_error, names=names)
     if montage is not None:

@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -358,31 +357,34 @@ def _flip_and_shift(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([padded[i, dy[i] : dy[i] + size, dx[i] : dx[i] + size] for i in range(n)])
 
 
-def prepare_folder(extractor: "AutoencoderExtractor", folder: Path, workers: int | None, progress: Progress) -> np.ndarray:
-    """Decode and prepare every image under ``folder``, skipping unreadable ones with a warning."""
-    from cbir.errors import ImageError
-    from cbir.images import find_images, read_image
+def prepare_folder(
+    extractor: "AutoencoderExtractor", folder: Path, workers: int | None, progress: Progress, max_images: int = 20_000
+) -> np.ndarray:
+    """Decode and prepare images under ``folder`` (a fixed random sample of ``max_images`` at most).
+
+    Through the one loader: each image is prepared (resized to the network's
+    input) as it is decoded, so memory holds small inputs, never photos.
+    Unreadable files are skipped with a warning.
+    """
+    from cbir.images import find_images
+    from cbir.loading import PrepareSpec, check_workers, load_prepared
 
     paths = find_images(folder)
     if not paths:
         raise NoImagesError(f"no image files under {folder}")
-
-    def load(path: Path) -> np.ndarray | None:
-        try:
-            return extractor.prepare(read_image(path, min_side=extractor.decode_min_side))
-        except ImageError as exc:
-            logger.warning("skipping %s", exc)
-            return None
-
+    if len(paths) > max_images:
+        chosen = np.random.default_rng(0).choice(len(paths), size=max_images, replace=False)
+        paths = [paths[i] for i in sorted(chosen)]
     prepared = []
     progress.start("decoding images to train the autoencoder", len(paths))
     try:
-        # OpenCV releases the GIL while decoding, so threads use every core.
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for pixels in pool.map(load, paths):
-                progress.advance(1)
-                if pixels is not None:
-                    prepared.append(pixels)
+        spec = PrepareSpec.for_extractor(extractor)
+        for loaded, pixels in load_prepared(paths, spec, workers=check_workers(workers), prepare=extractor.prepare):
+            progress.advance(1)
+            if pixels is None:
+                logger.warning("skipping %s: %s", loaded.path, loaded.error)
+            else:
+                prepared.append(pixels)
     finally:
         progress.stop()
     if not prepared:
