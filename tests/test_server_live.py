@@ -212,20 +212,22 @@ def test_browser_upload_then_more_like_this(corel_server, tmp_path):
         k_input.clear()
         k_input.send_keys("8")
         browser.find_element(By.ID, "file").send_keys(str(query))
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result")) == 8)
-        results = browser.find_elements(By.CSS_SELECTOR, "#results .result")
-        first_grid = [r.get_attribute("data-id") for r in results]
-        assert results[0].find_element(By.CSS_SELECTOR, ".name").text == query.name
+        # The grid is read in one script call: the page may re-render it (a
+        # late "change" of k), and element handles would then go stale.
+        wait.until(lambda b: len(_grid(b)) == 8 and _grid(b)[0]["name"] == query.name)
+        first_grid = _grid(browser)
         # Default re-ranking (DBA + query expansion): the image itself scores just under 1.
-        assert 0.99 <= float(results[0].find_element(By.CSS_SELECTOR, ".score").text) <= 1.0
-        assert results[0].find_element(By.CSS_SELECTOR, ".open").get_attribute("href").endswith(f"/images/{first_grid[0]}")
-        third_id, third_name = first_grid[2], results[2].find_element(By.CSS_SELECTOR, ".name").text
+        assert 0.99 <= float(first_grid[0]["score"]) <= 1.0
+        assert first_grid[0]["href"].endswith(f"/images/{first_grid[0]['id']}")
+        third = first_grid[2]
 
-        results[2].find_element(By.CSS_SELECTOR, "button.more").click()
-        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#results .result").get_attribute("data-id") == third_id)
-        second_grid = [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "#results .result")]
-        assert len(second_grid) == 8 and second_grid != first_grid
-        assert browser.find_element(By.ID, "query-caption").text == third_name
+        browser.execute_script(
+            "document.querySelector(`#results .result[data-id='${arguments[0]}'] button.more`).click()", third["id"]
+        )
+        wait.until(lambda b: (_grid(b) or [{}])[0].get("id") == third["id"] and len(_grid(b)) == 8)
+        second_grid = [r["id"] for r in _grid(browser)]
+        assert second_grid != [r["id"] for r in first_grid]
+        assert browser.find_element(By.ID, "query-caption").text == third["name"]
         # Every thumbnail loaded (served by id, not by path).
         wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
         screenshot = tmp_path / "cbir-serve.png"
@@ -234,6 +236,18 @@ def test_browser_upload_then_more_like_this(corel_server, tmp_path):
         assert errors == []
     finally:
         browser.quit()
+
+
+def _grid(browser) -> list[dict]:
+    """The result grid as the page shows it: id, file name, score text and link of each tile."""
+    return browser.execute_script(
+        """return [...document.querySelectorAll('#results .result')].map(r => ({
+            id: r.getAttribute('data-id'),
+            name: r.querySelector('.name')?.textContent ?? '',
+            score: r.querySelector('.score')?.textContent ?? '',
+            href: r.querySelector('.open')?.getAttribute('href') ?? '',
+        }))"""
+    )
 
 
 def test_upload_caps_come_from_the_command_line(collection, index_dir):
