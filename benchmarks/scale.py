@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -77,6 +78,63 @@ def corel_vectors(dim: int) -> tuple[np.ndarray, list[str]]:
     raw = extractor.transform([read_image(p, extractor.decode_min_side) for p in files])
     labels_by_path = read_labels_csv(COREL_LABELS)
     return PCAReduction(dim).fit(raw).transform(raw), [labels_by_path[str(p)] for p in files]
+
+
+def cache_dir() -> Path:
+    """Where generated data is kept between runs: outside the repository."""
+    folder = Path(os.environ.get("CBIR_BENCH_CACHE") or Path(tempfile.gettempdir()) / "cbir-bench-cache")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def real_descriptors(n: int, n_queries: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Colour histograms of random crops, scales and flips of the Corel photos: ``(haystack, queries)``.
+
+    Both sides are real descriptors, with the uneven density of real
+    collections (many near-copies of one photo, sparse regions between
+    subjects), which synthetic Gaussian clusters lack. The queries are other
+    random crops, never in the haystack. Reduced by a PCA fitted on a sample
+    to ``dim``; cached in :func:`cache_dir` (a few minutes to generate).
+    """
+    cache = cache_dir() / f"corel-crops-{n}-{n_queries}-{dim}-{seed}.npz"
+    if cache.is_file():
+        with np.load(cache) as arrays:
+            return arrays["haystack"], arrays["queries"]
+    import cv2
+
+    from cbir.features.color import ColorHistogram
+    from cbir.features.pca import PCAReduction
+    from cbir.images import read_image
+
+    photos = [read_image(p, 128) for p in corel_files()]
+    rng = np.random.default_rng(seed)
+
+    def crops(count: int) -> np.ndarray:
+        extractor = ColorHistogram()  # fresh per block: its region-map cache grows with crop shapes
+        out = np.empty((count, extractor.dim), dtype=np.float32)
+        for i in range(count):
+            photo = photos[rng.integers(len(photos))]
+            h, w = photo.shape[:2]
+            ch, cw = (int(side * rng.uniform(0.4, 1.0)) // 8 * 8 or 8 for side in (h, w))
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            crop = photo[y : y + ch, x : x + cw]
+            scale = rng.uniform(0.5, 1.0)
+            crop = cv2.resize(crop, (max(8, int(cw * scale)) // 8 * 8, max(8, int(ch * scale)) // 8 * 8), interpolation=cv2.INTER_AREA)
+            if rng.random() < 0.5:
+                crop = crop[:, ::-1]
+            out[i] = extractor.prepare(np.ascontiguousarray(crop))
+        return out
+
+    pca = PCAReduction(dim).fit(crops(min(20_000, n)))
+    blocks = []
+    for start in range(0, n + n_queries, 20_000):
+        blocks.append(pca.transform(crops(min(20_000, n + n_queries - start))))
+    vectors = np.concatenate(blocks)
+    haystack, queries = vectors[:n], vectors[n:]
+    temporary = cache.with_suffix(f".tmp-{os.getpid()}.npz")
+    np.savez(temporary, haystack=haystack, queries=queries)
+    os.replace(temporary, cache)
+    return haystack, queries
 
 
 def timed_single_queries(vector_index: VectorIndex, queries: np.ndarray, k: int = 10) -> tuple[list[float], np.ndarray]:

@@ -71,6 +71,8 @@ class IndexSummary:
     embedded: int = 0
     created: bool = False
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
+    #: How the FAISS index was rebuilt from the stored vectors this run (nothing re-embedded), if it was.
+    vectors_rebuilt: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -90,6 +92,7 @@ class IndexSummary:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
+            "vectors_rebuilt": self.vectors_rebuilt,
         }
 
 
@@ -167,6 +170,8 @@ def index_folder(
     path = index_path(name, index_dir)
     _check_writable(path)
     workers = workers or os.cpu_count() or 1
+    if index_type is not None and not is_index(path):
+        _check_index_type(index_type, embedder, len(files))
 
     created = not is_index(path)
     precomputed: list[_Batch] = []
@@ -178,6 +183,8 @@ def index_folder(
         store = IndexStore.open(path, writable=True, wait=wait)
         try:
             runtime_overrides = _check_same_config(store, embedder)
+            if index_type is not None:
+                resolve_index_type(index_type, store.dim, len(files))  # a bad type fails before any embedding
             if runtime_overrides:
                 store.embedder(runtime_overrides)
         except BaseException:
@@ -203,12 +210,16 @@ def index_folder(
         summary.total = store.catalogue.count_images()
         if created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
-        if not created and index_type is not None and index_type != store.manifest.get("index_type"):
+        if not created and index_type is not None and (
+            index_type != store.manifest.get("index_type") or not store.factory_is_buildable()
+        ):
             factory, search_params = resolve_index_type(index_type, store.dim, summary.total)
             store.change_index_type(index_type, factory, search_params)
-        store.save_vectors()
+        summary.vectors_rebuilt = store.save_vectors()
     except BaseException:
-        if created and store.catalogue.count_images() == 0:
+        # Nothing committed and nothing learned: leave no half-made index. A
+        # trained model or fitted PCA is kept, and the next run resumes from it.
+        if created and store.catalogue.count_images() == 0 and not _learns(store.embedder()):
             store.close()
             shutil.rmtree(path, ignore_errors=True)  # nothing worth keeping: leave no half-made index
         else:
@@ -217,6 +228,23 @@ def index_folder(
     store.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_index_type(index_type: str, embedder: Embedder | None, n_files: int) -> None:
+    """Refuse an index type FAISS cannot build before any training or embedding."""
+    if embedder is None:
+        from cbir.features.base import make_extractor
+
+        embedder = Embedder(make_extractor("color"))
+    try:
+        dim = embedder.dim
+    except Exception:  # some extractors know their dimension only once built
+        return
+    resolve_index_type(index_type, dim, n_files)
+
+
+def _learns(embedder: Embedder) -> bool:
+    return embedder.extractor.requires_fit or embedder.pca is not None
 
 
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:

@@ -266,6 +266,8 @@ def index(
         f"{summary.unchanged} unchanged, {summary.skipped} skipped "
         f"({summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s)"
     )
+    if summary.vectors_rebuilt:
+        print(f"{summary.vectors_rebuilt}; stored vectors reused, nothing re-embedded")
 
 @handle_errors
 def remove(

@@ -36,6 +36,8 @@ def info(
     print(f"extractor   {data['extractor']}")
     print(f"dimension   {data['dim']} ({data['metric']})")
     print(f"index type  {data['index_type']} (FAISS {data['factory']})")
+    if data["vectors_factory"] not in (None, data["factory"]):
+        print(f"note        the vector file in force is a {data['vectors_factory']} index (a rebuild is due, or the collection is still too small to train)")
     print(f"images      {data['images']}")
     print(f"skipped     {data['skipped']}")
     print(f"created     {data['created']}")
@@ -85,6 +87,8 @@ def _index_description(store) -> dict[str, Any]:
         "metric": manifest["metric"],
         "index_type": manifest.get("index_type", manifest["factory"]),
         "factory": manifest["factory"],
+        # The FAISS file in force: differs from the manifest's while a rebuild is due.
+        "vectors_factory": store.snapshot_factory(),
         "images": store.catalogue.count_images(),
         "skipped": store.catalogue.count_skipped(),
         "created": manifest.get("created"),
