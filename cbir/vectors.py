@@ -133,7 +133,7 @@ HNSW_FACTORY = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 #: ``ivfpq``: candidates re-ranked with exact vectors, per result asked for.
-PQ_RERANK = 10
+PQ_RERANK = 16
 
 
 def _default_nprobe(nlist: int) -> int:
@@ -359,19 +359,21 @@ def _structure(index: faiss.Index) -> tuple:
 
 
 def _rerank(queries: np.ndarray, candidates: np.ndarray, k: int, exact_vectors: ExactVectors) -> tuple[np.ndarray, np.ndarray]:
-    wanted = np.unique(candidates[candidates >= 0])
-    found, vectors = exact_vectors(wanted)
-    position = {int(i): n for n, i in enumerate(found)}
+    found, vectors = exact_vectors(np.unique(candidates[candidates >= 0]))
+    order = np.argsort(found)
+    found, vectors = found[order], vectors[order]
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     ids = np.full((len(queries), k), -1, dtype=np.int64)
-    for q, row in enumerate(candidates):
-        rows = [position[i] for i in dict.fromkeys(row.tolist()) if i in position]
-        if not rows:
-            continue
-        exact = vectors[rows] @ queries[q]
+    if len(found) == 0:
+        return scores, ids
+    rows = np.minimum(np.searchsorted(found, candidates), len(found) - 1)
+    present = found[rows] == candidates  # -1 padding and ids removed since the snapshot drop out
+    for q in range(len(queries)):
+        mine = rows[q][present[q]]
+        exact = vectors[mine] @ queries[q]
         best = np.argsort(-exact, kind="stable")[:k]
         scores[q, : len(best)] = exact[best]
-        ids[q, : len(best)] = found[rows][best]
+        ids[q, : len(best)] = found[mine[best]]
     return scores, ids
 
 
