@@ -129,13 +129,13 @@ def speed(backbone: str, files: list[Path], work: Path, rounds: int) -> dict:
     weights, count = SPEED_RUNS[backbone]
     folder, chosen = subset_folder(files, count, work) if count < len(files) else (files[0].parent, files)
     started = time.perf_counter()
-    fast = CNNExtractor(backbone=backbone, weights=weights, batch_size=BATCH).fit()
+    fast = CNNExtractor(backbone=backbone, weights=weights, batch_size=BATCH).build()
     build_seconds = time.perf_counter() - started
     default = fast.engine
     runtimes = {default: fast}
     for runtime in ("tflite", "openvino", "keras"):
         if runtime not in runtimes and (runtime != "openvino" or openvino_available()):
-            runtimes[runtime] = CNNExtractor(backbone=backbone, weights=weights, runtime=runtime, batch_size=BATCH).fit()
+            runtimes[runtime] = CNNExtractor(backbone=backbone, weights=weights, runtime=runtime, batch_size=BATCH).build()
     prepared = [fast.prepare(image) for image in decode(chosen, fast.input_size)]
 
     figures = {"weights": "imagenet (shared)" if weights != "none" else "none", "images": len(chosen), "default_runtime": default}
@@ -192,7 +192,7 @@ def one_off_query(name: str, index_dir: Path, query: Path, runs: int = 3) -> dic
 
 def sweep(files: list[Path], labels: list[int]) -> dict:
     """Every resize mode x pooling with the shared MobileNet weights."""
-    extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS)).fit()
+    extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS)).build()
     images = decode(files, extractor.input_size)
     results = {}
     for resize in RESIZE_MODES:

@@ -14,7 +14,9 @@ written are listed in ``pending_removals`` until it is written again.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -83,19 +85,49 @@ class Catalogue:
     create : bool
         Create the file and its schema if missing; otherwise a missing file
         is an :class:`~cbir.errors.IndexCorruptError`.
+    read_only : bool
+        Open for reading only: SQLite refuses every write through this
+        connection. In a folder this process cannot write (a read-only mount,
+        an archive, another user's index) the database is opened as immutable,
+        since SQLite cannot create the ``-shm`` file WAL readers need there.
+    check_same_thread : bool
+        ``False`` lets several threads share the connection; the caller then
+        serialises its use (see :class:`cbir.search.Searcher`).
     """
 
-    def __init__(self, path: Path, create: bool = False):
+    def __init__(self, path: Path, create: bool = False, read_only: bool = False, check_same_thread: bool = True):
         self.path = Path(path)
+        self.read_only = read_only
         if not create and not self.path.is_file():
             raise IndexCorruptError(f"catalogue {self.path} is missing")
+        if create and read_only:
+            raise ValueError("a catalogue cannot be created read-only")
         try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
+            if read_only:
+                self._db = self._connect_read_only(check_same_thread)
+            else:
+                self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=check_same_thread)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise IndexCorruptError(f"catalogue {self.path} is unreadable: {exc}") from None
+
+    def _connect_read_only(self, check_same_thread: bool) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=check_same_thread)
+        try:
+            db.execute("PRAGMA user_version").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+        # A WAL database in a folder this process cannot write: SQLite cannot
+        # create the -shm file readers share, so read the file as immutable
+        # (no -shm, no locks). A writer closing cleanly checkpoints everything
+        # into the file, so an archived or shared index reads complete.
+        return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=check_same_thread)
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
@@ -114,6 +146,11 @@ class Catalogue:
                 f"catalogue {self.path} has schema version {version}, newer than this cbir understands "
                 f"({SCHEMA_VERSION}); upgrade cbir"
             )
+        if version < SCHEMA_VERSION and self.read_only:
+            raise IndexCorruptError(
+                f"catalogue {self.path} has schema version {version}, older than this cbir's ({SCHEMA_VERSION}); "
+                "run cbir index on it once (with write access) to upgrade it"
+            )
         for target in range(version, SCHEMA_VERSION):
             # executescript commits whatever is open first, so the script carries its own transaction.
             self._db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
@@ -128,6 +165,10 @@ class Catalogue:
         Inside another transaction or snapshot it joins that one.
         """
         return _Transaction(self._db, "BEGIN DEFERRED", join=True)
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits to the database."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
 
     # -- meta --------------------------------------------------------------
     def get_meta(self, key: str, default: str | None = None) -> str | None:

@@ -39,6 +39,14 @@ class IndexLockedError(CbirError):
     """Another process is writing to the index."""
 
 
+class IndexReadOnlyError(CbirError):
+    """A change asked of an index stored where this process cannot write."""
+
+
+class NotInIndexError(CbirError):
+    """An image id the index does not hold."""
+
+
 class ConfigMismatchError(CbirError):
     """The requested extractor config differs from the one the index was built with."""
 
@@ -49,3 +57,7 @@ class LabelsError(CbirError):
 
 class WeightsError(CbirError):
     """Model weights that cannot be found, downloaded or loaded."""
+
+
+class MissingExtraError(CbirError):
+    """An optional part of cbir whose packages are not installed (see :mod:`cbir.extras`)."""

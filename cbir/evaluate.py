@@ -15,10 +15,13 @@ recall and AP and is left out of every mean (counted in
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_KS = (1, 5, 10, 20, 50)
 PER_CLASS_K = 10
@@ -244,7 +247,7 @@ def evaluate_index(
         If the labels do not fit the index, or every image has the same label.
     """
     from cbir.errors import LabelsError
-    from cbir.labels import as_label_table, match_labels
+    from cbir.labels import as_label_table, assign_labels
     from cbir.progress import SILENT
     from cbir.search import Searcher
 
@@ -256,17 +259,24 @@ def evaluate_index(
         given = labels is not None
         if given:
             skipped = [path for path, _reason in catalogue.skipped()]
-            labels = match_labels(as_label_table(labels), paths, skipped)
+            labels = assign_labels(as_label_table(labels), paths, skipped)
         else:
             labels = [row.label for row in rows]
-            if any(label is None for label in labels):
-                raise LabelsError("some indexed images have no label; give a labels CSV")
-        if len(set(labels)) < 2:
+            unlabelled = sum(label is None for label in labels)
+            if unlabelled:
+                logger.warning("%d indexed image(s) have no label (never a query, never relevant)", unlabelled)
+        named = {label for label in labels if label is not None}
+        if len(named) < 2:
             source = "the labels given" if given else "their folder name"
+            which = f"the same label {next(iter(named))!r}" if named else "no label"
             raise LabelsError(
-                f"every indexed image has the same label {labels[0]!r} (from {source}); "
+                f"every indexed image has {which} (from {source}); "
                 "evaluation needs at least two classes: give a labels CSV (--labels)"
             )
+        unlabelled = sum(label is None for label in labels)
+        # A class of its own per unlabelled image: never a query (no other
+        # member) and never relevant to another, yet still ranked.
+        labels = [f"\0unlabelled-{n}" if label is None else label for n, label in enumerate(labels)]
         ids = np.array([row.id for row in rows], dtype=np.int64)  # ascending: rows come in id order
         dim, vector_index = searcher.store.dim, searcher.vectors
         k = len(ids) + searcher.stale_ids
@@ -279,6 +289,8 @@ def evaluate_index(
 
         progress.start("evaluating", len(ids))
         try:
-            return leave_one_out(search, len(ids), labels, ks, progress=progress.advance)
+            report = leave_one_out(search, len(ids), labels, ks, progress=progress.advance)
         finally:
             progress.stop()
+        report.queries_without_relevant -= unlabelled
+        return report

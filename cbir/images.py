@@ -10,16 +10,19 @@ skipped and recorded instead of aborting a run.
 
 from __future__ import annotations
 
-import hashlib
+import fnmatch
+import functools
 import logging
 import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.fileio import sha256_bytes
 
 #: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
 MAX_IMAGE_PIXELS = 180_000_000
@@ -28,8 +31,18 @@ MAX_IMAGE_PIXELS = 180_000_000
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
 import cv2  # noqa: E402
 
-#: Lower-case suffixes treated as images when walking a folder.
+#: Lower-case suffixes treated as images when walking a folder (see also :func:`readable_extensions`).
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+#: Formats read where this OpenCV build has the codec: GIF (first frame), Netpbm, JPEG 2000, AVIF.
+OPTIONAL_EXTENSIONS = {
+    ".gif": ".gif", ".ppm": ".ppm", ".pgm": ".pgm", ".pbm": ".pbm", ".pnm": ".pnm",
+    ".jp2": ".jp2", ".j2k": ".jp2", ".avif": ".avif",
+}
+#: Image formats cbir cannot read with any OpenCV: counted in an indexing summary, not silently ignored.
+FOREIGN_IMAGE_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".jxl", ".svg", ".psd", ".xcf", ".ico", ".raw", ".dng", ".cr2", ".cr3", ".nef",
+     ".arw", ".orf", ".rw2", ".raf", ".srw", ".pef", ".exr"}
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +51,70 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
+@functools.cache
+def readable_extensions() -> frozenset[str]:
+    """:data:`IMAGE_EXTENSIONS` plus those of :data:`OPTIONAL_EXTENSIONS` this OpenCV decodes."""
+    sample = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
+    readable = set(IMAGE_EXTENSIONS)
+    for suffix, codec in OPTIONAL_EXTENSIONS.items():
+        try:
+            ok, encoded = cv2.imencode(codec, sample[:, :, 0] if codec in (".pbm", ".pgm") else sample)
+            if ok and cv2.imdecode(encoded, cv2.IMREAD_COLOR) is not None:
+                readable.add(suffix)
+        except cv2.error:
+            pass  # no codec in this build
+    return frozenset(readable)
+
+
 def is_image_path(path: str | os.PathLike) -> bool:
-    """Whether the file name has one of :data:`IMAGE_EXTENSIONS` (any letter case)."""
-    return os.path.splitext(os.fspath(path))[1].lower() in IMAGE_EXTENSIONS
+    """Whether the file name has a suffix cbir reads (:func:`readable_extensions`, any letter case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in readable_extensions()
 
 
-def find_images(root: str | os.PathLike) -> list[Path]:
+def normalize_path(path: str | os.PathLike) -> Path:
+    """The one spelling of a path that cbir stores and compares.
+
+    Absolute, ``~`` expanded, with symbolic links resolved in the folders
+    above it (a folder given itself is fully resolved) while a file keeps its
+    own name. So a collection reached through a symlinked folder, a labels CSV
+    beside it and a query all name the same file the same way; folders below
+    an indexed root keep the names the walk saw them under.
+    """
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.isdir(absolute):
+        return Path(os.path.realpath(absolute))
+    head, tail = os.path.split(absolute)
+    return Path(os.path.realpath(head), tail)
+
+
+@dataclass
+class FolderScan:
+    """What a folder walk found: the images to read, and image files cbir cannot read, by suffix."""
+
+    images: list[Path]
+    unsupported: dict[str, int]
+
+
+def find_images(root: str | os.PathLike, **options) -> list[Path]:
+    """The image files of :func:`scan_folder` (same arguments)."""
+    return scan_folder(root, **options).images
+
+
+def scan_folder(
+    root: str | os.PathLike,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    skip: Sequence[str | os.PathLike] = (),
+) -> FolderScan:
     """All image files under ``root``, recursively, as absolute paths in sorted order.
+
+    Files and folders whose name starts with ``.`` are left out unless
+    ``include_hidden``. ``exclude`` holds glob patterns (``*.png``,
+    ``raw/*``, ``*/thumbnails``) matched against each file's or folder's
+    path relative to ``root`` and against its name; a matching folder is not
+    entered. ``skip`` holds absolute paths (files or folders) to leave out.
+    Image files of formats cbir cannot read (HEIC, RAW...) are counted by
+    suffix in ``unsupported``.
 
     Symbolic links to folders are followed once: a folder already visited (by
     device and inode) is not entered again, so link loops end. Folders that
@@ -56,16 +126,28 @@ def find_images(root: str | os.PathLike) -> list[Path]:
     UsageError
         If ``root`` does not exist or is neither a folder nor an image file.
     """
-    root = Path(os.path.abspath(os.fspath(root)))
+    root = normalize_path(root)
     if root.is_file():
         if not is_image_path(root):
-            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return [root]
+            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(readable_extensions()))})")
+        return FolderScan([root], {})
     if not root.is_dir():
         raise UsageError(f"folder does not exist: {root}")
 
+    skipped_roots = [os.path.abspath(os.fspath(p)) for p in skip]
+
+    def left_out(path: str, name: str) -> bool:
+        if not include_hidden and name.startswith("."):
+            return True
+        relative = os.path.relpath(path, root)
+        if any(fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in exclude):
+            return True
+        return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in skipped_roots)
+
     found: list[Path] = []
+    unsupported: dict[str, int] = {}
     visited: set[tuple[int, int]] = set()
+    readable = readable_extensions()
 
     def on_error(error: OSError) -> None:
         logger.warning("cannot list %s: %s", error.filename, error.strerror or error)
@@ -81,9 +163,18 @@ def find_images(root: str | os.PathLike) -> list[Path]:
             subfolders[:] = []
             continue
         visited.add(key)
-        subfolders.sort()
-        found.extend(Path(folder, name) for name in sorted(files) if is_image_path(name))
-    return found
+        subfolders[:] = sorted(d for d in subfolders if not left_out(os.path.join(folder, d), d))
+        for name in sorted(files):
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix not in readable and suffix not in FOREIGN_IMAGE_EXTENSIONS and suffix not in OPTIONAL_EXTENSIONS:
+                continue
+            if left_out(os.path.join(folder, name), name):
+                continue
+            if suffix in readable:
+                found.append(Path(folder, name))
+            else:
+                unsupported[suffix] = unsupported.get(suffix, 0) + 1
+    return FolderScan(found, dict(sorted(unsupported.items())))
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
@@ -124,13 +215,15 @@ def _looks_truncated(data: bytes) -> bool:
     return data.startswith(_JPEG_MAGIC) and data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda")
 
 
-def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
+def decode_image(data: bytes, min_side: int | None = None, max_pixels: int | None = None) -> np.ndarray:
     """Decode encoded image bytes into an RGB uint8 ``(height, width, 3)`` array.
 
     EXIF orientation is applied; greyscale, 16-bit and RGBA inputs come out as
     8-bit RGB (alpha dropped). When ``min_side`` is given, a JPEG is decoded at
     the smallest of the scales 1/8, 1/4, 1/2 whose shorter side is still at
     least ``min_side`` pixels, which is several times faster than full size.
+    ``max_pixels`` lowers the pixel cap below :data:`MAX_IMAGE_PIXELS` (a
+    server decoding uploads); JPEG and PNG are refused from their header.
 
     Raises
     ------
@@ -139,12 +232,13 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
     """
     if len(data) == 0:
         raise ImageError("empty file")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
     size = image_size(data)
     flag = cv2.IMREAD_COLOR
     if size is not None:
         width, height = size
-        if width * height > MAX_IMAGE_PIXELS:
-            raise ImageError(f"image too large ({width}x{height} pixels, limit {MAX_IMAGE_PIXELS:,})")
+        if width * height > limit:
+            raise ImageError(f"image too large ({width}x{height} pixels, limit {limit:,})")
         if min_side and data.startswith(_JPEG_MAGIC):
             for factor, reduced_flag in _REDUCED_FLAGS:
                 if min(width, height) // factor >= min_side:
@@ -162,6 +256,8 @@ def decode_image(data: bytes, min_side: int | None = None) -> np.ndarray:
         if data.startswith((_JPEG_MAGIC, _PNG_MAGIC)):
             raise ImageError("corrupt or truncated image data")
         raise ImageError("not a readable image")
+    if size is None and image.shape[0] * image.shape[1] > limit:  # formats whose header is not parsed
+        raise ImageError(f"image too large ({image.shape[1]}x{image.shape[0]} pixels, limit {limit:,})")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
@@ -197,11 +293,6 @@ class LoadedFile:
     unchanged: bool = False
 
 
-def file_digest(data: bytes) -> str:
-    """Content hash used to tell a changed file from a touched one."""
-    return hashlib.sha256(data).hexdigest()
-
-
 def load_file(path: Path, min_side: int | None = None, known_sha256: str | None = None) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
@@ -222,7 +313,7 @@ def load_file(path: Path, min_side: int | None = None, known_sha256: str | None 
         except OSError:
             size, mtime_ns = -1, -1
         return LoadedFile(path, size, mtime_ns, "", error=(exc.strerror or str(exc)).lower())
-    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, file_digest(data))
+    loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, sha256_bytes(data))
     if known_sha256 is not None and loaded.sha256 == known_sha256:
         loaded.unchanged = True
         return loaded
@@ -231,3 +322,74 @@ def load_file(path: Path, min_side: int | None = None, known_sha256: str | None 
     except ImageError as exc:
         loaded.error = str(exc)
     return loaded
+
+
+#: How :func:`resize_image` fits an image to a size.
+RESIZE_MODES = ("squash", "crop", "pad", "reduce")
+
+
+def resize_image(image: np.ndarray, size: int, mode: str = "squash", fill: tuple[int, ...] = (0, 0, 0)) -> np.ndarray:
+    """Resize a decoded image the way an extractor needs it; every extractor uses this one function.
+
+    Parameters
+    ----------
+    image : ndarray of shape (height, width) or (height, width, channels), uint8
+    size : int
+        The side of the square result, or for ``"reduce"`` the shortest
+        side to keep.
+    mode : {"squash", "crop", "pad", "reduce"}
+        ``"squash"``: both sides scaled to ``size`` (aspect ratio lost,
+        nothing cut off; the CNN's default and the autoencoder's input).
+        ``"crop"``: the shorter side scaled to ``size``, the centre kept.
+        ``"pad"``: the longer side scaled to ``size``, the rest filled with
+        ``fill``. ``"reduce"``: shrunk by the largest integer factor that
+        keeps the shorter side at least ``size`` (aspect ratio kept, never
+        enlarged), as JPEG's reduced-scale decoding does; what colour
+        histograms use so that every image is described at a comparable scale.
+    fill : tuple of int
+        Padding colour for ``"pad"``, one value per channel.
+
+    Returns
+    -------
+    ndarray, uint8, C-contiguous
+        ``(size, size[, channels])``, or for ``"reduce"`` the reduced image.
+
+    Notes
+    -----
+    Shrinking by 2x or more uses area averaging, which avoids aliasing;
+    below that (the usual case, since large JPEGs are decoded at a reduced
+    scale first) and when enlarging, bilinear interpolation, which is as good
+    for retrieval at a quarter of the cost (see docs/cnn.md).
+    """
+    height, width = image.shape[:2]
+    if mode == "squash":
+        return _scale(image, size, size)
+    if mode == "crop":
+        scale = size / min(height, width)
+        new_h, new_w = max(size, round(height * scale)), max(size, round(width * scale))
+        scaled = _scale(image, new_w, new_h)
+        top, left = (new_h - size) // 2, (new_w - size) // 2
+        return np.ascontiguousarray(scaled[top : top + size, left : left + size])
+    if mode == "pad":
+        scale = size / max(height, width)
+        new_h, new_w = max(1, min(size, round(height * scale))), max(1, min(size, round(width * scale)))
+        out = np.empty((size, size, *image.shape[2:]), dtype=image.dtype)
+        out[:] = fill if image.ndim == 3 else fill[0]
+        top, left = (size - new_h) // 2, (size - new_w) // 2
+        out[top : top + new_h, left : left + new_w] = _scale(image, new_w, new_h)
+        return out
+    if mode == "reduce":
+        factor = min(height, width) // max(int(size), 1)
+        if factor < 2:
+            return np.ascontiguousarray(image)
+        return _scale(image, width // factor, height // factor)
+    raise UsageError(f"unknown resize mode {mode!r}; choose one of: {', '.join(RESIZE_MODES)}")
+
+
+def _scale(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    if (image.shape[1], image.shape[0]) == (width, height):
+        return np.ascontiguousarray(image)
+    shrink = min(image.shape[1] / width, image.shape[0] / height)
+    resized = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR)
+    # OpenCV drops a trailing axis of length 1 (greyscale (h, w, 1) images).
+    return resized.reshape(height, width, *image.shape[2:])

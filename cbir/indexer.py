@@ -27,19 +27,21 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from cbir.catalogue import NewImage
-from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
-from cbir.features.pipeline import Embedder
-from cbir.images import LoadedFile, find_images, load_file
-from cbir.labels import as_label_table, folder_label
+from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
+from cbir.features.pipeline import Embedder, EmbedderOptions
+from cbir.images import LoadedFile, find_images, load_file, normalize_path, scan_folder
+from cbir.labels import as_label_table, assign_labels, folder_label
 from cbir.progress import SILENT, Progress
 from cbir.store import (
     CATALOGUE_FILE,
-    LOCK_FILE,
     MODEL_DIR,
     IndexStore,
     WriteLock,
     index_path,
     is_index,
+    is_under,
+    name_for_folder,
+    read_manifest,
 )
 from cbir.vectors import resolve_index_type
 
@@ -73,6 +75,8 @@ class IndexSummary:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     #: How the FAISS index was rebuilt from the stored vectors this run (nothing re-embedded), if it was.
     vectors_rebuilt: str | None = None
+    #: Image files of formats cbir cannot read (HEIC, RAW...), by suffix; not indexed.
+    unsupported: dict[str, int] = field(default_factory=dict)
 
     @property
     def images_per_second(self) -> float:
@@ -93,6 +97,7 @@ class IndexSummary:
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
             "vectors_rebuilt": self.vectors_rebuilt,
+            "unsupported": dict(self.unsupported),
         }
 
 
@@ -110,10 +115,11 @@ class _Plan:
 
 def index_folder(
     folder: str | os.PathLike,
-    name: str,
+    name: str | None = None,
     index_dir: str | os.PathLike | None = None,
     *,
     embedder: Embedder | None = None,
+    options: EmbedderOptions | Mapping[str, Any] | None = None,
     index_type: str | None = None,
     labels: Mapping[str, str] | str | os.PathLike | None = None,
     pca_train_folder: str | os.PathLike | None = None,
@@ -122,6 +128,9 @@ def index_folder(
     fit_sample: int = DEFAULT_FIT_SAMPLE,
     wait: bool = False,
     progress: Progress = SILENT,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    include_removed: bool = False,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -131,10 +140,16 @@ def index_folder(
         Searched recursively for images. On an existing index, rows under this
         folder whose files are gone are removed; rows elsewhere are kept.
     name, index_dir : str, path
-        The index lives in ``index_dir / name`` (``indexes/`` by default).
+        The index lives in ``index_dir / name`` (default folder: :func:`cbir.store.resolve_index_dir`);
+        ``name`` defaults to the folder's name (see :func:`cbir.store.name_for_folder`).
     embedder : Embedder, optional
         Extractor (+ PCA) for a new index; default: colour histograms. On an
-        existing index it must equal the index's own config, or be ``None``.
+        existing index it must embed as the index's own config does, or be ``None``.
+    options : EmbedderOptions or mapping, optional
+        Instead of ``embedder``: only what to change, as the CLI's options do
+        (e.g. ``{"backbone": "resnet50", "pca": 64}`` for a new index, or
+        ``{"runtime": "tflite"}`` on an existing one, which keeps the rest of
+        its config). See :class:`~cbir.features.pipeline.EmbedderOptions`.
     index_type : str, optional
         ``flat`` (the default for new indexes), ``hnsw``, ``ivf``, ``ivfpq`` or
         a FAISS factory string. Changing it on an existing index rebuilds only
@@ -152,6 +167,13 @@ def index_folder(
         Wait for another writer to finish instead of failing.
     progress : Progress
         Receives progress events.
+    exclude, include_hidden : sequence of str, bool
+        Glob patterns of files and folders to leave out, and whether to walk
+        hidden ones (see :func:`cbir.images.scan_folder`). Rows of files left
+        out are dropped like those of deleted files.
+    include_removed : bool
+        Add back files under ``folder`` that ``cbir remove`` took out (they
+        are otherwise left out; indexing a removed folder itself adds it back).
 
     Raises
     ------
@@ -162,12 +184,21 @@ def index_folder(
     started = time.perf_counter()
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
-    folder = Path(os.path.abspath(folder))
-    files = find_images(folder)
+    folder = normalize_path(folder)
+    if name is None:
+        name = name_for_folder(folder)
+    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
+    files = scan.images
     if not files:
-        raise NoImagesError(f"no image files under {folder}")
+        raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
     labels = _labels_for(files, labels)
     path = index_path(name, index_dir)
+    if options is not None:
+        if embedder is not None:
+            raise UsageError("give either an embedder or options, not both")
+        if not isinstance(options, EmbedderOptions):
+            options = EmbedderOptions.from_mapping(options)
+        embedder = options.resolve(_stored_embedder_config(path))
     _check_writable(path)
     workers = workers or os.cpu_count() or 1
     if index_type is not None and not is_index(path):
@@ -187,11 +218,12 @@ def index_folder(
                 resolve_index_type(index_type, store.dim, len(files))  # a bad type fails before any embedding
             if runtime_overrides:
                 store.embedder(runtime_overrides)
+            files = _without_removed(store, folder, files, include_removed)
         except BaseException:
             store.close()
             raise
 
-    summary = IndexSummary(name=name, path=str(path), created=created)
+    summary = IndexSummary(name=name, path=str(path), created=created, unsupported=scan.unsupported)
     try:
         plan = _plan(store, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
@@ -206,7 +238,7 @@ def index_folder(
                 store.catalogue.remove_skipped(plan.removed_skipped)
         if labels is not None:
             with store.catalogue.transaction():
-                store.catalogue.set_labels({str(p): labels[p] for p in files if p in labels})
+                store.catalogue.set_labels({str(p): label for p, label in labels.items()})
         summary.total = store.catalogue.count_images()
         if created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
@@ -247,11 +279,37 @@ def _learns(embedder: Embedder) -> bool:
     return embedder.extractor.requires_fit or embedder.pca is not None
 
 
+def _without_removed(store: IndexStore, folder: Path, files: list[Path], include_removed: bool) -> list[Path]:
+    """Leave out what ``cbir remove`` took out below ``folder``; forget removals the run asks back."""
+    removed = store.removed_paths()
+    if not removed:
+        return files
+    root = str(folder)
+    # Indexing a removed folder (or one inside it) by name asks for it back.
+    asked_back = [p for p in removed if is_under(root, p) or (include_removed and is_under(p, root))]
+    if asked_back:
+        with store.catalogue.transaction():
+            store.set_removed_paths([p for p in removed if p not in asked_back])
+    honoured = [p for p in removed if p not in asked_back]
+    if not honoured:
+        return files
+    kept = [f for f in files if not any(is_under(str(f), p) for p in honoured)]
+    if len(kept) < len(files):
+        logger.info("left out %d file(s) removed earlier with cbir remove", len(files) - len(kept))
+    return kept
+
+
+def _unsupported_note(unsupported: dict[str, int]) -> str:
+    if not unsupported:
+        return ""
+    return " (files of formats cbir cannot read: " + ", ".join(f"{n} {ext}" for ext, n in unsupported.items()) + ")"
+
+
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
     if labels is None:
         return None
-    table = as_label_table(labels)
-    return {p: table[str(p)] for p in files if str(p) in table}
+    assigned = assign_labels(as_label_table(labels), [str(p) for p in files])
+    return {p: label for p, label in zip(files, assigned)}
 
 
 def _check_writable(path: Path) -> None:
@@ -264,26 +322,29 @@ def _check_writable(path: Path) -> None:
         raise UsageError(f"cannot write to {probe}: permission denied (choose another --index-dir)")
 
 
+def _stored_embedder_config(path: Path) -> dict[str, Any] | None:
+    """An existing index's embedder config, or ``None`` for a new (or unreadable) index."""
+    if not is_index(path):
+        return None
+    try:
+        return read_manifest(path)["embedder"]
+    except CbirError:
+        return None  # opening the index reports the damage
+
+
 def _check_same_config(store: IndexStore, embedder: Embedder | None) -> dict[str, Any]:
     """Refuse a config that would embed differently; return runtime-only parameters that differ."""
     if embedder is None:
         return {}
-    wanted, built = embedder.get_config(), store.manifest["embedder"]
-    runtime = set(embedder.extractor.runtime_params)
-    if _without(wanted, runtime) != _without(built, runtime):
-        built_text = Embedder.from_config(built).describe()
+    built = store.manifest["embedder"]
+    differences = embedder.differences(built)
+    if differences:
+        listed = ", ".join(f"{key} {stored!r} (asked: {asked!r})" for key, (stored, asked) in differences.items())
         raise ConfigMismatchError(
-            f"index {store.name!r} was built with {built_text}, not {embedder.describe()}; "
-            f"to update it, leave out the extractor options; to rebuild, delete {store.path} or choose another --name"
+            f"index {store.name!r} was built with other options: {listed}; "
+            f"leave them out to update it, or choose another --name"
         )
-    built_params = built["extractor"].get("params", {})
-    return {k: v for k, v in wanted["extractor"]["params"].items() if k in runtime and built_params.get(k) != v}
-
-
-def _without(config: dict[str, Any], names: set[str]) -> dict[str, Any]:
-    extractor = config["extractor"]
-    params = {k: v for k, v in extractor.get("params", {}).items() if k not in names}
-    return {**config, "extractor": {**extractor, "params": params}}
+    return embedder.runtime_overrides(built)
 
 
 def _create_index(
@@ -351,9 +412,8 @@ def _fit(
         return [paths[i] for i in sorted(rng.choice(len(paths), size=fit_sample, replace=False))]
 
     extractor = embedder.extractor
-    if not extractor.requires_fit:
-        extractor.fit([])  # loads a model, if any, before progress starts counting images
-    elif not extractor.is_fitted:
+    extractor.build(progress)  # loads a network or a given model before progress starts counting images
+    if extractor.requires_fit and not extractor.is_fitted:
         chosen = sample(files)
         progress.start("decoding images to train the extractor", len(chosen))
         images = []
@@ -445,7 +505,7 @@ def _embed_and_commit(
                         size=loaded.size,
                         mtime_ns=loaded.mtime_ns,
                         sha256=loaded.sha256,
-                        label=(labels or {}).get(loaded.path) or folder_label(loaded.path),
+                        label=labels.get(loaded.path) if labels is not None else folder_label(loaded.path),
                         vector=vector,
                     )
                     for loaded, vector in zip(ok, vectors)
@@ -566,7 +626,7 @@ def remove_paths(
         ids: set[int] = set()
         skipped_paths: list[str] = []
         for raw in paths:
-            key = os.path.abspath(raw)
+            key = str(normalize_path(raw))
             rows = store.catalogue.images_under(key)
             skipped = store.catalogue.skipped_under(key)
             if not rows and not skipped:
@@ -576,5 +636,7 @@ def remove_paths(
         with store.catalogue.transaction():
             removed = store.catalogue.remove_ids(sorted(ids))
             store.catalogue.remove_skipped(skipped_paths)
+            # Remembered, so that indexing a folder above them does not bring them back.
+            store.set_removed_paths([*store.removed_paths(), *(str(normalize_path(p)) for p in paths)])
         store.save_vectors()
     return removed

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import csv
+import logging
 import os
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 from cbir.errors import LabelsError
+from cbir.images import normalize_path
+
+logger = logging.getLogger(__name__)
 
 _LABEL_COLUMN_NAMES = ("label", "class", "class_name", "category")
 
@@ -50,13 +54,19 @@ def read_labels_csv(
     for column in (path_column, label_column):
         if column not in columns:
             raise LabelsError(f"labels file {csv_path} has no column {column!r} (columns: {', '.join(columns)})")
-    base = csv_path.resolve().parent
+    # Relative rows join the CSV's folder as the indexer joins its root:
+    # both normalised once at the top, so symlinked paths agree.
+    base = normalize_path(csv_path).parent
     labels: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
         raw_path, label = (row.get(path_column) or "").strip(), (row.get(label_column) or "").strip()
         if not raw_path or not label:
             raise LabelsError(f"labels file {csv_path}, line {line}: empty {path_column!r} or {label_column!r}")
-        labels[os.path.normpath(os.path.join(base, raw_path))] = label
+        if os.path.isabs(os.path.expanduser(raw_path)):
+            key = normalize_path(raw_path)
+        else:
+            key = os.path.normpath(os.path.join(base, raw_path))
+        labels[str(key)] = label
     if not labels:
         raise LabelsError(f"labels file {csv_path} has no rows")
     return labels
@@ -65,35 +75,36 @@ def read_labels_csv(
 def as_label_table(labels: "Mapping[str, str] | str | os.PathLike") -> dict[str, str]:
     """A ``{absolute path: label}`` table, read with :func:`read_labels_csv` if given a path."""
     if isinstance(labels, Mapping):
-        return {os.path.abspath(p): str(label) for p, label in labels.items()}
+        return {str(normalize_path(p)): str(label) for p, label in labels.items()}
     return read_labels_csv(labels)
 
 
-def match_labels(
-    labels: dict[str, str], indexed_paths: Sequence[str], skipped_paths: Iterable[str] = ()
-) -> list[str]:
-    """The label of every indexed path, in order, refusing a labels file that does not fit.
+def assign_labels(
+    table: Mapping[str, str], paths: Sequence[str], also_known: Iterable[str] = (), source: str = "the labels"
+) -> list[str | None]:
+    """The label of every path in ``paths``, ``None`` where ``table`` has none.
 
-    Raises
-    ------
-    LabelsError
-        If an indexed image has no label (missing rows), or the labels name
-        files that are neither indexed nor skipped (extra rows).
+    One rule for indexing and evaluation: an image the labels do not name has
+    no label. It is stored without one, and evaluation never uses it as a
+    query nor counts it as relevant (it stays in rankings as a distractor).
+    One warning counts such images, and another the rows naming files that
+    are neither in ``paths`` nor in ``also_known`` (e.g. skipped files).
     """
-    resolved = {os.path.realpath(p): label for p, label in labels.items()}
-    result, missing = [], []
-    for path in indexed_paths:
-        label = labels.get(path)
+    resolved = {os.path.realpath(p): label for p, label in table.items()}
+    result: list[str | None] = []
+    for path in paths:
+        label = table.get(path)
         if label is None:
             label = resolved.get(os.path.realpath(path))
-        if label is None:
-            missing.append(path)
-        else:
-            result.append(label)
-    if missing:
-        raise LabelsError(f"labels have no row for {len(missing)} indexed image(s), e.g. {missing[0]}")
-    known = {os.path.realpath(p) for p in indexed_paths} | {os.path.realpath(p) for p in skipped_paths}
+        result.append(label)
+    unmatched = [path for path, label in zip(paths, result) if label is None]
+    if unmatched:
+        logger.warning(
+            "%s have no row for %d of %d image(s) (e.g. %s): those have no label, are never a query and never count as relevant",
+            source, len(unmatched), len(paths), unmatched[0],
+        )
+    known = {os.path.realpath(p) for p in paths} | {os.path.realpath(p) for p in also_known}
     extra = [p for p in resolved if p not in known]
     if extra:
-        raise LabelsError(f"labels list {len(extra)} file(s) that are not in the index, e.g. {extra[0]}")
+        logger.warning("%s list %d file(s) that are not in the index (e.g. %s): ignored", source, len(extra), extra[0])
     return result

@@ -13,6 +13,10 @@ class Progress:
     def start(self, description: str, total: int, unit: str = "images") -> None:
         """A phase of ``total`` steps, counted in ``unit``, begins."""
 
+    def status(self, message: str) -> None:
+        """A step whose length cannot be counted begins (loading a model, say);
+        it lasts until the next :meth:`start` or :meth:`stop`."""
+
     def advance(self, steps: int = 1) -> None:
         """``steps`` more steps are done."""
 

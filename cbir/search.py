@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence, Union
 
 import numpy as np
 
-from cbir.errors import ImageError, UsageError
-from cbir.images import read_image
+from cbir.errors import ImageError, NotInIndexError, UsageError
+from cbir.fileio import file_sha256
+from cbir.images import decode_image, normalize_path, read_image
 from cbir.store import IndexStore, index_path
+
+logger = logging.getLogger(__name__)
+
+#: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
+QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -23,9 +31,11 @@ class Match:
     score: float
     id: int
     label: str | None = None
+    #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
+    exists: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": self.path, "score": self.score}
+        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
 
 
 @dataclass(frozen=True)
@@ -44,7 +54,11 @@ class Searcher:
 
     Opening costs a model load (and for deep extractors a TensorFlow import);
     each query after that costs one embedding and one search, so keep a
-    ``Searcher`` open to answer many queries.
+    ``Searcher`` open to answer many queries. One ``Searcher`` may serve many
+    threads at once: images are decoded and prepared in parallel, the model
+    and the catalogue are used by one thread at a time, FAISS searches run in
+    parallel.
+    It never writes to the index directory (a read-only one works).
 
     Parameters
     ----------
@@ -59,20 +73,48 @@ class Searcher:
         loaded = store.load_vectors()
         self.vectors = loaded.index
         self.stale_ids = loaded.stale_ids
+        self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
         params = dict(store.manifest.get("search_params") or {})
-        params.update({k: v for k, v in {"nprobe": nprobe, "ef_search": ef_search}.items() if v is not None})
+        params.update({k: v for k, v in self._search_params.items() if v is not None})
         self.vectors.set_search_params(params)
         self._embedder = None
+        self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
+        self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
+        exact_vectors = self.vectors.exact_vectors
+        if exact_vectors is not None:  # re-ranking reads the catalogue too
+
+            def locked_exact_vectors(ids):
+                with self._catalogue_lock:
+                    return exact_vectors(ids)
+
+            self.vectors.exact_vectors = locked_exact_vectors
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
-        """Open the index ``name`` in ``index_dir`` (``indexes/`` by default)."""
-        store = IndexStore.open(index_path(name, index_dir))
+        """Open the index ``name`` in ``index_dir`` (default: :func:`cbir.store.resolve_index_dir`)."""
+        return cls._open_path(index_path(name, index_dir), search_params)
+
+    @classmethod
+    def _open_path(cls, path: Path, search_params: dict) -> "Searcher":
+        store = IndexStore.open(path)
         try:
             return cls(store, **search_params)
         except BaseException:
             store.close()
             raise
+
+    def reopened(self) -> "Searcher":
+        """A new ``Searcher`` on what the index holds now (what ``cbir index`` committed since).
+
+        The loaded model is reused when the index was re-embedded with the
+        same extractor and model files, so this costs a reload of the vectors
+        only. This ``Searcher`` is left open and unchanged.
+        """
+        fresh = self._open_path(self.store.path, {k: v for k, v in self._search_params.items() if v is not None})
+        if self._embedder is not None and _same_model(self.store.manifest, fresh.store.manifest):
+            fresh._embedder = self._embedder
+            fresh._model_lock = self._model_lock
+        return fresh
 
     def close(self) -> None:
         self.store.close()
@@ -84,21 +126,30 @@ class Searcher:
         self.close()
 
     @property
+    def name(self) -> str:
+        return self.store.name
+
+    @property
     def size(self) -> int:
         """Number of images a query can return."""
         return self.vectors.ntotal - self.stale_ids
 
     @property
     def embedder(self):
-        if self._embedder is None:
-            self._embedder = self.store.embedder()
-        return self._embedder
+        with self._model_lock:
+            if self._embedder is None:
+                self._embedder = self.store.embedder()
+            return self._embedder
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
-        """The ``k`` best matches of each vector, best first."""
-        self._check_k(k)
+        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`)."""
+        k = self._effective_k(k)
+        if k == 0:
+            return [[] for _ in range(len(vectors))]
         scores, ids = self.vectors.search(vectors, k + self.stale_ids)
-        rows = {row.id: row for row in self.store.catalogue.image_rows(np.unique(ids[ids >= 0]).tolist())}
+        wanted = np.unique(ids[ids >= 0]).tolist()
+        with self._catalogue_lock:
+            rows = {row.id: row for row in self.store.catalogue.image_rows(wanted)}
         results = []
         for score_row, id_row in zip(scores, ids):
             matches: list[Match] = []
@@ -106,51 +157,201 @@ class Searcher:
                 row = rows.get(int(image_id))
                 if row is None:  # -1 padding, or removed since the FAISS file was written
                     continue
-                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label))
+                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path)))
                 if len(matches) == k:
                     break
             results.append(matches)
         return results
 
-    def query(self, image_path: str | os.PathLike, k: int = 10) -> QueryResult:
-        """Search with one image file."""
-        return self.query_many([image_path], k)[0]
+    def image_row(self, image_id: int):
+        """The catalogue row of ``image_id``; :class:`~cbir.errors.NotInIndexError` if there is none."""
+        with self._catalogue_lock:
+            rows = self.store.catalogue.image_rows([int(image_id)])
+        if not rows:
+            raise NotInIndexError(f"index {self.name!r} holds no image with id {image_id}")
+        return rows[0]
+
+    def query_id(self, image_id: int, k: int = 10) -> QueryResult:
+        """Search with an image already in the index, by its catalogue id (its stored vector, no decoding)."""
+        self._check_k(k)
+        row = self.image_row(image_id)
+        with self._catalogue_lock:
+            vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
+        return QueryResult(row.path, self.search_vectors(vector, k)[0])
+
+    def query(
+        self,
+        image: QueryImage,
+        k: int = 10,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        name: str | None = None,
+    ) -> QueryResult:
+        """Search with one image.
+
+        Parameters
+        ----------
+        image : str, os.PathLike, bytes or numpy.ndarray
+            An image file's path; the encoded bytes of an image file (JPEG,
+            PNG...: decoded by the same safe decoder as indexing); or a decoded
+            ``uint8`` array of shape ``(h, w)``, ``(h, w, 3)`` or ``(h, w, 4)``
+            whose channel order ``channels`` gives.
+        k : int
+            Number of results.
+        channels : "RGB" or "BGR"
+            Channel order of an array: ``"RGB"`` (Pillow, Matplotlib, imageio)
+            or ``"BGR"`` (``cv2.imread``). Ignored for paths and bytes.
+        name : str, optional
+            What :attr:`QueryResult.query` says; the path for a file, else
+            ``"<bytes>"`` or ``"<array>"``.
+
+        Raises
+        ------
+        TypeError
+            For any other kind of ``image``.
+        ImageError
+            For a file or bytes that cannot be decoded, or an array that is not an image.
+        """
+        return self.query_many([image], k, channels=channels, names=None if name is None else [name])[0]
 
     def query_many(
+        self,
+        images: Sequence[QueryImage],
+        k: int = 10,
+        on_error: Callable[[str, ImageError], None] | None = None,
+        batch_size: int = 32,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        names: Sequence[str] | None = None,
+    ) -> list[QueryResult]:
+        """Search with several images (paths, bytes or arrays, see :meth:`query`), batch by batch.
+
+        Returns one result per readable image, in order. An image that cannot
+        be read raises :class:`~cbir.errors.ImageError`, unless
+        ``on_error(name, error)`` is given: then it is reported there and left out.
+        """
+        self._check_k(k)
+        if channels not in ("RGB", "BGR"):
+            raise UsageError(f"channels must be 'RGB' or 'BGR', got {channels!r}")
+        if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)):
+            raise TypeError("Searcher.query_many takes a sequence of images; use Searcher.query for one image")
+        images = list(images)
+        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        if len(labels) != len(images):
+            raise UsageError(f"{len(labels)} names for {len(images)} images")
+        embedder = self.embedder
+        results = []
+        for start in range(0, len(images), batch_size):
+            readable, prepared = [], []
+            for image, label in zip(images[start : start + batch_size], labels[start : start + batch_size]):
+                try:
+                    rgb = _to_rgb(image, channels, embedder.decode_min_side)
+                except ImageError as exc:
+                    if on_error is None:
+                        raise
+                    on_error(label, exc)
+                    continue
+                prepared.append(embedder.prepare(rgb))  # per-image work: thread-safe, runs in parallel
+                readable.append(label)
+            if prepared:
+                with self._model_lock:
+                    vectors = embedder.transform_prepared(prepared)
+                matches = self.search_vectors(vectors, k)
+                results.extend(QueryResult(label, found) for label, found in zip(readable, matches))
+        return results
+
+    def _check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if k < 1:
+            raise UsageError(f"k must be at least 1, got {k}")
+
+    def _effective_k(self, k: int) -> int:
+        """``k``, or the whole collection when ``k`` is larger (said once per ``Searcher``)."""
+        self._check_k(k)
+        if k <= self.size:
+            return k
+        if not getattr(self, "_said_k", False):
+            self._said_k = True
+            logger.warning("k=%d is larger than index %r, which holds %d images: returning all of them", k, self.store.name, self.size)
+        return self.size
+
+    def query_excluding_self(
         self,
         image_paths: Sequence[str | os.PathLike],
         k: int = 10,
         on_error: Callable[[str, ImageError], None] | None = None,
-        batch_size: int = 32,
     ) -> list[QueryResult]:
-        """Search with several image files, batch by batch (one result per readable file, in order).
+        """:meth:`query_many`, leaving out each query file itself and byte-identical copies of it.
 
-        A file that cannot be read raises :class:`~cbir.errors.ImageError`,
-        unless ``on_error(path, error)`` is given: then it is reported there
-        and left out.
+        A query file that is in the index would otherwise come back first with
+        score 1.0, as would its copies; the ``k`` results are the next ones.
         """
-        self._check_k(k)
-        embedder = self.embedder
-        results = []
-        paths = [str(Path(os.path.abspath(p))) for p in image_paths]
-        for start in range(0, len(paths), batch_size):
-            readable, images = [], []
-            for path in paths[start : start + batch_size]:
-                try:
-                    images.append(read_image(path, min_side=embedder.decode_min_side))
-                except ImageError as exc:
-                    if on_error is None:
-                        raise
-                    on_error(path, exc)
-                    continue
-                readable.append(path)
-            if images:
-                matches = self.search_vectors(embedder.transform(images), k)
-                results.extend(QueryResult(path, found) for path, found in zip(readable, matches))
-        return results
+        self._effective_k(k)  # says so if k exceeds the collection
+        hashes = {}
+        for path in image_paths:
+            key = str(normalize_path(path))
+            try:
+                hashes[key] = file_sha256(key)
+            except OSError:
+                hashes[key] = None  # query_many reports the unreadable file
+        margin = 8
+        while True:
+            wanted = min(k + margin, self.size)
+            results = self.query_many(list(hashes), wanted, on_error=on_error)
+            ids = sorted({m.id for result in results for m in result.results})
+            with self._catalogue_lock:
+                sha_of = {row.id: row.sha256 for row in self.store.catalogue.image_rows(ids)}
+            kept = [
+                [m for m in result.results if m.path != result.query and sha_of.get(m.id) != hashes.get(result.query)]
+                for result in results
+            ]
+            # Too many copies of a query ate the margin: search again, deeper.
+            if wanted >= self.size or all(len(found) >= k for found in kept):
+                break
+            margin *= 4
+        return [
+            QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
+            for result, found in zip(results, kept)
+        ]
+def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 
-    def _check_k(self, k: int) -> None:
-        if k < 1:
-            raise UsageError(f"k must be at least 1, got {k}")
-        if k > self.size:
-            raise UsageError(f"k={k} is larger than index {self.store.name!r}, which holds {self.size} images")
+
+def _default_name(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(normalize_path(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(image, np.ndarray):
+        return "<array>"
+    raise _wrong_type(image)
+
+
+def _wrong_type(image: Any) -> TypeError:
+    return TypeError(
+        "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
+        f"or a decoded uint8 NumPy array; got {type(image).__name__}"
+    )
+
+
+def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:
+    """Any accepted query image as the RGB uint8 array extractors take."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(os.fspath(image), min_side=min_side)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image), min_side=min_side)
+    if not isinstance(image, np.ndarray):
+        raise _wrong_type(image)
+    if image.dtype != np.uint8:
+        raise ImageError(f"an image array must be uint8 (0-255), got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
+        raise ImageError(f"an image array must have shape (h, w), (h, w, 3) or (h, w, 4); got {image.shape}")
+    image = image[:, :, :3]
+    if channels == "BGR":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)

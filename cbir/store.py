@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import platform
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,14 @@ import numpy as np
 
 from cbir.catalogue import Catalogue
 from cbir.fileio import file_sha256, write_json_atomic
-from cbir.errors import CbirError, IndexCorruptError, IndexLockedError, IndexNotFoundError, UsageError
+from cbir.errors import (
+    CbirError,
+    IndexCorruptError,
+    IndexLockedError,
+    IndexNotFoundError,
+    IndexReadOnlyError,
+    UsageError,
+)
 from cbir.vectors import RETUNE_GROWTH, VectorIndex, build_vector_index, retuned_index_type
 
 logger = logging.getLogger(__name__)
@@ -60,18 +68,70 @@ _META_VECTORS_TARGET = "vectors_target"  # the manifest factory it was built for
 _META_VECTORS_TUNED_FOR = "vectors_tuned_for"  # images in the collection when it was built from scratch
 _META_VECTORS_FINGERPRINT = "vectors_fingerprint"  # size and hash of head and tail: truncation, replacement
 _FINGERPRINT_SPAN = 1 << 16
+#: Files and folders taken out with ``cbir remove``: an update of a folder above them leaves them out.
+_META_REMOVED = "removed_paths"
+
+
+#: What an index name may hold: letters, digits, '-' and '_' (it names a folder).
+_NAME_PATTERN = re.compile(r"[\w-]{1,100}")
+LOCAL_INDEX_DIR = "indexes"
 
 
 def default_index_dir() -> Path:
-    """``$CBIR_INDEX_DIR`` if set, else ``indexes/`` in the current directory."""
-    return Path(os.environ.get(ENV_INDEX_DIR) or "indexes")
+    """Where named indexes live when no folder is given; see :func:`resolve_index_dir`."""
+    return resolve_index_dir(None)
+
+
+def resolve_index_dir(index_dir: str | os.PathLike | None = None) -> Path:
+    """The folder of named indexes: the one place that decides it.
+
+    In order: ``index_dir`` if given; ``$CBIR_INDEX_DIR`` if set; ``./indexes``
+    only where that folder already exists in the current directory (a project
+    that keeps its indexes beside it); else the per-user data folder
+    (``platformdirs.user_data_dir("cbir")/indexes``, e.g.
+    ``~/.local/share/cbir/indexes``). ``~`` is expanded. Nothing is created
+    here, so indexing a photo folder from inside it leaves no ``indexes/`` there.
+    """
+    if index_dir is not None and str(index_dir) != "":
+        return Path(os.path.expanduser(os.fspath(index_dir)))
+    env = os.environ.get(ENV_INDEX_DIR)
+    if env:
+        return Path(os.path.expanduser(env))
+    if Path(LOCAL_INDEX_DIR).is_dir():
+        return Path(LOCAL_INDEX_DIR).absolute()
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("cbir", appauthor=False)) / "indexes"
+
+
+def check_index_name(name: str) -> str:
+    """Return ``name`` if it is a valid index name (letters, digits, ``-``, ``_``), else :class:`UsageError`."""
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+        raise UsageError(
+            f"invalid index name {name!r}: use 1 to 100 letters, digits, '-' or '_' (no spaces, dots or slashes)"
+        )
+    return name
+
+
+def name_for_folder(folder: str | os.PathLike) -> str:
+    """The default index name for ``folder``: its name, other characters replaced by ``-``."""
+    base = Path(os.path.abspath(os.fspath(folder))).name
+    name = re.sub(r"[^\w-]+", "-", base).strip("-")[:100]
+    return name or "images"
 
 
 def index_path(name: str, index_dir: str | os.PathLike | None = None) -> Path:
-    """Directory of the index called ``name``; the name must be a plain folder name."""
-    if not name or name.startswith(".") or "/" in name or "\\" in name or name != name.strip():
-        raise UsageError(f"invalid index name {name!r}: use letters, digits, '-' or '_' (no slashes, no leading dot)")
-    return Path(index_dir if index_dir is not None else default_index_dir()) / name
+    """Directory of the index called ``name`` (see :func:`resolve_index_dir` and :func:`check_index_name`)."""
+    return resolve_index_dir(index_dir) / check_index_name(name)
+
+
+def not_found_message(path: Path) -> str:
+    """``no index named X``: where cbir looked, what is there, and how to look elsewhere."""
+    known = ", ".join(p.name for p in list_indexes(path.parent)) or "none"
+    return (
+        f"no index named {path.name!r} in {path.parent.absolute()} (indexes there: {known}); "
+        f"to look elsewhere, pass --index-dir or set ${ENV_INDEX_DIR}"
+    )
 
 
 def is_index(path: Path) -> bool:
@@ -80,10 +140,38 @@ def is_index(path: Path) -> bool:
 
 def list_indexes(index_dir: str | os.PathLike | None = None) -> list[Path]:
     """Index directories (those with a manifest) in ``index_dir``, sorted by name."""
-    root = Path(index_dir if index_dir is not None else default_index_dir())
+    root = resolve_index_dir(index_dir)
     if not root.is_dir():
         return []
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_index(p))
+
+
+def delete_index(name: str, index_dir: str | os.PathLike | None = None, wait: bool = False) -> Path:
+    """Delete the index ``name`` (its folder and everything in it); returns the path it had.
+
+    Takes the write lock first, so an index being written is not pulled away
+    from its writer (``wait`` waits for it). The folder is renamed out of the
+    way before it is removed: readers and ``cbir list`` never see half of it.
+
+    Raises
+    ------
+    IndexNotFoundError, IndexLockedError, UsageError (a folder that is not a cbir index)
+    """
+    path = index_path(name, index_dir)
+    if not path.is_dir():
+        raise IndexNotFoundError(not_found_message(path))
+    if not any((path / marker).exists() for marker in (MANIFEST_FILE, CATALOGUE_FILE, LOCK_FILE)):
+        raise UsageError(f"{path} does not look like a cbir index; not deleting it")
+    lock = WriteLock(path, wait=wait)
+    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
+    try:
+        os.replace(path, trash)
+    except OSError as exc:
+        raise UsageError(f"cannot delete index {name!r}: {exc.strerror or exc}") from None
+    finally:
+        lock.release()
+    shutil.rmtree(trash, ignore_errors=True)
+    return path
 
 
 def package_versions() -> dict[str, str]:
@@ -107,7 +195,13 @@ class WriteLock:
 
     def __init__(self, directory: Path, wait: bool = False):
         self.path = Path(directory) / LOCK_FILE
-        self._file = open(self.path, "a+")
+        try:
+            self._file = open(self.path, "a+")
+        except OSError as exc:
+            raise IndexReadOnlyError(
+                f"index {Path(directory).name!r} is read-only here: cannot write in {directory} "
+                f"({exc.strerror or exc}); it can still be queried"
+            ) from None
         try:
             fcntl.flock(self._file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
@@ -174,23 +268,20 @@ class IndexStore:
         """
         path = Path(path)
         if not path.is_dir():
-            known = ", ".join(p.name for p in list_indexes(path.parent)) or "none"
-            raise IndexNotFoundError(f"no index named {path.name!r} in {path.parent} (indexes there: {known})")
+            raise IndexNotFoundError(not_found_message(path))
         lock = WriteLock(path, wait=wait) if writable else None
         try:
             manifest = read_manifest(path)
-            catalogue = Catalogue(path / CATALOGUE_FILE)
+            # Readers never write: a read-only connection works in a read-only
+            # folder, and threads may share it (Searcher serialises its use).
+            catalogue = Catalogue(path / CATALOGUE_FILE, read_only=not writable, check_same_thread=writable)
         except BaseException:
             if lock:
                 lock.release()
             raise
-        store = cls(path, manifest, catalogue, lock)
-        try:
-            store._check_model_files()
-        except BaseException:
-            store.close()
-            raise
-        return store
+        # Model files are hashed only when the embedder is loaded (see
+        # embedder()): listing or describing an index reads no model.
+        return cls(path, manifest, catalogue, lock)
 
     @classmethod
     def create(
@@ -267,7 +358,35 @@ class IndexStore:
     def writable(self) -> bool:
         return self._lock is not None
 
+    def describe(self) -> dict[str, Any]:
+        """What ``cbir info`` and ``cbir list`` show: config, counts, versions (no model is loaded)."""
+        from cbir.features.pipeline import Embedder
+
+        manifest = self.manifest
+        try:
+            extractor = Embedder.from_config(manifest["embedder"]).describe()
+        except CbirError as exc:
+            raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
+        return {
+            "name": self.name,
+            "path": str(self.path.resolve()),
+            "extractor": extractor,
+            "embedder": manifest["embedder"],
+            "dim": manifest["dim"],
+            "metric": manifest["metric"],
+            "index_type": manifest.get("index_type", manifest["factory"]),
+            "factory": manifest["factory"],
+            # The FAISS file in force: differs from the manifest's while a rebuild is due.
+            "vectors_factory": self.snapshot_factory(),
+            "images": self.catalogue.count_images(),
+            "skipped": self.catalogue.count_skipped(),
+            "created": manifest.get("created"),
+            "versions": manifest.get("versions", {}),
+            "vectors_current": self.vectors_are_current(),
+        }
+
     def _check_model_files(self) -> None:
+        """Each model file hashed once, against the manifest, before the embedder loads it."""
         for relative, expected in self.manifest.get("model_files", {}).items():
             file = self.path / relative
             if not file.is_file():
@@ -292,6 +411,7 @@ class IndexStore:
                 embedder = Embedder.from_config(config)
             except CbirError as exc:
                 raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
+            self._check_model_files()
             self._embedder = embedder.load_state(self.path / MODEL_DIR)
         return self._embedder
 
@@ -468,6 +588,25 @@ class IndexStore:
         """The factory string of the FAISS file in force (may differ from the manifest's while a rebuild is due)."""
         return self._snapshot().factory if self._snapshot().file is not None else None
 
+    # -- removals remembered -----------------------------------------------
+    def removed_paths(self) -> list[str]:
+        """Absolute paths (files or folders) taken out with ``cbir remove``, sorted."""
+        try:
+            paths = json.loads(self.catalogue.get_meta(_META_REMOVED, "[]"))
+        except json.JSONDecodeError:
+            raise IndexCorruptError(f"index {self.name!r}: the list of removed paths is unreadable") from None
+        return [str(p) for p in paths]
+
+    def set_removed_paths(self, paths) -> None:
+        """Record the removed paths (writers only; call inside a catalogue transaction to commit with rows)."""
+        if not self.writable:
+            raise RuntimeError("set_removed_paths needs an index opened for writing")
+        roots: list[str] = []
+        for path in sorted(set(map(str, paths))):
+            if not any(is_under(path, root) for root in roots):  # a folder covers what is below it
+                roots.append(path)
+        self.catalogue.set_meta(_META_REMOVED, json.dumps(roots))
+
     def change_index_type(self, index_type: str, factory: str, search_params: dict[str, int]) -> None:
         """Record a new FAISS index type; the next :meth:`save_vectors` rebuilds from the catalogue.
 
@@ -502,6 +641,11 @@ def _fingerprint(file: Path) -> str:
         f.seek(max(0, size - _FINGERPRINT_SPAN))
         tail = f.read(_FINGERPRINT_SPAN)
     return f"{size}:{hashlib.sha256(head + tail).hexdigest()[:32]}"
+
+
+def is_under(path: str, root: str) -> bool:
+    """Whether absolute ``path`` is ``root`` or lies below it."""
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import re
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -29,6 +28,7 @@ import faiss
 import numpy as np
 
 from cbir.errors import CbirError, IndexCorruptError, UsageError
+from cbir.fileio import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -289,17 +289,9 @@ class VectorIndex:
 
     # -- persistence -------------------------------------------------------
     def write(self, path: Path) -> None:
-        """Write atomically: a temporary file, fsync, then rename over ``path``."""
-        path = Path(path)
-        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
+        """Write atomically (see :func:`cbir.fileio.atomic_path`)."""
+        with atomic_path(path) as temporary:
             faiss.write_index(self.index, str(temporary))
-            with open(temporary, "rb") as f:
-                os.fsync(f.fileno())
-            os.replace(temporary, path)
-        finally:
-            if temporary.exists():
-                temporary.unlink()
 
     @classmethod
     def read(cls, path: Path, factory: str, dim: int) -> "VectorIndex":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import struct
+import subprocess
 from pathlib import Path
 
 import cv2
@@ -85,3 +88,26 @@ def collection(tmp_path) -> Path:
 @pytest.fixture
 def index_dir(tmp_path) -> Path:
     return tmp_path / "indexes"
+
+
+def read_only_prefix(folder: Path) -> list[str]:
+    """A command prefix under which ``folder`` is read-only for the process, even as root.
+
+    Root writes through any file mode, so as root the folder is bind-mounted
+    read-only in a private user and mount namespace (EROFS for everyone in
+    it); otherwise ``chmod`` is enough (the caller restores the mode when the
+    prefix is empty). Skips the test where neither is possible.
+    """
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return []
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("running as root without unshare(1): cannot make a folder read-only for this process")
+    script = 'mount --bind "$0" "$0" && mount -o remount,ro,bind "$0" "$0" && exec "$@"'
+    prefix = [unshare, "--user", "--map-root-user", "--mount", "sh", "-c", script, str(folder)]
+    probe = subprocess.run([*prefix, "sh", "-c", f'touch "{folder}/probe" 2>/dev/null; echo $?'], capture_output=True, text=True)
+    if probe.returncode != 0 or probe.stdout.strip() == "0":
+        (folder / "probe").unlink(missing_ok=True)
+        pytest.skip(f"cannot mount {folder} read-only here (unprivileged user namespaces unavailable): {probe.stderr.strip()}")
+    return prefix

@@ -126,10 +126,10 @@ def test_prepare_resizes_and_converts(channels):
 
 
 def test_plot_losses_draws_both_curves():
-    image = plot_losses([{"epoch": 1, "loss": 0.1, "val_loss": 0.2}, {"epoch": 2, "loss": 0.05, "val_loss": 0.1}])
-    assert image.shape == (400, 640, 3)
-    blue, orange = (200, 90, 30), (30, 120, 240)
-    assert (image == blue).all(axis=2).any() and (image == orange).all(axis=2).any()
+    figure = plot_losses([{"epoch": 1, "loss": 0.1, "val_loss": 0.2}, {"epoch": 2, "loss": 0.05, "val_loss": 0.1}])
+    (axes,) = figure.axes
+    assert [line.get_label() for line in axes.get_lines()] == ["training", "validation"]
+    assert axes.get_yscale() == "log" and list(axes.get_lines()[1].get_ydata()) == [0.2, 0.1]
 
 
 # -- trained ---------------------------------------------------------------------
@@ -235,8 +235,34 @@ def test_resume_continues_from_checkpoint(tmp_path):
 def test_resume_refuses_other_parameters(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train_autoencoder(_images(12), tmp_path, progress=_Interrupt(epochs=1), **TINY)
-    with pytest.raises(UsageError, match="other parameters"):
+    with pytest.raises(UsageError, match=r"other options \(noise 0.1 \(now 0.3\)\)"):
         train_autoencoder(_images(12), tmp_path, **{**TINY, "noise": 0.3})
+
+
+def test_a_training_on_other_images_is_refused_not_resumed(tmp_path):
+    """It used to "resume", i.e. return the model of the other images."""
+    one_epoch = {**TINY, "epochs": 1}
+    first = train_autoencoder(_images(12), tmp_path, **one_epoch)
+    with pytest.raises(UsageError, match=r"other images \(12 then, 12 now\).*--overwrite"):
+        train_autoencoder(_images(12, seed=9), tmp_path, **one_epoch)
+    replaced = train_autoencoder(_images(12, seed=9), tmp_path, overwrite=True, **one_epoch)
+    assert replaced.history_["data_sha256"] != first.history_["data_sha256"]
+    assert not np.array_equal(replaced.transform(_images(2)), first.transform(_images(2)))
+
+
+def test_a_model_without_history_is_not_overwritten(trained, tmp_path):
+    _, out = trained
+    (tmp_path / MODEL_FILE).write_bytes((out / MODEL_FILE).read_bytes())
+    with pytest.raises(UsageError, match="without its training history"):
+        train_autoencoder(_images(12), tmp_path, **TINY)
+
+
+def test_fit_replaces_a_work_dir_of_another_training(tmp_path, caplog):
+    """The indexer's own training folder: other images restart training (with a warning)."""
+    one_epoch = {**TINY, "epochs": 1}
+    AutoencoderExtractor(**one_epoch).fit(_images(12), work_dir=tmp_path)
+    again = AutoencoderExtractor(**one_epoch).fit(_images(12, seed=9), work_dir=tmp_path)
+    assert "starting over" in caplog.text and again.history_["data_sha256"] == json.loads((tmp_path / HISTORY_FILE).read_text())["data_sha256"]
 
 
 def test_train_from_folder_skips_unreadable_files(tmp_path):

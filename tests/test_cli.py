@@ -182,12 +182,14 @@ def test_corrupt_index_directory(indexed, index_dir, damage):
     assert "photos" in message or "catalogue" in message or "vector" in message
 
 
-def test_k_larger_than_the_collection(indexed, index_dir):
-    assert "larger than" in fails("query", indexed / "red" / "red-0.jpg", "--name", "photos", "--index-dir", index_dir, "-k", "99")
+def test_k_larger_than_the_collection_returns_all_of_it_with_a_note(indexed, index_dir):
+    result = run("query", indexed / "red" / "red-0.jpg", "--name", "photos", "--index-dir", index_dir, "-k", "99", "--json")
+    assert len(json.loads(result.stdout)["results"]) == 15
+    assert "k=99 is larger than index 'photos', which holds 15 images" in result.stderr
 
 
 @pytest.mark.parametrize("problem", ["missing", "extra"])
-def test_labels_csv_with_missing_or_extra_rows(indexed, index_dir, tmp_path, problem):
+def test_labels_csv_with_missing_or_extra_rows_warns_and_evaluates(indexed, index_dir, tmp_path, problem):
     files = sorted(indexed.rglob("*.jpg"))
     rows = [f"photos/{p.parent.name}/{p.name},{p.parent.name}" for p in files]
     if problem == "missing":
@@ -196,8 +198,39 @@ def test_labels_csv_with_missing_or_extra_rows(indexed, index_dir, tmp_path, pro
         rows.append("photos/red/ghost.jpg,red")
     csv = tmp_path / "labels.csv"
     csv.write_text("path,label\n" + "\n".join(rows) + "\n")
-    message = fails("evaluate", "--name", "photos", "--index-dir", index_dir, "--labels", csv)
-    assert ("no row for 1" in message) if problem == "missing" else ("not in the index" in message)
+    result = run("evaluate", "--name", "photos", "--index-dir", index_dir, "--labels", csv, "--json")
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1
+    assert ("no row for 1 of 15" in warnings[0]) if problem == "missing" else ("1 file(s) that are not in the index" in warnings[0])
+    # The unlabelled image is no query; an extra row changes nothing.
+    assert json.loads(result.stdout)["n_queries"] == (14 if problem == "missing" else 15)
+
+
+def test_labels_at_index_time_follow_the_same_rule_as_at_evaluation(collection, tmp_path):
+    """An image the CSV does not name gets no label (not its folder name), with one warning."""
+    files = sorted(collection.rglob("*.jpg"))
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,label\n" + "\n".join(f"{p},{p.parent.name}" for p in files[1:]) + "\n")
+    index_dir = tmp_path / "indexes"
+    result = run("index", collection, "--name", "x", "--index-dir", index_dir, "--labels", csv)
+    assert any("no row for 1 of" in line for line in result.stderr.splitlines())
+    stored = json.loads(run("evaluate", "--name", "x", "--index-dir", index_dir, "--json").stdout)
+    given = json.loads(run("evaluate", "--name", "x", "--index-dir", index_dir, "--labels", csv, "--json").stdout)
+    assert stored["n_queries"] == given["n_queries"] == len(files) - 1
+    assert stored["map"] == given["map"]
+
+
+def test_collection_through_a_symlink_matches_its_labels_csv(collection, tmp_path):
+    link = tmp_path / "linked"
+    link.symlink_to(collection, target_is_directory=True)
+    files = sorted(collection.rglob("*.jpg"))
+    csv = collection / "labels.csv"  # reached through the real path, indexed through the link
+    csv.write_text("path,label\n" + "\n".join(f"{p.relative_to(collection)},c-{p.parent.name}" for p in files) + "\n")
+    index_dir = tmp_path / "indexes"
+    result = run("index", link, "--name", "x", "--index-dir", index_dir, "--labels", csv)
+    assert "warning" not in result.stderr
+    report = json.loads(run("evaluate", "--name", "x", "--index-dir", index_dir, "--json").stdout)
+    assert set(report["per_class"]) == {f"c-{name}" for name in ("red", "green", "blue")}
 
 
 def test_index_directory_that_is_not_writable(collection, tmp_path, monkeypatch):

@@ -1,6 +1,8 @@
 """The CNN and autoencoder options of the CLI, end to end on tiny models."""
 
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -36,7 +38,7 @@ def test_cnn_index_query_and_runtime_switch(tmp_path):
     assert switched.exit_code == 0, switched.stderr
     assert json.loads(switched.stdout)["unchanged"] == 12
     other = invoke("index", photos, "--name", "deep", "--index-dir", indexes, "--input-size", "48")
-    assert other.exit_code != 0 and other.stderr.startswith("error: index 'deep' was built with cnn(")
+    assert other.exit_code != 0 and other.stderr.startswith("error: index 'deep' was built with other options: input_size 32 (asked: 48)")
 
 
 def test_options_of_another_extractor_are_refused(tmp_path):
@@ -63,6 +65,48 @@ def test_train_autoencoder_then_index_with_the_model(tmp_path):
     query = photos / "blue" / "blue-2.jpg"
     found = json.loads(invoke("query", query, "--name", "ae", "--index-dir", indexes, "-k", "1", "--json").stdout)
     assert found["results"][0]["path"] == str(query)
+
+    # A query in a new process: the converted encoder, no TensorFlow.
+    script = f"""
+import json, sys
+from typer.testing import CliRunner
+from cbir.cli import app
+result = CliRunner().invoke(app, ["query", {str(query)!r}, "--name", "ae", "--index-dir", {str(indexes)!r}, "-k", "1", "--json"])
+assert result.exit_code == 0, result.output
+print(json.dumps({{"top": json.loads(result.stdout)["results"][0]["path"],
+                  "loaded": sorted(m for m in sys.modules if m.split(".")[0] in ("tensorflow", "keras"))}}))
+"""
+    output = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert json.loads(output.strip().splitlines()[-1]) == {"top": str(query), "loaded": []}
+
+    # Only .keras files: HDF5 models ignore Keras' safe mode.
+    h5 = tmp_path / "model.h5"
+    h5.write_bytes(b"\x89HDF\r\n\x1a\n")
+    refused = invoke("index", photos, "--name", "h5", "--index-dir", indexes, "--model", h5)
+    assert refused.exit_code != 0 and refused.stderr.count("\n") == 1 and ".keras" in refused.stderr
+
+
+def test_train_autoencoder_into_the_out_folder_of_another_training(tmp_path):
+    """It used to "resume" silently and return the model of the other folder."""
+    (first, second), out = (tmp_path / "first", tmp_path / "second"), tmp_path / "ae"
+    make_collection(first, per_class=2)
+    make_collection(second, per_class=3)
+    tiny = ("--input-size", "16", "--filters", "8,16", "--latent-channels", "4", "--epochs", "1", "--json")
+    assert invoke("train-autoencoder", first, "--out", out, *tiny).exit_code == 0
+    history = (out / "history.json").read_text()
+
+    other_folder = invoke("train-autoencoder", second, "--out", out, *tiny)
+    assert other_folder.exit_code != 0 and other_folder.stderr.count("\n") == 1
+    assert f"trained on {first}" in other_folder.stderr and "--overwrite" in other_folder.stderr
+    other_options = invoke("train-autoencoder", first, "--out", out, *tiny, "--noise", "0.2")
+    assert other_options.exit_code != 0 and "noise 0.1 (now 0.2)" in other_options.stderr
+    assert (out / "history.json").read_text() == history
+
+    same = invoke("train-autoencoder", first, "--out", out, *tiny)
+    assert same.exit_code == 0 and (out / "history.json").read_text() == history  # finished: returned as is
+    replaced = invoke("train-autoencoder", second, "--out", out, *tiny, "--overwrite")
+    assert replaced.exit_code == 0, replaced.stderr
+    assert json.loads((out / "history.json").read_text())["source"] == str(second)
 
 
 def test_index_trains_an_autoencoder_when_no_model_is_given(tmp_path):

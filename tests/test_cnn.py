@@ -16,7 +16,9 @@ import pytest
 import cbir.features.cnn as cnn
 from cbir.errors import IndexCorruptError, UsageError, WeightsError
 from cbir.features.base import make_extractor
-from cbir.features.cnn import PAD_RGB, CNNExtractor, file_sha256, resize_image
+from cbir.features.cnn import PAD_RGB, CNNExtractor
+from cbir.fileio import file_sha256
+from cbir.images import resize_image
 
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 #: The engines that run the converted model, each where it is installed.
@@ -38,7 +40,7 @@ def images():
 @pytest.fixture(scope="module")
 def extractor():
     """Random MobileNet on TFLite, batches of 4 so 7 images need two sizes."""
-    return CNNExtractor(weights="none", input_size=SIZE, batch_size=4).fit()
+    return CNNExtractor(weights="none", input_size=SIZE, batch_size=4).build()
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_squash_keeps_everything_crop_keeps_the_centre_pad_adds_mean_borders():
     cropped = resize_image(_banded(), 30, "crop")
     assert (cropped == (0, 255, 0)).all()
 
-    padded = resize_image(_banded(), 30, "pad")
+    padded = resize_image(_banded(), 30, "pad", fill=PAD_RGB)
     assert (padded[:9] == PAD_RGB).all() and (padded[-9:] == PAD_RGB).all()
     assert padded[15, 15].tolist() == [0, 255, 0]
 
@@ -126,6 +128,23 @@ def test_config_and_dims_come_without_building_a_network():
         },
     }
     assert extractor.dim == 2048 and extractor.decode_min_side == 160 and not extractor.is_loaded
+    assert extractor.fit([]) is extractor and not extractor.is_loaded  # fit learns nothing and loads nothing
+
+
+def test_build_says_what_takes_time_before_loading(monkeypatch):
+    """Indexing with a CNN used to be silent for seconds before the first progress bar."""
+    from cbir.progress import Progress
+
+    class Recorder(Progress):
+        messages = []
+
+        def status(self, message):
+            self.messages.append(message)
+
+    extractor = make_extractor("cnn", backbone="resnet50", weights="none")
+    monkeypatch.setattr(extractor, "_ensure_loaded", lambda: None)
+    extractor.build(Recorder())
+    assert Recorder.messages and "TensorFlow" in Recorder.messages[0] and "resnet50" in Recorder.messages[0]
 
 
 # -- with TensorFlow -----------------------------------------------------------
@@ -180,7 +199,7 @@ def test_caffe_style_backbone_agrees_across_runtimes(images):
 @needs_tensorflow
 def test_poolings_differ_are_normalised_and_gem_spans_avg_to_max(images):
     # 96 px gives a 3x3 feature map (32 px would give 1x1, where all poolings agree).
-    extractor = CNNExtractor(weights="none", input_size=96, runtime="keras").fit()
+    extractor = CNNExtractor(weights="none", input_size=96, runtime="keras").build()
     results = {}
     for pooling, p in [("avg", 3.0), ("max", 3.0), ("gem", 3.0), ("gem", 1.0), ("gem", 200.0)]:
         # Pooling follows the network, so one loaded network serves them all.
@@ -197,9 +216,29 @@ def test_poolings_differ_are_normalised_and_gem_spans_avg_to_max(images):
 @needs_tensorflow
 def test_random_weights_depend_on_the_seed_only():
     def digest(seed):
-        return CNNExtractor(weights="none", input_size=SIZE, runtime="keras", seed=seed).fit().weights_sha256_
+        return CNNExtractor(weights="none", input_size=SIZE, runtime="keras", seed=seed).build().weights_sha256_
 
     assert digest(0) == digest(0) != digest(1)
+
+
+@needs_tensorflow
+def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatch):
+    """Every plan (and every network's creation) used to take fd 2 from the whole process."""
+    import cbir.features._tensorflow as quieting
+    from cbir.features.runtimes import LiteRTNetwork
+
+    redirections = []
+
+    class Counted(quieting.captured_stderr):
+        def __enter__(self):
+            redirections.append(1)
+            return super().__enter__()
+
+    monkeypatch.setattr(quieting, "captured_stderr", Counted)
+    monkeypatch.setattr(LiteRTNetwork, "_announced", False)
+    for chunk in (4, 1, 4):
+        LiteRTNetwork(extractor.tflite_model_, SIZE).plan(chunk)
+    assert len(redirections) == 1
 
 
 @needs_tensorflow
@@ -231,11 +270,7 @@ def test_state_of_another_model_is_refused(extractor, tmp_path):
         CNNExtractor(weights="none", input_size=64).load_state(tmp_path)
     with pytest.raises(WeightsError, match="random initialisation differs"):
         CNNExtractor(weights="none", input_size=SIZE, runtime="keras", seed=1).load_state(tmp_path)
-    tampered = bytearray((tmp_path / "model.tflite").read_bytes())
-    tampered[-1] ^= 1
-    (tmp_path / "model.tflite").write_bytes(bytes(tampered))
-    with pytest.raises(IndexCorruptError, match="SHA-256"):
-        CNNExtractor(weights="none", input_size=SIZE).load_state(tmp_path)
+    # A tampered model.tflite is the index's to catch: tests/test_cli_deep.py.
     with pytest.raises(IndexCorruptError, match="cannot read"):
         CNNExtractor(weights="none", input_size=SIZE).load_state(tmp_path / "missing")
 
@@ -267,7 +302,7 @@ def test_imagenet_weights_load_from_the_keras_cache_without_network(tmp_path, mo
 def test_failed_download_is_one_clear_weights_error(tmp_path, monkeypatch, no_network):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
     with pytest.raises(WeightsError) as raised:
-        CNNExtractor(backbone="vgg16", weights="imagenet", input_size=SIZE).fit()
+        CNNExtractor(backbone="vgg16", weights="imagenet", input_size=SIZE).build()
     message = str(raised.value)
     assert "\n" not in message and "--weights FILE" in message
     assert str(tmp_path / "keras" / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5") in message
@@ -276,13 +311,13 @@ def test_failed_download_is_one_clear_weights_error(tmp_path, monkeypatch, no_ne
 @needs_tensorflow
 def test_unusable_weights_files_are_weights_errors(tmp_path):
     with pytest.raises(WeightsError, match="not found"):
-        CNNExtractor(weights=str(tmp_path / "missing.h5"), input_size=SIZE).fit()
+        CNNExtractor(weights=str(tmp_path / "missing.h5"), input_size=SIZE).build()
     (tmp_path / "text.h5").write_text("not HDF5\n")
     with pytest.raises(WeightsError, match="cannot load"):
-        CNNExtractor(weights=str(tmp_path / "text.h5"), input_size=SIZE).fit()
+        CNNExtractor(weights=str(tmp_path / "text.h5"), input_size=SIZE).build()
     other = _legacy_h5_weights(tmp_path / "mobilenet.h5")
     with pytest.raises(WeightsError, match="into resnet50") as raised:
-        CNNExtractor(backbone="resnet50", weights=str(other), input_size=SIZE, runtime="keras").fit()
+        CNNExtractor(backbone="resnet50", weights=str(other), input_size=SIZE, runtime="keras").build()
     assert "\n" not in str(raised.value) and str(raised.value).endswith("(weights of another network, or a damaged file?)")
     assert "Example error message" not in str(raised.value)
 

@@ -127,3 +127,14 @@ def test_load_file_skips_decoding_when_content_hash_matches(tmp_path, monkeypatc
     assert again.unchanged and again.image is None and calls == []
     changed = load_file(path, known_sha256="0" * 64)
     assert not changed.unchanged and len(calls) == 1
+
+
+def test_resize_reduce_keeps_the_aspect_ratio_and_a_minimum_shorter_side():
+    from cbir.images import resize_image
+
+    image = np.zeros((300, 500, 3), np.uint8)
+    assert resize_image(image, 100, "reduce").shape == (100, 166, 3)  # factor 3
+    assert resize_image(image, 160, "reduce").shape == (300, 500, 3)  # a factor of 2 would go below 160
+    grey = np.zeros((64, 48, 1), np.uint8)
+    assert resize_image(grey, 16, "squash").shape == (16, 16, 1)  # OpenCV drops the channel axis; not here
+    assert resize_image(grey, 16, "pad", fill=(9,))[0, 0, 0] == 9

@@ -102,7 +102,7 @@ def test_an_update_that_changes_nothing_leaves_the_faiss_file_alone(collection, 
 def test_update_with_a_different_extractor_config_is_refused(collection, index_dir):
     index_folder(collection, "photos", index_dir)
     other = Embedder(make_extractor("color", bins=[4, 4, 4]))
-    with pytest.raises(ConfigMismatchError, match="leave out the extractor options"):
+    with pytest.raises(ConfigMismatchError, match=r"bins \[8, 12, 3\] \(asked: \[4, 4, 4\]\); leave them out"):
         index_folder(collection, "photos", index_dir, embedder=other)
     same = Embedder(make_extractor("color"))
     assert index_folder(collection, "photos", index_dir, embedder=same).unchanged == 15
@@ -143,16 +143,35 @@ def test_changed_model_file_is_refused(tmp_path, index_dir, collection):
 
     index_folder(collection, "pca", index_dir, embedder=Embedder(make_extractor("color"), PCAReduction(4)))
     np.savez(index_dir / "pca" / "model" / "pca.npz", mean=np.zeros(1))
-    with pytest.raises(IndexCorruptError, match="changed since"):
-        Searcher.open("pca", index_dir)
+    with Searcher.open("pca", index_dir) as searcher, pytest.raises(IndexCorruptError, match="changed since"):
+        searcher.query(collection / "red" / "red-0.jpg", k=3)
+
+
+def test_opening_an_index_hashes_no_model_file(collection, index_dir, monkeypatch):
+    """``cbir list``/``info`` open the store only: model files are hashed when the embedder loads, once each."""
+    import cbir.store
+    from cbir.features.pca import PCAReduction
+
+    index_folder(collection, "pca", index_dir, embedder=Embedder(make_extractor("color"), PCAReduction(4)))
+    hashed = []
+    real = cbir.store.file_sha256
+    monkeypatch.setattr(cbir.store, "file_sha256", lambda path: hashed.append(path) or real(path))
+    with IndexStore.open(index_dir / "pca") as store:
+        assert store.dim == 4 and hashed == []
+        store.embedder()
+        store.embedder()
+    assert [p.name for p in hashed] == ["pca.npz"]
 
 
 def test_unknown_index_and_k_too_large(collection, index_dir):
     with pytest.raises(IndexNotFoundError, match="no index named 'nope'"):
         Searcher.open("nope", index_dir)
     index_folder(collection, "photos", index_dir)
-    with Searcher.open("photos", index_dir) as searcher, pytest.raises(UsageError, match="larger than"):
-        searcher.query(collection / "red" / "red-0.jpg", k=16)
+    with Searcher.open("photos", index_dir) as searcher:
+        # More than the collection holds: all of it, said once as a warning.
+        assert len(searcher.query(collection / "red" / "red-0.jpg", k=16).results) == 15
+        with pytest.raises(UsageError, match="at least 1"):
+            searcher.query(collection / "red" / "red-0.jpg", k=0)
 
 
 def test_pca_is_applied_to_collection_and_queries(collection, index_dir):

@@ -180,7 +180,7 @@ def test_update_with_other_extractor_options_is_refused_by_the_cli(collection, i
     runner.invoke(app, ["index", str(collection), "--name", "photos", "--index-dir", str(index_dir)])
     result = runner.invoke(app, ["index", str(collection), "--name", "photos", "--index-dir", str(index_dir), "--bins", "4,4,4"])
     assert result.exit_code != 0
-    assert result.stderr.startswith("error: index 'photos' was built with color(bins=[8, 12, 3]")
+    assert result.stderr.startswith("error: index 'photos' was built with other options: bins [8, 12, 3] (asked: [4, 4, 4])")
 
 
 # -- near-duplicates ----------------------------------------------------------------

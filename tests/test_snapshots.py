@@ -265,6 +265,30 @@ def test_ivfpq_scores_are_exact_after_re_ranking(tmp_path, index_dir):
     np.testing.assert_allclose([m.score for m in matches], exact[best], rtol=1e-5)
 
 
+def test_re_ranking_from_many_threads_at_once(tmp_path, index_dir):
+    root = tmp_path / "photos"
+    make_collection(root, per_class=40, size=(24, 32))
+    index_folder(root, "pq", index_dir, index_type="ivfpq", embedder=small_embedder())
+    with Searcher.open("pq", index_dir) as searcher:
+        queries = searcher.store.catalogue.vectors_for_ids(list(range(1, 41)), searcher.store.dim)
+        expected = [[m.id for m in found] for found in searcher.search_vectors(queries, 5)]
+        results, errors = {}, []
+
+        def worker(n):
+            try:
+                for _ in range(10):
+                    results[n] = [[m.id for m in searcher.search_vectors(q[None, :], 5)[0]] for q in queries]
+            except Exception as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert errors == [] and all(found == expected for found in results.values())
+
+
 # -- bad input ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("index_type", ["bogus", "PQ7"])
 def test_a_bogus_index_type_is_one_line_naming_the_choices(collection, index_dir, index_type):

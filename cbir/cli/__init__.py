@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import typer
 
-from cbir.cli import demo, duplicates, evaluate, index, info, query, train
+from typing import Annotated
+
+from cbir.cli import demo, duplicates, evaluate, index, info, manage, query, serve, train
+from cbir.cli._common import tidy_help
+
+tidy_help()
 
 app = typer.Typer(
     name="cbir",
@@ -20,15 +25,37 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from cbir import __version__
+
+        print(f"cbir {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool, typer.Option("--version", help="Print the version and exit.", is_eager=True, callback=_print_version)
+    ] = False,
+) -> None:
+    pass
+
+
 app.command("index")(index.index)
 app.command("query")(query.query)
 app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)
 app.command("list")(info.list_command)
 app.command("remove")(index.remove)
+app.command("prune")(manage.prune)
+app.command("delete")(manage.delete)
 app.command("duplicates")(duplicates.duplicates)
 app.command("train-autoencoder")(train.train_autoencoder_command)
 app.command("demo")(demo.demo)
+app.command("serve")(serve.serve)
 
 
 def main() -> None:

@@ -8,8 +8,10 @@ one-line ``error: ...`` message and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import functools
+import io
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
@@ -19,14 +21,40 @@ from rich.console import Console
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# -- help layout -------------------------------------------------------------
+def tidy_help() -> None:
+    """One look for every command's help: no type beside flags, defaults written one way.
+
+    Typer's rich help asks each option for ``display_type_rich``, which (unlike
+    click's plain help) does not skip flags, so every flag, ``--help`` included,
+    showed ``<bool>``. Defaults Typer fills in are written like the ones in
+    help texts, ``(default: ...)``, instead of ``[default: ...]``.
+    """
+    from typer import core, rich_utils
+
+    if getattr(core.TyperOption.display_type_rich, "_cbir_tidy", False):
+        return
+    original = core.TyperOption.display_type_rich
+
+    def display_type_rich(self, ctx):
+        return None if getattr(self, "is_flag", False) else original(self, ctx)
+
+    display_type_rich._cbir_tidy = True
+    core.TyperOption.display_type_rich = display_type_rich
+    rich_utils.DEFAULT_STRING = "(default: {})"
+
+
 # -- shared options ----------------------------------------------------------
-NameOption = Annotated[str, typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).")]
+NameOption = Annotated[
+    str, typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).", show_default=False)
+]
 IndexDirOption = Annotated[
     Optional[Path],
     typer.Option(
         "--index-dir",
-        help="Folder holding named indexes. (default: $CBIR_INDEX_DIR or ./indexes)",
+        help="Folder holding named indexes. (default: $CBIR_INDEX_DIR, else ./indexes where it exists, else the per-user data folder)",
         file_okay=False,
+        show_default=False,
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -47,15 +75,34 @@ def handle_errors(command: Callable) -> Callable:
 
         _configure_logging()
         try:
-            return command(*args, **kwargs)
+            returned = command(*args, **kwargs)
+            sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+            return returned
+        except BrokenPipeError:
+            # The reader (head, grep -m1) has what it wanted: stop quietly, successfully.
+            _drop_stdout()
+            raise typer.Exit(code=0) from None
         except CbirError as exc:
-            stderr.print(f"[bold red]error:[/] {exc}", markup=True)
+            from rich.markup import escape
+
+            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
+            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
             raise typer.Exit(code=130) from None
 
     return wrapper
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null so Python's final flush does not complain about the closed pipe."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        pass
 
 
 class _ConsoleLogHandler(logging.Handler):
@@ -116,6 +163,15 @@ class _RichProgress:
         self._bar.start()
         self._task = self._bar.add_task(description, total=total, rate="")
 
+    def status(self, message: str) -> None:
+        from rich.progress import SpinnerColumn, TextColumn
+
+        self.stop()
+        self._unit = ""
+        self._bar = self._progress_class(SpinnerColumn(), TextColumn("{task.description}"), console=stderr, transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(message, total=None, rate="")
+
     def advance(self, steps: int = 1) -> None:
         if self._bar is not None:
             self._bar.advance(self._task, steps)
@@ -163,3 +219,24 @@ _COLOR = "Colour histogram (--extractor color)"
 _CNN = "CNN (--extractor cnn)"
 _AE = "Autoencoder (--extractor autoencoder)"
 
+
+
+# -- an index name given as NAME or --name ------------------------------------
+NameArgument = Annotated[
+    Optional[str], typer.Argument(metavar="NAME", help="Name of the index (or use --name).", show_default=False)
+]
+OptionalNameOption = Annotated[
+    Optional[str], typer.Option("--name", "-n", help="Name of the index (a folder under --index-dir).", show_default=False)
+]
+
+
+def pick_name(positional: str | None, option: str | None, required: bool = True) -> str | None:
+    """The index name from NAME or --name (either form, not two different names)."""
+    from cbir.errors import UsageError
+
+    if positional is not None and option is not None and positional != option:
+        raise UsageError(f"two index names given ({positional!r} and --name {option!r}): give one")
+    name = option if option is not None else positional
+    if name is None and required:
+        raise UsageError("which index? give its name (NAME or --name NAME; 'cbir list' shows them)")
+    return name

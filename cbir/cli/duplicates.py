@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
@@ -13,6 +14,7 @@ from cbir.cli._common import (
     handle_errors,
     print_json,
     progress_bar,
+    stderr,
 )
 
 
@@ -25,6 +27,12 @@ def duplicates(
         typer.Option("--threshold", "-t", help="Cosine similarity (-1 to 1) at or above which two images count as near-duplicates."),
     ] = 0.95,
     as_json: JsonOption = False,
+    montage: Annotated[
+        Optional[Path], typer.Option("--montage", help="Write the groups as one grid image (PNG/JPEG), a line per group.", dir_okay=False)
+    ] = None,
+    html: Annotated[
+        Optional[Path], typer.Option("--html", help="Write the groups as a self-contained HTML gallery.", dir_okay=False)
+    ] = None,
 ) -> None:
     """List groups of near-duplicate images in an index.
 
@@ -34,6 +42,16 @@ def duplicates(
     from cbir.duplicates import find_duplicates
 
     groups = find_duplicates(name, threshold, index_dir, progress=progress_bar())
+    if montage is not None:
+        from cbir.montage import make_duplicates_montage, write_image
+
+        write_image(make_duplicates_montage(groups), montage)
+        stderr.print(f"montage written to {montage}", markup=False)
+    if html is not None:
+        from cbir.gallery import duplicates_page, write_html
+
+        write_html(duplicates_page(groups, threshold), html)
+        stderr.print(f"gallery written to {html}", markup=False)
     if as_json:
         print_json([g.to_dict() for g in groups])
         return

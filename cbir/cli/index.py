@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -23,54 +23,6 @@ from cbir.cli._common import (
 _COLOR = "Colour histogram (--extractor color)"
 _CNN = "CNN (--extractor cnn)"
 _AE = "Autoencoder (--extractor autoencoder)"
-
-
-def _weights_option(weights: str | None) -> str | None:
-    # A file is stored in the manifest by absolute path, so a later update or
-    # query from another directory finds the same file.
-    if weights is None or weights in ("imagenet", "none"):
-        return weights
-    return str(Path(weights).expanduser().absolute())
-
-
-_CNN_ONLY = {"backbone", "weights", "pooling", "gem_p", "resize", "runtime"}
-_AE_ONLY = {"embedding", "epochs", "channels"}
-
-
-def _existing_embedder_config(name: str, index_dir: Path | None) -> dict[str, Any] | None:
-    from cbir.errors import CbirError
-    from cbir.store import index_path, is_index, read_manifest
-
-    path = index_path(name, index_dir)
-    if not is_index(path):
-        return None
-    try:
-        return read_manifest(path)["embedder"]
-    except CbirError:
-        return None  # opening the index reports the damage
-
-
-def _implied_extractor(params: dict[str, Any], model: Path | None) -> str:
-    """Without --extractor, a new index uses the extractor its options belong to."""
-    if model is not None or _AE_ONLY & set(params):
-        return "autoencoder"
-    if _CNN_ONLY & set(params):
-        return "cnn"
-    return "color"
-
-
-def _make_extractor(name: str, params: dict[str, Any], model: Path | None):
-    """The extractor the options describe; each extractor refuses options it does not take."""
-    from cbir.errors import UsageError
-    from cbir.features.base import make_extractor
-
-    if model is None:
-        return make_extractor(name, **params)
-    if name != "autoencoder":
-        raise UsageError("--model applies to --extractor autoencoder")
-    from cbir.features.autoencoder import AutoencoderExtractor
-
-    return AutoencoderExtractor.from_pretrained(model, **params)
 
 
 def _parse_bins(text: str) -> list[int]:
@@ -198,6 +150,20 @@ def index(
     label_column: LabelColumnOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
     workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
+    exclude: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--exclude",
+            help="Leave out files and folders matching this glob (relative path or name, e.g. '*.png', 'raw/*', 'thumbnails'); repeatable.",
+            show_default=False,
+        ),
+    ] = None,
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also index hidden files and folders (names starting with '.').")
+    ] = False,
+    include_removed: Annotated[
+        bool, typer.Option("--include-removed", help="Add back files under FOLDER that 'cbir remove' took out.")
+    ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
     as_json: JsonOption = False,
 ) -> None:
@@ -207,15 +173,17 @@ def index(
     unreadable files are skipped with a warning and recorded. Interrupting is
     safe: run the same command again to continue.
     """
-    from cbir.features.pca import PCAReduction
-    from cbir.features.pipeline import Embedder
     from cbir.indexer import index_folder
 
     show_training_epochs()
-    given = {
+    options = {
+        "extractor": extractor,
+        "model": model,
+        "pca": pca,
+        "pca_whiten": pca_whiten or None,
         "bins": _parse_bins(bins) if bins is not None else None,
         "backbone": backbone,
-        "weights": _weights_option(weights),
+        "weights": weights,
         "pooling": pooling,
         "gem_p": gem_p,
         "resize": resize,
@@ -226,28 +194,11 @@ def index(
         "channels": 1 if grey else None,
         "seed": seed,
     }
-    params = {key: value for key, value in given.items() if value is not None}
-    pca_step = PCAReduction(pca, whiten=pca_whiten) if pca is not None else None
-    embedder = None
-    if extractor is not None or params or pca is not None or model is not None:
-        name = name or Path(folder).resolve().name
-        existing = _existing_embedder_config(name, index_dir)
-        if existing is not None and model is None and extractor in (None, existing["extractor"]["name"]):
-            # Options given for an existing index change only what they name.
-            stored = existing["extractor"]
-            embedder = Embedder.from_config(
-                {
-                    "extractor": {**stored, "params": {**stored.get("params", {}), **params}},
-                    "pca": pca_step.get_params() if pca_step is not None else existing.get("pca"),
-                }
-            )
-        else:
-            embedder = Embedder(_make_extractor(extractor or _implied_extractor(params, model), params, model), pca_step)
     summary = index_folder(
         folder,
-        name or Path(folder).resolve().name,
+        name,
         index_dir,
-        embedder=embedder,
+        options=options,
         index_type=index_type,
         labels=read_labels(labels, path_column, label_column),
         pca_train_folder=pca_train,
@@ -255,6 +206,9 @@ def index(
         workers=workers,
         wait=wait,
         progress=progress_bar(),
+        exclude=exclude or (),
+        include_hidden=include_hidden,
+        include_removed=include_removed,
     )
     if as_json:
         print_json(summary.to_dict())
@@ -268,6 +222,9 @@ def index(
     )
     if summary.vectors_rebuilt:
         print(f"{summary.vectors_rebuilt}; stored vectors reused, nothing re-embedded")
+    if summary.unsupported:
+        counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
+        print(f"not indexed, formats cbir cannot read: {counts}")
 
 @handle_errors
 def remove(
@@ -280,7 +237,8 @@ def remove(
     """Remove images from an index (the files themselves are not touched).
 
     A folder removes every image indexed under it. If any path is not in the
-    index, nothing is removed.
+    index, nothing is removed. Removals are remembered: indexing a folder
+    above them again leaves them out (--include-removed adds them back).
     """
     from cbir.indexer import remove_paths
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from cbir.cli._common import (
     IndexDirOption,
     JsonOption,
+    NameArgument,
+    OptionalNameOption,
     handle_errors,
+    pick_name,
     print_json,
     stderr,
 )
@@ -17,7 +20,8 @@ from cbir.cli._common import (
 
 @handle_errors
 def info(
-    name: Annotated[str, typer.Argument(help="Name of the index.", show_default=False)],
+    name_argument: NameArgument = None,
+    name: OptionalNameOption = None,
     index_dir: IndexDirOption = None,
     skipped: Annotated[int, typer.Option("--skipped", min=0, help="List up to this many skipped files with their reasons.")] = 10,
     as_json: JsonOption = False,
@@ -25,8 +29,9 @@ def info(
     """Describe an index: extractor config, dimension, index type, counts, versions."""
     from cbir.store import IndexStore, index_path
 
+    name = pick_name(name_argument, name)
     with IndexStore.open(index_path(name, index_dir)) as store:
-        data = _index_description(store)
+        data = store.describe()
         data["skipped_files"] = [{"path": p, "reason": r} for p, r in store.catalogue.skipped(limit=skipped)]
     if as_json:
         print_json(data)
@@ -49,49 +54,38 @@ def info(
 
 
 @handle_errors
-def list_command(index_dir: IndexDirOption = None, as_json: JsonOption = False) -> None:
-    """List the indexes in the index directory."""
-    from cbir.errors import CbirError
-    from cbir.store import IndexStore, default_index_dir, list_indexes
+def list_command(
+    name_argument: NameArgument = None,
+    name: OptionalNameOption = None,
+    index_dir: IndexDirOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """List the indexes in the index directory (or just the one named)."""
+    from cbir.errors import CbirError, IndexNotFoundError
+    from cbir.store import IndexStore, index_path, list_indexes, not_found_message, resolve_index_dir
 
+    name = pick_name(name_argument, name, required=False)
+    paths = list_indexes(index_dir)
+    if name is not None:
+        wanted = index_path(name, index_dir)
+        paths = [p for p in paths if p.name == wanted.name]
+        if not paths:
+            raise IndexNotFoundError(not_found_message(wanted))
     rows = []
-    for path in list_indexes(index_dir):
+    for path in paths:
         try:
             with IndexStore.open(path) as store:
-                rows.append(_index_description(store))
+                rows.append(store.describe())
         except CbirError as exc:
             rows.append({"name": path.name, "path": str(path.resolve()), "error": str(exc)})
     if as_json:
         print_json(rows)
         return
     if not rows:
-        stderr.print(f"no indexes in {index_dir or default_index_dir()}", markup=False)
+        stderr.print(f"no indexes in {resolve_index_dir(index_dir)}", markup=False)
         return
     for row in rows:
         if "error" in row:
             print(f"{row['name']:<20} unusable: {row['error']}")
         else:
             print(f"{row['name']:<20} {row['images']:>8} images  {row['extractor']}  [{row['index_type']}]")
-
-
-def _index_description(store) -> dict[str, Any]:
-    from cbir.features.pipeline import Embedder
-
-    manifest = store.manifest
-    return {
-        "name": store.name,
-        "path": str(store.path.resolve()),
-        "extractor": Embedder.from_config(manifest["embedder"]).describe(),
-        "embedder": manifest["embedder"],
-        "dim": manifest["dim"],
-        "metric": manifest["metric"],
-        "index_type": manifest.get("index_type", manifest["factory"]),
-        "factory": manifest["factory"],
-        # The FAISS file in force: differs from the manifest's while a rebuild is due.
-        "vectors_factory": store.snapshot_factory(),
-        "images": store.catalogue.count_images(),
-        "skipped": store.catalogue.count_skipped(),
-        "created": manifest.get("created"),
-        "versions": manifest.get("versions", {}),
-        "vectors_current": store.vectors_are_current(),
-    }

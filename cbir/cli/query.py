@@ -21,13 +21,28 @@ from cbir.cli._common import (
 
 @handle_errors
 def query(
-    image: Annotated[Path, typer.Argument(help="Query image, or a folder of query images.", show_default=False)],
+    image: Annotated[
+        str,
+        typer.Argument(
+            metavar="IMAGE",
+            help="Query image file, a folder of query images, - (image bytes on standard input) or an http(s):// URL.",
+            show_default=False,
+        ),
+    ],
     name: NameOption,
     index_dir: IndexDirOption = None,
-    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results per query.")] = 10,
+    k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results per query (at most the whole collection).")] = 10,
+    exclude_self: Annotated[
+        bool, typer.Option("--exclude-self", help="Leave out the query file itself and byte-identical copies of it.")
+    ] = False,
     as_json: JsonOption = False,
+    paths_only: Annotated[bool, typer.Option("--paths", help="Print only the result paths, one per line.")] = False,
+    null: Annotated[bool, typer.Option("-0", "--null", help="Print only the result paths, each followed by a NUL byte (for xargs -0).")] = False,
     montage: Annotated[
         Optional[Path], typer.Option("--montage", help="Write the query and its top-k as one labelled grid image (PNG/JPEG).", dir_okay=False)
+    ] = None,
+    html: Annotated[
+        Optional[Path], typer.Option("--html", help="Write a self-contained HTML gallery of the queries and their results.", dir_okay=False)
     ] = None,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
@@ -36,38 +51,73 @@ def query(
 
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
-    closer) and path; --json gives {"query", "results": [{"rank", "path", "score"}]},
-    a list of those for a folder.
+    closer) and path; a result whose file is gone is marked (missing). --json
+    gives {"query", "results": [{"rank", "path", "score", "exists"}]}, a list
+    of those for a folder.
     """
     from cbir.errors import UsageError
     from cbir.images import find_images
     from cbir.search import Searcher
+    from cbir.sources import STDIN, is_url
 
-    is_folder = image.is_dir()
-    if not is_folder and not image.exists():
+    if sum([as_json, paths_only, null]) > 1:
+        raise UsageError("choose one of --json, --paths and -0")
+    from_bytes = image == STDIN or is_url(image)
+    path = Path(image).expanduser()
+    is_folder = not from_bytes and path.is_dir()
+    if not from_bytes and not is_folder and not path.exists():
         raise UsageError(f"query image does not exist: {image}")
-    paths = find_images(image) if is_folder else [image]
+    if montage is not None and is_folder:
+        raise UsageError("--montage takes a single query image, not a folder (--html shows many)")
+    paths = find_images(path) if is_folder else [path]
     if is_folder and not paths:
         raise UsageError(f"no image files in {image}")
-    if montage is not None and is_folder:
-        raise UsageError("--montage takes a single query image, not a folder")
     with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search) as searcher:
-        if is_folder:
-            results = searcher.query_many(
-                paths, k, on_error=lambda path, exc: stderr.print(f"warning: skipped query {exc}", markup=False)
-            )
+        if from_bytes:
+            results = [_query_bytes(searcher, image, k, exclude_self)]
         else:
-            results = [searcher.query(image, k)]
+            on_error = (lambda p, exc: stderr.print(f"warning: skipped query {exc}", markup=False)) if is_folder else None
+            if exclude_self:
+                results = searcher.query_excluding_self(paths, k, on_error=on_error)
+            else:
+                results = searcher.query_many(paths, k, on_error=on_error)
     if montage is not None:
         from cbir.montage import write_montage
 
         write_montage(results[0], montage)
         stderr.print(f"montage written to {montage}", markup=False)
+    if html is not None:
+        from cbir.gallery import results_page, write_html
+
+        write_html(results_page(results, f"cbir: {len(results)} quer{'y' if len(results) == 1 else 'ies'} on index {name!r}"), html)
+        stderr.print(f"gallery written to {html}", markup=False)
+    missing = sum(not m.exists for r in results for m in r.results)
+    if missing:
+        stderr.print(f"note: {missing} result(s) no longer exist on disk; 'cbir prune {name}' drops them", markup=False)
     if as_json:
         print_json([r.to_dict() for r in results] if is_folder else results[0].to_dict())
+        return
+    if paths_only or null:
+        end = "\0" if null else "\n"
+        for result in results:
+            for match in result.results:
+                typer.echo(match.path + end, nl=False)
         return
     for n, result in enumerate(results):
         if is_folder:
             print(("\n" if n else "") + f"query: {result.query}")
         for match in result.results:
-            print(f"{match.rank:>4}  {match.score:.4f}  {match.path}")
+            note = "" if match.exists else "  (missing)"
+            print(f"{match.rank:>4}  {match.score:.4f}  {match.path}{note}")
+
+
+def _query_bytes(searcher, source: str, k: int, exclude_self: bool):
+    import sys
+
+    from cbir.sources import STDIN, fetch_url, query_bytes, read_stream
+
+    if source == STDIN:
+        data, label = read_stream(sys.stdin.buffer, "standard input"), "<stdin>"
+    else:
+        data, label = fetch_url(source), source
+    return query_bytes(searcher, data, k, label, exclude_self=exclude_self)

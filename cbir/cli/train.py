@@ -33,9 +33,13 @@ def train_autoencoder_command(
     validation_split: Annotated[float, typer.Option("--validation-split", min=0.0, max=0.9, help="Share of images held out for validation.")] = 0.1,
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, images and options give the same model.")] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model that --out holds from another folder or other options.")] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Train a denoising autoencoder on FOLDER; run again after an interruption to resume.
+
+    An --out that holds the training of another folder or other options is
+    refused (use --overwrite); the same training is resumed, or returned at once.
 
     Use the model with 'cbir index PHOTOS/ --extractor autoencoder --model OUT'.
     """
@@ -56,6 +60,7 @@ def train_autoencoder_command(
         folder,
         out,
         progress=progress_bar(),
+        overwrite=overwrite,
         input_size=input_size,
         channels=1 if grey else 3,
         filters=filter_list,

@@ -1,29 +1,45 @@
-"""Import TensorFlow/Keras quietly, and only when an extractor needs them.
+"""Import TensorFlow/Keras quietly and only when needed; keep engine chatter off the terminal.
 
-TensorFlow prints oneDNN, CUDA and absl notices on import; they are noise in a
-terminal tool, so they are silenced before the first import. Import time is
-4-7 s here, which is why nothing outside the deep extractors calls this.
+TensorFlow's C++ runtime logs through absl before any Python setting can
+reach it (oneDNN and CUDA notices on import), and LiteRT announces its
+XNNPACK delegate once per process. Those lines can only be kept off the
+terminal at the file-descriptor level, which affects every thread of the
+process: :func:`captured_stderr` is therefore used only around the calls
+that print, and only the first time (the TensorFlow import, an engine's
+first plan), never around a forward pass. Import time is 4-7 s, which is
+why nothing outside the deep extractors calls :func:`import_tensorflow`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import sys
 import tempfile
+import threading
+import warnings
 from types import ModuleType
+from typing import Iterator
+
+# One redirection at a time: two threads that each saved and restored fd 2
+# around the other's redirection would leave it pointing at a closed file.
+_fd_lock = threading.RLock()
 
 
 def import_tensorflow() -> ModuleType:
     """Return the ``tensorflow`` module, imported with its log noise turned off."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     # oneDNN stays on (TensorFlow's default): turning it off to hide its
-    # notice halved Keras' speed here (MobileNet 94 -> 48 images/s).
+    # notice halves Keras' speed (docs/cnn.md).
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
     if "tensorflow" not in sys.modules:
         with captured_stderr() as captured:
             try:
-                import tensorflow  # noqa: F401
+                from cbir.extras import import_optional
+
+                import_optional("tensorflow", "TensorFlow", "cnn", "building a CNN or autoencoder model")
             except Exception:
                 sys.stderr.write(captured.read())
                 raise
@@ -45,16 +61,21 @@ def import_keras() -> ModuleType:
 class captured_stderr:
     """Send file descriptor 2 to a temporary file for the duration of a block.
 
-    TensorFlow's C++ runtime logs through absl before any Python setting can
-    reach it, so the only way to keep those lines off the terminal is at the
-    file-descriptor level. What was captured stays readable for error reports.
+    Every thread's stderr goes to the file meanwhile, so keep the block to
+    the native call that prints. Blocks in several threads run one after the
+    other. What was captured stays readable for error reports.
     """
 
     def __enter__(self):
-        sys.stderr.flush()
-        self._file = tempfile.TemporaryFile(mode="w+")
-        self._saved_fd = os.dup(2)
-        os.dup2(self._file.fileno(), 2)
+        _fd_lock.acquire()
+        try:
+            sys.stderr.flush()
+            self._file = tempfile.TemporaryFile(mode="w+")
+            self._saved_fd = os.dup(2)
+            os.dup2(self._file.fileno(), 2)
+        except BaseException:
+            _fd_lock.release()
+            raise
         return self
 
     def read(self) -> str:
@@ -62,7 +83,33 @@ class captured_stderr:
         return self._file.read()
 
     def __exit__(self, *exc_info):
-        sys.stderr.flush()
-        os.dup2(self._saved_fd, 2)
-        os.close(self._saved_fd)
+        try:
+            sys.stderr.flush()
+            os.dup2(self._saved_fd, 2)
+            os.close(self._saved_fd)
+        finally:
+            _fd_lock.release()
         return False
+
+
+@contextlib.contextmanager
+def quiet(native: bool = True) -> Iterator[None]:
+    """Keep TensorFlow's chatter off the terminal during a block; replay it if the block fails.
+
+    Python-level output (the converter's prints, the TFLite deprecation
+    warning) is always dropped; with ``native`` the C++ logs too, through
+    :class:`captured_stderr`.
+    """
+    captured = captured_stderr() if native else None
+    try:
+        with contextlib.ExitStack() as stack:
+            if captured is not None:
+                stack.enter_context(captured)
+            stack.enter_context(contextlib.redirect_stdout(io.StringIO()))
+            stack.enter_context(warnings.catch_warnings())
+            warnings.simplefilter("ignore")
+            yield
+    except BaseException:
+        if captured is not None:
+            sys.stderr.write(captured.read())
+        raise

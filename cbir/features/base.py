@@ -9,8 +9,12 @@ follows scikit-learn's estimator conventions:
   collection was;
 * ``fit(images)`` learns what needs learning (a no-op for histograms) and
   returns ``self``; learned attributes end in ``_``;
+* ``build()`` loads what the extractor runs with from outside (a pretrained
+  network, a given model file) now instead of at the first ``transform``,
+  and returns ``self``; ``weights_files()`` names those outside files;
 * ``transform(images)`` returns a C-contiguous ``(n, dim)`` float32 array in
-  input order;
+  input order, rows L2-normalised; no images give a ``(0, dim)`` array,
+  without loading anything;
 * ``save(directory)`` / ``load_state(directory)`` keep learned state (model
   weights...) beside the index, never with pickle.
 
@@ -74,6 +78,15 @@ class Extractor:
     def check_params(self) -> None:
         """Raise :class:`~cbir.errors.UsageError` if a hyperparameter cannot work."""
 
+    @classmethod
+    def normalize_params(cls, params: dict[str, Any]) -> dict[str, Any]:
+        """Parameters as they should be stored, e.g. file paths made absolute.
+
+        A manifest is read from other working directories (a later update, a
+        query): anything relative to the current one must be pinned here.
+        """
+        return dict(params)
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
@@ -92,6 +105,16 @@ class Extractor:
         ``progress`` (a :class:`cbir.progress.Progress`).
         """
         self.check_params()
+        return self
+
+    def build(self, progress: Any = None) -> "Extractor":
+        """Load what embedding needs from outside files now; returns ``self``.
+
+        Building happens at the first :meth:`transform` otherwise; callers
+        call it first to spend that time before a progress bar starts.
+        ``progress`` (a :class:`cbir.progress.Progress`) is told when the
+        step is slow. A no-op for extractors that load nothing.
+        """
         return self
 
     # -- embedding ---------------------------------------------------------
@@ -114,7 +137,13 @@ class Extractor:
         return image
 
     def transform_prepared(self, items: Sequence[Any]) -> np.ndarray:
-        """Batched work on the outputs of :meth:`prepare`."""
+        """Batched work on the outputs of :meth:`prepare`: ``(n, dim)`` float32, L2-normalised rows."""
+        if len(items) == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        return self._transform_prepared(items)
+
+    def _transform_prepared(self, items: Sequence[Any]) -> np.ndarray:
+        """:meth:`transform_prepared` of at least one item; what subclasses implement."""
         raise NotImplementedError
 
     def transform(self, images: Sequence[np.ndarray]) -> np.ndarray:
@@ -132,7 +161,8 @@ class Extractor:
         return self
 
     def weights_files(self) -> list[Path]:
-        """Files the embedding depends on, hashed into the manifest."""
+        """Files outside the index the vectors depend on (pretrained weights, a
+        given model), recorded with their hashes in an index's manifest."""
         return []
 
 
@@ -172,6 +202,19 @@ def make_extractor(name: str, **params: Any) -> Extractor:
     extractor = cls(**params)
     extractor.check_params()
     return extractor
+
+
+def extractor_for_params(params: Sequence[str]) -> str:
+    """The registered extractor that takes every one of ``params`` (colour when none are given).
+
+    Lets a new index follow from its options (``--backbone`` means cnn)
+    without repeating each extractor's parameter names.
+    """
+    names = set(params)
+    for name in EXTRACTORS:
+        if names <= set(extractor_class(name)._param_names()):
+            return name
+    raise UsageError(f"no extractor takes all of: {', '.join(sorted(names))}")
 
 
 def extractor_from_config(config: dict[str, Any]) -> Extractor:

@@ -1,7 +1,7 @@
 """PCA as a step after any extractor: project, optionally whiten, re-normalise.
 
-Fitted with scikit-learn, stored as plain ``.npy`` arrays (no pickle), applied
-with numpy so a query never needs scikit-learn's import time.
+Fitted and applied with numpy (an eigendecomposition of the covariance: no
+scikit-learn and its SciPy in the core install), stored as plain arrays (no pickle).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.features.base import l2_normalize
+from cbir.fileio import atomic_path
 
 
 class PCAReduction:
@@ -58,12 +59,18 @@ class PCAReduction:
                 f"PCA to {self.n_components} dimensions needs at least that many images and "
                 f"input dimensions; have {n} images of dimension {d}"
             )
-        from sklearn.decomposition import PCA
-
-        pca = PCA(n_components=self.n_components, svd_solver="auto", random_state=0).fit(vectors)
-        self.mean_ = pca.mean_.astype(np.float32)
-        self.components_ = pca.components_.astype(np.float32)
-        self.explained_variance_ = pca.explained_variance_.astype(np.float32)
+        mean = vectors.mean(axis=0, dtype=np.float64)
+        centred = vectors.astype(np.float64) - mean
+        # d x d covariance: d is at most a few thousand, n may be 20,000.
+        variances, vectors_ = np.linalg.eigh(centred.T @ centred / max(n - 1, 1))
+        order = np.argsort(variances)[::-1][: self.n_components]
+        components = vectors_[:, order].T
+        # Same sign convention as scikit-learn's svd_flip: the largest entry of each component positive.
+        signs = np.sign(components[np.arange(len(components)), np.abs(components).argmax(axis=1)])
+        components *= np.where(signs == 0, 1, signs)[:, None]
+        self.mean_ = mean.astype(np.float32)
+        self.components_ = np.ascontiguousarray(components, dtype=np.float32)
+        self.explained_variance_ = np.maximum(variances[order], 0).astype(np.float32)
         return self
 
     def transform(self, vectors: np.ndarray) -> np.ndarray:
@@ -76,8 +83,10 @@ class PCAReduction:
         return l2_normalize(projected)
 
     def save(self, path: Path) -> None:
-        """Write the learned arrays as one ``.npz`` of plain arrays."""
-        with open(path, "wb") as f:
+        """Write the learned arrays as one ``.npz`` of plain arrays, atomically."""
+        if not self.is_fitted:
+            raise UsageError("PCA is not fitted: nothing to save")
+        with atomic_path(path) as temporary, open(temporary, "wb") as f:
             np.savez(f, mean=self.mean_, components=self.components_, explained_variance=self.explained_variance_)
 
     def load_state(self, path: Path) -> "PCAReduction":

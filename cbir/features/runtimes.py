@@ -1,26 +1,14 @@
 """Running a converted network fast on a CPU: LiteRT (XNNPACK) or OpenVINO.
 
 Both engines run the same float32 TFLite flatbuffer, the one cbir converts a
-Keras backbone into and caches in an index, and neither imports TensorFlow,
-so a query on a CNN index starts in a fraction of a second.
-
-Neither wins everywhere. On 2 AVX2 cores at 224 px, images/s
-(``benchmarks/cnn_corel.py``; docs/cnn.md has the full table):
-
-==============  ======  ========
-backbone        LiteRT  OpenVINO
-==============  ======  ========
-mobilenet        140.7    132.0
-mobilenetv2      230      232
-efficientnetb0   114      110
-resnet50          20.8     23.4
-vgg16              6.0      6.0
-==============  ======  ========
+Keras network into (:func:`convert_to_tflite`) and caches in an index, and
+neither imports TensorFlow, so a query on a CNN or autoencoder index starts
+in a fraction of a second. Neither engine wins everywhere (docs/cnn.md has
+the measurements behind the CNN's choice of engine per backbone).
 
 Images go through in chunks of :data:`CHUNK`, whatever the caller's batch:
-the activations of four images stay in cache (LiteRT: MobileNet 152.6 vs
-137.6 images/s with 32), and planning a new shape takes 0.4 s instead of
-2-4 s for ResNet50.
+the activations of a few images stay in cache, and planning a new shape
+costs less than with large batches (docs/cnn.md).
 """
 
 from __future__ import annotations
@@ -31,6 +19,8 @@ import os
 import tempfile
 
 import numpy as np
+
+from cbir.features._tensorflow import quiet
 
 #: Images per invocation of the engine.
 CHUNK = 4
@@ -53,11 +43,18 @@ class ConvertedNetwork:
     input_size : int
     threads : int
         CPU threads the engine may use.
+    channels : int
+        Channels of the input images (3 for RGB, 1 for greyscale).
     """
 
-    def __init__(self, model: bytes, input_size: int, threads: int):
+    #: Whether this engine has planned a shape in this process: engines
+    #: announce themselves (on fd 2) the first time only.
+    _announced = False
+
+    def __init__(self, model: bytes, input_size: int, threads: int | None = None, channels: int = 3):
         self.input_size = int(input_size)
-        self.threads = int(threads)
+        self.threads = int(threads or cpu_count())
+        self.channels = int(channels)
         self._planned = None
         self._load(model)
 
@@ -72,7 +69,12 @@ class ConvertedNetwork:
         indexing (chunks of 4) and single queries; engines log while they do.
         """
         if not self.is_planned_for(batch_size):
-            self._plan(min(batch_size, CHUNK))
+            if type(self)._announced:
+                self._plan(min(batch_size, CHUNK))
+            else:
+                with quiet():
+                    self._plan(min(batch_size, CHUNK))
+                type(self)._announced = True
             self._planned = min(batch_size, CHUNK)
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -89,7 +91,7 @@ class ConvertedNetwork:
         return np.concatenate(maps) if len(maps) > 1 else maps[0]
 
     def _shape(self, chunk: int) -> tuple[int, int, int, int]:
-        return (chunk, self.input_size, self.input_size, 3)
+        return (chunk, self.input_size, self.input_size, self.channels)
 
     def _load(self, model: bytes) -> None:
         raise NotImplementedError
@@ -151,6 +153,16 @@ class OpenVINONetwork(ConvertedNetwork):
 NETWORKS = {"tflite": LiteRTNetwork, "openvino": OpenVINONetwork}
 
 
+class KerasNetwork:
+    """A Keras model (the reference runtime), called like a converted network."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.predict_on_batch(batch))
+
+
 def tflite_interpreter_class():
     """LiteRT's interpreter, or TensorFlow's own where LiteRT has no wheel.
 
@@ -161,7 +173,30 @@ def tflite_interpreter_class():
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
+        from cbir.errors import MissingExtraError
+        from cbir.extras import missing_extra
         from cbir.features._tensorflow import import_tensorflow
 
-        return import_tensorflow().lite.Interpreter
+        try:
+            return import_tensorflow().lite.Interpreter
+        except MissingExtraError:
+            raise missing_extra("LiteRT (ai-edge-litert)", "litert", "running a CNN or autoencoder model") from None
     return Interpreter
+
+
+def convert_to_tflite(model) -> bytes:
+    """Convert a Keras model to a float32 TFLite flatbuffer (no quantisation); imports TensorFlow."""
+    from cbir.features._tensorflow import import_tensorflow
+
+    tf = import_tensorflow()
+    # The converter prints on stdout; its C++ side logs nothing once TensorFlow is imported.
+    with quiet(native=False):
+        return tf.lite.TFLiteConverter.from_keras_model(model).convert()
+
+
+def cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

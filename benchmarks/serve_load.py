@@ -1,0 +1,263 @@
+"""Load on ``cbir serve``: HTTP throughput and latency against in-process ``Searcher.query``.
+
+Starts ``cbir serve`` on a free loopback port (never any other address), then
+1, 8 and 32 concurrent clients (threads with keep-alive connections) post
+Corel-1k images, each level for ``--duration`` seconds or ``--max-requests``
+requests, whichever comes first. Prints per level: queries/s, p50/p99
+latency, errors; the server's RSS at start (after a warm-up) and at the end;
+and, measured first in the same run on the same images, the single-threaded
+throughput of ``Searcher.query`` on the image bytes (the reference the HTTP
+figures are a ratio of).
+
+    python benchmarks/serve_load.py --extractor color [--json]
+    python benchmarks/serve_load.py --extractor mobilenet [--json]      # the shared MobileNet weights
+    python benchmarks/serve_load.py --index-dir DIR --name NAME          # an existing index
+
+Targets (issue 13): colour index, 8 clients >= 0.7x in-process, p99 < 50 ms,
+no errors, RSS growth < 10% over 10,000 requests; MobileNet index, 8 clients
+>= 0.8x in-process. Serialise speed runs: ``flock /tmp/cbir-bench.lock python ...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _corel import MOBILENET_WEIGHTS, REPO, corel_files  # noqa: E402
+
+from cbir.search import Searcher  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+BOUNDARY = "cbir-load-boundary"
+TARGETS = {"color": {"ratio": 0.7, "p99_ms": 50.0, "rss_growth": 0.10}, "cnn": {"ratio": 0.8}}
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+
+
+def build_index(extractor: str, folder: Path, index_dir: Path) -> str:
+    name = f"corel-{extractor}"
+    command = [sys.executable, "-m", "cbir", "index", str(folder), "--name", name, "--index-dir", str(index_dir)]
+    if extractor == "color":
+        command += ["--extractor", "color"]
+    else:
+        command += ["--extractor", "cnn", "--backbone", "mobilenet", "--weights", str(MOBILENET_WEIGHTS)]
+    subprocess.run(command, check=True, env=_env(), stdout=subprocess.DEVNULL)
+    return name
+
+
+def in_process_throughput(name: str, index_dir: Path, images: list[bytes], k: int, duration: float) -> dict:
+    """Single-threaded ``Searcher.query`` on image bytes: queries/s (index opening excluded)."""
+    with Searcher.open(name, index_dir) as searcher:
+        for data in images[:20]:  # warm-up: model first call, caches
+            searcher.query(data, k)
+        count, latencies = 0, []
+        started = time.perf_counter()
+        while time.perf_counter() - started < duration and count < 100_000:
+            t0 = time.perf_counter()
+            searcher.query(images[count % len(images)], k)
+            latencies.append(time.perf_counter() - t0)
+            count += 1
+        elapsed = time.perf_counter() - started
+        extractor = searcher.store.manifest["embedder"]["extractor"]["name"]
+    return {"extractor": extractor, "queries": count, "qps": count / elapsed, **_percentiles(latencies)}
+
+
+class ServerProcess:
+    def __init__(self, name: str, index_dir: Path):
+        command = [sys.executable, "-m", "cbir", "serve", "--index-dir", str(index_dir), "--name", name, "--host", LOOPBACK, "--port", "0"]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=_env())
+        self.log: list[str] = []
+        ready = threading.Event()
+
+        def drain() -> None:
+            for line in self.process.stderr:
+                self.log.append(line)
+                if line.startswith("serving "):
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=drain, daemon=True).start()
+        if not ready.wait(300) or self.process.poll() is not None:
+            self.stop()
+            raise SystemExit("cbir serve did not start:\n" + "".join(self.log))
+        address = next(word for word in self.log[-1].split() if word.startswith("http://"))
+        host, port = address[len("http://") :].rstrip("/").rsplit(":", 1)
+        if host != LOOPBACK:
+            self.stop()
+            raise SystemExit(f"refusing to load anything but loopback, got {host}")
+        self.port = int(port)
+
+    def rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+
+
+def multipart(data: bytes, filename: str) -> bytes:
+    head = f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\nContent-Type: image/jpeg\r\n\r\n'
+    return head.encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def load(port: int, path: str, bodies: list[bytes], clients: int, duration: float, max_requests: int) -> dict:
+    """``clients`` threads posting for ``duration`` s or ``max_requests`` requests in all."""
+    headers = {"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"}
+    latencies: list[float] = []
+    errors: list[str] = []
+    issued = 0
+    lock = threading.Lock()
+    deadline = time.perf_counter() + duration
+
+    def client(offset: int) -> None:
+        nonlocal issued
+        connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+        n = offset
+        while time.perf_counter() < deadline:
+            with lock:
+                if issued >= max_requests:
+                    break
+                issued += 1
+            body = bodies[n % len(bodies)]
+            n += clients
+            t0 = time.perf_counter()
+            try:
+                connection.request("POST", path, body=body, headers=headers)
+                response = connection.getresponse()
+                payload = response.read()
+                ok = response.status == 200
+                problem = None if ok else f"{response.status} {payload[:200]!r}"
+            except (OSError, http.client.HTTPException) as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                connection.close()
+                connection = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+            elapsed = time.perf_counter() - t0
+            with lock:
+                if problem is None:
+                    latencies.append(elapsed)
+                else:
+                    errors.append(problem)
+        connection.close()
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    return {
+        "clients": clients,
+        "requests": len(latencies) + len(errors),
+        "qps": len(latencies) / elapsed,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        **_percentiles(latencies),
+    }
+
+
+def _percentiles(latencies: list[float]) -> dict:
+    if not latencies:
+        return {"p50_ms": None, "p99_ms": None}
+    ordered = sorted(latencies)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000  # noqa: E731
+    return {"p50_ms": round(pick(0.50), 2), "p99_ms": round(pick(0.99), 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--extractor", choices=["color", "mobilenet"], default="color", help="build a Corel-1k index of this kind")
+    parser.add_argument("--index-dir", type=Path, help="use an existing index in this folder (with --name)")
+    parser.add_argument("--name", help="the existing index to load")
+    parser.add_argument("--clients", default="1,8,32", help="concurrency levels, comma-separated")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds per level")
+    parser.add_argument("--max-requests", type=int, default=20_000, help="most requests per level")
+    parser.add_argument("--reference-seconds", type=float, default=10.0, help="seconds of in-process queries")
+    parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+    if (args.index_dir is None) != (args.name is None):
+        parser.error("--index-dir and --name go together")
+
+    files = corel_files()
+    images = [path.read_bytes() for path in files]
+    bodies = [multipart(data, path.name) for data, path in zip(images, files)]
+    with tempfile.TemporaryDirectory(prefix="cbir-serve-load-") as work:
+        index_dir, name = args.index_dir, args.name
+        if name is None:
+            index_dir = Path(work)
+            name = build_index("color" if args.extractor == "color" else "cnn", files[0].parent, index_dir)
+        reference = in_process_throughput(name, index_dir, images, args.k, args.reference_seconds)
+        server = ServerProcess(name, index_dir)
+        try:
+            rss_ready = server.rss_mb()
+            path = f"/api/indexes/{name}/search?k={args.k}"
+            warmup = load(server.port, path, bodies, 4, 30.0, 200)
+            rss_start = server.rss_mb()
+            levels = [load(server.port, path, bodies, int(c), args.duration, args.max_requests) for c in args.clients.split(",")]
+            rss_end = server.rss_mb()
+        finally:
+            server.stop()
+    total = sum(level["requests"] for level in levels)
+    for level in levels:
+        level["ratio_to_in_process"] = round(level["qps"] / reference["qps"], 3)
+        level["qps"] = round(level["qps"], 1)
+    reference["qps"] = round(reference["qps"], 1)
+    kind = "color" if reference["extractor"] == "color" else "cnn"
+    figures = {
+        "index": name,
+        "extractor": reference["extractor"],
+        "k": args.k,
+        "cpu_count": os.cpu_count(),
+        "load_average": os.getloadavg()[0],
+        "in_process": reference,
+        "http": levels,
+        "warmup_errors": warmup["errors"],
+        "rss_mb": {"ready": rss_ready, "start": rss_start, "end": rss_end},
+        "requests_measured": total,
+        "rss_growth": None if not rss_start or not rss_end else round(rss_end / rss_start - 1, 4),
+        "targets": TARGETS[kind],
+    }
+    if args.json:
+        print(json.dumps(figures, indent=2))
+        return
+    print(f"index {name} ({reference['extractor']}), k={args.k}, {os.cpu_count()} CPUs, load average {figures['load_average']:.2f}")
+    print(f"in-process Searcher.query: {reference['qps']:.1f} q/s, p50 {reference['p50_ms']} ms, p99 {reference['p99_ms']} ms")
+    print(f"{'clients':>7} {'requests':>9} {'q/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    for level in levels:
+        print(
+            f"{level['clients']:>7} {level['requests']:>9} {level['qps']:>8.1f} {level['ratio_to_in_process']:>6.2f} "
+            f"{level['p50_ms']:>8} {level['p99_ms']:>8} {level['errors']:>6}"
+        )
+        for problem in level["first_errors"]:
+            print(f"        error: {problem}")
+    rss = figures["rss_mb"]
+    print(f"server RSS: {rss['ready']:.0f} MB ready, {rss['start']:.0f} MB after warm-up, {rss['end']:.0f} MB after {total} requests "
+          f"({figures['rss_growth']:+.1%})")
+    print(f"targets: {TARGETS[kind]}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,369 @@
+"""The HTTP API and web page of ``cbir serve``: a thin FastAPI layer over :mod:`cbir.search`.
+
+Indexes are opened once, in the app's lifespan, and shared by every request
+(see :mod:`cbir.server.live`). Decoding and the model run in the thread pool,
+never on the event loop. Files are served only by catalogue id. Every bad
+input gets a JSON error ``{"error": "..."}`` with a 4xx status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import os
+import re
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import anyio
+import anyio.to_thread
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from cbir import __version__
+from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
+from cbir.images import decode_image
+from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+
+logger = logging.getLogger(__name__)
+
+STATIC = Path(__file__).resolve().parent / "static"
+_ID = re.compile(r"[0-9]{1,18}")
+_K = re.compile(r"[+-]?[0-9]{1,18}")
+_PAGE_HEADERS = {
+    # The page needs nothing from elsewhere: say so, so an injected tag could not load anything either.
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may ask of the server."""
+
+    max_upload_bytes: int = 20 * 2**20
+    #: Below the indexing cap: an upload decodes in memory, several at once.
+    max_pixels: int = 50_000_000
+    max_k: int = 1000
+    default_k: int = 10
+    #: Searches run at once (decoding, model, FAISS); default: two per CPU, plus two.
+    search_threads: int | None = None
+
+
+class ApiError(Exception):
+    """A request the API refuses: its HTTP status and one sentence."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+def _status_of(exc: CbirError) -> int:
+    if isinstance(exc, (IndexNotFoundError, NotInIndexError)):
+        return 404
+    if isinstance(exc, ImageError):
+        return 422
+    if isinstance(exc, UsageError):
+        return 400
+    return 503  # an index that cannot be read right now: the server's problem, not the request's
+
+
+def create_app(
+    index_dir: str | os.PathLike | None = None,
+    names: Sequence[str] | None = None,
+    *,
+    pool: IndexPool | None = None,
+    limits: Limits = Limits(),
+    refresh_interval: float = 1.0,
+) -> FastAPI:
+    """The ASGI app serving the indexes in ``index_dir`` (all of them, or only ``names``).
+
+    Pass an already opened ``pool`` to open the indexes before the server
+    starts (as ``cbir serve`` does, to report a bad index in one line).
+    """
+    pool = pool or IndexPool(index_dir, names, refresh_interval)
+    thumbnails = ThumbnailCache()
+    # Searches are CPU-bound: a few threads per core keep every core busy; more
+    # only queue inside the process (more memory, longer tails) instead of on the socket.
+    search_threads = anyio.CapacityLimiter(limits.search_threads or 2 * (os.cpu_count() or 1) + 2)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if not pool.is_open:
+            await run_in_threadpool(pool.open)
+        pool.start_refreshing()
+        try:
+            yield
+        finally:
+            await run_in_threadpool(pool.close)
+
+    app = FastAPI(
+        title="cbir",
+        version=__version__,
+        summary="Search image collections by example image.",
+        lifespan=lifespan,
+    )
+    app.state.pool = pool
+    app.add_middleware(_UploadLimit, max_bytes=limits.max_upload_bytes)
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(CbirError)
+    async def cbir_error(request: Request, exc: CbirError):
+        return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"invalid request: {problems}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        logger.error("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"error": "internal error; the server log has the details"}, status_code=500)
+
+    # -- API -----------------------------------------------------------------
+    @app.get("/api/health", tags=["api"], summary="Liveness and the indexes served")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "version": __version__, "indexes": pool.names_served()}
+
+    @app.get("/api/indexes", tags=["api"], summary="The indexes served: name, extractor, size")
+    def indexes() -> dict[str, Any]:
+        described = []
+        for name in pool.names_served():
+            try:
+                described.append(pool.get(name).describe())
+            except IndexNotFoundError:  # dropped since the listing
+                continue
+        return {"indexes": described}
+
+    @app.post(
+        "/api/indexes/{name}/search",
+        tags=["api"],
+        summary="Search by an uploaded image or by the id of an indexed image",
+        openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER]},
+    )
+    async def search(name: str, request: Request) -> JSONResponse:
+        live = pool.get(name)
+        k_param = request.query_params.get("k")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        try:
+            if content_type == "multipart/form-data":
+                data, filename, k_value = await _read_upload(request, limits)
+                k = _parse_k(k_value if k_value is not None else k_param, limits)
+                body = await anyio.to_thread.run_sync(_search_upload, live, data, filename, k, limits, limiter=search_threads)
+                return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
+            if content_type == "application/json":
+                image_id, k_value = _parse_json(await request.body())
+                k = _parse_k(k_value if k_value is not None else k_param, limits)
+                return JSONResponse(await anyio.to_thread.run_sync(_search_id, live, image_id, k, limiter=search_threads))
+        except ClientDisconnect:
+            return Response(status_code=400)  # nobody is listening; just stop
+        raise ApiError(
+            415,
+            "send an image as multipart/form-data (field 'file', optional field 'k') "
+            'or JSON {"id": <image id>, "k": <number>}',
+        )
+
+    @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
+    def original(name: str, image_id: str) -> FileResponse:
+        row = _row(pool.get(name), image_id)
+        if not os.path.isfile(row.path):
+            raise ApiError(404, f"the file of image {row.id} is no longer there: {row.path}")
+        media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
+        return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+
+    @app.get("/api/indexes/{name}/thumbnails/{image_id}", tags=["api"], summary="A small JPEG of an indexed image")
+    def thumbnail(name: str, image_id: str) -> Response:
+        row = _row(pool.get(name), image_id)
+        try:
+            data = thumbnails.get(name, row.id, row.path)
+        except ImageError as exc:
+            raise ApiError(404, f"no thumbnail for image {row.id}: {exc}") from None
+        return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    # -- the page --------------------------------------------------------------
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={**_PAGE_HEADERS, "Cache-Control": "no-cache"})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
+
+
+# -- request parsing -----------------------------------------------------------
+async def _read_upload(request: Request, limits: Limits) -> tuple[bytes, str, str | None]:
+    async with request.form(max_files=1, max_fields=4) as form:
+        upload = form.get("file")
+        if upload is None:
+            raise ApiError(422, "the form has no field 'file' holding the image")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "field 'file' must be an uploaded file, not text")
+        data = await upload.read()
+        k_value = form.get("k")
+        if k_value is not None and not isinstance(k_value, str):
+            raise ApiError(422, "field 'k' must be a number, not a file")
+        return data, upload.filename or "upload", k_value
+
+
+def _parse_json(body: bytes) -> tuple[int, Any]:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise ApiError(422, 'the JSON body must be an object: {"id": <image id>, "k": <number>}')
+    unknown = sorted(set(payload) - {"id", "k"})
+    if unknown:
+        raise ApiError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; expected 'id' and optional 'k'")
+    image_id = payload.get("id")
+    if isinstance(image_id, bool) or not isinstance(image_id, int):
+        raise ApiError(422, "'id' must be the whole-number id of an indexed image")
+    k = payload.get("k")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
+        raise ApiError(422, "'k' must be a whole number")
+    return image_id, (None if k is None else str(k))
+
+
+def _parse_k(value: str | None, limits: Limits) -> int:
+    if value is None or value == "":
+        return limits.default_k
+    if not _K.fullmatch(value.strip()):
+        raise ApiError(422, f"k must be a whole number from 1 to {limits.max_k}, got {value[:40]!r}")
+    k = int(value)
+    if not 1 <= k <= limits.max_k:
+        raise ApiError(422, f"k must be from 1 to {limits.max_k}, got {k}")
+    return k
+
+
+def _row(live: LiveIndex, image_id: str):
+    # Only digits: '..', encoded dots, absolute paths and NUL bytes never get near the filesystem.
+    if not _ID.fullmatch(image_id):
+        raise ApiError(422, f"an image id is a whole number, got {image_id[:40]!r}")
+    with live.use() as searcher:
+        return searcher.image_row(int(image_id))
+
+
+# -- searching (in the thread pool) ---------------------------------------------
+def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits) -> dict[str, Any]:
+    with live.use() as searcher:
+        try:
+            image = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
+        return _results(live, searcher, lambda n: searcher.query(image, n, name=filename), k)
+
+
+def _search_id(live: LiveIndex, image_id: int, k: int) -> dict[str, Any]:
+    with live.use() as searcher:
+        searcher.image_row(image_id)  # 404 before anything else
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k)
+        body["query_id"] = image_id
+        return body
+
+
+def _results(live: LiveIndex, searcher, run, k: int) -> dict[str, Any]:
+    # k beyond the collection returns the whole collection, as a correct answer should.
+    effective = min(k, searcher.size)
+    if effective == 0:
+        return {"index": live.name, "query": None, "k": 0, "results": []}
+    result = run(effective)
+    base = f"/api/indexes/{live.name}"
+    body = result.to_dict()
+    for item, match in zip(body["results"], result.results):
+        item["id"] = match.id
+        item["image_url"] = f"{base}/images/{match.id}"
+        item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
+    return {"index": live.name, "k": effective, **body}
+
+
+# -- upload size cap -------------------------------------------------------------
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _UploadLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, before or while they arrive (pure ASGI)."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(send)
+        received = 0
+        started = False
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._refuse(send)
+
+    async def _refuse(self, send) -> None:
+        limit_mb = self.max_bytes / 2**20
+        body = json.dumps({"error": f"request body larger than the {limit_mb:g} MB upload limit"}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        await send({"type": "http.response.start", "status": 413, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+_K_PARAMETER = {
+    "name": "k",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "default": 10},
+    "description": "Number of results (a form field or JSON 'k' takes precedence); more than the index holds returns all.",
+}
+_SEARCH_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1}},
+            }
+        },
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "required": ["id"],
+                "properties": {"id": {"type": "integer"}, "k": {"type": "integer", "minimum": 1}},
+            }
+        },
+    },
+}

@@ -1,0 +1,161 @@
+// The cbir search page: pick an index, give an image, see its nearest neighbours, click one for more like it.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { indexes: [], last: null, previewUrl: null, busy: 0 };
+
+function setStatus(text, isError = false) {
+  const status = $("status");
+  status.textContent = text;
+  status.classList.toggle("error", isError);
+}
+
+function wantedK() {
+  const k = parseInt($("k").value, 10);
+  return Number.isFinite(k) && k >= 1 ? Math.min(k, 1000) : 12;
+}
+
+function indexName() {
+  return $("index").value;
+}
+
+async function loadIndexes() {
+  try {
+    const response = await fetch("/api/indexes");
+    const body = await response.json();
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    state.indexes = body.indexes;
+  } catch (error) {
+    setStatus(`Cannot list the indexes: ${error.message}`, true);
+    return;
+  }
+  const select = $("index");
+  select.replaceChildren(...state.indexes.map((index) => new Option(`${index.name} (${index.size} images)`, index.name)));
+  if (state.indexes.length === 0) setStatus("No index is served. Build one with: cbir index FOLDER --name NAME", true);
+  describeIndex();
+}
+
+function describeIndex() {
+  const index = state.indexes.find((i) => i.name === indexName());
+  $("index-info").textContent = index ? `${index.extractor}, ${index.dim}-d, ${index.index_type || "flat"}` : "";
+}
+
+function showQuery(src, caption) {
+  const figure = $("query");
+  $("query-image").src = src;
+  $("query-image").alt = `Query: ${caption}`;
+  $("query-caption").textContent = caption;
+  figure.hidden = false;
+}
+
+async function search(request, label) {
+  const token = ++state.busy;
+  setStatus(`Searching ${indexName()} for ${label}…`);
+  document.body.setAttribute("aria-busy", "true");
+  try {
+    const response = await fetch(`/api/indexes/${encodeURIComponent(indexName())}/search?k=${wantedK()}`, request);
+    let body;
+    try {
+      body = await response.json();
+    } catch {
+      throw new Error(`${response.status} ${response.statusText}`);
+    }
+    if (token !== state.busy) return; // a newer search has started
+    if (!response.ok) throw new Error(body.error || response.statusText);
+    showResults(body);
+    const note = body.k < wantedK() ? ` (the index holds only ${body.k})` : "";
+    setStatus(`${body.results.length} results for ${label}${note}.`);
+  } catch (error) {
+    if (token === state.busy) setStatus(`Search failed: ${error.message}`, true);
+  } finally {
+    if (token === state.busy) document.body.removeAttribute("aria-busy");
+  }
+}
+
+function baseName(path) {
+  return path.split(/[\\/]/).pop();
+}
+
+function showResults(body) {
+  const template = $("result-template");
+  const items = body.results.map((result) => {
+    const item = template.content.firstElementChild.cloneNode(true);
+    const name = baseName(result.path);
+    item.dataset.id = result.id;
+    const button = item.querySelector(".more");
+    button.setAttribute("aria-label", `Rank ${result.rank}, ${name}, score ${result.score.toFixed(3)}: search for more like this`);
+    button.addEventListener("click", () => searchById(result.id, name, result.thumbnail_url));
+    const img = item.querySelector("img");
+    img.src = result.thumbnail_url;
+    img.alt = name;
+    item.querySelector(".rank").textContent = `#${result.rank}`;
+    item.querySelector(".score").textContent = result.score.toFixed(3);
+    const label = item.querySelector(".name");
+    label.textContent = name;
+    label.title = result.path;
+    const link = item.querySelector(".open");
+    link.href = result.image_url;
+    link.setAttribute("aria-label", `Open the original of ${name}`);
+    return item;
+  });
+  $("results").replaceChildren(...items);
+}
+
+function searchFile(file) {
+  if (!file) return;
+  if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+  state.previewUrl = URL.createObjectURL(file);
+  const name = file.name || "pasted image";
+  showQuery(state.previewUrl, name);
+  state.last = { kind: "file", file, name };
+  const form = new FormData();
+  form.append("file", file, name);
+  return search({ method: "POST", body: form }, name);
+}
+
+function searchById(id, name, thumbnailUrl) {
+  showQuery(thumbnailUrl, name);
+  state.last = { kind: "id", id, name, thumbnailUrl, index: indexName() };
+  return search(
+    { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ id }) },
+    name,
+  );
+}
+
+function repeatLast() {
+  const last = state.last;
+  if (!last) return;
+  if (last.kind === "file") searchFile(last.file);
+  else if (last.index === indexName()) searchById(last.id, last.name, last.thumbnailUrl);
+  else setStatus("Ids belong to one index: give an image to search this one.");
+}
+
+function setUp() {
+  $("controls").addEventListener("submit", (event) => event.preventDefault());
+  $("file").addEventListener("change", (event) => searchFile(event.target.files[0]));
+  $("index").addEventListener("change", () => {
+    describeIndex();
+    repeatLast();
+  });
+  $("k").addEventListener("change", repeatLast);
+  const drop = $("drop");
+  for (const type of ["dragenter", "dragover"]) {
+    drop.addEventListener(type, (event) => {
+      event.preventDefault();
+      drop.classList.add("over");
+    });
+  }
+  for (const type of ["dragleave", "drop"]) drop.addEventListener(type, () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/")) || event.dataTransfer.files[0];
+    searchFile(file);
+  });
+  document.addEventListener("paste", (event) => {
+    const item = [...event.clipboardData.items].find((i) => i.kind === "file" && i.type.startsWith("image/"));
+    if (item) searchFile(item.getAsFile());
+  });
+  loadIndexes();
+}
+
+setUp();

@@ -1,0 +1,235 @@
+"""A real ``cbir serve`` process on a free loopback port: abusive clients, a read-only index, a real browser."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the serve extra (FastAPI) is not installed")
+pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
+
+from cbir.indexer import index_folder  # noqa: E402
+from conftest import read_only_prefix  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+COREL = Path(os.environ.get("CBIR_COREL", REPO.parent / "shared" / "datasets" / "corel1k"))
+
+
+class Server:
+    """``cbir serve --port 0`` in a subprocess; the address comes from its first line."""
+
+    def __init__(self, index_dir: Path, prefix: list[str] = (), extra: list[str] = ()):
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+        command = [*prefix, sys.executable, "-m", "cbir", "serve", "--index-dir", str(index_dir), "--port", "0", *extra]
+        self.process = subprocess.Popen(command, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, env=env)
+        self.lines: list[str] = []
+        ready = threading.Event()
+
+        def read() -> None:
+            for line in self.process.stderr:
+                self.lines.append(line)
+                if "serving " in line:
+                    ready.set()
+            ready.set()
+
+        threading.Thread(target=read, daemon=True).start()
+        if not ready.wait(120) or self.process.poll() is not None:
+            self.stop()
+            raise AssertionError("cbir serve did not start: " + "".join(self.lines))
+        address = next(word for line in self.lines for word in line.split() if word.startswith("http://"))
+        self.url = address.rstrip("/")
+        self.host, port = address[len("http://") :].rstrip("/").rsplit(":", 1)
+        self.port = int(port)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def multipart(data: bytes, name: str = "q.jpg", k: int | None = None) -> tuple[bytes, dict]:
+    boundary = "cbir-test-boundary"
+    parts = []
+    if k is not None:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="k"\r\n\r\n{k}\r\n'.encode())
+    parts.append(
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{name}"\r\n'
+        "Content-Type: image/jpeg\r\n\r\n".encode() + data + b"\r\n"
+    )
+    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
+    return body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+
+
+def read_reply(raw: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    reply = b""
+    while chunk := raw.recv(65536):
+        reply += chunk
+    return reply
+
+
+def search(server: Server, image: Path, k: int = 3, index: str = "photos"):
+    body, headers = multipart(image.read_bytes(), image.name, k)
+    status, raw = server.request("POST", f"/api/indexes/{index}/search", body, headers)
+    return status, json.loads(raw)
+
+
+@pytest.fixture
+def server(collection, index_dir):
+    index_folder(collection, "photos", index_dir)
+    started = Server(index_dir)
+    yield started
+    started.stop()
+
+
+def test_server_survives_clients_that_abuse_the_connection(server, collection):
+    query = collection / "red" / "red-1.jpg"
+    # A client that disconnects mid-upload.
+    for _ in range(3):
+        with socket.create_connection((server.host, server.port)) as raw:
+            raw.sendall(
+                b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 1000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
+                + b"\xff\xd8\xff" + b"\x00" * 5000
+            )
+    # 200 MB announced: refused at once, before the body is sent.
+    with socket.create_connection((server.host, server.port), timeout=30) as raw:
+        raw.sendall(
+            b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            + f"Content-Length: {200 * 2**20}\r\n\r\n".encode()
+        )
+        reply = read_reply(raw)
+    assert reply.startswith(b"HTTP/1.1 413") and b"upload limit" in reply
+    # 200 MB streamed without a length: cut off once over the cap.
+    refused = None
+    with socket.create_connection((server.host, server.port), timeout=30) as raw:
+        raw.sendall(
+            b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        preamble = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
+        raw.sendall(b"%x\r\n" % len(preamble) + preamble + b"\r\n")
+        chunk = b"%x\r\n" % 2**20 + b"\x00" * 2**20 + b"\r\n"
+        try:
+            for _ in range(200):
+                raw.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            refused = read_reply(raw)
+        except ConnectionResetError:
+            refused = b"reset"
+    assert refused.startswith(b"HTTP/1.1 413") or refused == b"reset"
+    # ...and it keeps serving.
+    status, body = search(server, query)
+    assert status == 200 and body["results"][0]["path"] == str(query)
+    assert server.process.poll() is None
+    assert "Traceback" not in "".join(server.lines)
+
+
+def test_a_read_only_index_folder_is_served(collection, index_dir):
+    index_folder(collection, "photos", index_dir)
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in (index_dir / "photos").iterdir())
+    prefix = read_only_prefix(index_dir)
+    server = Server(index_dir, prefix)
+    try:
+        query = collection / "blue" / "blue-1.jpg"
+        status, body = search(server, query)
+        assert status == 200 and body["results"][0]["path"] == str(query)
+        status, thumbnail = server.request("GET", body["results"][1]["thumbnail_url"])
+        assert status == 200 and thumbnail.startswith(b"\xff\xd8")
+    finally:
+        server.stop()
+        if not prefix:
+            index_dir.chmod(0o755)
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in (index_dir / "photos").iterdir()) == before
+
+
+# -- the page in a real browser ----------------------------------------------------
+def _browser():
+    """Headless Debian Chromium through its chromedriver, or a skip that says what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[test]')")
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("Chromium or chromedriver is not installed (apt-get install chromium chromium-driver; .ci/run does it)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+@pytest.fixture(scope="module")
+def corel_server(tmp_path_factory):
+    images = COREL / "images"
+    if not images.is_dir():
+        pytest.skip(f"Corel-1k is not at {COREL} (set CBIR_COREL)")
+    index_dir = tmp_path_factory.mktemp("corel-indexes")
+    index_folder(images, "corel", index_dir)
+    server = Server(index_dir)
+    yield server
+    server.stop()
+
+
+def test_browser_upload_then_more_like_this(corel_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    query = COREL / "images" / "305.jpg"
+    browser = _browser()
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(corel_server.url + "/")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
+        k_input = browser.find_element(By.ID, "k")
+        k_input.clear()
+        k_input.send_keys("8")
+        browser.find_element(By.ID, "file").send_keys(str(query))
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .result")) == 8)
+        results = browser.find_elements(By.CSS_SELECTOR, "#results .result")
+        first_grid = [r.get_attribute("data-id") for r in results]
+        assert results[0].find_element(By.CSS_SELECTOR, ".name").text == query.name
+        assert results[0].find_element(By.CSS_SELECTOR, ".score").text == "1.000"
+        assert results[0].find_element(By.CSS_SELECTOR, ".open").get_attribute("href").endswith(f"/images/{first_grid[0]}")
+        third_id, third_name = first_grid[2], results[2].find_element(By.CSS_SELECTOR, ".name").text
+
+        results[2].find_element(By.CSS_SELECTOR, "button.more").click()
+        wait.until(lambda b: b.find_element(By.CSS_SELECTOR, "#results .result").get_attribute("data-id") == third_id)
+        second_grid = [r.get_attribute("data-id") for r in browser.find_elements(By.CSS_SELECTOR, "#results .result")]
+        assert len(second_grid) == 8 and second_grid != first_grid
+        assert browser.find_element(By.ID, "query-caption").text == third_name
+        # Every thumbnail loaded (served by id, not by path).
+        wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        screenshot = tmp_path / "cbir-serve.png"
+        assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+        assert errors == []
+    finally:
+        browser.quit()
