@@ -22,10 +22,8 @@ autoencoder's dimension, and the full 28 x 28), mean-centred, cosine.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import logging
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,47 +32,18 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from cbir.evaluate import evaluate_index, evaluate_vectors
-from cbir.features.autoencoder import AutoencoderExtractor, train_autoencoder
-from cbir.features.base import l2_normalize
-from cbir.features.pipeline import Embedder
-from cbir.indexer import index_folder
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _fashion_mnist import CLASSES, FILES, dataset_folder, read_idx  # noqa: E402,F401
 
-INSTALLED = Path("/usr/share/datasets/fashion-mnist")
-FILES = {
-    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
-}
-CLASSES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
+from cbir.evaluate import evaluate_index, evaluate_vectors  # noqa: E402
+from cbir.features.autoencoder import AutoencoderExtractor, train_autoencoder  # noqa: E402
+from cbir.features.base import l2_normalize  # noqa: E402
+from cbir.features.pipeline import Embedder  # noqa: E402
+from cbir.indexer import index_folder  # noqa: E402
+
 #: Extractor parameters for 28 x 28 greyscale images: 32 px input so three
 #: stride-2 blocks divide it evenly.
 PARAMS = {"input_size": 32, "channels": 1, "filters": [32, 64, 128], "latent_channels": 32, "epochs": 10, "patience": 3}
-
-
-def dataset_folder(work: Path, data: Path | None) -> Path:
-    """Folder holding the four IDX files: ``data``, the installed package, or a fresh download."""
-    for candidate in (data, INSTALLED):
-        if candidate is not None and all((candidate / name).is_file() for pair in FILES.values() for name in pair):
-            return candidate
-    if data is not None:
-        raise SystemExit(f"no Fashion-MNIST IDX files in {data}")
-    subprocess.run(["apt-get", "download", "dataset-fashion-mnist"], cwd=work, check=True, capture_output=True)
-    deb = next(work.glob("dataset-fashion-mnist_*.deb"))
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(work / "deb")], check=True)
-    return work / "deb" / INSTALLED.relative_to("/")
-
-
-def read_idx(path: Path) -> np.ndarray:
-    """An IDX file (gzip) as a uint8 array: ``(n, rows, cols)`` images or ``(n,)`` labels."""
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    magic, count = int.from_bytes(data[0:4], "big"), int.from_bytes(data[4:8], "big")
-    if magic == 0x803:
-        rows, cols = int.from_bytes(data[8:12], "big"), int.from_bytes(data[12:16], "big")
-        return np.frombuffer(data, np.uint8, offset=16).reshape(count, rows, cols)
-    if magic == 0x801:
-        return np.frombuffer(data, np.uint8, offset=8)
-    raise SystemExit(f"{path} is not an IDX file of images or labels (magic {magic:#x})")
 
 
 def write_pngs(images: np.ndarray, labels: np.ndarray, folder: Path) -> None:

@@ -32,13 +32,14 @@ from cbir.features.pipeline import Embedder  # noqa: E402
 from cbir.indexer import index_folder  # noqa: E402
 
 _PROBE = """
-import resource, runpy, sys
+import runpy, sys
 sys.argv = ["cbir", *sys.argv[1:]]
 try:
     runpy.run_module("cbir", run_name="__main__")
 finally:
     loaded = any(m.split(".")[0] in ("tensorflow", "keras") for m in sys.modules)
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across exec.
+    rss = next(line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:"))
     sys.stderr.write(f"TENSORFLOW_LOADED={loaded} RSS_KB={rss}\\n")
 """
 

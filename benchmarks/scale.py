@@ -40,7 +40,7 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _corel import COREL, COREL_LABELS, corel_files  # noqa: E402
+from _corel import COREL_LABELS, corel_files  # noqa: E402
 
 from cbir.catalogue import Catalogue, NewImage  # noqa: E402
 from cbir.evaluate import evaluate_rankings  # noqa: E402

@@ -5,8 +5,8 @@ Starts ``cbir serve`` on a free loopback port (never any other address), then
 Corel-1k images, each level for ``--duration`` seconds or ``--max-requests``
 requests, whichever comes first. Prints per level: queries/s, p50/p99
 latency, errors; the server's RSS at start (after a warm-up) and at the end;
-and, measured first in the same run on the same images, the single-threaded
-throughput of ``Searcher.query`` on the image bytes (the reference the HTTP
+the server's CPU time per request; and, measured first in the same run on
+the same images, the single-threaded throughput of ``Searcher.query`` on the image bytes (the reference the HTTP
 figures are a ratio of).
 
     python benchmarks/serve_load.py --extractor color [--json]
@@ -107,6 +107,14 @@ class ServerProcess:
         except OSError:
             return None
         return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU time the server process has used so far."""
+        try:
+            fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -216,7 +224,14 @@ def main() -> None:
             path = f"/api/indexes/{name}/search?k={args.k}"
             warmup = load(server.port, path, bodies, 4, 30.0, 200)
             rss_start = server.rss_mb()
-            levels = [load(server.port, path, bodies, int(c), args.duration, args.max_requests) for c in args.clients.split(",")]
+            levels = []
+            for clients in args.clients.split(","):
+                cpu_before = server.cpu_seconds()
+                level = load(server.port, path, bodies, int(clients), args.duration, args.max_requests)
+                cpu_after = server.cpu_seconds()
+                if cpu_before is not None and cpu_after is not None and level["requests"]:
+                    level["server_cpu_ms_per_request"] = round(1000 * (cpu_after - cpu_before) / level["requests"], 2)
+                levels.append(level)
             rss_end = server.rss_mb()
         finally:
             server.stop()
@@ -245,11 +260,11 @@ def main() -> None:
         return
     print(f"index {name} ({reference['extractor']}), k={args.k}, {os.cpu_count()} CPUs, load average {figures['load_average']:.2f}")
     print(f"in-process Searcher.query: {reference['qps']:.1f} q/s, p50 {reference['p50_ms']} ms, p99 {reference['p99_ms']} ms")
-    print(f"{'clients':>7} {'requests':>9} {'q/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
+    print(f"{'clients':>7} {'requests':>9} {'q/s':>8} {'ratio':>6} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6} {'server CPU ms/req':>18}")
     for level in levels:
         print(
             f"{level['clients']:>7} {level['requests']:>9} {level['qps']:>8.1f} {level['ratio_to_in_process']:>6.2f} "
-            f"{level['p50_ms']:>8} {level['p99_ms']:>8} {level['errors']:>6}"
+            f"{level['p50_ms']:>8} {level['p99_ms']:>8} {level['errors']:>6} {level.get('server_cpu_ms_per_request', '-'):>18}"
         )
         for problem in level["first_errors"]:
             print(f"        error: {problem}")

@@ -249,12 +249,22 @@ class Catalogue:
         for row in self._db.execute(query, tuple(args)):
             yield ImageRow(*row)
 
+    def content_hashes(self) -> Iterator[tuple[int, str]]:
+        """``(id, sha256)`` of every image."""
+        yield from self._db.execute("SELECT id, sha256 FROM images")
+
     def row_for_path(self, path: str) -> ImageRow | None:
         rows = list(self._select_images("WHERE path = ?", (path,)))
         return rows[0] if rows else None
 
-    def iter_vectors(self, dim: int, batch_size: int = 65536, min_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """``(ids, vectors)`` blocks in id order, for ids greater than ``min_id``."""
+    def iter_vectors(self, dim: int, batch_size: int | None = None, min_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` blocks in id order, for ids greater than ``min_id``.
+
+        Blocks hold about 4 MB of vectors by default: building a FAISS index
+        then needs little more memory than the index itself.
+        """
+        if batch_size is None:
+            batch_size = max(256, (4 << 20) // (4 * max(1, dim)))
         cursor = self._db.execute("SELECT id, vector FROM images WHERE id > ? ORDER BY id", (min_id,))
         while True:
             rows = cursor.fetchmany(batch_size)

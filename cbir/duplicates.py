@@ -65,6 +65,8 @@ def find_duplicates(
 
 def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Progress) -> list[DuplicateGroup]:
     catalogue, dim = searcher.store.catalogue, searcher.store.dim
+    if searcher.augmented:  # DBA moved the indexed vectors: compare the original ones
+        searcher.vectors = searcher.plain_vectors()
     rows = catalogue.image_rows()
     ids = np.array([row.id for row in rows], dtype=np.int64)
     parent = np.arange(len(ids))

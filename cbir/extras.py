@@ -18,6 +18,8 @@ EXTRAS = {
     "litert": "LiteRT, to query a CNN index",
     "cnn": "TensorFlow, LiteRT and OpenVINO, to build and query CNN indexes",
     "autoencoder": "TensorFlow, LiteRT and OpenVINO, to train and use the autoencoder",
+    "demo": "scikit-learn's sample photos for cbir demo",
+    "serve": "FastAPI and uvicorn, for cbir serve",
     "all": "every optional part",
 }
 

@@ -15,9 +15,10 @@ import functools
 import logging
 import os
 import struct
+from stat import S_ISREG
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -291,20 +292,31 @@ class LoadedFile:
     error: str | None = None
     #: True when the content hash matched ``known_sha256``: the file was not decoded.
     unchanged: bool = False
+    #: True when ``reusable(sha256)`` said the index already holds this content: not decoded.
+    reusable: bool = False
 
 
-def load_file(path: Path, min_side: int | None = None, known_sha256: str | None = None) -> LoadedFile:
+def load_file(
+    path: Path,
+    min_side: int | None = None,
+    known_sha256: str | None = None,
+    reusable: Callable[[str], bool] | None = None,
+) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
     If the content hash equals ``known_sha256`` the file is not decoded and
     ``unchanged`` is set: a touched but identical file costs a read, not a
-    decode. Never raises for a bad file: ``error`` holds a short reason
-    instead (unreadable, permission denied, empty, truncated, not an image,
+    decode. Likewise when ``reusable(hash)`` is true (``reusable`` is set):
+    the caller has a vector for this content already. Never raises for a
+    bad file: ``error`` holds a short reason instead (unreadable, permission denied, empty, truncated, not an image,
     too large).
     """
     try:
-        with open(path, "rb") as f:
+        # Non-blocking open: a FIFO or device named like an image must not hang the run.
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             stat = os.fstat(f.fileno())
+            if not S_ISREG(stat.st_mode):
+                return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error="not a regular file")
             data = f.read()
     except OSError as exc:
         try:
@@ -316,6 +328,9 @@ def load_file(path: Path, min_side: int | None = None, known_sha256: str | None 
     loaded = LoadedFile(path, stat.st_size, stat.st_mtime_ns, sha256_bytes(data))
     if known_sha256 is not None and loaded.sha256 == known_sha256:
         loaded.unchanged = True
+        return loaded
+    if reusable is not None and reusable(loaded.sha256):
+        loaded.reusable = True
         return loaded
     try:
         loaded.image = decode_image(data, min_side)

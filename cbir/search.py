@@ -11,9 +11,11 @@ from typing import Any, Callable, Literal, Sequence, Union
 
 import numpy as np
 
+from cbir.augmentation import AugmentedVectors
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256
+from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images import decode_image, normalize_path, read_image
+from cbir.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store import IndexStore, index_path
 
 logger = logging.getLogger(__name__)
@@ -66,10 +68,26 @@ class Searcher:
         An index opened for reading (see :meth:`open`).
     nprobe, ef_search : int, optional
         Search-time knobs of IVF and HNSW indexes; the index's defaults otherwise.
+    expand, alpha : int or None, float
+        Alpha query expansion (:mod:`cbir.rerank`): each query is searched
+        again as the weighted mean of itself and its top ``expand`` results
+        (``None``: one plain search). Scores are then similarities to the
+        expanded query.
     """
 
-    def __init__(self, store: IndexStore, nprobe: int | None = None, ef_search: int | None = None):
+    def __init__(
+        self,
+        store: IndexStore,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        expand: int | None = DEFAULT_EXPAND,
+        alpha: float = DEFAULT_ALPHA,
+    ):
+        check_expand(expand)
+        check_alpha(alpha)
         self.store = store
+        self.expand = expand
+        self.alpha = alpha
         loaded = store.load_vectors()
         self.vectors = loaded.index
         self.stale_ids = loaded.stale_ids
@@ -80,14 +98,9 @@ class Searcher:
         self._embedder = None
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
-        exact_vectors = self.vectors.exact_vectors
-        if exact_vectors is not None:  # re-ranking reads the catalogue too
-
-            def locked_exact_vectors(ids):
-                with self._catalogue_lock:
-                    return exact_vectors(ids)
-
-            self.vectors.exact_vectors = locked_exact_vectors
+        self._augmented = AugmentedVectors.load(store)
+        if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
+            self.vectors.exact_vectors = self._exact_vectors
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
@@ -135,17 +148,77 @@ class Searcher:
         return self.vectors.ntotal - self.stale_ids
 
     @property
+    def augmented(self) -> bool:
+        """Whether the index searches DBA-augmented vectors (:mod:`cbir.augmentation`)."""
+        return self._augmented is not None
+
+    def plain_vectors(self):
+        """A FAISS index of the original vectors, built from the catalogue (for exact-similarity work)."""
+        from cbir.vectors import build_vector_index
+
+        store = self.store
+        ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
+        sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
+        return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+
+    @property
     def embedder(self):
         with self._model_lock:
             if self._embedder is None:
                 self._embedder = self.store.embedder()
             return self._embedder
 
+    def _exact_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, their vectors)`` for re-ranking: the catalogue's, or the augmented ones under DBA."""
+        with self._catalogue_lock:
+            found, vectors = self.store.catalogue.vectors_by_id(ids, self.store.dim)
+        if self._augmented is not None and len(found):
+            augmented, hit = self._augmented.lookup(found)
+            vectors = np.where(hit[:, None], augmented, vectors)
+        return found, vectors
+
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors the index searches for catalogue ``ids`` (augmented ones under DBA), -1 giving zeros."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((*ids.shape, self.store.dim), np.float32)
+        found = np.zeros(ids.shape, bool)
+        if self._augmented is not None:
+            out, found = self._augmented.lookup(ids)
+        wanted = (ids >= 0) & ~found
+        if wanted.any():
+            unique, inverse = np.unique(ids[wanted], return_inverse=True)
+            with self._catalogue_lock:
+                found_vectors = self.store.catalogue.vectors_for_ids(unique.tolist(), self.store.dim)
+            out[wanted] = found_vectors[inverse]
+        return out
+
+    def expand_queries(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
+        """αQE: each vector replaced by the weighted mean of itself and its top ``expand`` results.
+
+        ``exclude_ids`` (one per vector, -1 for none) are left out of the
+        neighbours: a query's own entry when evaluating leave-one-out.
+        """
+        if not self.expand:
+            return vectors
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        extra = self.stale_ids + (1 if exclude_ids is not None else 0)
+        scores, ids = self.vectors.search(vectors, self.expand + extra)
+        if self.stale_ids:
+            with self._catalogue_lock:
+                live = {row.id for row in self.store.catalogue.image_rows(np.unique(ids[ids >= 0]).tolist())}
+            ids = np.where(np.isin(ids, list(live)), ids, -1)
+        if exclude_ids is not None:
+            ids = np.where(ids == np.asarray(exclude_ids)[:, None], -1, ids)
+        order = np.argsort(ids < 0, axis=1, kind="stable")[:, : self.expand]  # first `expand` real results
+        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return expand_queries(vectors, self.stored_vectors(ids), scores, self.alpha, valid=ids >= 0)
+
     def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
-        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`)."""
+        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on)."""
         k = self._effective_k(k)
         if k == 0:
             return [[] for _ in range(len(vectors))]
+        vectors = self.expand_queries(vectors)
         scores, ids = self.vectors.search(vectors, k + self.stale_ids)
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
@@ -162,6 +235,11 @@ class Searcher:
                     break
             results.append(matches)
         return results
+
+    def describe(self) -> dict[str, Any]:
+        """:meth:`IndexStore.describe <cbir.store.IndexStore.describe>`, plus ``size``: the images a query can return."""
+        with self._catalogue_lock:
+            return {**self.store.describe(), "size": self.size}
 
     def image_row(self, image_id: int):
         """The catalogue row of ``image_id``; :class:`~cbir.errors.NotInIndexError` if there is none."""
@@ -243,15 +321,14 @@ class Searcher:
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
-            for image, label in zip(images[start : start + batch_size], labels[start : start + batch_size]):
-                try:
-                    rgb = _to_rgb(image, channels, embedder.decode_min_side)
-                except ImageError as exc:
+            batch = images[start : start + batch_size]
+            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, embedder)):
+                if error is not None:
                     if on_error is None:
-                        raise
-                    on_error(label, exc)
+                        raise error
+                    on_error(label, error)
                     continue
-                prepared.append(embedder.prepare(rgb))  # per-image work: thread-safe, runs in parallel
+                prepared.append(item)
                 readable.append(label)
             if prepared:
                 with self._model_lock:
@@ -278,42 +355,58 @@ class Searcher:
 
     def query_excluding_self(
         self,
-        image_paths: Sequence[str | os.PathLike],
+        images: Sequence[QueryImage],
         k: int = 10,
         on_error: Callable[[str, ImageError], None] | None = None,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        names: Sequence[str] | None = None,
     ) -> list[QueryResult]:
-        """:meth:`query_many`, leaving out each query file itself and byte-identical copies of it.
+        """:meth:`query_many`, leaving out each query's own file and byte-identical copies of it.
 
         A query file that is in the index would otherwise come back first with
         score 1.0, as would its copies; the ``k`` results are the next ones.
+        Copies are found by content hash: of the file for a path, of the bytes
+        for encoded bytes (an array has no file: only an equal path is left out).
         """
         self._effective_k(k)  # says so if k exceeds the collection
-        hashes = {}
-        for path in image_paths:
-            key = str(normalize_path(path))
-            try:
-                hashes[key] = file_sha256(key)
-            except OSError:
-                hashes[key] = None  # query_many reports the unreadable file
+        images = list(images)
+        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
-            results = self.query_many(list(hashes), wanted, on_error=on_error)
+            results = self.query_many(images, wanted, on_error=on_error, channels=channels, names=labels)
             ids = sorted({m.id for result in results for m in result.results})
             with self._catalogue_lock:
                 sha_of = {row.id: row.sha256 for row in self.store.catalogue.image_rows(ids)}
             kept = [
-                [m for m in result.results if m.path != result.query and sha_of.get(m.id) != hashes.get(result.query)]
-                for result in results
+                [m for m in r.results if m.path != r.query and (digest_of.get(r.query) is None or sha_of.get(m.id) != digest_of[r.query])]
+                for r in results
             ]
             # Too many copies of a query ate the margin: search again, deeper.
             if wanted >= self.size or all(len(found) >= k for found in kept):
                 break
             margin *= 4
+            on_error = None if on_error is None else (lambda label, exc: None)  # reported once already
         return [
             QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
             for result, found in zip(results, kept)
         ]
+
+
+def _content_digest(image: Any) -> str | None:
+    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return sha256_bytes(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return file_sha256(image)
+        except OSError:
+            return None  # query_many reports the unreadable file
+    return None
+
+
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 
@@ -333,6 +426,31 @@ def _wrong_type(image: Any) -> TypeError:
         "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
         f"or a decoded uint8 NumPy array; got {type(image).__name__}"
     )
+
+
+def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
+    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
+
+    Files go through the one loader (read, decode and ``prepare`` in threads);
+    bytes and arrays are decoded or checked here.
+    """
+    from cbir.loading import PrepareSpec, load_prepared, usable_cores
+
+    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
+    from_files = load_prepared(
+        paths, PrepareSpec(embedder.decode_min_side), workers=max(1, min(usable_cores(), len(paths))), prepare=embedder.prepare
+    )
+    out: list[tuple[Any, ImageError | None]] = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            file, item = next(from_files)
+            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
+            continue
+        try:
+            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
+        except ImageError as exc:
+            out.append((None, exc))
+    return out
 
 
 def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:

@@ -1,7 +1,7 @@
 """Query images that are not files: standard input and http(s) URLs.
 
-Both arrive as bytes and go through the same safe decoder as indexing
-(:func:`cbir.images.decode_image`: pixel cap, EXIF orientation). Downloads are
+Both arrive as bytes, which :meth:`cbir.search.Searcher.query` decodes with the
+same safe decoder as indexing (pixel cap, EXIF orientation). Downloads are
 capped in size and time.
 """
 
@@ -11,9 +11,6 @@ import logging
 from typing import BinaryIO
 
 from cbir.errors import ImageError, UsageError
-from cbir.fileio import sha256_bytes
-from cbir.images import decode_image
-from cbir.search import Match, QueryResult, Searcher
 
 logger = logging.getLogger(__name__)
 
@@ -28,8 +25,9 @@ def is_url(text: str) -> bool:
     return text.lower().startswith(("http://", "https://"))
 
 
-def read_stream(stream: BinaryIO, what: str, max_bytes: int = MAX_QUERY_BYTES) -> bytes:
-    """At most ``max_bytes`` from ``stream``; :class:`ImageError` if there is more, or nothing."""
+def read_stream(stream: BinaryIO, what: str, max_bytes: int | None = None) -> bytes:
+    """At most ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) from ``stream``; :class:`ImageError` if there is more, or nothing."""
+    max_bytes = MAX_QUERY_BYTES if max_bytes is None else max_bytes
     data = stream.read(max_bytes + 1)
     if len(data) > max_bytes:
         raise ImageError(f"{what} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
@@ -38,10 +36,14 @@ def read_stream(stream: BinaryIO, what: str, max_bytes: int = MAX_QUERY_BYTES) -
     return data
 
 
-def fetch_url(url: str, max_bytes: int = MAX_QUERY_BYTES, timeout: float = URL_TIMEOUT) -> bytes:
-    """The body of an http(s) URL, capped at ``max_bytes``; :class:`ImageError` says why it failed."""
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
+    """The body of an http(s) URL, capped at ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) and
+    ``timeout`` seconds per network operation (default :data:`URL_TIMEOUT`); :class:`ImageError` says why it failed."""
     import urllib.error
     import urllib.request
+
+    max_bytes = MAX_QUERY_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT if timeout is None else timeout
 
     if not is_url(url):
         raise UsageError(f"only http:// and https:// URLs can be queried: {url}")
@@ -58,32 +60,3 @@ def fetch_url(url: str, max_bytes: int = MAX_QUERY_BYTES, timeout: float = URL_T
         raise ImageError(f"cannot fetch {url}: {exc.reason}") from None
     except (TimeoutError, OSError) as exc:
         raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None
-
-
-def query_bytes(searcher: Searcher, data: bytes, k: int, name: str, exclude_self: bool = False) -> QueryResult:
-    """Search with an encoded image held in memory (``name`` is what the result calls it)."""
-    try:
-        image = decode_image(data, min_side=searcher.embedder.decode_min_side)
-    except ImageError as exc:
-        raise ImageError(f"cannot read {name}: {exc}") from None
-    vector = searcher.embedder.transform([image])
-    if not exclude_self:
-        return QueryResult(name, searcher.search_vectors(vector, k)[0])
-    digest = sha256_bytes(data)
-    searcher._effective_k(k)  # says so if k exceeds the collection
-    wanted = k
-    while True:
-        wanted = min(wanted + 8, searcher.size)
-        found = searcher.search_vectors(vector, wanted)[0]
-        sha_of = {row.id: row.sha256 for row in searcher.store.catalogue.image_rows([m.id for m in found])}
-        kept = [m for m in found if sha_of.get(m.id) != digest]
-        if len(kept) >= k or wanted >= searcher.size:
-            break
-        wanted *= 4
-    return QueryResult(name, [_renumber(m, n) for n, m in enumerate(kept[:k], start=1)])
-
-
-def _renumber(match: Match, rank: int) -> Match:
-    from dataclasses import replace
-
-    return replace(match, rank=rank)

@@ -26,8 +26,8 @@ import json
 import logging
 import os
 import platform
-import re
 import shutil
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,15 @@ from typing import Any
 import numpy as np
 
 from cbir.catalogue import Catalogue
+from cbir.locations import (  # noqa: F401  (where indexes live; re-exported for callers of cbir.store)
+    ENV_INDEX_DIR,
+    check_index_name,
+    default_index_dir,
+    index_path,
+    is_under,
+    name_for_folder,
+    resolve_index_dir,
+)
 from cbir.fileio import file_sha256, write_json_atomic
 from cbir.errors import (
     CbirError,
@@ -55,7 +64,6 @@ LOCK_FILE = ".lock"
 FORMAT = "cbir-index"
 FORMAT_VERSION = 1
 METRIC = "inner_product"
-ENV_INDEX_DIR = "CBIR_INDEX_DIR"
 
 _META_VECTORS_FILE = "vectors_file"
 _META_VECTORS_MAX_ID = "vectors_max_id"
@@ -70,59 +78,6 @@ _META_VECTORS_FINGERPRINT = "vectors_fingerprint"  # size and hash of head and t
 _FINGERPRINT_SPAN = 1 << 16
 #: Files and folders taken out with ``cbir remove``: an update of a folder above them leaves them out.
 _META_REMOVED = "removed_paths"
-
-
-#: What an index name may hold: letters, digits, '-' and '_' (it names a folder).
-_NAME_PATTERN = re.compile(r"[\w-]{1,100}")
-LOCAL_INDEX_DIR = "indexes"
-
-
-def default_index_dir() -> Path:
-    """Where named indexes live when no folder is given; see :func:`resolve_index_dir`."""
-    return resolve_index_dir(None)
-
-
-def resolve_index_dir(index_dir: str | os.PathLike | None = None) -> Path:
-    """The folder of named indexes: the one place that decides it.
-
-    In order: ``index_dir`` if given; ``$CBIR_INDEX_DIR`` if set; ``./indexes``
-    only where that folder already exists in the current directory (a project
-    that keeps its indexes beside it); else the per-user data folder
-    (``platformdirs.user_data_dir("cbir")/indexes``, e.g.
-    ``~/.local/share/cbir/indexes``). ``~`` is expanded. Nothing is created
-    here, so indexing a photo folder from inside it leaves no ``indexes/`` there.
-    """
-    if index_dir is not None and str(index_dir) != "":
-        return Path(os.path.expanduser(os.fspath(index_dir)))
-    env = os.environ.get(ENV_INDEX_DIR)
-    if env:
-        return Path(os.path.expanduser(env))
-    if Path(LOCAL_INDEX_DIR).is_dir():
-        return Path(LOCAL_INDEX_DIR).absolute()
-    import platformdirs
-
-    return Path(platformdirs.user_data_dir("cbir", appauthor=False)) / "indexes"
-
-
-def check_index_name(name: str) -> str:
-    """Return ``name`` if it is a valid index name (letters, digits, ``-``, ``_``), else :class:`UsageError`."""
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
-        raise UsageError(
-            f"invalid index name {name!r}: use 1 to 100 letters, digits, '-' or '_' (no spaces, dots or slashes)"
-        )
-    return name
-
-
-def name_for_folder(folder: str | os.PathLike) -> str:
-    """The default index name for ``folder``: its name, other characters replaced by ``-``."""
-    base = Path(os.path.abspath(os.fspath(folder))).name
-    name = re.sub(r"[^\w-]+", "-", base).strip("-")[:100]
-    return name or "images"
-
-
-def index_path(name: str, index_dir: str | os.PathLike | None = None) -> Path:
-    """Directory of the index called ``name`` (see :func:`resolve_index_dir` and :func:`check_index_name`)."""
-    return resolve_index_dir(index_dir) / check_index_name(name)
 
 
 def not_found_message(path: Path) -> str:
@@ -146,34 +101,6 @@ def list_indexes(index_dir: str | os.PathLike | None = None) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and is_index(p))
 
 
-def delete_index(name: str, index_dir: str | os.PathLike | None = None, wait: bool = False) -> Path:
-    """Delete the index ``name`` (its folder and everything in it); returns the path it had.
-
-    Takes the write lock first, so an index being written is not pulled away
-    from its writer (``wait`` waits for it). The folder is renamed out of the
-    way before it is removed: readers and ``cbir list`` never see half of it.
-
-    Raises
-    ------
-    IndexNotFoundError, IndexLockedError, UsageError (a folder that is not a cbir index)
-    """
-    path = index_path(name, index_dir)
-    if not path.is_dir():
-        raise IndexNotFoundError(not_found_message(path))
-    if not any((path / marker).exists() for marker in (MANIFEST_FILE, CATALOGUE_FILE, LOCK_FILE)):
-        raise UsageError(f"{path} does not look like a cbir index; not deleting it")
-    lock = WriteLock(path, wait=wait)
-    trash = path.with_name(f".{path.name}.deleting-{os.getpid()}")
-    try:
-        os.replace(path, trash)
-    except OSError as exc:
-        raise UsageError(f"cannot delete index {name!r}: {exc.strerror or exc}") from None
-    finally:
-        lock.release()
-    shutil.rmtree(trash, ignore_errors=True)
-    return path
-
-
 def package_versions() -> dict[str, str]:
     """Versions recorded in a manifest, to explain differences between machines."""
     import cv2
@@ -195,6 +122,7 @@ class WriteLock:
 
     def __init__(self, directory: Path, wait: bool = False):
         self.path = Path(directory) / LOCK_FILE
+        self._release_guard = threading.Lock()
         try:
             self._file = open(self.path, "a+")
         except OSError as exc:
@@ -218,10 +146,33 @@ class WriteLock:
         self._file.write(f"cbir process {os.getpid()}")
         self._file.flush()
 
+    def is_current(self) -> bool:
+        """Whether the lock file held is still the one in the folder (a failed first build deletes its folder)."""
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self._file.fileno()).st_ino
+        except (OSError, ValueError):
+            return False
+
     def release(self) -> None:
-        if not self._file.closed:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
+        """Give the lock up; safe to call again, or from another thread."""
+        with self._release_guard:
+            if not self._file.closed:
+                fcntl.flock(self._file, fcntl.LOCK_UN)
+                self._file.close()
+
+
+def _lock_holder(directory: Path) -> str | None:
+    """Who holds the write lock on ``directory`` (``None`` if nobody), without taking it."""
+    try:
+        with open(Path(directory) / LOCK_FILE) as file:
+            try:
+                fcntl.flock(file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                return file.read().strip() or "another process"
+            fcntl.flock(file, fcntl.LOCK_UN)
+            return None
+    except OSError:
+        return None
 
 
 @dataclass
@@ -269,16 +220,26 @@ class IndexStore:
         path = Path(path)
         if not path.is_dir():
             raise IndexNotFoundError(not_found_message(path))
+        if not writable and not is_index(path):
+            builder = _lock_holder(path)
+            if builder is not None:
+                raise IndexLockedError(f"index {path.name!r} is being built by {builder}; query it once that run has finished")
         lock = WriteLock(path, wait=wait) if writable else None
         try:
-            manifest = read_manifest(path)
-            # Readers never write: a read-only connection works in a read-only
-            # folder, and threads may share it (Searcher serialises its use).
-            catalogue = Catalogue(path / CATALOGUE_FILE, read_only=not writable, check_same_thread=writable)
+            return cls.open_locked(path, lock)
         except BaseException:
             if lock:
                 lock.release()
             raise
+
+    @classmethod
+    def open_locked(cls, path: Path, lock: WriteLock | None) -> "IndexStore":
+        """:meth:`open` with the write ``lock`` already held by the caller (``None``: read only)."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        # Readers never write: a read-only connection works in a read-only
+        # folder, and threads may share it (Searcher serialises its use).
+        catalogue = Catalogue(path / CATALOGUE_FILE, read_only=lock is None, check_same_thread=lock is not None)
         # Model files are hashed only when the embedder is loaded (see
         # embedder()): listing or describing an index reads no model.
         return cls(path, manifest, catalogue, lock)
@@ -383,6 +344,7 @@ class IndexStore:
             "created": manifest.get("created"),
             "versions": manifest.get("versions", {}),
             "vectors_current": self.vectors_are_current(),
+            "removed_paths": self.removed_paths(),
         }
 
     def _check_model_files(self) -> None:
@@ -487,13 +449,16 @@ class IndexStore:
             return False
         return True
 
-    def _build_vectors(self) -> VectorIndex:
-        catalogue, dim = self.catalogue, self.dim
+    def _check_factory(self) -> None:
         if not self.factory_is_buildable():
             raise IndexCorruptError(
                 f"index {self.name!r}: {MANIFEST_FILE} names index type {self.factory!r}, which FAISS cannot build; "
                 f"choose one with cbir index FOLDER --name {self.name} --index-type flat|hnsw|ivf|ivfpq"
             )
+
+    def _build_vectors(self) -> VectorIndex:
+        catalogue, dim = self.catalogue, self.dim
+        self._check_factory()
 
         def sample(n: int) -> np.ndarray:
             ids = np.array([row.id for row in catalogue.image_rows()], dtype=np.int64)
@@ -513,9 +478,20 @@ class IndexStore:
         """
         if not self.writable:
             raise RuntimeError("save_vectors needs an index opened for writing")
+        from cbir import augmentation
+
         state = self._snapshot()
         rebuilt = self._retune(state)
         state = self._snapshot()
+        if augmentation.applies(self):  # DBA: the snapshot is recomputed from the catalogue
+            self._check_factory()
+            problem = self._snapshot_problem(state)
+            augmentation.save_snapshot(self)  # rebuilds whenever _rebuild says so
+            if problem is not None and rebuilt is None:
+                if state.target == self.factory:
+                    logger.warning("index %r: %s; rebuilding it from the catalogue", self.name, problem)
+                rebuilt = f"rebuilt the vector index ({problem})"
+            return rebuilt
         if (
             rebuilt is None
             and state.target == self.factory
@@ -558,15 +534,47 @@ class IndexStore:
             self.catalogue.set_meta(_META_VECTORS_FILE, new_name)
             self.catalogue.set_meta(_META_VECTORS_MAX_ID, str(self.catalogue.max_id()))
             self.catalogue.set_meta(_META_VECTORS_SERIAL, str(serial))
-            self.catalogue.set_meta(_META_VECTORS_FACTORY, vector_index.factory)
-            self.catalogue.set_meta(_META_VECTORS_TARGET, self.factory)
-            self.catalogue.set_meta(_META_VECTORS_TUNED_FOR, str(tuned_for))
-            self.catalogue.set_meta(_META_VECTORS_FINGERPRINT, _fingerprint(self.path / new_name))
+            self.record_snapshot(vector_index, new_name, tuned_for)
             self.catalogue.clear_pending_removals(up_to_id=2**62)
         for old in self.path.glob("vectors-*.faiss"):
             if old.name != new_name:
                 old.unlink(missing_ok=True)
         return rebuilt
+
+    def record_snapshot(self, vector_index: VectorIndex, file_name: str, tuned_for: int | None = None) -> None:
+        """Record what the snapshot ``file_name`` is, inside the transaction that switches to it."""
+        if tuned_for is None:
+            tuned_for = self.catalogue.count_images()
+        self.catalogue.set_meta(_META_VECTORS_FACTORY, vector_index.factory)
+        self.catalogue.set_meta(_META_VECTORS_TARGET, self.factory)
+        self.catalogue.set_meta(_META_VECTORS_TUNED_FOR, str(tuned_for))
+        self.catalogue.set_meta(_META_VECTORS_FINGERPRINT, _fingerprint(self.path / file_name))
+
+    def _vectors_state(self) -> tuple[str | None, int]:
+        state = self._snapshot()
+        return state.file, state.max_id
+
+    @property
+    def _rebuild(self) -> bool:
+        """Whether the snapshot must be rebuilt from the catalogue (see :meth:`_snapshot_problem`)."""
+        return self._snapshot_problem(self._snapshot()) is not None
+
+    def _snapshot_problem(self, state: _Snapshot) -> str | None:
+        """Why the recorded snapshot cannot just be updated: another factory, a missing or altered file."""
+        if state.file is None:
+            return None
+        if state.target != self.factory:
+            return f"it was {state.factory}, the manifest names {self.factory}"
+        file = self.path / state.file
+        if not file.is_file():
+            return f"its vector file {state.file} is missing"
+        if state.fingerprint is not None and _fingerprint(file) != state.fingerprint:
+            return f"its vector file {state.file} is not the one written (truncated or replaced)"
+        return None
+
+    @_rebuild.setter
+    def _rebuild(self, value: bool) -> None:
+        pass  # decided by what the catalogue records, not by memory
 
     def _retune(self, state: _Snapshot) -> str | None:
         """Re-choose a short-named type's parameters, or retry a failed training, once the collection has grown."""
@@ -641,11 +649,6 @@ def _fingerprint(file: Path) -> str:
         f.seek(max(0, size - _FINGERPRINT_SPAN))
         tail = f.read(_FINGERPRINT_SPAN)
     return f"{size}:{hashlib.sha256(head + tail).hexdigest()[:32]}"
-
-
-def is_under(path: str, root: str) -> bool:
-    """Whether absolute ``path`` is ``root`` or lies below it."""
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -129,6 +129,17 @@ def test_delete_needs_yes_when_not_interactive(indexed, index_dir):
     assert "no index named 'photos'" in fails("delete", "photos", "--index-dir", index_dir, "--yes")
 
 
+def test_delete_asks_at_a_terminal(indexed, index_dir, monkeypatch):
+    import cbir.cli.manage
+
+    monkeypatch.setattr(cbir.cli.manage, "_interactive", lambda: True)
+    kept = runner.invoke(app, ["delete", "photos", "--index-dir", str(index_dir)], input="n\n")
+    assert kept.exit_code == 1 and "delete index 'photos'" in kept.stderr
+    assert (index_dir / "photos" / "manifest.json").is_file()
+    run("delete", "photos", "--index-dir", index_dir, input="y\n")
+    assert not (index_dir / "photos").exists()
+
+
 def test_delete_takes_the_write_lock(indexed, index_dir):
     from cbir.store import WriteLock
 
@@ -360,8 +371,26 @@ def test_query_by_url_on_a_loopback_server(indexed, index_dir, loopback, monkeyp
     message = fails("query", f"{loopback}/nope.jpg", "--name", "photos", "--index-dir", index_dir)
     assert "HTTP 404" in message and f"{loopback}/nope.jpg" in message
     monkeypatch.setattr(cbir.sources, "MAX_QUERY_BYTES", 100)
-    monkeypatch.setattr(cbir.sources.fetch_url, "__defaults__", (100, 5.0))
     assert "larger than" in fails("query", url, "--name", "photos", "--index-dir", index_dir)
+    # Another scheme is not fetched; the message quotes it as given (no "ftp:/example.org").
+    assert "ftp://example.org/x.jpg" in fails("query", "ftp://example.org/x.jpg", "--name", "photos", "--index-dir", index_dir)
+
+
+def test_a_url_that_does_not_answer_times_out(indexed, index_dir, monkeypatch):
+    import socket
+
+    import cbir.sources
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts the connection, never answers
+    try:
+        monkeypatch.setattr(cbir.sources, "URL_TIMEOUT", 0.5)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/x.jpg"
+        message = fails("query", url, "--name", "photos", "--index-dir", index_dir)
+        assert message.startswith(f"error: cannot fetch {url}") and "timed out" in message
+    finally:
+        silent.close()
 
 
 def test_piping_into_head_exits_quietly(indexed, index_dir):
@@ -457,10 +486,11 @@ def test_more_formats_are_read_where_opencv_can(tmp_path, index_dir, suffix):
         ok, encoded = cv2.imencode(suffix, image)
         assert ok
         (folder / f"img-{n}{suffix}").write_bytes(encoded.tobytes())
-    data = json.loads(run("index", folder, "--name", "f", "--index-dir", index_dir, "--json").stdout)
+    # Plain vectors and search (no re-ranking): the score must show the exact same embedding.
+    data = json.loads(run("index", folder, "--name", "f", "--index-dir", index_dir, "--json", "--no-dba").stdout)
     assert data["added"] == 2 and data["skipped"] == 0
     query = folder / f"img-1{suffix}"
-    found = json.loads(run("query", query, "--name", "f", "--index-dir", index_dir, "-k", "1", "--json").stdout)
+    found = json.loads(run("query", query, "--name", "f", "--index-dir", index_dir, "-k", "1", "--json", "--no-expand").stdout)
     assert found["results"][0]["path"] == str(query)
     assert np.isclose(found["results"][0]["score"], 1.0, atol=1e-4)
 
@@ -471,6 +501,9 @@ def test_removed_files_stay_out_of_later_updates_unless_asked(indexed, index_dir
 
     run("remove", indexed / "red", indexed / "blue" / "blue-0.jpg", "--name", "photos", "--index-dir", index_dir)
     assert total() == 9
+    info = json.loads(run("info", "photos", "--index-dir", index_dir, "--json").stdout)
+    assert info["removed_paths"] == [str(indexed / "blue" / "blue-0.jpg"), str(indexed / "red")]
+    assert "2 path(s) left out of updates" in run("info", "photos", "--index-dir", index_dir).stdout
     update = json.loads(run("index", indexed, "--name", "photos", "--index-dir", index_dir, "--json").stdout)
     assert update["added"] == 0 and total() == 9  # the parent folder again: removals remembered
     json.loads(run("index", indexed / "red", "--name", "photos", "--index-dir", index_dir, "--json").stdout)

@@ -249,8 +249,9 @@ def test_concurrent_small_searches_leave_faiss_on_all_its_threads():
 def test_ivfpq_scores_are_exact_after_re_ranking(tmp_path, index_dir):
     root = tmp_path / "photos"
     make_collection(root, per_class=40, size=(24, 32))
-    index_folder(root, "pq", index_dir, index_type="ivfpq", embedder=small_embedder())
-    with Searcher.open("pq", index_dir) as searcher:
+    # Plain vectors and plain search (no DBA, no query expansion): scores are cosine similarities.
+    index_folder(root, "pq", index_dir, index_type="ivfpq", embedder=small_embedder(), dba=None)
+    with Searcher.open("pq", index_dir, expand=None) as searcher:
         assert searcher.vectors.rerank > 0
         ids, stored = [], []
         for block_ids, block in searcher.store.catalogue.iter_vectors(searcher.store.dim):

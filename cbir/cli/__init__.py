@@ -11,7 +11,7 @@ import typer
 
 from typing import Annotated
 
-from cbir.cli import demo, duplicates, evaluate, index, info, manage, query, serve, train
+from cbir.cli import benchmark, demo, duplicates, evaluate, index, info, manage, query, serve, train
 from cbir.cli._common import tidy_help
 
 tidy_help()
@@ -44,7 +44,7 @@ def _options(
     pass
 
 
-app.command("index")(index.index)
+app.command("index", cls=index.IndexCommand)(index.index)
 app.command("query")(query.query)
 app.command("evaluate")(evaluate.evaluate)
 app.command("info")(info.info)
@@ -55,6 +55,7 @@ app.command("delete")(manage.delete)
 app.command("duplicates")(duplicates.duplicates)
 app.command("train-autoencoder")(train.train_autoencoder_command)
 app.command("demo")(demo.demo)
+app.command("benchmark")(benchmark.benchmark)
 app.command("serve")(serve.serve)
 
 

@@ -240,3 +240,45 @@ def pick_name(positional: str | None, option: str | None, required: bool = True)
     if name is None and required:
         raise UsageError("which index? give its name (NAME or --name NAME; 'cbir list' shows them)")
     return name
+
+
+# -- re-ranking (cbir.rerank) -------------------------------------------------
+ExpandOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--expand",
+        help="Alpha query expansion: search again with the weighted mean of the query and its top N results "
+        "(N >= 1). (default: 2; --no-expand turns it off)",
+        show_default=False,
+    ),
+]
+NoExpandOption = Annotated[bool, typer.Option("--no-expand", help="One plain search, no query expansion.")]
+AlphaOption = Annotated[
+    Optional[float],
+    typer.Option(
+        "--alpha",
+        help="Re-ranking weight exponent: a neighbour with similarity s weighs s^alpha (0 = plain mean). (default: 3)",
+        show_default=False,
+    ),
+]
+
+
+def expand_setting(expand: int | None, no_expand: bool) -> int | None:
+    """``--expand`` / ``--no-expand`` as the library's ``expand`` argument (``None`` = off)."""
+    from cbir.errors import UsageError
+    from cbir.rerank import DEFAULT_EXPAND, check_expand
+
+    if no_expand and expand is not None:
+        raise UsageError("--expand and --no-expand contradict each other")
+    if no_expand:
+        return None
+    check_expand(expand)
+    return DEFAULT_EXPAND if expand is None else expand
+
+
+def alpha_setting(alpha: float | None) -> float:
+    from cbir.rerank import DEFAULT_ALPHA, check_alpha
+
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    check_alpha(alpha)
+    return alpha

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperCommand
 
 from cbir.cli._common import (
+    AlphaOption,
     IndexDirOption,
     JsonOption,
     LabelColumnOption,
@@ -25,6 +28,21 @@ _CNN = "CNN (--extractor cnn)"
 _AE = "Autoencoder (--extractor autoencoder)"
 
 
+def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
+    """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
+    from cbir.augmentation import KEEP, dba_config
+    from cbir.errors import UsageError
+    from cbir.rerank import DEFAULT_ALPHA
+
+    if no_dba and dba is not None:
+        raise UsageError("--dba and --no-dba contradict each other")
+    chosen = None if no_dba else (KEEP if dba is None else dba)
+    alpha = DEFAULT_ALPHA if alpha is None else alpha
+    if chosen not in (None, KEEP):
+        dba_config(chosen, alpha)  # one clean error for --dba 0 or a bad --alpha, before any work
+    return {"dba": chosen, "dba_alpha": alpha}
+
+
 def _parse_bins(text: str) -> list[int]:
     from cbir.errors import UsageError
 
@@ -34,6 +52,37 @@ def _parse_bins(text: str) -> list[int]:
     except ValueError:
         raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
 
+
+
+def _parse_workers(text: str | None) -> int | None:
+    from cbir.errors import UsageError
+
+    if text is None:
+        return None
+    try:
+        workers = int(text)
+    except ValueError:
+        workers = 0
+    if workers < 1:
+        raise UsageError(f"--workers must be a whole number of at least 1, got {text!r}")
+    return workers
+
+
+_RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
+
+
+class IndexCommand(TyperCommand):
+    """``--ray`` takes an optional address: without one (or before the folder) it means ``auto``."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:
+        args = list(args)
+        for i, arg in enumerate(args):
+            if arg == "--":
+                break
+            if arg == "--ray" and (i + 1 == len(args) or not _RAY_ADDRESS.match(args[i + 1])):
+                args.insert(i + 1, "auto")
+                break
+        return super().parse_args(ctx, args)
 
 
 @handle_errors
@@ -149,7 +198,27 @@ def index(
     path_column: PathColumnOption = None,
     label_column: LabelColumnOption = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
-    workers: Annotated[Optional[int], typer.Option("--workers", min=1, help="Decoding threads. (default: CPU count)", show_default=False)] = None,
+    workers: Annotated[
+        Optional[str],
+        typer.Option(
+            "--workers",
+            metavar="N",
+            help="Worker processes that read and decode images (this process writes the index and runs the network). "
+            "With --ray: actors. (default: the usable CPU cores)",
+            show_default=False,
+        ),
+    ] = None,
+    ray: Annotated[
+        Optional[str],
+        typer.Option(
+            "--ray",
+            metavar="[ADDRESS]",
+            help="Read and embed on a Ray cluster: alone or 'auto' joins a running local cluster or starts one; "
+            "HOST:PORT or ray://HOST:PORT joins that cluster. Every node must read the images (and the index folder) "
+            "at the same paths: a shared filesystem. Needs pip install 'cbir\\[ray]'.",
+            show_default=False,
+        ),
+    ] = None,
     exclude: Annotated[
         Optional[list[str]],
         typer.Option(
@@ -166,6 +235,18 @@ def index(
     ] = False,
     wait: Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")] = False,
     as_json: JsonOption = False,
+    dba: Annotated[
+        Optional[int],
+        typer.Option(
+            "--dba",
+            help="Database-side augmentation: index each vector as the weighted mean of itself and its K nearest "
+            "neighbours, recomputed from the original vectors whenever the collection changes. "
+            "(default: 2 for a new index, the index's own setting otherwise; --no-dba turns it off)",
+            show_default=False,
+        ),
+    ] = None,
+    no_dba: Annotated[bool, typer.Option("--no-dba", help="Index the original vectors (no database-side augmentation).")] = False,
+    alpha: AlphaOption = None,
 ) -> None:
     """Index a folder of images, or update an existing index with what changed in it.
 
@@ -203,12 +284,14 @@ def index(
         labels=read_labels(labels, path_column, label_column),
         pca_train_folder=pca_train,
         batch_size=batch_size,
-        workers=workers,
+        workers=_parse_workers(workers),
+        ray=ray,
         wait=wait,
         progress=progress_bar(),
         exclude=exclude or (),
         include_hidden=include_hidden,
         include_removed=include_removed,
+        **_dba_arguments(dba, no_dba, alpha),
     )
     if as_json:
         print_json(summary.to_dict())

@@ -49,6 +49,8 @@ def info(
     print("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     if not data["vectors_current"]:
         print("note        the vector file is behind the catalogue (interrupted run?); queries still see every committed image")
+    if data["removed_paths"]:
+        print(f"removed     {len(data['removed_paths'])} path(s) left out of updates (cbir index --include-removed adds them back)")
     for entry in data["skipped_files"]:
         print(f"  skipped: {entry['path']}: {entry['reason']}")
 

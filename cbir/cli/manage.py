@@ -18,6 +18,10 @@ from cbir.cli._common import (
     stderr,
 )
 
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
 WaitOption = Annotated[bool, typer.Option("--wait", help="If another process is writing this index, wait instead of failing.")]
 
 
@@ -58,12 +62,13 @@ def delete(
 ) -> None:
     """Delete an index: its folder, catalogue and vectors (the images are not touched)."""
     from cbir.errors import UsageError
-    from cbir.store import delete_index, index_path, is_index
+    from cbir.maintenance import delete_index
+    from cbir.store import index_path, is_index
 
     name = pick_name(name_argument, name)
     path = index_path(name, index_dir)
     if not yes and is_index(path):
-        if not sys.stdin.isatty():
+        if not _interactive():
             raise UsageError(f"deleting index {name!r} ({path}) cannot be undone: add --yes to confirm")
         if not typer.confirm(f"delete index {name!r} ({path})?", default=False, err=True):
             raise typer.Exit(code=1)

@@ -8,7 +8,12 @@ from typing import Annotated, Optional
 import typer
 
 from cbir.cli._common import (
+    AlphaOption,
     EfSearchOption,
+    ExpandOption,
+    NoExpandOption,
+    alpha_setting,
+    expand_setting,
     IndexDirOption,
     JsonOption,
     NameOption,
@@ -46,14 +51,17 @@ def query(
     ] = None,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
+    expand: ExpandOption = None,
+    no_expand: NoExpandOption = False,
+    alpha: AlphaOption = None,
 ) -> None:
     """Find the images most similar to IMAGE (or to each image in a folder).
 
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
-    closer) and path; a result whose file is gone is marked (missing). --json
-    gives {"query", "results": [{"rank", "path", "score", "exists"}]}, a list
-    of those for a folder.
+    closer; after query expansion, similarity to the expanded query) and path;
+    a result whose file is gone is marked (missing). --json gives {"query",
+    "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder.
     """
     from cbir.errors import UsageError
     from cbir.images import find_images
@@ -72,15 +80,12 @@ def query(
     paths = find_images(path) if is_folder else [path]
     if is_folder and not paths:
         raise UsageError(f"no image files in {image}")
-    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search) as searcher:
-        if from_bytes:
-            results = [_query_bytes(searcher, image, k, exclude_self)]
-        else:
-            on_error = (lambda p, exc: stderr.print(f"warning: skipped query {exc}", markup=False)) if is_folder else None
-            if exclude_self:
-                results = searcher.query_excluding_self(paths, k, on_error=on_error)
-            else:
-                results = searcher.query_many(paths, k, on_error=on_error)
+    images, names = _read_source(image) if from_bytes else (paths, None)
+    on_error = (lambda p, exc: stderr.print(f"warning: skipped query {exc}", markup=False)) if is_folder else None
+    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha)}
+    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as searcher:
+        search = searcher.query_excluding_self if exclude_self else searcher.query_many
+        results = search(images, k, on_error=on_error, names=names)
     if montage is not None:
         from cbir.montage import write_montage
 
@@ -111,13 +116,15 @@ def query(
             print(f"{match.rank:>4}  {match.score:.4f}  {match.path}{note}")
 
 
-def _query_bytes(searcher, source: str, k: int, exclude_self: bool):
+def _read_source(source: str) -> tuple[list[bytes], list[str]]:
+    """The encoded image from standard input or a URL, and what to call it."""
     import sys
 
-    from cbir.sources import STDIN, fetch_url, query_bytes, read_stream
+    from cbir.errors import ImageError
+    from cbir.sources import STDIN, fetch_url, read_stream
 
-    if source == STDIN:
-        data, label = read_stream(sys.stdin.buffer, "standard input"), "<stdin>"
-    else:
-        data, label = fetch_url(source), source
-    return query_bytes(searcher, data, k, label, exclude_self=exclude_self)
+    label = "<stdin>" if source == STDIN else source
+    data = read_stream(sys.stdin.buffer, "standard input") if source == STDIN else fetch_url(source)
+    if not data:
+        raise ImageError(f"{label} is empty")
+    return [data], [label]

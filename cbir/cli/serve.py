@@ -22,6 +22,9 @@ def serve(
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port; 0 picks a free one.")] = 8000,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest accepted upload, in MB.")] = 20.0,
+    max_megapixels: Annotated[
+        float, typer.Option("--max-megapixels", min=0.001, max=180, help="Largest accepted upload, in decoded megapixels.")
+    ] = 50.0,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
 ) -> None:
     """Serve a search page and an HTTP API (docs at /docs) for the indexes in --index-dir.
@@ -31,14 +34,15 @@ def serve(
     while serving are picked up without a restart; nothing is written to the
     index folder. Stop with Ctrl-C.
     """
-    from cbir.errors import UsageError
 
     try:
         import uvicorn
 
         from cbir.server.app import Limits, create_app
     except ImportError as exc:
-        raise UsageError(f"cbir serve needs the serve extra ({exc.name} is missing): pip install 'cbir[serve]'") from None
+        from cbir.extras import missing_extra
+
+        raise missing_extra(exc.name or "FastAPI", "serve", "cbir serve") from None
     from cbir.server.live import IndexPool
 
     pool = IndexPool(index_dir, names).open()
@@ -48,7 +52,8 @@ def serve(
         pool.close()
         raise
     try:
-        app = create_app(pool=pool, limits=Limits(max_upload_bytes=int(max_upload_mb * 2**20)))
+        limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=int(max_megapixels * 1_000_000))
+        app = create_app(pool=pool, limits=limits)
         bound_host, bound_port = listener.getsockname()[:2]
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         stderr.print(

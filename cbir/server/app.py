@@ -185,6 +185,8 @@ def create_app(
         row = _row(pool.get(name), image_id)
         if not os.path.isfile(row.path):
             raise ApiError(404, f"the file of image {row.id} is no longer there: {row.path}")
+        if not os.access(row.path, os.R_OK):
+            raise ApiError(404, f"the file of image {row.id} cannot be read by the server: {row.path}")
         media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
         return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
 
@@ -335,7 +337,7 @@ class _UploadLimit:
 
     async def _refuse(self, send) -> None:
         limit_mb = self.max_bytes / 2**20
-        body = json.dumps({"error": f"request body larger than the {limit_mb:g} MB upload limit"}).encode()
+        body = json.dumps({"error": f"request body larger than the {limit_mb:.3g} MB upload limit"}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

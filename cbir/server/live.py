@@ -42,7 +42,7 @@ class LiveIndex:
         self._lock = threading.Lock()
         self._searcher = Searcher.open(self.name, self.path.parent)
         try:
-            self._searcher.embedder  # load the model now, not in the first request
+            _ = self._searcher.embedder  # load the model now, not in the first request
             self._users: dict[int, int] = {id(self._searcher): 0}
             self._retired: dict[int, Searcher] = {}
             self._watch: Catalogue | None = None
@@ -68,16 +68,7 @@ class LiveIndex:
 
     def describe(self) -> dict[str, Any]:
         with self.use() as searcher:
-            manifest = searcher.store.manifest
-            embedder = manifest["embedder"]
-            return {
-                "name": self.name,
-                "extractor": embedder["extractor"]["name"],
-                "embedder": embedder,
-                "dim": searcher.store.dim,
-                "index_type": manifest.get("index_type"),
-                "size": searcher.size,
-            }
+            return searcher.describe()
 
     # -- refreshing --------------------------------------------------------
     def _disk_identity(self) -> tuple:

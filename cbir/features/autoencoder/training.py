@@ -19,7 +19,6 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
@@ -236,11 +235,8 @@ def train(
             # them with the record makes a resumed run stop, and keep, exactly
             # what an uninterrupted one would have.
             callbacks = [
-                keras.callbacks.ModelCheckpoint(
-                    best_path, monitor=monitor, save_best_only=True, initial_value_threshold=best
-                ),
                 keras.callbacks.EarlyStopping(monitor=monitor, patience=patience_left, baseline=best),
-                _recorder(keras, model, record, work_dir, last_path, monitor, int(extractor.epochs), progress),
+                _recorder(keras, model, record, work_dir, checkpoints, monitor, int(extractor.epochs), progress),
             ]
             validation = None
             if n_val:
@@ -273,11 +269,11 @@ def _training_subset(params: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if k not in NOT_TRAINING_PARAMS}
 
 
-def _recorder(keras, model, record: dict, work_dir: Path, last_path: Path, monitor: str, epochs: int, progress: Progress):
+def _recorder(keras, model, record: dict, work_dir: Path, checkpoints: Path, monitor: str, epochs: int, progress: Progress):
     """Callback that, after every epoch, saves the resumable state and reports progress.
 
-    The last checkpoint is written before the history, so a history never
-    counts an epoch whose weights are not on disk.
+    The best and last checkpoints are written before the history, so a
+    history never counts an epoch whose weights are not on disk.
     """
     started = [0.0]
 
@@ -293,7 +289,11 @@ def _recorder(keras, model, record: dict, work_dir: Path, last_path: Path, monit
         if best_epoch is None or entry[monitor] < record["epochs"][best_epoch - 1][monitor]:
             record["best_epoch"] = epoch + 1
         record["epochs"].append(entry)
-        save_model(model, last_path)
+        # Atomic writes (Keras' ModelCheckpoint writes in place): a kill
+        # mid-save leaves the previous checkpoint, never half of one.
+        if record["best_epoch"] == epoch + 1:
+            save_model(model, checkpoints / _BEST_CHECKPOINT)
+        save_model(model, checkpoints / _LAST_CHECKPOINT)
         write_history(record, work_dir)
         logger.info(
             "autoencoder epoch %d/%d: loss %.5f%s, %.1f s%s",
@@ -357,31 +357,34 @@ def _flip_and_shift(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return np.stack([padded[i, dy[i] : dy[i] + size, dx[i] : dx[i] + size] for i in range(n)])
 
 
-def prepare_folder(extractor: "AutoencoderExtractor", folder: Path, workers: int | None, progress: Progress) -> np.ndarray:
-    """Decode and prepare every image under ``folder``, skipping unreadable ones with a warning."""
-    from cbir.errors import ImageError
-    from cbir.images import find_images, read_image
+def prepare_folder(
+    extractor: "AutoencoderExtractor", folder: Path, workers: int | None, progress: Progress, max_images: int = 20_000
+) -> np.ndarray:
+    """Decode and prepare images under ``folder`` (a fixed random sample of ``max_images`` at most).
+
+    Through the one loader: each image is prepared (resized to the network's
+    input) as it is decoded, so memory holds small inputs, never photos.
+    Unreadable files are skipped with a warning.
+    """
+    from cbir.images import find_images
+    from cbir.loading import PrepareSpec, check_workers, load_prepared
 
     paths = find_images(folder)
     if not paths:
         raise NoImagesError(f"no image files under {folder}")
-
-    def load(path: Path) -> np.ndarray | None:
-        try:
-            return extractor.prepare(read_image(path, min_side=extractor.decode_min_side))
-        except ImageError as exc:
-            logger.warning("skipping %s", exc)
-            return None
-
+    if len(paths) > max_images:
+        chosen = np.random.default_rng(0).choice(len(paths), size=max_images, replace=False)
+        paths = [paths[i] for i in sorted(chosen)]
     prepared = []
     progress.start("decoding images to train the autoencoder", len(paths))
     try:
-        # OpenCV releases the GIL while decoding, so threads use every core.
-        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            for pixels in pool.map(load, paths):
-                progress.advance(1)
-                if pixels is not None:
-                    prepared.append(pixels)
+        spec = PrepareSpec.for_extractor(extractor)
+        for loaded, pixels in load_prepared(paths, spec, workers=check_workers(workers), prepare=extractor.prepare):
+            progress.advance(1)
+            if pixels is None:
+                logger.warning("skipping %s: %s", loaded.path, loaded.error)
+            else:
+                prepared.append(pixels)
     finally:
         progress.stop()
     if not prepared:

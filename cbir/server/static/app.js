@@ -94,8 +94,14 @@ function showResults(body) {
     label.textContent = name;
     label.title = result.path;
     const link = item.querySelector(".open");
-    link.href = result.image_url;
-    link.setAttribute("aria-label", `Open the original of ${name}`);
+    if (result.exists === false) {
+      // Indexed, but the file is gone since: say so instead of a broken link.
+      item.classList.add("missing");
+      link.replaceWith(Object.assign(document.createElement("span"), { className: "gone", textContent: "file missing" }));
+    } else {
+      link.href = result.image_url;
+      link.setAttribute("aria-label", `Open the original of ${name}`);
+    }
     return item;
   });
   $("results").replaceChildren(...items);

@@ -1,0 +1,285 @@
+"""Indexing throughput on every core and on Ray, against what the machine can decode.
+
+The collection: Corel-1k and its 8 flips/rotations (the dihedral group of the
+square: 8,000 JPEGs), generated into a temporary folder from
+``../shared/datasets/corel1k`` and deleted afterwards (never committed).
+All figures come from one run on one machine, so ratios compare like with like:
+
+* ``imread x1``: a single-threaded ``cv2.imread`` loop over the files;
+* ``imread pool xN``: N processes each running plain ``cv2.imread``
+  (N = usable cores): what the machine can decode;
+* ``colour --workers k`` for k = 1, 2, ..., N: ``index_folder`` end to end
+  (read, hash, decode, histogram, commit, FAISS) into a new index;
+* ``colour ray``: the same on a local Ray cluster of N CPUs (cluster start
+  reported apart);
+* MobileNet (the shared ImageNet weights) on a subset (``--cnn-images``):
+  model only (``transform_prepared`` on images decoded and resized
+  beforehand, all cores to the network), end to end with ``--workers N``,
+  and end to end on Ray;
+* peak memory of a colour run (a new process) over all the images and over
+  the first 1,000: the parent's peak RSS and the largest worker's.
+
+    python benchmarks/parallel.py [--json] [--images 8000] [--cnn-images 1000] [--no-ray] [--no-cnn]
+
+Speed is shared-machine sensitive: run it alone (``flock /tmp/cbir-bench.lock ...``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import multiprocessing
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _corel import MOBILENET_WEIGHTS, REPO, corel_files  # noqa: E402
+
+import cv2  # noqa: E402
+
+from cbir.loading import usable_cores  # noqa: E402
+
+_TRANSFORMS = [
+    lambda im: im,
+    lambda im: cv2.rotate(im, cv2.ROTATE_90_CLOCKWISE),
+    lambda im: cv2.rotate(im, cv2.ROTATE_180),
+    lambda im: cv2.rotate(im, cv2.ROTATE_90_COUNTERCLOCKWISE),
+    lambda im: cv2.flip(im, 1),
+    lambda im: cv2.flip(im, 0),
+    lambda im: cv2.transpose(im),
+    lambda im: cv2.flip(cv2.transpose(im), -1),
+]
+
+
+def _make_variants(job: tuple[str, str]) -> int:
+    source, out_dir = job
+    image = cv2.imread(source)
+    stem = Path(source).stem
+    for n, transform in enumerate(_TRANSFORMS):
+        folder = Path(out_dir) / f"t{n}"
+        cv2.imwrite(str(folder / f"{stem}.jpg"), transform(image), [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return len(_TRANSFORMS)
+
+
+def make_collection(out_dir: Path, n_images: int, cores: int) -> list[Path]:
+    """Corel-1k x 8 flips/rotations under ``out_dir`` (the first ``n_images`` of them)."""
+    for n in range(len(_TRANSFORMS)):
+        (out_dir / f"t{n}").mkdir(parents=True, exist_ok=True)
+    sources = [str(p) for p in corel_files()]
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        sum(pool.imap_unordered(_make_variants, [(s, str(out_dir)) for s in sources], chunksize=16))
+    files = sorted(out_dir.rglob("*.jpg"))
+    for extra in files[n_images:]:
+        extra.unlink()
+    return files[:n_images]
+
+
+def _imread(path: str) -> int:
+    image = cv2.imread(path)
+    return 0 if image is None else 1
+
+
+def imread_loop(files: list[Path]) -> float:
+    started = time.perf_counter()
+    for path in files:
+        _imread(str(path))
+    return len(files) / (time.perf_counter() - started)
+
+
+def imread_pool(files: list[Path], processes: int) -> float:
+    paths = [str(p) for p in files]
+    with multiprocessing.get_context("spawn").Pool(processes, initializer=cv2.setNumThreads, initargs=(1,)) as pool:
+        pool.map(_imread, paths[:processes])  # workers started before the clock
+        started = time.perf_counter()
+        decoded = sum(pool.imap_unordered(_imread, paths, chunksize=32))
+        seconds = time.perf_counter() - started
+    assert decoded == len(paths)
+    return len(paths) / seconds
+
+
+class _FirstBatchClock:
+    """A progress receiver that notes when the first files come back (workers or actors started)."""
+
+    def __init__(self):
+        self.first_at, self.first_count = None, 0
+
+    def start(self, description, total, unit="images"):
+        pass
+
+    def advance(self, steps=1):
+        if self.first_at is None:
+            self.first_at, self.first_count = time.perf_counter(), steps
+
+    def stop(self):
+        pass
+
+
+def index_speed(folder: Path, work: Path, name: str, steady: dict | None = None, **options) -> float:
+    """Images/s of a new index end to end; with ``steady``, also after the first batch (start-up excluded)."""
+    from cbir.indexer import index_folder
+
+    clock = _FirstBatchClock()
+    started = time.perf_counter()
+    summary = index_folder(folder, name, work, progress=clock, **options)
+    ended = time.perf_counter()
+    if steady is not None and clock.first_at is not None and ended > clock.first_at:
+        steady["after_first_batch"] = round((summary.embedded - clock.first_count) / (ended - clock.first_at), 1)
+        steady["first_batch_s"] = round(clock.first_at - started, 1)
+    return summary.embedded / (ended - started)
+
+
+# VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the benchmark's own memory.
+_MEMORY_SCRIPT = """
+import json, resource, sys
+from cbir.indexer import index_folder
+index_folder(sys.argv[1], "memory", sys.argv[2], workers=int(sys.argv[3]))
+hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+print(json.dumps({"parent_mib": hwm / 1024,
+                  "largest_worker_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+"""
+
+
+def peak_memory(folder: Path, work: Path, workers: int) -> dict[str, float]:
+    shutil.rmtree(work, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    out = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(folder), str(work), str(workers)],
+        env=env, check=True, capture_output=True, text=True,
+    ).stdout
+    return {k: round(v, 1) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+def cnn_figures(files: list[Path], work: Path, cores: int, ray: bool) -> dict[str, float]:
+    """MobileNet: model only vs end to end with all workers (and on Ray)."""
+    from cbir.features.cnn import CNNExtractor
+    from cbir.features.pipeline import Embedder
+    from cbir.images import read_image
+
+    folder = work / "cnn-images"
+    folder.mkdir()
+    for path in files:
+        (folder / f"{path.parent.name}-{path.name}").symlink_to(path)
+    extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS))
+    extractor.build()  # the network, before the clock
+    prepared = [extractor.prepare(read_image(p, min_side=extractor.decode_min_side)) for p in files]
+    extractor.transform_prepared(prepared[:32])  # plan the batch shape before the clock
+    started = time.perf_counter()
+    for i in range(0, len(prepared), 32):
+        extractor.transform_prepared(prepared[i : i + 32])
+    figures = {"model_only": len(prepared) / (time.perf_counter() - started)}
+    del prepared
+    figures["end_to_end_workers_n"] = index_speed(
+        folder, work / "cnn-idx", "mobilenet", embedder=Embedder(extractor), workers=cores, batch_size=32
+    )
+    if ray:
+        # The index exists now; a fresh one makes every Ray actor load the network from its stored config.
+        steady: dict = {}
+        figures["end_to_end_ray"] = index_speed(
+            folder, work / "cnn-idx-ray", "mobilenet", steady, embedder=Embedder(CNNExtractor(weights=str(MOBILENET_WEIGHTS))),
+            ray=True, batch_size=32,
+        )
+        if steady:
+            figures["ray_after_first_batch"] = steady["after_first_batch"]
+            figures["ray_first_batch_s"] = steady["first_batch_s"]
+    return {k: round(v, 1) for k, v in figures.items()} | {"images": len(files)}
+
+
+class _Results(dict):
+    """Figures as they come, echoed to stderr: a run that fails late keeps what it measured."""
+
+    def __setitem__(self, key, value) -> None:
+        print(f"{key}: {value}", file=sys.stderr, flush=True)
+        super().__setitem__(key, value)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--images", type=int, default=8000)
+    parser.add_argument("--cnn-images", type=int, default=1000)
+    parser.add_argument("--no-ray", action="store_true")
+    parser.add_argument("--no-cnn", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    cores = usable_cores()
+    results: dict = _Results(cores=cores, images=args.images)
+    with tempfile.TemporaryDirectory(prefix="cbir-parallel-") as tmp:
+        work = Path(tmp)
+        files = make_collection(work / "images", args.images, cores)
+        imread_loop(files[:200])  # warm the page cache and OpenCV
+        results["imread_x1"] = round(imread_loop(files), 1)
+        results["imread_pool_xN"] = round(imread_pool(files, cores), 1)
+        colour = {}
+        for k in sorted({*range(1, cores + 1)} if cores <= 4 else {1, 2, 4, cores // 2, cores}):
+            colour[str(k)] = round(index_speed(work / "images", work / "idx", f"colour-{k}", workers=k), 1)
+        results["colour_workers"] = colour
+        best = colour[str(cores)]
+        results["ratio_colour_workers_n_to_imread_pool"] = round(best / results["imread_pool_xN"], 3)
+        results["ratio_colour_workers_n_to_imread_x1"] = round(best / results["imread_x1"], 3)
+        subset = work / "first-1000"
+        subset.mkdir()
+        for path in files[:1000]:
+            (subset / f"{path.parent.name}-{path.name}").symlink_to(path)
+        memory_small = peak_memory(subset, work / "mem", cores)
+        memory_all = peak_memory(work / "images", work / "mem", cores)
+        results["peak_memory_1000"] = memory_small
+        results[f"peak_memory_{len(files)}"] = memory_all
+        results["ratio_peak_memory_parent"] = round(memory_all["parent_mib"] / memory_small["parent_mib"], 3)
+        results["ratio_peak_memory_worker"] = round(memory_all["largest_worker_mib"] / memory_small["largest_worker_mib"], 3)
+        if not args.no_ray:
+            import ray
+
+            started = time.perf_counter()
+            ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
+            results["ray_start_s"] = round(time.perf_counter() - started, 1)
+            steady: dict = {}
+            results["colour_ray"] = round(index_speed(work / "images", work / "idx", "colour-ray", steady, ray=True), 1)
+            results["colour_ray_steady"] = steady
+            results["ratio_colour_ray_to_workers_n"] = round(results["colour_ray"] / best, 3)
+        if not args.no_cnn:
+            cnn = cnn_figures(files[: args.cnn_images], work, cores, ray=not args.no_ray)
+            results["mobilenet"] = cnn
+            results["ratio_mobilenet_end_to_end_to_model_only"] = round(cnn["end_to_end_workers_n"] / cnn["model_only"], 3)
+            if "end_to_end_ray" in cnn:
+                results["ratio_mobilenet_ray_to_workers_n"] = round(cnn["end_to_end_ray"] / cnn["end_to_end_workers_n"], 3)
+        if not args.no_ray:
+            import ray
+
+            ray.shutdown()
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{cores} usable cores, {len(files)} JPEGs (Corel-1k x 8 flips/rotations)")
+    print(f"  cv2.imread, one thread         {results['imread_x1']:8.1f} images/s")
+    print(f"  cv2.imread, {cores} processes       {results['imread_pool_xN']:8.1f} images/s")
+    for k, speed in colour.items():
+        print(f"  colour index --workers {k:<3}     {speed:8.1f} images/s")
+    print(f"  colour --workers {cores} / imread pool: {results['ratio_colour_workers_n_to_imread_pool']:.2f}x (target >= 1.0)")
+    if "colour_ray" in results:
+        print(f"  colour on Ray ({cores} CPUs)       {results['colour_ray']:8.1f} images/s (cluster start {results['ray_start_s']} s)")
+        print(f"  colour Ray / --workers {cores}: {results['ratio_colour_ray_to_workers_n']:.2f}x (target >= 0.7)")
+        steady = results["colour_ray_steady"]
+        if steady:
+            print(f"  colour on Ray after the first batch {steady['after_first_batch']:8.1f} images/s (first batch after {steady['first_batch_s']} s)")
+    if "mobilenet" in results:
+        cnn = results["mobilenet"]
+        print(f"  MobileNet model only           {cnn['model_only']:8.1f} images/s ({cnn['images']} images)")
+        print(f"  MobileNet end to end           {cnn['end_to_end_workers_n']:8.1f} images/s")
+        print(f"  end to end / model only: {results['ratio_mobilenet_end_to_end_to_model_only']:.2f}x (target >= 0.9)")
+        if "end_to_end_ray" in cnn:
+            print(f"  MobileNet on Ray               {cnn['end_to_end_ray']:8.1f} images/s")
+            print(f"  Ray / --workers {cores}: {results['ratio_mobilenet_ray_to_workers_n']:.2f}x (target >= 0.85)")
+    small, big = results["peak_memory_1000"], results[f"peak_memory_{len(files)}"]
+    print(f"  peak memory, 1000 images: parent {small['parent_mib']} MiB, largest worker {small['largest_worker_mib']} MiB")
+    print(f"  peak memory, {len(files)} images: parent {big['parent_mib']} MiB, largest worker {big['largest_worker_mib']} MiB")
+    print(f"  ratio: parent {results['ratio_peak_memory_parent']:.2f}x, worker {results['ratio_peak_memory_worker']:.2f}x (target <= 1.5)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,283 @@
+"""Database-side augmentation (DBA) of a stored index.
+
+The catalogue keeps every image's original vector: it stays the source of
+truth. With DBA on (``manifest["dba"] = {"k": K, "alpha": A}``) the FAISS
+snapshot holds *augmented* vectors instead (:func:`cbir.rerank.augment_database`),
+and a copy of them is kept beside it as plain ``.npy`` arrays
+(``augmented-N.npy`` and ``augmented-N.ids.npy``), which query expansion reads
+back. Both files are written under new names and recorded in the catalogue
+in one transaction with the FAISS file, so readers see one consistent
+snapshot whatever happens.
+
+Augmentation depends on every vector's neighbours, which change whenever
+images come or go, so each save brings it up to date from the catalogue,
+under the index's write lock. The first time (or after ``k`` changes) in
+full: neighbours from a search of an index of the collection's own type
+(exact for ``flat``). After that incrementally, from the neighbour lists kept
+with the snapshot (``augmented-N.neighbours.npy`` / ``.scores.npy``): new
+images, and images that lost a neighbour, are searched exactly against the
+collection; every other image merges its old neighbours with its best among
+the new images; only images whose neighbours changed are averaged again.
+The result equals a recomputation in full (tested). Readers patch a snapshot
+with vectors committed after it (not yet augmented) until the writer's next
+save, as for any index.
+
+:func:`save_snapshot` is the one hook :meth:`cbir.store.IndexStore.save_vectors`
+calls for an index that has, or had, DBA.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cbir.errors import UsageError
+from cbir.fileio import write_bytes_atomic
+from cbir.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, top_k
+from cbir.vectors import build_vector_index
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_KEY = "dba"
+_META_FILE = "augmented_file"
+_META_CONFIG = "augmented_config"
+
+
+def dba_config(k: int | None, alpha: float = DEFAULT_ALPHA) -> dict[str, Any] | None:
+    """The manifest entry for DBA-``k`` (``None``: off); refuses ``k < 1`` and a bad ``alpha``."""
+    if k is None:
+        return None
+    if isinstance(k, bool) or int(k) < 1:
+        raise UsageError(f"--dba must be at least 1 (use --no-dba to turn it off), got {k}")
+    check_alpha(alpha)
+    return {"k": int(k), "alpha": float(alpha)}
+
+
+def applies(store) -> bool:
+    """Whether saving ``store``'s snapshot goes through :func:`save_snapshot` (DBA on now, or before)."""
+    return bool(store.manifest.get(MANIFEST_KEY)) or bool(store.catalogue.get_meta(_META_CONFIG))
+
+
+def set_config(store, config: dict[str, Any] | None) -> bool:
+    """Record a new DBA setting in the manifest; the next save recomputes the snapshot. True if it changed."""
+    if store.manifest.get(MANIFEST_KEY) == config:
+        return False
+    from cbir.fileio import write_json_atomic
+    from cbir.store import MANIFEST_FILE
+
+    store.manifest[MANIFEST_KEY] = config
+    write_json_atomic(store.path / MANIFEST_FILE, store.manifest)
+    return True
+
+
+def save_snapshot(store) -> None:
+    """Recompute the augmented (or, DBA turned off, plain) FAISS snapshot from the catalogue if anything changed."""
+    config = store.manifest.get(MANIFEST_KEY) or None
+    catalogue = store.catalogue
+    wanted = json.dumps(config, sort_keys=True) if config else None
+    file_name, _max_id = store._vectors_state()
+    if (
+        store.vectors_are_current()
+        and not store._rebuild
+        and (catalogue.get_meta(_META_CONFIG) or None) == wanted
+        and (store.path / file_name).is_file()
+    ):
+        return
+    ids, vectors = _all_vectors(store)
+    serial = int(catalogue.get_meta("vectors_serial", "0")) + 1
+    new_files = [f"vectors-{serial}.faiss"]
+    if config is not None and len(ids) > 1:
+        previous = _Snapshot.load(store) if (catalogue.get_meta(_META_CONFIG) or None) == wanted else None
+        snapshot = _augmented_snapshot(store, ids, vectors, config, previous)
+        vectors = snapshot.vectors
+        new_files += snapshot.write(store.path, serial)
+    vector_index = build_vector_index(store.factory, store.dim, lambda: [(ids, vectors)], _sampler(vectors))
+    vector_index.write(store.path / new_files[0])
+    with catalogue.transaction():
+        catalogue.set_meta("vectors_file", new_files[0])
+        catalogue.set_meta("vectors_max_id", str(int(ids.max()) if len(ids) else 0))
+        catalogue.set_meta("vectors_serial", str(serial))
+        store.record_snapshot(vector_index, new_files[0])
+        catalogue.clear_pending_removals(up_to_id=2**62)
+        if config is not None:
+            catalogue.set_meta(_META_FILE, new_files[1] if len(new_files) > 1 else "")
+            catalogue.set_meta(_META_CONFIG, wanted)
+        else:
+            catalogue.set_meta(_META_FILE, "")  # "" = no augmented snapshot
+            catalogue.set_meta(_META_CONFIG, "")
+    store._rebuild = False
+    for old in [*store.path.glob("vectors-*.faiss"), *store.path.glob("augmented-*.npy")]:
+        if old.name not in new_files:
+            old.unlink(missing_ok=True)
+
+
+def _all_vectors(store) -> tuple[np.ndarray, np.ndarray]:
+    blocks = list(store.catalogue.iter_vectors(store.dim))
+    if not blocks:
+        return np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32)
+    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+
+
+def _sampler(vectors: np.ndarray):
+    def sample(n: int) -> np.ndarray:
+        chosen = np.random.default_rng(0).choice(len(vectors), size=min(n, len(vectors)), replace=False)
+        return vectors[np.sort(chosen)]
+
+    return sample
+
+
+class _Snapshot:
+    """Augmented vectors with the neighbour lists they came from, by catalogue id (sorted)."""
+
+    SUFFIXES = ("", ".ids", ".neighbours", ".scores")
+
+    def __init__(self, ids, vectors, neighbour_ids, neighbour_scores):
+        self.ids, self.vectors = ids, vectors
+        self.neighbour_ids, self.neighbour_scores = neighbour_ids, neighbour_scores
+
+    @classmethod
+    def load(cls, store) -> "_Snapshot | None":
+        name = store.catalogue.get_meta(_META_FILE)
+        if not name:
+            return None
+        stem = name[: -len(".npy")]
+        try:
+            arrays = [np.load(store.path / f"{stem}{suffix}.npy", allow_pickle=False) for suffix in cls.SUFFIXES]
+        except (OSError, ValueError):
+            return None  # older or damaged: recompute in full
+        vectors, ids, neighbour_ids, neighbour_scores = arrays
+        return cls(ids, vectors, neighbour_ids, neighbour_scores)
+
+    def write(self, folder: Path, serial: int) -> list[str]:
+        names = [f"augmented-{serial}{suffix}.npy" for suffix in self.SUFFIXES]
+        for name, array in zip(names, (self.vectors, self.ids, self.neighbour_ids, self.neighbour_scores)):
+            _write_npy(folder / name, array)
+        return names
+
+
+def _augmented_snapshot(store, ids: np.ndarray, vectors: np.ndarray, config, previous: "_Snapshot | None") -> _Snapshot:
+    """DBA of the collection, updating ``previous`` where only a few images came or went.
+
+    In full: neighbours from an index of the collection's own type (exact for
+    ``flat``). Incrementally (``previous`` has the same k): new images and
+    images that lost a neighbour are searched exactly against everything;
+    every other image merges its old neighbours with its best among the new
+    images; only images whose neighbours changed are averaged again.
+    """
+    k = min(int(config["k"]), len(ids) - 1)
+    alpha = float(config["alpha"])
+    if previous is None or previous.neighbour_ids.shape[1] != k or len(previous.ids) == 0:
+        rows, scores = _neighbours_in_full(store.factory, store.dim, ids, vectors, k)
+        return _Snapshot(ids, augment_rows(vectors, np.arange(len(ids)), rows, scores, alpha), _ids_of(ids, rows), scores)
+    kept = np.isin(previous.ids, ids)
+    new_rows_of_kept = np.searchsorted(ids, previous.ids[kept])
+    old_lists = previous.neighbour_ids[kept]
+    rows = np.full((len(ids), k), -1, dtype=np.int64)
+    scores = np.full((len(ids), k), -np.inf, dtype=np.float32)
+    present = np.isin(old_lists, ids)
+    rows[new_rows_of_kept] = np.where(present, np.searchsorted(ids, old_lists).clip(0, len(ids) - 1), -1)
+    scores[new_rows_of_kept] = previous.neighbour_scores[kept]
+    redo = np.ones(len(ids), dtype=bool)
+    redo[new_rows_of_kept] = ~(present & (old_lists >= 0)).all(axis=1)  # lost a neighbour, or had too few
+    added = np.flatnonzero(~np.isin(ids, previous.ids))
+    before = rows.copy()
+    merge = np.flatnonzero(~redo)
+    if len(added) and len(merge):
+        found, found_scores = top_k(vectors[merge], vectors[added], k)
+        found = np.where(found >= 0, added[found.clip(0)], -1)
+        rows[merge], scores[merge] = merge_neighbours(rows[merge], scores[merge], found, found_scores, k)
+    again = np.flatnonzero(redo)
+    if len(again):
+        rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again)
+    changed = redo | (rows != before).any(axis=1)
+    augmented = np.empty_like(vectors)
+    unchanged = np.flatnonzero(~changed)
+    augmented[unchanged] = previous.vectors[np.searchsorted(previous.ids, ids[unchanged])]
+    which = np.flatnonzero(changed)
+    augmented[which] = augment_rows(vectors, which, rows[which], scores[which], alpha)
+    logger.info("DBA: %d of %d vectors averaged again", len(which), len(ids))
+    return _Snapshot(ids, augmented, _ids_of(ids, rows), scores)
+
+
+def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    return np.where(rows >= 0, ids[rows.clip(0)], -1)
+
+
+def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int):
+    """Every vector's top ``k`` other rows, from an index of the collection's own type."""
+    raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors))
+    found_scores, found_ids = raw.search(vectors, k + 1)
+    rows = np.searchsorted(ids, found_ids).clip(0, len(ids) - 1)
+    rows = np.where(ids[rows] == found_ids, rows, -1)
+    rows[rows == np.arange(len(ids))[:, None]] = -1  # a vector is not its own neighbour
+    order = np.argsort(rows < 0, axis=1, kind="stable")[:, :k]  # the first k real neighbours, in order
+    rows = np.take_along_axis(rows, order, axis=1)
+    scores = np.where(rows >= 0, np.take_along_axis(found_scores, order, axis=1), -np.inf).astype(np.float32)
+    return rows, scores
+
+
+def _write_npy(path: Path, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+class AugmentedVectors:
+    """The augmented vectors of a snapshot, memory-mapped, looked up by catalogue id."""
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
+        self.ids = ids
+        self.vectors = vectors
+
+    @classmethod
+    def load(cls, store) -> "AugmentedVectors | None":
+        """The store's augmented vectors, or ``None`` if its snapshot is not augmented (or was replaced meanwhile)."""
+        name = store.catalogue.get_meta(_META_FILE)
+        if not name:
+            return None
+        try:
+            vectors = np.load(store.path / name, mmap_mode="r", allow_pickle=False)
+            ids = np.load(store.path / name.replace(".npy", ".ids.npy"), allow_pickle=False)
+        except (OSError, ValueError):
+            logger.info("augmented vectors %s are gone; query expansion uses the original vectors", name)
+            return None
+        return cls(ids, vectors)
+
+    def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(vectors, found)``: the augmented vector of each id, ``found`` False for ids not in the snapshot."""
+        ids = np.asarray(ids, dtype=np.int64)
+        rows = np.searchsorted(self.ids, ids).clip(0, max(len(self.ids) - 1, 0))
+        found = (self.ids[rows] == ids) if len(self.ids) else np.zeros(ids.shape, bool)
+        out = np.zeros((*ids.shape, self.vectors.shape[1]), np.float32)
+        out[found] = self.vectors[rows[found]]
+        return out, found
+
+
+#: ``index_folder(dba=KEEP)``: the default for a new index, the index's own setting for an existing one.
+KEEP = "keep"
+
+
+def configure(store, dba, alpha: float, created: bool, n_files: int) -> None:
+    """Apply ``index_folder``'s ``dba`` argument to ``store`` (see :data:`KEEP`).
+
+    Raises
+    ------
+    UsageError
+        If an explicit ``dba`` is not smaller than the collection.
+    """
+    from cbir.rerank import DEFAULT_DBA
+
+    if dba == KEEP:
+        if created:
+            set_config(store, dba_config(DEFAULT_DBA, alpha))
+        return
+    config = dba_config(dba, alpha)
+    size = max(n_files, store.catalogue.count_images())
+    if config is not None and config["k"] >= size:
+        raise UsageError(f"--dba {config['k']} needs more than {config['k']} images; the collection has {size}")
+    set_config(store, config)

@@ -1,0 +1,174 @@
+"""Re-ranking by neighbourhood averaging: alpha query expansion (αQE) and database-side augmentation (DBA).
+
+Both replace a vector by a weighted mean of itself and its nearest
+neighbours, then L2-normalise (Radenović, Tolias and Chum, "Fine-tuning CNN
+image retrieval with no human annotation", TPAMI 2019):
+
+* **αQE** (query side, at search time): the query ``q`` and its top ``n``
+  results ``x_1..x_n`` with cosine scores ``s_i`` give
+  ``q' = normalise(q + sum_i max(s_i, 0)^alpha * x_i)``, searched again.
+* **DBA** (database side, once per change of the collection): every database
+  vector ``x`` with its top ``k`` *other* vectors ``x_j`` (scores ``s_j``)
+  becomes ``x' = normalise(x + sum_j max(s_j, 0)^alpha * x_j)``.
+
+``alpha = 0`` weighs every neighbour as much as the vector itself (the plain
+average of Arandjelović and Zisserman's DBA and Chum's average QE); a
+larger ``alpha`` trusts close neighbours more than far ones.
+
+Pure numpy: functions over arrays, no index, no files. The stored-index side
+lives in :mod:`cbir.augmentation`; the search side in :mod:`cbir.search`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from cbir.errors import UsageError
+
+#: Defaults, measured on Corel-1k, an instance-level set (4 augmented copies
+#: per photo) and Fashion-MNIST with MobileNet and colour features
+#: (``benchmarks/rerank.py``; docs/rerank.md): light settings help all three.
+DEFAULT_ALPHA = 3.0
+DEFAULT_EXPAND = 2
+DEFAULT_DBA = 2
+
+
+def check_expand(n: int | None) -> None:
+    """Refuse a query-expansion depth below 1 (``None`` means off)."""
+    if n is not None and (isinstance(n, bool) or int(n) < 1):
+        raise UsageError(f"--expand must be at least 1 (use no --expand to turn query expansion off), got {n}")
+
+
+def check_alpha(alpha: float) -> None:
+    if not np.isfinite(alpha) or alpha < 0:
+        raise UsageError(f"--alpha must be a finite number >= 0, got {alpha}")
+
+
+def neighbour_weights(scores: np.ndarray, alpha: float) -> np.ndarray:
+    """``max(score, 0) ** alpha``: the weight of each neighbour in the mean (0 ** 0 = 1 kept for alpha 0)."""
+    scores = np.clip(np.asarray(scores, dtype=np.float32), 0.0, None)
+    return np.ones_like(scores) if alpha == 0 else scores**alpha
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return np.ascontiguousarray(vectors / np.where(norms > 0, norms, 1.0), dtype=np.float32)
+
+
+def weighted_means(
+    vectors: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, alpha: float, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """``normalise(v + sum_i w_i * n_i)`` row by row.
+
+    Parameters
+    ----------
+    vectors : (m, d) array
+        The vectors being replaced (queries, or database vectors).
+    neighbours : (m, n, d) array
+        Each vector's neighbours, best first.
+    scores : (m, n) array
+        Their similarities to the vector.
+    valid : (m, n) bool array, optional
+        False where a neighbour is missing (padding); it then weighs nothing.
+    """
+    vectors = np.asarray(vectors, dtype=np.float32)
+    weights = neighbour_weights(scores, alpha)
+    if valid is not None:
+        weights = np.where(valid, weights, 0.0).astype(np.float32)
+    total = vectors + np.einsum("mn,mnd->md", weights, np.asarray(neighbours, dtype=np.float32))
+    return _normalise(total)
+
+
+def expand_queries(
+    queries: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, alpha: float = DEFAULT_ALPHA, valid=None
+) -> np.ndarray:
+    """αQE: the new query vectors, from the queries' top ``n`` results (see :func:`weighted_means`)."""
+    return weighted_means(queries, neighbours, scores, alpha, valid)
+
+
+def top_k(
+    queries: np.ndarray, vectors: np.ndarray, k: int, own_rows: np.ndarray | None = None, block_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` rows of ``vectors`` for each query by inner product, best first, blocked.
+
+    ``own_rows[i]`` (optional, -1 for none) is left out of query ``i``'s
+    results: its own row when the queries are rows of ``vectors``. Returns
+    ``(rows, scores)``, each ``(len(queries), k)``, -1 / -inf where fewer exist.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    rows = np.full((len(queries), k), -1, dtype=np.int64)
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    take = min(k, len(vectors))
+    if take == 0:
+        return rows, scores
+    for start in range(0, len(queries), block_size):
+        stop = min(start + block_size, len(queries))
+        block = queries[start:stop] @ vectors.T
+        if own_rows is not None:
+            own = np.asarray(own_rows[start:stop])
+            hit = own >= 0
+            block[np.flatnonzero(hit), own[hit]] = -np.inf
+        top = np.argpartition(-block, take - 1, axis=1)[:, :take]
+        top_scores = np.take_along_axis(block, top, axis=1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        rows[start:stop, :take] = np.take_along_axis(top, order, axis=1)
+        scores[start:stop, :take] = np.take_along_axis(top_scores, order, axis=1)
+    rows[~np.isfinite(scores)] = -1
+    return rows, scores
+
+
+def nearest_neighbours(vectors: np.ndarray, k: int, block_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top ``k`` other rows of every row (a row is never its own neighbour); see :func:`top_k`."""
+    n = len(vectors)
+    if not 1 <= k < n:
+        raise UsageError(f"need 1 <= k < {n} (the number of vectors) for neighbours, got k={k}")
+    return top_k(vectors, vectors, k, np.arange(n), block_size)
+
+
+def merge_neighbours(
+    rows_a: np.ndarray, scores_a: np.ndarray, rows_b: np.ndarray, scores_b: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row by row, the ``k`` best of two disjoint neighbour lists (-1 entries never win)."""
+    rows = np.concatenate([rows_a, rows_b], axis=1)
+    scores = np.concatenate([scores_a, scores_b], axis=1).astype(np.float32)
+    scores = np.where(rows >= 0, scores, -np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows, scores = np.take_along_axis(rows, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    rows[~np.isfinite(scores)] = -1
+    return rows, scores
+
+
+def augment_database(
+    vectors: np.ndarray, k: int, alpha: float = DEFAULT_ALPHA, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
+    """DBA-k: every vector replaced by the weighted mean of itself and its ``k`` nearest other vectors.
+
+    ``neighbours`` may pass precomputed ``(rows, scores)`` (e.g. from FAISS);
+    by default they are found exactly with :func:`nearest_neighbours`.
+
+    Raises
+    ------
+    UsageError
+        If ``k`` is below 1 or not smaller than the number of vectors.
+    """
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if k < 1:
+        raise UsageError(f"--dba must be at least 1, got {k}")
+    if k >= len(vectors):
+        raise UsageError(f"--dba {k} needs more than {k} images; the index holds {len(vectors)}")
+    rows, scores = neighbours if neighbours is not None else nearest_neighbours(vectors, k)
+    return augment_rows(vectors, np.arange(len(vectors)), rows[:, :k], scores[:, :k], alpha)
+
+
+def augment_rows(vectors: np.ndarray, which: np.ndarray, rows: np.ndarray, scores: np.ndarray, alpha: float) -> np.ndarray:
+    """DBA of the rows ``which`` of ``vectors`` only, given their neighbour ``rows`` and ``scores`` (-1 = none)."""
+    vectors = np.asarray(vectors, dtype=np.float32)
+    which = np.asarray(which, dtype=np.int64)
+    valid = rows >= 0
+    augmented = np.empty((len(which), vectors.shape[1]), np.float32)
+    for start in range(0, len(which), 4096):  # bounds the (block, k, d) gather
+        part = slice(start, start + 4096)
+        gathered = vectors[np.where(valid[part], rows[part], 0)]
+        augmented[part] = weighted_means(vectors[which[part]], gathered, scores[part], alpha, valid[part])
+    return augmented

@@ -1,0 +1,46 @@
+"""Indexing on a Ray cluster: a local cluster of 2 CPUs, started once for the module."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'cbir[ray]')")
+pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'cbir[ray]')")
+
+from cbir.indexer import index_folder  # noqa: E402
+
+from test_parallel import vectors_by_path  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(
+        num_cpus=2,
+        object_store_memory=80 * 1024 * 1024,  # Ray's minimum is 75 MiB
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    yield
+    ray.shutdown()
+
+
+def test_ray_gives_the_local_vectors_and_records_what_a_worker_cannot_read(ray_cluster, collection, index_dir):
+    (collection / "red" / "gone.jpg").symlink_to(collection / "nowhere.jpg")  # listed, unreadable everywhere
+    (collection / "red" / "empty.jpg").write_bytes(b"")
+    local = index_folder(collection, "local", index_dir, workers=1)
+    distributed = index_folder(collection, "ray", index_dir, ray=True, batch_size=4)
+    assert (distributed.added, distributed.skipped) == (local.added, local.skipped) == (15, 2)
+    assert dict(distributed.skipped_files) == dict(local.skipped_files)
+    assert "no such file" in dict(distributed.skipped_files)[str(collection / "red" / "gone.jpg")]
+    expected, found = vectors_by_path(index_dir / "local"), vectors_by_path(index_dir / "ray")
+    assert sorted(found) == sorted(expected)
+    for path in expected:
+        assert np.array_equal(found[path], expected[path]), path
+    # An update through Ray embeds only what changed, like the local path.
+    (collection / "red" / "empty.jpg").unlink()
+    again = index_folder(collection, "ray", index_dir, ray=True)
+    assert (again.added, again.unchanged, again.total) == (0, 15, 15)

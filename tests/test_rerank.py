@@ -1,0 +1,162 @@
+"""Re-ranking: αQE and DBA as pure functions, and DBA kept with a stored index under add/remove."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cbir.errors import UsageError
+from cbir.indexer import index_folder, remove_paths
+from cbir.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights
+from cbir.search import Searcher
+from cbir.store import IndexStore, index_path
+
+
+def _unit(rows):
+    rows = np.asarray(rows, dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def test_expand_queries_is_the_weighted_mean_by_hand():
+    q = _unit([[1, 0, 0]])
+    neighbours = _unit([[0, 1, 0], [0, 0, 1]])[None]
+    scores = np.array([[0.5, 0.25]])
+    # alpha 1: q + 0.5 n1 + 0.25 n2, normalised
+    expected = _unit([[1, 0.5, 0.25]])
+    np.testing.assert_allclose(expand_queries(q, neighbours, scores, alpha=1), expected, rtol=1e-6)
+    # alpha 0: plain mean; a missing neighbour weighs nothing
+    np.testing.assert_allclose(
+        expand_queries(q, neighbours, scores, alpha=0, valid=np.array([[True, False]])), _unit([[1, 1, 0]]), rtol=1e-6
+    )
+
+
+def test_negative_similarities_weigh_nothing():
+    np.testing.assert_allclose(neighbour_weights(np.array([-0.5, 0.5]), 3), [0.0, 0.125])
+
+
+def test_nearest_neighbours_excludes_self_and_matches_brute_force():
+    rng = np.random.default_rng(0)
+    vectors = _unit(rng.normal(size=(50, 8)))
+    rows, scores = nearest_neighbours(vectors, 3, block_size=7)
+    full = vectors @ vectors.T
+    np.fill_diagonal(full, -np.inf)
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1)[:, :3])
+    np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+
+
+def test_augment_database_by_hand_and_limits():
+    vectors = _unit([[1, 0], [0.8, 0.6], [0, 1]])
+    out = augment_database(vectors, 1, alpha=0)
+    # row 0's nearest other row is row 1: plain mean of the two
+    np.testing.assert_allclose(out[0], _unit([vectors[0] + vectors[1]])[0], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-6)
+    with pytest.raises(UsageError, match="needs more than 3 images"):
+        augment_database(vectors, 3)
+    with pytest.raises(UsageError, match="at least 1"):
+        augment_database(vectors, 0)
+
+
+def test_two_clusters_come_closer_together_after_dba():
+    rng = np.random.default_rng(1)
+    centres = _unit(rng.normal(size=(2, 16)))
+    vectors = _unit(np.repeat(centres, 10, axis=0) + 0.6 * rng.normal(size=(20, 16)))
+    labels = np.repeat([0, 1], 10)
+    within = lambda v: np.mean([(v[labels == c] @ v[labels == c].T).mean() for c in (0, 1)])  # noqa: E731
+    assert within(augment_database(vectors, 3)) > within(vectors)
+
+
+def _state(index_dir, name):
+    with IndexStore.open(index_path(name, index_dir)) as store:
+        return store.manifest.get("dba"), sorted(p.name for p in store.path.glob("augmented-*.npy"))
+
+
+def _augmented_matches_catalogue(index_dir, name, k):
+    """The stored augmented vectors equal a fresh DBA of the catalogue's original vectors."""
+    with Searcher.open(name, index_dir) as searcher:
+        store = searcher.store
+        ids = np.array([row.id for row in store.catalogue.image_rows()])
+        original = store.catalogue.vectors_for_ids(ids.tolist(), store.dim)
+        stored = searcher.stored_vectors(ids)
+        assert searcher.vectors.ntotal == len(ids)
+    np.testing.assert_allclose(stored, augment_database(original, k), atol=1e-5)
+
+
+def test_dba_is_on_by_default_and_kept_consistent_under_add_and_remove(collection, index_dir, tmp_path):
+    index_folder(collection, "photos", index_dir)
+    assert _state(index_dir, "photos") == ({"k": 2, "alpha": 3.0}, [f"augmented-1{s}.npy" for s in (".ids", ".neighbours", "", ".scores")])
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+    # add: a new class folder; remove: one file
+    extra = tmp_path / "photos" / "more"
+    shutil.copytree(collection / "red", extra)
+    index_folder(collection, "photos", index_dir)
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+    remove_paths([collection / "green" / "green-0.jpg"], "photos", index_dir)
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+    with Searcher.open("photos", index_dir) as searcher:
+        assert searcher.size == 19
+        # the original vectors are untouched: the catalogue is still the source of truth
+        row = searcher.store.catalogue.row_for_path(str(collection / "blue" / "blue-1.jpg"))
+        assert not np.allclose(searcher.stored_vectors(np.array([row.id]))[0], searcher.store.catalogue.vectors_for_ids([row.id], searcher.store.dim)[0])
+
+
+def test_dba_setting_changes_without_reembedding_and_turns_off(collection, index_dir):
+    index_folder(collection, "photos", index_dir, dba=None)
+    assert _state(index_dir, "photos") == (None, [])
+    summary = index_folder(collection, "photos", index_dir, dba=4)
+    assert summary.added == 0 and summary.unchanged == 15
+    assert _state(index_dir, "photos")[0] == {"k": 4, "alpha": 3.0}
+    _augmented_matches_catalogue(index_dir, "photos", 4)
+    index_folder(collection, "photos", index_dir, dba=None)
+    assert _state(index_dir, "photos") == (None, [])
+    with Searcher.open("photos", index_dir, expand=None) as searcher:
+        query = collection / "red" / "red-1.jpg"
+        assert searcher.query(query, k=1).results[0].score == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("index_type", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_dba_and_expansion_work_with_every_index_type(collection, index_dir, index_type):
+    index_folder(collection, "photos", index_dir, index_type=index_type, dba=2)
+    with Searcher.open("photos", index_dir, expand=3) as searcher:
+        query = collection / "blue" / "blue-2.jpg"
+        results = searcher.query(query, k=5).results
+    assert results[0].path == str(query)
+    assert all("/blue/" in m.path for m in results[:3])
+
+
+def test_dba_larger_than_the_collection_is_refused_before_any_work(collection, index_dir):
+    with pytest.raises(UsageError, match="--dba 15 needs more than 15 images"):
+        index_folder(collection, "photos", index_dir, dba=15)
+    assert not (index_dir / "photos").exists()
+
+
+def test_expansion_with_a_query_excluded_uses_other_images(collection, index_dir):
+    index_folder(collection, "photos", index_dir, dba=None)
+    with Searcher.open("photos", index_dir, expand=1, alpha=0) as searcher:
+        row = searcher.store.catalogue.row_for_path(str(collection / "red" / "red-0.jpg"))
+        vector = searcher.store.catalogue.vectors_for_ids([row.id], searcher.store.dim)
+        with_self = searcher.expand_queries(vector)
+        without = searcher.expand_queries(vector, exclude_ids=np.array([row.id]))
+    np.testing.assert_allclose(with_self, vector, atol=1e-5)  # its own top-1 is itself: the mean changes nothing
+    assert not np.allclose(without, vector, atol=1e-3)
+    with pytest.raises(UsageError, match="--expand must be at least 1"):
+        Searcher.open("photos", index_dir, expand=0)
+
+
+def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_dir, tmp_path, caplog):
+    index_folder(collection, "photos", index_dir)
+    newcomer = collection / "red" / "red-new.jpg"
+    shutil.copy(collection / "blue" / "blue-0.jpg", newcomer)
+    with caplog.at_level("INFO", logger="cbir.augmentation"):
+        index_folder(collection, "photos", index_dir)
+    counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")]
+    averaged, total = (int(w) for w in counts[-1].split()[1:4:2])
+    assert total == 16 and 1 <= averaged < 16
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+    newcomer.unlink()
+    caplog.clear()
+    with caplog.at_level("INFO", logger="cbir.augmentation"):
+        index_folder(collection, "photos", index_dir)
+    averaged = int([r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")][-1].split()[1])
+    assert averaged < 15
+    _augmented_matches_catalogue(index_dir, "photos", 2)
