@@ -277,16 +277,22 @@ class Catalogue:
             yield ids, np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
 
     def vectors_for_ids(self, ids: Sequence[int], dim: int) -> np.ndarray:
-        """Vectors of ``ids`` in that order; every id must exist."""
-        out = np.empty((len(ids), dim), dtype=np.float32)
-        position = {int(i): n for n, i in enumerate(ids)}
-        id_list = list(position)
+        """Vectors of ``ids`` in that order (an id may repeat); every id must exist."""
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        unique, positions = np.unique(wanted, return_inverse=True)
+        found = np.empty((len(unique), dim), dtype=np.float32)
+        filled = np.zeros(len(unique), dtype=bool)
+        row_of = {int(i): n for n, i in enumerate(unique)}
+        id_list = list(row_of)
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
-                out[position[image_id]] = np.frombuffer(blob, dtype=np.float32)
-        return out
+                found[row_of[image_id]] = np.frombuffer(blob, dtype=np.float32)
+                filled[row_of[image_id]] = True
+        if not filled.all():
+            raise KeyError(f"no image with id {int(unique[~filled][0])}")
+        return found[positions]
 
     def vectors_by_id(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids found, their vectors)`` for ``ids``; ids no longer in the catalogue are left out."""
