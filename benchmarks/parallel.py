@@ -44,6 +44,7 @@ from _corel import MOBILENET_WEIGHTS, REPO, corel_files  # noqa: E402
 import cv2  # noqa: E402
 
 from cbir.loading import usable_cores  # noqa: E402
+from cbir.progress import Progress  # noqa: E402
 
 _TRANSFORMS = [
     lambda im: im,
@@ -103,21 +104,15 @@ def imread_pool(files: list[Path], processes: int) -> float:
     return len(paths) / seconds
 
 
-class _FirstBatchClock:
+class _FirstBatchClock(Progress):
     """A progress receiver that notes when the first files come back (workers or actors started)."""
 
     def __init__(self):
         self.first_at, self.first_count = None, 0
 
-    def start(self, description, total, unit="images"):
-        pass
-
     def advance(self, steps=1):
         if self.first_at is None:
             self.first_at, self.first_count = time.perf_counter(), steps
-
-    def stop(self):
-        pass
 
 
 def index_speed(folder: Path, work: Path, name: str, steady: dict | None = None, **options) -> float:
@@ -204,6 +199,7 @@ def main() -> None:
     parser.add_argument("--cnn-images", type=int, default=1000)
     parser.add_argument("--no-ray", action="store_true")
     parser.add_argument("--no-cnn", action="store_true")
+    parser.add_argument("--no-colour", action="store_true", help="skip the imread, colour and memory figures")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
@@ -212,36 +208,39 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="cbir-parallel-") as tmp:
         work = Path(tmp)
         files = make_collection(work / "images", args.images, cores)
-        imread_loop(files[:200])  # warm the page cache and OpenCV
-        results["imread_x1"] = round(imread_loop(files), 1)
-        results["imread_pool_xN"] = round(imread_pool(files, cores), 1)
-        colour = {}
-        for k in sorted({*range(1, cores + 1)} if cores <= 4 else {1, 2, 4, cores // 2, cores}):
-            colour[str(k)] = round(index_speed(work / "images", work / "idx", f"colour-{k}", workers=k), 1)
-        results["colour_workers"] = colour
-        best = colour[str(cores)]
-        results["ratio_colour_workers_n_to_imread_pool"] = round(best / results["imread_pool_xN"], 3)
-        results["ratio_colour_workers_n_to_imread_x1"] = round(best / results["imread_x1"], 3)
-        subset = work / "first-1000"
-        subset.mkdir()
-        for path in files[:1000]:
-            (subset / f"{path.parent.name}-{path.name}").symlink_to(path)
-        memory_small = peak_memory(subset, work / "mem", cores)
-        memory_all = peak_memory(work / "images", work / "mem", cores)
-        results["peak_memory_1000"] = memory_small
-        results[f"peak_memory_{len(files)}"] = memory_all
-        results["ratio_peak_memory_parent"] = round(memory_all["parent_mib"] / memory_small["parent_mib"], 3)
-        results["ratio_peak_memory_worker"] = round(memory_all["largest_worker_mib"] / memory_small["largest_worker_mib"], 3)
+        colour: dict = {}
+        if not args.no_colour:
+            imread_loop(files[:200])  # warm the page cache and OpenCV
+            results["imread_x1"] = round(imread_loop(files), 1)
+            results["imread_pool_xN"] = round(imread_pool(files, cores), 1)
+            colour = {}
+            for k in sorted({*range(1, cores + 1)} if cores <= 4 else {1, 2, 4, cores // 2, cores}):
+                colour[str(k)] = round(index_speed(work / "images", work / "idx", f"colour-{k}", workers=k), 1)
+            results["colour_workers"] = colour
+            best = colour[str(cores)]
+            results["ratio_colour_workers_n_to_imread_pool"] = round(best / results["imread_pool_xN"], 3)
+            results["ratio_colour_workers_n_to_imread_x1"] = round(best / results["imread_x1"], 3)
+            subset = work / "first-1000"
+            subset.mkdir()
+            for path in files[:1000]:
+                (subset / f"{path.parent.name}-{path.name}").symlink_to(path)
+            memory_small = peak_memory(subset, work / "mem", cores)
+            memory_all = peak_memory(work / "images", work / "mem", cores)
+            results["peak_memory_1000"] = memory_small
+            results[f"peak_memory_{len(files)}"] = memory_all
+            results["ratio_peak_memory_parent"] = round(memory_all["parent_mib"] / memory_small["parent_mib"], 3)
+            results["ratio_peak_memory_worker"] = round(memory_all["largest_worker_mib"] / memory_small["largest_worker_mib"], 3)
         if not args.no_ray:
             import ray
 
             started = time.perf_counter()
             ray.init(num_cpus=cores, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
             results["ray_start_s"] = round(time.perf_counter() - started, 1)
-            steady: dict = {}
-            results["colour_ray"] = round(index_speed(work / "images", work / "idx", "colour-ray", steady, ray=True), 1)
-            results["colour_ray_steady"] = steady
-            results["ratio_colour_ray_to_workers_n"] = round(results["colour_ray"] / best, 3)
+            if not args.no_colour:
+                steady: dict = {}
+                results["colour_ray"] = round(index_speed(work / "images", work / "idx", "colour-ray", steady, ray=True), 1)
+                results["colour_ray_steady"] = steady
+                results["ratio_colour_ray_to_workers_n"] = round(results["colour_ray"] / colour[str(cores)], 3)
         if not args.no_cnn:
             cnn = cnn_figures(files[: args.cnn_images], work, cores, ray=not args.no_ray)
             results["mobilenet"] = cnn
@@ -252,7 +251,7 @@ def main() -> None:
             import ray
 
             ray.shutdown()
-    if args.json:
+    if args.json or args.no_colour:
         print(json.dumps(results, indent=2))
         return
     print(f"{cores} usable cores, {len(files)} JPEGs (Corel-1k x 8 flips/rotations)")

@@ -26,6 +26,7 @@ not change the cost of a search: the index holds as many vectors); ``query ms`` 
 (decode, embed, search) with the default setting, for scale.
 
     python benchmarks/rerank.py [--json] [--sets corel,instance,fashion] [--extractors color,mobilenet] [--quick]
+    python benchmarks/rerank.py --latency-only      # search latency only, default vs plain, 500 queries
 """
 
 from __future__ import annotations
@@ -143,6 +144,25 @@ def bench(set_name: str, extractor: str, grid, index_dir: Path) -> dict:
     }
 
 
+def latency_only(set_name: str, extractor: str, index_dir: Path, n_queries: int = 500) -> dict:
+    """Search latency with the default re-ranking against plain search on the benchmark's index, nothing else."""
+    folder, labels = collection(set_name)
+    name = f"{set_name}-{extractor}"
+    index_folder(folder, name, index_dir, options=EXTRACTORS[extractor], labels=labels, dba=DEFAULT_DBA)
+    with Searcher.open(name, index_dir, expand=DEFAULT_EXPAND) as searcher, Searcher.open(name, index_dir, expand=None) as plain:
+        ids = np.array([row.id for row in searcher.store.catalogue.image_rows()])
+        sample = ids[:: max(1, len(ids) // n_queries)][:n_queries]
+        vectors = searcher.store.catalogue.vectors_for_ids(sample.tolist(), searcher.store.dim)
+        latency, plain_latency = search_latency(searcher, plain, vectors)
+    return {
+        "set": set_name,
+        "extractor": extractor,
+        "plain_search_ms": round(1000 * plain_latency, 3),
+        "default_search_ms": round(1000 * latency, 3),
+        "ratio": round(latency / plain_latency, 2),
+    }
+
+
 def print_table(result: dict) -> None:
     print(
         f"\n{result['set']} / {result['extractor']}: {result['images']} images; "
@@ -163,8 +183,13 @@ def main() -> None:
     parser.add_argument("--sets", default="corel,instance,fashion")
     parser.add_argument("--extractors", default="color,mobilenet")
     parser.add_argument("--quick", action="store_true", help="a 5-setting grid")
+    parser.add_argument("--latency-only", action="store_true", help="only search latency, default re-ranking vs plain")
     args = parser.parse_args()
     index_dir = CACHE / "rerank-indexes"
+    if args.latency_only:
+        found = [latency_only(s, e, index_dir) for s in args.sets.split(",") for e in args.extractors.split(",")]
+        print(json.dumps(found, indent=2) if args.json else "\n".join(str(row) for row in found))
+        return
     results = []
     for set_name in args.sets.split(","):
         for extractor in args.extractors.split(","):

@@ -452,6 +452,21 @@ def test_exclude_globs_and_hidden_files(collection, index_dir):
     assert not any(p.startswith("green/") for p in paths) and len(paths) == 11
 
 
+def test_two_new_copies_of_one_indexed_photo_both_get_its_vector(indexed, index_dir):
+    import shutil
+
+    original = indexed / "red" / "red-0.jpg"
+    copies = [indexed / "copies" / "a.jpg", indexed / "copies" / "b.jpg"]
+    copies[0].parent.mkdir()
+    for copy in copies:
+        shutil.copy(original, copy)
+    run("index", indexed, "--name", "photos", "--index-dir", index_dir)
+    data = json.loads(run("query", original, "--name", "photos", "--index-dir", index_dir, "-k", "17", "--json").stdout)
+    top = {r["path"]: r["score"] for r in data["results"][:3]}
+    assert set(top) == {str(original), *map(str, copies)} and all(score > 0.999 for score in top.values())
+    assert len(data["results"]) == 17
+
+
 def test_formats_cbir_cannot_read_are_counted_by_extension(collection, index_dir):
     (collection / "phone").mkdir()
     for n in range(3):

@@ -229,3 +229,19 @@ def test_pca_fitted_on_another_folder(collection, index_dir, tmp_path):
     index_folder(collection, "pca", index_dir, embedder=embedder, pca_train_folder=tmp_path / "training")
     with Searcher.open("pca", index_dir) as searcher:
         assert searcher.size == 15 and searcher.store.dim == 4
+
+
+def test_two_new_copies_of_one_stored_image_both_reuse_its_vector(collection, index_dir):
+    """Regression: repeated ids in Catalogue.vectors_for_ids left rows of uninitialised memory."""
+    import shutil
+
+    index_folder(collection, "photos", index_dir)
+    for n in range(2):
+        shutil.copy(collection / "red" / "red-0.jpg", collection / "red" / f"copy-{n}.jpg")
+    summary = index_folder(collection, "photos", index_dir)
+    assert summary.added == 2 and summary.reused == 2
+    with IndexStore.open(index_path("photos", index_dir)) as store:
+        rows = {row.path: row.id for row in store.catalogue.image_rows()}
+        ids = [rows[str(collection / "red" / name)] for name in ("red-0.jpg", "copy-0.jpg", "copy-1.jpg")]
+        vectors = store.catalogue.vectors_for_ids(ids, store.dim)
+    assert np.array_equal(vectors[0], vectors[1]) and np.array_equal(vectors[0], vectors[2])
