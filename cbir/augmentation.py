@@ -102,6 +102,7 @@ def save_snapshot(store) -> None:
         catalogue.set_meta("vectors_file", new_files[0])
         catalogue.set_meta("vectors_max_id", str(int(ids.max()) if len(ids) else 0))
         catalogue.set_meta("vectors_serial", str(serial))
+        store.record_snapshot(vector_index, new_files[0])
         catalogue.clear_pending_removals(up_to_id=2**62)
         if config is not None:
             catalogue.set_meta(_META_FILE, new_files[1] if len(new_files) > 1 else "")

@@ -160,8 +160,11 @@ class Catalogue:
         return _Transaction(self._db, "BEGIN IMMEDIATE")
 
     def snapshot(self) -> "_Transaction":
-        """``with catalogue.snapshot():`` reads see one committed state, without blocking writers."""
-        return _Transaction(self._db, "BEGIN DEFERRED")
+        """``with catalogue.snapshot():`` reads see one committed state, without blocking writers.
+
+        Inside another transaction or snapshot it joins that one.
+        """
+        return _Transaction(self._db, "BEGIN DEFERRED", join=True)
 
     def data_version(self) -> int:
         """A number that changes whenever another connection commits to the database."""
@@ -291,6 +294,19 @@ class Catalogue:
             raise KeyError(f"no image with id {int(unique[~filled][0])}")
         return found[positions]
 
+    def vectors_by_id(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, their vectors)`` for ``ids``; ids no longer in the catalogue are left out."""
+        id_list = [int(i) for i in ids]
+        found, blobs = [], []
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
+                found.append(image_id)
+                blobs.append(blob)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(found), dim)
+        return np.array(found, dtype=np.int64), vectors
+
     def max_id(self) -> int:
         return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
 
@@ -338,14 +354,20 @@ def _prefix_clause(root: str) -> tuple[str, tuple]:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, begin: str):
+    def __init__(self, db: sqlite3.Connection, begin: str, join: bool = False):
         self._db = db
         self._begin = begin
+        self._join = join
+        self._joined = False
 
     def __enter__(self) -> None:
-        self._db.execute(self._begin)
+        self._joined = self._join and self._db.in_transaction
+        if not self._joined:
+            self._db.execute(self._begin)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._joined:
+            return False
         if exc_type is None:
             self._db.execute("COMMIT")
         else:

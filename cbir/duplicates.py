@@ -15,6 +15,7 @@ import numpy as np
 from cbir.errors import UsageError
 from cbir.progress import SILENT, Progress
 from cbir.search import Searcher
+from cbir.store import IndexStore, index_path
 
 #: Neighbours examined per image when the index type cannot range-search.
 KNN_FALLBACK = 32
@@ -49,33 +50,45 @@ def find_duplicates(
     """
     if not -1.0 <= threshold <= 1.0:
         raise UsageError(f"threshold {threshold} is outside the range of cosine similarity, [-1, 1]")
-    with Searcher.open(name, index_dir) as searcher:
-        catalogue, dim = searcher.store.catalogue, searcher.store.dim
-        if searcher.augmented:  # DBA moved the indexed vectors: compare the original ones
-            searcher.vectors = searcher.plain_vectors()
-        rows = catalogue.image_rows()
-        ids = np.array([row.id for row in rows], dtype=np.int64)
-        parent = np.arange(len(ids))
-        weakest = np.full(len(ids), np.inf)
-        progress.start("comparing images", len(ids))
-        try:
-            for block_ids, vectors in catalogue.iter_vectors(dim, batch_size=block_size):
-                queries, neighbours, scores = _pairs(searcher, block_ids, vectors, threshold)
-                a = np.searchsorted(ids, queries)
-                b = np.searchsorted(ids, neighbours)
-                known = (b < len(ids)) & (ids[np.minimum(b, len(ids) - 1)] == neighbours) & (a != b)
-                for i, j, score in zip(a[known], b[known], scores[known]):
-                    _union(parent, weakest, int(i), int(j), float(score))
-                progress.advance(len(block_ids))
-        finally:
-            progress.stop()
-        roots = np.array([_find(parent, i) for i in range(len(ids))])
-        groups = []
-        for root in np.unique(roots):
-            members = np.flatnonzero(roots == root)
-            if len(members) > 1:
-                groups.append(DuplicateGroup(sorted(rows[m].path for m in members), round(float(weakest[root]), 6)))
+    store = IndexStore.open(index_path(name, index_dir))
+    try:
+        # Rows, stored vectors and the FAISS index from one committed state: a
+        # writer committing meanwhile cannot make them disagree.
+        with store.catalogue.snapshot():
+            searcher = Searcher(store)
+            groups = _groups(searcher, threshold, block_size, progress)
+    finally:
+        store.close()
     groups.sort(key=lambda g: (-len(g.paths), g.paths[0]))
+    return groups
+
+
+def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Progress) -> list[DuplicateGroup]:
+    catalogue, dim = searcher.store.catalogue, searcher.store.dim
+    if searcher.augmented:  # DBA moved the indexed vectors: compare the original ones
+        searcher.vectors = searcher.plain_vectors()
+    rows = catalogue.image_rows()
+    ids = np.array([row.id for row in rows], dtype=np.int64)
+    parent = np.arange(len(ids))
+    weakest = np.full(len(ids), np.inf)
+    progress.start("comparing images", len(ids))
+    try:
+        for block_ids, vectors in catalogue.iter_vectors(dim, batch_size=block_size):
+            queries, neighbours, scores = _pairs(searcher, block_ids, vectors, threshold)
+            a = np.searchsorted(ids, queries)
+            b = np.searchsorted(ids, neighbours)
+            known = (b < len(ids)) & (ids[np.minimum(b, len(ids) - 1)] == neighbours) & (a != b)
+            for i, j, score in zip(a[known], b[known], scores[known]):
+                _union(parent, weakest, int(i), int(j), float(score))
+            progress.advance(len(block_ids))
+    finally:
+        progress.stop()
+    roots = np.array([_find(parent, i) for i in range(len(ids))])
+    groups = []
+    for root in np.unique(roots):
+        members = np.flatnonzero(roots == root)
+        if len(members) > 1:
+            groups.append(DuplicateGroup(sorted(rows[m].path for m in members), round(float(weakest[root]), 6)))
     return groups
 
 

@@ -38,6 +38,7 @@ from cbir.progress import SILENT, Progress
 from cbir.store import IndexStore, index_path, is_index, name_for_folder, read_manifest
 from cbir.writer import IndexWriter, Restat, SkippedFile, open_writer
 from cbir.rerank import DEFAULT_ALPHA
+from cbir.vectors import resolve_index_type
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class IndexSummary:
     skipped_files: list[tuple[str, str]] = field(default_factory=list)
     #: Image files of formats cbir cannot read (HEIC, RAW...), by suffix; not indexed.
     unsupported: dict[str, int] = field(default_factory=dict)
+    #: How the FAISS index was rebuilt from the stored vectors this run (nothing re-embedded), if it was.
+    vectors_rebuilt: str | None = None
 
     @property
     def images_per_second(self) -> float:
@@ -88,6 +91,7 @@ class IndexSummary:
             "images_per_second": round(self.images_per_second, 2),
             "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
             "unsupported": dict(self.unsupported),
+            "vectors_rebuilt": self.vectors_rebuilt,
         }
 
 
@@ -208,10 +212,14 @@ def index_folder(
         precomputed: list[Batch] = []
         if writer.created:
             embedder = _new_embedder(embedder)
+            if index_type is not None:
+                _check_index_type(index_type, embedder, len(files))
             precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
             writer.create(embedder, index_type or "flat", len(files))
         else:
             runtime_overrides = _check_same_config(writer.store, embedder)
+            if index_type is not None:
+                resolve_index_type(index_type, writer.store.dim, len(files))  # a bad type fails before any embedding
             if runtime_overrides:
                 writer.store.embedder(runtime_overrides)
             files = without_removed(writer, folder, files, include_removed)
@@ -228,8 +236,18 @@ def index_folder(
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
         if not writer.created and index_type is not None:
             writer.change_index_type(index_type)
+    summary.vectors_rebuilt = writer.vectors_rebuilt
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_index_type(index_type: str, embedder: Embedder, n_files: int) -> None:
+    """Refuse an index type FAISS cannot build before any training."""
+    try:
+        dim = embedder.dim
+    except Exception:  # some extractors know their dimension only once built
+        return
+    resolve_index_type(index_type, dim, n_files)
 
 
 def _unsupported_note(unsupported: dict[str, int]) -> str:

@@ -99,6 +99,8 @@ class Searcher:
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
         self._augmented = AugmentedVectors.load(store)
+        if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
+            self.vectors.exact_vectors = self._exact_vectors
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
@@ -165,6 +167,15 @@ class Searcher:
             if self._embedder is None:
                 self._embedder = self.store.embedder()
             return self._embedder
+
+    def _exact_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, their vectors)`` for re-ranking: the catalogue's, or the augmented ones under DBA."""
+        with self._catalogue_lock:
+            found, vectors = self.store.catalogue.vectors_by_id(ids, self.store.dim)
+        if self._augmented is not None and len(found):
+            augmented, hit = self._augmented.lookup(found)
+            vectors = np.where(hit[:, None], augmented, vectors)
+        return found, vectors
 
     def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
         """The vectors the index searches for catalogue ``ids`` (augmented ones under DBA), -1 giving zeros."""

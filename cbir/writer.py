@@ -75,6 +75,8 @@ class IndexWriter:
         self.store: IndexStore | None = None
         self.created = False
         self._lock: WriteLock | None = None
+        #: How the closing snapshot was rebuilt from the stored vectors, if it was (see IndexStore.save_vectors).
+        self.vectors_rebuilt: str | None = None
 
     # -- the block -------------------------------------------------------
     def __enter__(self) -> "IndexWriter":
@@ -117,12 +119,14 @@ class IndexWriter:
     def __exit__(self, exc_type, exc, tb) -> None:
         store, self.store = self.store, None
         failed = exc_type is not None
-        # A new index that failed before committing an image is not worth keeping.
-        discard = failed and self.created and (store is None or store.catalogue.count_images() == 0)
+        # A new index that failed before committing an image is not worth
+        # keeping, unless it learned something (a trained model, a fitted PCA):
+        # that is kept, and the next run resumes from it.
+        discard = failed and self.created and (store is None or (store.catalogue.count_images() == 0 and not _learned(store)))
         try:
             if store is not None and not discard:
                 try:
-                    store.save_vectors()
+                    self.vectors_rebuilt = store.save_vectors()
                 except Exception:
                     if not failed:
                         raise
@@ -206,7 +210,7 @@ class IndexWriter:
     def change_index_type(self, index_type: str) -> None:
         """Switch the FAISS index type; the snapshot at the end of the block rebuilds it from stored vectors."""
         store = self._open_store()
-        if index_type == store.manifest.get("index_type"):
+        if index_type == store.manifest.get("index_type") and store.factory_is_buildable():
             return
         factory, search_params = resolve_index_type(index_type, store.dim, store.catalogue.count_images())
         store.change_index_type(index_type, factory, search_params)
@@ -215,6 +219,11 @@ class IndexWriter:
         if self.store is None:
             raise RuntimeError("the index is not created yet: call create() first")
         return self.store
+
+
+def _learned(store: IndexStore) -> bool:
+    embedder = store.embedder()
+    return embedder.extractor.requires_fit or embedder.pca is not None
 
 
 def _check_writable(path: Path) -> None:

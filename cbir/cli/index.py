@@ -303,6 +303,8 @@ def index(
         f"{summary.unchanged} unchanged, {summary.skipped} skipped "
         f"({summary.seconds:.1f} s, {summary.images_per_second:.1f} images/s)"
     )
+    if summary.vectors_rebuilt:
+        print(f"{summary.vectors_rebuilt}; stored vectors reused, nothing re-embedded")
     if summary.unsupported:
         counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
         print(f"not indexed, formats cbir cannot read: {counts}")

@@ -41,6 +41,8 @@ def info(
     print(f"extractor   {data['extractor']}")
     print(f"dimension   {data['dim']} ({data['metric']})")
     print(f"index type  {data['index_type']} (FAISS {data['factory']})")
+    if data["vectors_factory"] not in (None, data["factory"]):
+        print(f"note        the vector file in force is a {data['vectors_factory']} index (a rebuild is due, or the collection is still too small to train)")
     print(f"images      {data['images']}")
     print(f"skipped     {data['skipped']}")
     print(f"created     {data['created']}")
