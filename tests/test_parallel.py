@@ -109,8 +109,9 @@ def _alive(pid: int) -> bool:
 def test_no_worker_outlives_its_parent(tmp_path, index_dir, how):
     root = tmp_path / "photos"
     make_collection(root, per_class=5)
-    for n in range(600):
-        write_image(root / "bulk" / f"{n:03d}.jpg", coloured_image((90, 90, 90), seed=n, size=(24, 32)))
+    # Enough files that even an idle machine is still indexing when the workers are first seen.
+    for n in range(2500):
+        write_image(root / "bulk" / f"{n:04d}.jpg", coloured_image((90, 90, 90), seed=n, size=(24, 32)))
     command = [sys.executable, "-m", "cbir", "index", str(root), "--index-dir", str(index_dir), "--workers", "2", "--batch-size", "4"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH")]))}
     parent = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
@@ -121,7 +122,7 @@ def test_no_worker_outlives_its_parent(tmp_path, index_dir, how):
             workers = _children(parent.pid)
             time.sleep(0.02)
         assert len(workers) >= 2, f"no workers seen (exit {parent.poll()}): {parent.stderr.read() if parent.poll() is not None else ''}"
-        time.sleep(0.5)  # let them start reading
+        time.sleep(0.1)  # let them start reading
         assert parent.poll() is None, "the run finished before it could be interrupted; use more files"
         if how == "sigkill":
             parent.kill()
