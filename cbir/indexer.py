@@ -11,6 +11,9 @@ loader (:mod:`cbir.loading`): in worker processes on every usable core, or on
 a Ray cluster (:mod:`cbir.distributed`); the batched model work and every
 write stay in this process, through the index's one writer
 (:mod:`cbir.writer`). Memory stays bounded however large the folder.
+
+At ~470 lines it is a little over the usual size: the plan (mark and sweep),
+the commit loop and the reuse of stored vectors are the steps of one run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows."""
+"""Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
+
+Longer than most modules (~470 lines) because :class:`Searcher` is one
+object that a server shares between threads: the query inputs it accepts,
+re-ranking, the exclusion of the query itself and its locks belong together.
+"""
 
 from __future__ import annotations
 
