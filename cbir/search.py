@@ -322,12 +322,11 @@ class Searcher:
         labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
         if len(labels) != len(images):
             raise UsageError(f"{len(labels)} names for {len(images)} images")
-        embedder = self.embedder
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
             batch = images[start : start + batch_size]
-            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, embedder)):
+            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, self.embedder)):
                 if error is not None:
                     if on_error is None:
                         raise error
@@ -336,11 +335,28 @@ class Searcher:
                 prepared.append(item)
                 readable.append(label)
             if prepared:
-                with self._model_lock:
-                    vectors = embedder.transform_prepared(prepared)
-                matches = self.search_vectors(vectors, k)
-                results.extend(QueryResult(label, found) for label, found in zip(readable, matches))
+                results.extend(self.query_prepared(prepared, k, readable))
         return results
+
+    def prepare(self, image: QueryImage, *, channels: Literal["RGB", "BGR"] = "RGB") -> Any:
+        """The per-image half of a query: ``image`` (see :meth:`query`) decoded and made ready for the model.
+
+        Safe to run in many threads at once; :meth:`query_prepared` then
+        embeds and searches several prepared images in one batch.
+        Raises :class:`~cbir.errors.ImageError` for an unreadable image.
+        """
+        item, error = _prepare_batch([image], channels, self.embedder)[0]
+        if error is not None:
+            raise error
+        return item
+
+    def query_prepared(self, items: Sequence[Any], k: int = 10, names: Sequence[str] | None = None) -> list[QueryResult]:
+        """The batched half of a query: items from :meth:`prepare`, embedded in one model call and searched together."""
+        names = ["<prepared>"] * len(items) if names is None else list(names)
+        embedder = self.embedder  # outside the lock, which loading the model takes
+        with self._model_lock:
+            vectors = embedder.transform_prepared(list(items))
+        return [QueryResult(name, found) for name, found in zip(names, self.search_vectors(vectors, k))]
 
     def _check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -442,9 +458,9 @@ def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> lis
     from cbir.loading import PrepareSpec, load_prepared, usable_cores
 
     paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
-    from_files = load_prepared(
-        paths, PrepareSpec(embedder.decode_min_side), workers=max(1, min(usable_cores(), len(paths))), prepare=embedder.prepare
-    )
+    # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
+    workers = max(1, min(usable_cores(), len(paths))) if paths else 1
+    from_files = load_prepared(paths, PrepareSpec(embedder.decode_min_side), workers=workers, prepare=embedder.prepare)
     out: list[tuple[Any, ImageError | None]] = []
     for image in images:
         if isinstance(image, (str, os.PathLike)):

@@ -8,18 +8,19 @@ input gets a JSON error ``{"error": "..."}`` with a 4xx status.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import logging
 import mimetypes
 import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-import anyio
-import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -32,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from cbir import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images import decode_image
+from cbir.loading import usable_cores
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -55,7 +57,7 @@ class Limits:
     max_pixels: int = 50_000_000
     max_k: int = 1000
     default_k: int = 10
-    #: Searches run at once (decoding, model, FAISS); default: two per CPU, plus two.
+    #: Requests decoding and searching at once; default: four per usable core (at most 32).
     search_threads: int | None = None
 
 
@@ -92,9 +94,13 @@ def create_app(
     """
     pool = pool or IndexPool(index_dir, names, refresh_interval)
     thumbnails = ThumbnailCache()
-    # Searches are CPU-bound: a few threads per core keep every core busy; more
-    # only queue inside the process (more memory, longer tails) instead of on the socket.
-    search_threads = anyio.CapacityLimiter(limits.search_threads or 2 * (os.cpu_count() or 1) + 2)
+    # A few requests per core decoding at once keep every core busy and let
+    # searches batch; more would only queue inside the process (memory, tails).
+    # An executor of its own: its C queue hands work over with less GIL than anyio's.
+    searches = ThreadPoolExecutor(limits.search_threads or min(32, 4 * usable_cores()), thread_name_prefix="cbir-search")
+
+    async def in_search_thread(function, *args):
+        return await asyncio.get_running_loop().run_in_executor(searches, functools.partial(function, *args))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,6 +111,7 @@ def create_app(
             yield
         finally:
             await run_in_threadpool(pool.close)
+            searches.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="cbir",
@@ -166,12 +173,12 @@ def create_app(
             if content_type == "multipart/form-data":
                 data, filename, k_value = await _read_upload(request, limits)
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                body = await anyio.to_thread.run_sync(_search_upload, live, data, filename, k, limits, limiter=search_threads)
+                body = await in_search_thread(_search_upload, live, data, filename, k, limits)
                 return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
             if content_type == "application/json":
                 image_id, k_value = _parse_json(await request.body())
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return JSONResponse(await anyio.to_thread.run_sync(_search_id, live, image_id, k, limiter=search_threads))
+                return JSONResponse(await in_search_thread(_search_id, live, image_id, k))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
         raise ApiError(
@@ -268,7 +275,7 @@ def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: 
             image = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
         except ImageError as exc:
             raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-        return _results(live, searcher, lambda n: searcher.query(image, n, name=filename), k)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, searcher.prepare(image), n, filename), k)
 
 
 def _search_id(live: LiveIndex, image_id: int, k: int) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from cbir.catalogue import Catalogue
 from cbir.errors import CbirError, ImageError, IndexNotFoundError
 from cbir.images import decode_image
 from cbir.search import Searcher
+from cbir.server.batching import SearchBatcher
 from cbir.store import CATALOGUE_FILE, MANIFEST_FILE, default_index_dir, index_path, is_index, list_indexes
 
 logger = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ class LiveIndex:
         self.path = Path(path)
         self.name = self.path.name
         self._lock = threading.Lock()
+        self.batcher = SearchBatcher()  # concurrent uploads are searched together
         self._searcher = Searcher.open(self.name, self.path.parent)
         try:
             _ = self._searcher.embedder  # load the model now, not in the first request
