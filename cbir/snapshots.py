@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cbir.entrypoints import ENTRY_SUFFIX
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.fileio import sha256_bytes
 from cbir.vectors import RETUNE_GROWTH, VectorIndex, build_vector_index, retuned_index_type
@@ -171,6 +172,7 @@ class VectorSnapshots:
             self._check_factory()
             problem = self._snapshot_problem(state)
             augmentation.save_snapshot(self)  # rebuilds whenever _rebuild says so
+            self._remove_orphan_entry_files()
             if problem is not None and rebuilt is None:
                 if state.target == self.factory:
                     logger.warning("index %r: %s; rebuilding it from the catalogue", self.name, problem)
@@ -223,7 +225,14 @@ class VectorSnapshots:
         for old in self.path.glob("vectors-*.faiss"):
             if old.name != new_name:
                 old.unlink(missing_ok=True)
+        self._remove_orphan_entry_files()
         return rebuilt
+
+    def _remove_orphan_entry_files(self) -> None:
+        """HNSW entry points (:mod:`cbir.entrypoints`) of FAISS files since removed."""
+        for entry in self.path.glob("vectors-*" + ENTRY_SUFFIX):
+            if not (self.path / (entry.name[: -len(ENTRY_SUFFIX)] + ".faiss")).is_file():
+                entry.unlink(missing_ok=True)
 
     def record_snapshot(self, vector_index: VectorIndex, file_name: str, tuned_for: int | None = None) -> None:
         """Record what the snapshot ``file_name`` is, inside the transaction that switches to it."""

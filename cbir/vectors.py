@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Iterator
 import faiss
 import numpy as np
 
+from cbir.entrypoints import EntryPoints, entry_file, merge_results
 from cbir.errors import CbirError, IndexCorruptError, UsageError
 from cbir.fileio import atomic_path
 
@@ -83,15 +84,13 @@ def resolve_index_type(index_type: str, dim: int, n_vectors: int) -> tuple[str, 
         nlist = ivf_list_count(n_vectors)
         return f"IVF{nlist},Flat", {"nprobe": _default_nprobe(nlist)}
     if kind.lower() == "ivfpq":
+        # Compressed IVF: 4-bit scalar codes (d/2 bytes a vector), re-ranked
+        # exactly. Product quantisation (PQ{d/8}) was smaller still but its
+        # learned codebooks barely see a small group unlike the rest, whose
+        # members it then scores at random: Corel P@10 0.747 at 1M against
+        # exact 0.761, however long the shortlist (docs/index-types.md).
         nlist = ivf_list_count(n_vectors)
-        m = _pq_subquantizers(dim)
-        # 8-bit codes need 256 centroids per sub-quantizer: too many for small
-        # collections, which get 4-bit fast-scan codes (16 centroids) instead.
-        codes = "" if n_vectors >= 256 * _POINTS_PER_CENTROID else "x4fs"
-        # Coarser 4-bit codes need a longer shortlist: on 5,000 real descriptors,
-        # re-ranking 16 / 32 / 64 k candidates gave recall@10 0.94 / 0.98 / 0.996.
-        rerank = PQ_RERANK if not codes else 4 * PQ_RERANK
-        return f"IVF{nlist},PQ{m}{codes}", {"nprobe": _default_nprobe(nlist), RERANK: rerank}
+        return f"IVF{nlist},SQ4", {"nprobe": _default_nprobe(nlist), RERANK: PQ_RERANK}
     try:
         index = faiss.index_factory(dim, kind, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
@@ -135,8 +134,10 @@ def retuned_index_type(
 HNSW_FACTORY = "HNSW32"
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
-#: ``ivfpq``: candidates re-ranked with exact vectors, per result asked for.
-PQ_RERANK = 16
+#: ``ivfpq``: candidates re-ranked with exact vectors, per result asked for. With
+#: 4-bit scalar codes, 8 k gave recall@10 0.995 (synthetic) / 0.999 (real) at 1M,
+#: 16 k 0.9996 / 0.9996 for 0.4 ms more of fetching from SQLite.
+PQ_RERANK = 8
 
 
 def _default_nprobe(nlist: int) -> int:
@@ -147,16 +148,6 @@ def _default_nprobe(nlist: int) -> int:
     return min(nlist, max(32, nlist // 64))
 
 
-def _pq_subquantizers(dim: int) -> int:
-    # About 8 dimensions per sub-quantizer: with 4, FAISS's k-means falls on a
-    # slow path (training took 34 s instead of 1 s for 16k vectors of 256-d).
-    # It must divide the dimension, and fast-scan codes come in pairs.
-    for m in range(max(2, dim // 8), 0, -1):
-        if dim % m == 0 and m % 2 == 0:
-            return m
-    return dim
-
-
 def _is_ivf(index: faiss.Index) -> bool:
     return faiss.try_extract_index_ivf(index) is not None
 
@@ -165,7 +156,9 @@ class VectorIndex:
     """A FAISS index holding catalogue ids, built from a factory string.
 
     ``exact_vectors`` (ids -> found ids and their vectors) lets a compressed
-    index re-rank its candidates exactly; see :data:`RERANK`.
+    index re-rank its candidates exactly; see :data:`RERANK`. An HNSW index
+    carries :attr:`entry_points` (:mod:`cbir.entrypoints`), saved beside
+    its file, so that its graph reaches groups of vectors unlike the rest.
     """
 
     def __init__(self, index: faiss.Index, factory: str, exact_vectors: ExactVectors | None = None):
@@ -173,6 +166,7 @@ class VectorIndex:
         self.factory = factory
         self.exact_vectors = exact_vectors
         self.rerank = 0
+        self.entry_points: EntryPoints | None = None
 
     @classmethod
     def create(cls, factory: str, dim: int) -> "VectorIndex":
@@ -188,7 +182,10 @@ class VectorIndex:
             # FAISS's default (40) leaves a group of vectors unlike the rest
             # (a new kind of photo) badly linked into the graph.
             hnsw.hnsw.efConstruction = max(hnsw.hnsw.efConstruction, HNSW_EF_CONSTRUCTION)
-        return cls(index, factory)
+        vector_index = cls(index, factory)
+        if isinstance(hnsw, faiss.IndexHNSW):
+            vector_index.entry_points = EntryPoints(dim)
+        return vector_index
 
     @property
     def dim(self) -> int:
@@ -242,7 +239,11 @@ class VectorIndex:
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
         if len(ids):
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), np.asarray(ids, dtype=np.int64))
+            vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+            first = self.index.ntotal
+            self.index.add_with_ids(vectors, np.asarray(ids, dtype=np.int64))
+            if self.entry_points is not None:
+                self.entry_points.after_add(self._unwrapped(), first, vectors)
 
     def remove(self, ids: np.ndarray) -> int:
         """Remove ``ids``; only call when :attr:`supports_removal`."""
@@ -287,15 +288,30 @@ class VectorIndex:
 
     def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         if len(queries) >= _PARALLEL_QUERIES:
-            return self.index.search(queries, k)
+            return self._search_index(queries, k)
         # Waking OpenMP threads costs more than a few queries take (5 ms vs
         # 0.3 ms for one query on 1,000 vectors here): search them on one thread.
         with _omp_threads(1):
-            return self.index.search(queries, k)
+            return self._search_index(queries, k)
+
+    def _search_index(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, ids = self.index.search(queries, k)
+        if self.entry_points is None:
+            return scores, ids
+        # HNSW: also search from the query's nearest leaders, keep the best of both.
+        seeded_scores, nodes = self.entry_points.search(self._unwrapped(), queries, k)
+        if isinstance(self.index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+            id_map = faiss.rev_swig_ptr(self.index.id_map.data(), self.index.id_map.size())
+            nodes = np.where(nodes >= 0, id_map[np.maximum(nodes, 0)], -1)
+        return merge_results(scores, ids, seeded_scores, nodes, k)
 
     # -- persistence -------------------------------------------------------
     def write(self, path: Path) -> None:
-        """Write atomically (see :func:`cbir.fileio.atomic_path`)."""
+        """Write atomically (see :func:`cbir.fileio.atomic_path`), entry points first, beside the file."""
+        if self.entry_points is not None:
+            self.entry_points.write(entry_file(path), self.ntotal)
+        else:
+            entry_file(path).unlink(missing_ok=True)  # a leftover of another index of this name
         with atomic_path(path) as temporary:
             faiss.write_index(self.index, str(temporary))
 
@@ -307,7 +323,12 @@ class VectorIndex:
             raise IndexCorruptError(f"vector index {path} is unreadable ({_plain_faiss_message(exc)})") from None
         if index.d != dim:
             raise IndexCorruptError(f"vector index {path} has dimension {index.d}, manifest says {dim}")
-        return cls(index, factory)
+        vector_index = cls(index, factory)
+        hnsw = vector_index._unwrapped()
+        if isinstance(hnsw, faiss.IndexHNSW):
+            # Files written before entry points existed search as plain HNSW.
+            vector_index.entry_points = EntryPoints.read(entry_file(path), hnsw)
+        return vector_index
 
 
 def build_vector_index(
