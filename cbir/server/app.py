@@ -57,7 +57,7 @@ class Limits:
     max_pixels: int = 50_000_000
     max_k: int = 1000
     default_k: int = 10
-    #: Requests decoding and searching at once; default: four per usable core (at most 32).
+    #: Requests decoding and searching at once; default: three per usable core (at most 32).
     search_threads: int | None = None
 
 
@@ -97,7 +97,7 @@ def create_app(
     # A few requests per core decoding at once keep every core busy and let
     # searches batch; more would only queue inside the process (memory, tails).
     # An executor of its own: its C queue hands work over with less GIL than anyio's.
-    searches = ThreadPoolExecutor(limits.search_threads or min(32, 4 * usable_cores()), thread_name_prefix="cbir-search")
+    searches = ThreadPoolExecutor(limits.search_threads or min(32, 3 * usable_cores()), thread_name_prefix="cbir-search")
 
     async def in_search_thread(function, *args):
         return await asyncio.get_running_loop().run_in_executor(searches, functools.partial(function, *args))
