@@ -315,11 +315,13 @@ def build_vector_index(
     dim: int,
     blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     training_sample: Callable[[int], np.ndarray],
+    count: int | None = None,
 ) -> VectorIndex:
     """Build and fill an index from ``(ids, vectors)`` blocks.
 
     ``training_sample(n)`` returns up to ``n`` vectors drawn at random from
-    the collection, used to train IVF/PQ indexes.
+    the collection, used to train IVF/PQ indexes. ``count``, how many vectors
+    the blocks hold, lets a flat index size its storage once.
     """
     vector_index = VectorIndex.create(factory, dim)
     if not vector_index.is_trained:
@@ -333,9 +335,25 @@ def build_vector_index(
             # both possible and better at this size.
             logger.warning("%d vectors are too few to train %r; using exact (flat) search for now", len(sample), factory)
             vector_index = VectorIndex.create("Flat", dim)
+    if count:
+        _reserve(vector_index.index, count)
     for ids, vectors in blocks():
         vector_index.add(ids, vectors)
     return vector_index
+
+
+def _reserve(index: faiss.Index, count: int) -> None:
+    """Give an empty flat index room for ``count`` vectors at once.
+
+    FAISS grows its storage by reallocation as blocks are added, holding the
+    old and the new (up to twice larger) buffer while it copies: the peak
+    memory of an index build. Resizing and emptying the storage keeps its
+    capacity, so the adds that follow fill it in place.
+    """
+    inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
+        inner.codes.resize(count * inner.code_size)
+        inner.codes.resize(0)
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:
