@@ -11,7 +11,7 @@ from cbir.catalogue import NewImage
 from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
 from cbir.rerank import augment_database
-from cbir.store import IndexStore, index_path
+from cbir.store import IndexStore
 from cbir.vectors import VectorIndex, build_vector_index
 from cbir.writer import open_writer
 
@@ -70,7 +70,7 @@ def test_snapshot_with_dba_holds_no_copy_of_the_vectors(tmp_path, monkeypatch):
         tracemalloc.stop()
     # Before: every vector read into a list of blocks and concatenated, then the augmented copy (>= 2x).
     assert peak < 0.5 * vectors.nbytes, f"{peak / 2**20:.1f} MiB traced for {vectors.nbytes / 2**20:.1f} MiB of vectors"
-    stored, files = _snapshot_arrays(tmp_path / "big")
+    stored, _files = _snapshot_arrays(tmp_path / "big")
     np.testing.assert_allclose(stored, augment_database(vectors, 2), atol=1e-5)
 
 
