@@ -111,7 +111,8 @@ class _FirstBatchClock(Progress):
         self.first_at, self.first_count = None, 0
 
     def advance(self, steps=1):
-        if self.first_at is None:
+        # Not the indexer's opening advance(0) (files already done): the first files that come back.
+        if self.first_at is None and steps:
             self.first_at, self.first_count = time.perf_counter(), steps
 
 
