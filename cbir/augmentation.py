@@ -116,13 +116,15 @@ def save_snapshot(store) -> None:
 
 
 # Memory: the collection's vectors are held once (in FAISS's own storage for
-# a flat index); everything else goes in blocks of about this many bytes.
-_BLOCK_BYTES = 4 << 20
+# a flat index); everything else goes in blocks of about this many bytes
+# (a neighbour search block of inner products: 4 times as many; smaller ones
+# made the search slower).
+_BLOCK_BYTES = 1 << 20
 
 
 def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int):
     """A flat snapshot, augmented in place: the original vectors are read into
-    the index (sized once), neighbours searched there, the augmented vectors
+    the index (sized once), their neighbours found, the augmented vectors
     streamed to their ``.npy`` file and then copied over the originals."""
     catalogue, dim = store.catalogue, store.dim
     blocks = lambda: catalogue.iter_vectors(dim, _block_rows(4 * dim))  # noqa: E731
@@ -130,7 +132,7 @@ def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int):
     ids, vectors = _flat_storage(vector_index)
     if config is None or len(ids) < 2:
         return vector_index, ids, []
-    names = _augment(store, ids, vectors, config, previous, serial, vector_index)
+    names = _augment(store, ids, vectors, config, previous, serial)
     for start, block in _npy_blocks(store.path / names[0]):
         vectors[start : start + len(block)] = block
     return vector_index, ids, names
@@ -148,10 +150,10 @@ def _other_snapshot(store, config, previous: _Snapshot | None, serial: int):
     return build_vector_index(store.factory, store.dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids)), ids, names
 
 
-def _augment(store, ids, vectors, config, previous: _Snapshot | None, serial: int, index=None) -> list[str]:
+def _augment(store, ids, vectors, config, previous: _Snapshot | None, serial: int) -> list[str]:
     """Write the augmented snapshot files for ``vectors`` (the originals, by sorted ``ids``); return their names."""
     k = min(int(config["k"]), len(ids) - 1)
-    rows, scores, changed = _neighbour_lists(store.factory, store.dim, ids, vectors, k, previous, index)
+    rows, scores, changed = _neighbour_lists(store.factory, store.dim, ids, vectors, k, previous)
     names = [f"augmented-{serial}{suffix}.npy" for suffix in _Snapshot.SUFFIXES]
     blocks = _augmented_blocks(ids, vectors, rows, scores, changed, float(config["alpha"]), previous)
     _write_npy_blocks(store.path / names[0], vectors.shape, np.float32, blocks)
@@ -265,18 +267,18 @@ class _Snapshot:
         return cls(ids, vectors, neighbour_ids, neighbour_scores)
 
 
-def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, previous: _Snapshot | None, index=None):
+def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, previous: _Snapshot | None):
     """Every vector's top ``k`` other rows and their scores, and which vectors must be averaged again.
 
     In full: neighbours from an index of the collection's own type (exact for
-    ``flat``; ``index``, if given, is one that holds ``vectors``). Incrementally
+    ``flat``). Incrementally
     (``previous`` has the same k): new images and images that lost a
     neighbour are searched exactly against everything; every other image
     merges its old neighbours with its best among the new images; only
     images whose neighbours changed are averaged again.
     """
     if previous is None or previous.neighbour_ids.shape[1] != k or len(previous.ids) == 0:
-        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k, index)
+        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k)
         return rows, scores, np.ones(len(ids), dtype=bool)
     kept = np.isin(previous.ids, ids)
     new_rows_of_kept = np.searchsorted(ids, previous.ids[kept])
@@ -322,10 +324,15 @@ def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, ids[rows.clip(0)], -1)
 
 
-def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, raw=None):
-    """Every vector's top ``k`` other rows, from an index of the collection's own type (``raw``, if it holds them)."""
-    if raw is None:
-        raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
+def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int):
+    """Every vector's top ``k`` other rows, from an index of the collection's own type.
+
+    Flat: exact, in blocks of rows (no second copy of the vectors, and
+    neither FAISS's fixed 16 MB block of inner products).
+    """
+    if _flat_storage(VectorIndex.create(factory, dim)) is not None:
+        return top_k(vectors, vectors, k, own_rows=np.arange(len(ids)), block_size=_block_rows(4 * len(ids)))
+    raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
     found_scores, found_ids = raw.search(vectors, k + 1)
     rows = np.searchsorted(ids, found_ids).clip(0, len(ids) - 1)
     rows = np.where(ids[rows] == found_ids, rows, -1)
