@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -127,7 +127,9 @@ def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int):
     the index (sized once), their neighbours found, the augmented vectors
     streamed to their ``.npy`` file and then copied over the originals."""
     catalogue, dim = store.catalogue, store.dim
-    blocks = lambda: catalogue.iter_vectors(dim, _block_rows(4 * dim))  # noqa: E731
+    def blocks():
+        return catalogue.iter_vectors(dim, _block_rows(4 * dim))
+
     vector_index = build_vector_index(store.factory, dim, blocks, _no_training, catalogue.count_images())
     ids, vectors = _flat_storage(vector_index)
     if config is None or len(ids) < 2:
@@ -169,7 +171,7 @@ def _all_vectors(store) -> tuple[np.ndarray, np.ndarray]:
     vectors = np.empty((len(ids), dim), np.float32)
     filled = 0
     for block_ids, block in catalogue.iter_vectors(dim, _block_rows(4 * dim)):
-        if filled + len(block_ids) > len(ids):  # rows added meanwhile: not under the write lock, but be safe
+        if filled + len(block_ids) > len(ids):  # more rows than counted: cannot happen under the write lock, but be safe
             ids, vectors = np.resize(ids, filled + len(block_ids)), np.resize(vectors, (filled + len(block_ids), dim))
         ids[filled : filled + len(block_ids)], vectors[filled : filled + len(block_ids)] = block_ids, block
         filled += len(block_ids)

@@ -343,13 +343,8 @@ def build_vector_index(
 
 
 def _reserve(index: faiss.Index, count: int) -> None:
-    """Give an empty flat index room for ``count`` vectors at once.
-
-    FAISS grows its storage by reallocation as blocks are added, holding the
-    old and the new (up to twice larger) buffer while it copies: the peak
-    memory of an index build. Resizing and emptying the storage keeps its
-    capacity, so the adds that follow fill it in place.
-    """
+    """Room for ``count`` vectors in an empty flat index: FAISS would grow its storage by
+    reallocation (old and new buffer held while copying); emptied, it keeps the capacity."""
     inner = _unwrap(index)
     if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
         inner.codes.resize(count * inner.code_size)
