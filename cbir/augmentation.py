@@ -28,18 +28,19 @@ calls for an index that has, or had, DBA.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
-from cbir.errors import UsageError
-from cbir.fileio import write_bytes_atomic
+from cbir.errors import IndexCorruptError, UsageError
+from cbir.fileio import atomic_path
 from cbir.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, top_k
-from cbir.vectors import build_vector_index
+from cbir.vectors import VectorIndex, build_vector_index
 
 logger = logging.getLogger(__name__)
 
@@ -88,15 +89,13 @@ def save_snapshot(store) -> None:
         and (store.path / file_name).is_file()
     ):
         return
-    ids, vectors = _all_vectors(store)
     serial = int(catalogue.get_meta("vectors_serial", "0")) + 1
-    new_files = [f"vectors-{serial}.faiss"]
-    if config is not None and len(ids) > 1:
-        previous = _Snapshot.load(store) if (catalogue.get_meta(_META_CONFIG) or None) == wanted else None
-        snapshot = _augmented_snapshot(store, ids, vectors, config, previous)
-        vectors = snapshot.vectors
-        new_files += snapshot.write(store.path, serial)
-    vector_index = build_vector_index(store.factory, store.dim, lambda: [(ids, vectors)], _sampler(vectors))
+    previous = None
+    if config is not None and (catalogue.get_meta(_META_CONFIG) or None) == wanted:
+        previous = _Snapshot.load(store)
+    build = _flat_snapshot if _flat_storage(VectorIndex.create(store.factory, store.dim)) else _other_snapshot
+    vector_index, ids, augmented_files = build(store, config, previous, serial)
+    new_files = [f"vectors-{serial}.faiss", *augmented_files]
     vector_index.write(store.path / new_files[0])
     with catalogue.transaction():
         catalogue.set_meta("vectors_file", new_files[0])
@@ -116,11 +115,90 @@ def save_snapshot(store) -> None:
             old.unlink(missing_ok=True)
 
 
+# Memory: the collection's vectors are held once (in FAISS's own storage for
+# a flat index); everything else goes in blocks of about this many bytes
+# (a neighbour search block of inner products: 4 times as many; smaller ones
+# made the search slower).
+_BLOCK_BYTES = 1 << 20
+
+
+def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int):
+    """A flat snapshot, augmented in place: the original vectors are read into
+    the index (sized once), their neighbours found, the augmented vectors
+    streamed to their ``.npy`` file and then copied over the originals."""
+    catalogue, dim = store.catalogue, store.dim
+    def blocks():
+        return catalogue.iter_vectors(dim, _block_rows(4 * dim))
+
+    vector_index = build_vector_index(store.factory, dim, blocks, _no_training, catalogue.count_images())
+    ids, vectors = _flat_storage(vector_index)
+    if config is None or len(ids) < 2:
+        return vector_index, ids, []
+    names = _augment(store, ids, vectors, config, previous, serial)
+    for start, block in _npy_blocks(store.path / names[0]):
+        vectors[start : start + len(block)] = block
+    return vector_index, ids, names
+
+
+def _other_snapshot(store, config, previous: _Snapshot | None, serial: int):
+    """Any other index type: built from the augmented ``.npy`` file (or the originals) after augmenting."""
+    ids, vectors = _all_vectors(store)
+    names: list[str] = []
+    if config is not None and len(ids) > 1:
+        names = _augment(store, ids, vectors, config, previous, serial)
+        del vectors
+        path = store.path / names[0]
+        return build_vector_index(store.factory, store.dim, lambda: _id_blocks(path, ids), _file_sampler(path), len(ids)), ids, names
+    return build_vector_index(store.factory, store.dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids)), ids, names
+
+
+def _augment(store, ids, vectors, config, previous: _Snapshot | None, serial: int) -> list[str]:
+    """Write the augmented snapshot files for ``vectors`` (the originals, by sorted ``ids``); return their names."""
+    k = min(int(config["k"]), len(ids) - 1)
+    rows, scores, changed = _neighbour_lists(store.factory, store.dim, ids, vectors, k, previous)
+    names = [f"augmented-{serial}{suffix}.npy" for suffix in _Snapshot.SUFFIXES]
+    blocks = _augmented_blocks(ids, vectors, rows, scores, changed, float(config["alpha"]), previous)
+    _write_npy_blocks(store.path / names[0], vectors.shape, np.float32, blocks)
+    for name, array in zip(names[1:], (ids, _ids_of(ids, rows), scores)):
+        _write_npy_blocks(store.path / name, array.shape, array.dtype, [array])
+    return names
+
+
 def _all_vectors(store) -> tuple[np.ndarray, np.ndarray]:
-    blocks = list(store.catalogue.iter_vectors(store.dim))
-    if not blocks:
-        return np.zeros(0, np.int64), np.zeros((0, store.dim), np.float32)
-    return np.concatenate([b[0] for b in blocks]), np.concatenate([b[1] for b in blocks])
+    """Every stored vector, read into one array sized once (no list of blocks to concatenate)."""
+    catalogue, dim = store.catalogue, store.dim
+    ids = np.empty(catalogue.count_images(), np.int64)
+    vectors = np.empty((len(ids), dim), np.float32)
+    filled = 0
+    for block_ids, block in catalogue.iter_vectors(dim, _block_rows(4 * dim)):
+        if filled + len(block_ids) > len(ids):  # more rows than counted: cannot happen under the write lock, but be safe
+            ids, vectors = np.resize(ids, filled + len(block_ids)), np.resize(vectors, (filled + len(block_ids), dim))
+        ids[filled : filled + len(block_ids)], vectors[filled : filled + len(block_ids)] = block_ids, block
+        filled += len(block_ids)
+    return ids[:filled], vectors[:filled]
+
+
+def _no_training(n: int) -> np.ndarray:
+    raise RuntimeError("a flat index needs no training")
+
+
+def _flat_storage(vector_index: VectorIndex) -> tuple[np.ndarray, np.ndarray] | None:
+    """``(ids, vectors)`` of an ``IDMap`` flat index, ``vectors`` a writable view of FAISS's own
+    storage (valid while the index lives); ``None`` for any other type."""
+    index = vector_index.index
+    if not isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
+        return None
+    inner = faiss.downcast_index(index.index)
+    if not isinstance(inner, faiss.IndexFlat):
+        return None
+    ids = faiss.vector_to_array(index.id_map).astype(np.int64, copy=False)
+    if inner.ntotal == 0:
+        return ids, np.zeros((0, inner.d), np.float32)
+    return ids, faiss.rev_swig_ptr(inner.get_xb(), inner.ntotal * inner.d).reshape(inner.ntotal, inner.d)
+
+
+def _block_rows(row_bytes: int) -> int:
+    return max(1, _BLOCK_BYTES // max(1, row_bytes))
 
 
 def _sampler(vectors: np.ndarray):
@@ -129,6 +207,39 @@ def _sampler(vectors: np.ndarray):
         return vectors[np.sort(chosen)]
 
     return sample
+
+
+def _file_sampler(path: Path):
+    def sample(n: int) -> np.ndarray:
+        return np.array(_sampler(np.load(path, mmap_mode="r", allow_pickle=False))(n))
+
+    return sample
+
+
+def _write_npy_blocks(path: Path, shape: tuple[int, ...], dtype, blocks) -> None:
+    """An ``.npy`` file (as :func:`numpy.save` writes it) from row blocks, written atomically."""
+    header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        f.writelines(np.ascontiguousarray(block, dtype=dtype).data for block in blocks)
+
+
+def _npy_blocks(path: Path) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, rows)`` blocks of a 2-d float32 ``.npy`` file, read without mapping the whole file."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        step = _block_rows(4 * shape[1])
+        for start in range(0, shape[0], step):
+            block = np.empty((min(step, shape[0] - start), shape[1]), np.float32)
+            if f.readinto(block.data) != block.nbytes or dtype != np.float32:
+                raise IndexCorruptError(f"{path} is shorter than its header says")
+            yield start, block
+
+
+def _id_blocks(path: Path, ids: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    for start, block in _npy_blocks(path):
+        yield ids[start : start + len(block)], block
 
 
 class _Snapshot:
@@ -147,33 +258,30 @@ class _Snapshot:
             return None
         stem = name[: -len(".npy")]
         try:
-            arrays = [np.load(store.path / f"{stem}{suffix}.npy", allow_pickle=False) for suffix in cls.SUFFIXES]
+            # The vectors mapped, not read: only the rows kept are copied out.
+            arrays = [
+                np.load(store.path / f"{stem}{suffix}.npy", allow_pickle=False, mmap_mode="r" if not suffix else None)
+                for suffix in cls.SUFFIXES
+            ]
         except (OSError, ValueError):
             return None  # older or damaged: recompute in full
         vectors, ids, neighbour_ids, neighbour_scores = arrays
         return cls(ids, vectors, neighbour_ids, neighbour_scores)
 
-    def write(self, folder: Path, serial: int) -> list[str]:
-        names = [f"augmented-{serial}{suffix}.npy" for suffix in self.SUFFIXES]
-        for name, array in zip(names, (self.vectors, self.ids, self.neighbour_ids, self.neighbour_scores)):
-            _write_npy(folder / name, array)
-        return names
 
-
-def _augmented_snapshot(store, ids: np.ndarray, vectors: np.ndarray, config, previous: "_Snapshot | None") -> _Snapshot:
-    """DBA of the collection, updating ``previous`` where only a few images came or went.
+def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, previous: _Snapshot | None):
+    """Every vector's top ``k`` other rows and their scores, and which vectors must be averaged again.
 
     In full: neighbours from an index of the collection's own type (exact for
-    ``flat``). Incrementally (``previous`` has the same k): new images and
-    images that lost a neighbour are searched exactly against everything;
-    every other image merges its old neighbours with its best among the new
-    images; only images whose neighbours changed are averaged again.
+    ``flat``). Incrementally
+    (``previous`` has the same k): new images and images that lost a
+    neighbour are searched exactly against everything; every other image
+    merges its old neighbours with its best among the new images; only
+    images whose neighbours changed are averaged again.
     """
-    k = min(int(config["k"]), len(ids) - 1)
-    alpha = float(config["alpha"])
     if previous is None or previous.neighbour_ids.shape[1] != k or len(previous.ids) == 0:
-        rows, scores = _neighbours_in_full(store.factory, store.dim, ids, vectors, k)
-        return _Snapshot(ids, augment_rows(vectors, np.arange(len(ids)), rows, scores, alpha), _ids_of(ids, rows), scores)
+        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k)
+        return rows, scores, np.ones(len(ids), dtype=bool)
     kept = np.isin(previous.ids, ids)
     new_rows_of_kept = np.searchsorted(ids, previous.ids[kept])
     old_lists = previous.neighbour_ids[kept]
@@ -195,13 +303,23 @@ def _augmented_snapshot(store, ids: np.ndarray, vectors: np.ndarray, config, pre
     if len(again):
         rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again)
     changed = redo | (rows != before).any(axis=1)
-    augmented = np.empty_like(vectors)
-    unchanged = np.flatnonzero(~changed)
-    augmented[unchanged] = previous.vectors[np.searchsorted(previous.ids, ids[unchanged])]
-    which = np.flatnonzero(changed)
-    augmented[which] = augment_rows(vectors, which, rows[which], scores[which], alpha)
-    logger.info("DBA: %d of %d vectors averaged again", len(which), len(ids))
-    return _Snapshot(ids, augmented, _ids_of(ids, rows), scores)
+    logger.info("DBA: %d of %d vectors averaged again", int(changed.sum()), len(ids))
+    return rows, scores, changed
+
+
+def _augmented_blocks(ids, vectors, rows, scores, changed, alpha: float, previous: _Snapshot | None) -> Iterator[np.ndarray]:
+    """The augmented vectors in row blocks: averaged again where ``changed``, else the previous snapshot's."""
+    step = _block_rows(4 * vectors.shape[1] * (rows.shape[1] + 2))
+    for start in range(0, len(ids), step):
+        stop = min(start + step, len(ids))
+        block = np.empty((stop - start, vectors.shape[1]), np.float32)
+        mine = changed[start:stop]
+        if not mine.all():
+            block[~mine] = previous.vectors[np.searchsorted(previous.ids, ids[start:stop][~mine])]
+        which = start + np.flatnonzero(mine)
+        if len(which):
+            block[mine] = augment_rows(vectors, which, rows[which], scores[which], alpha)
+        yield block
 
 
 def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -209,8 +327,14 @@ def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 
 
 def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int):
-    """Every vector's top ``k`` other rows, from an index of the collection's own type."""
-    raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors))
+    """Every vector's top ``k`` other rows, from an index of the collection's own type.
+
+    Flat: exact, in blocks of rows (no second copy of the vectors, and
+    neither FAISS's fixed 16 MB block of inner products).
+    """
+    if _flat_storage(VectorIndex.create(factory, dim)) is not None:
+        return top_k(vectors, vectors, k, own_rows=np.arange(len(ids)), block_size=_block_rows(4 * len(ids)))
+    raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
     found_scores, found_ids = raw.search(vectors, k + 1)
     rows = np.searchsorted(ids, found_ids).clip(0, len(ids) - 1)
     rows = np.where(ids[rows] == found_ids, rows, -1)
@@ -219,12 +343,6 @@ def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.nda
     rows = np.take_along_axis(rows, order, axis=1)
     scores = np.where(rows >= 0, np.take_along_axis(found_scores, order, axis=1), -np.inf).astype(np.float32)
     return rows, scores
-
-
-def _write_npy(path: Path, array: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(array), allow_pickle=False)
-    write_bytes_atomic(path, buffer.getvalue())
 
 
 class AugmentedVectors:

@@ -36,9 +36,12 @@ logger = logging.getLogger(__name__)
 EXTRA_HINT = "pip install 'cbir[ray]'"
 #: How long to wait for a TCP answer from a cluster address before giving up.
 CONNECT_TIMEOUT_S = 5.0
-#: Fewest files per actor call: each call costs Ray scheduling and object-store
-#: traffic (2,000 colour images, 2 CPUs: 390 images/s at 256 vs 348 at 64).
-MIN_RAY_BATCH = 256
+#: Most files per actor call: each call costs Ray scheduling and object-store
+#: traffic (2,000 colour images, 2 CPUs: 390 images/s at 256 vs 348 at 64), so
+#: calls are as large as this allows while every actor still gets
+#: :data:`CALLS_PER_ACTOR` of them (the last calls balance the actors' load).
+MAX_RAY_BATCH = 2048
+CALLS_PER_ACTOR = 4
 
 
 def import_ray():
@@ -75,6 +78,8 @@ class RayRunner:
     """A connected Ray cluster and how many actors to run on it."""
 
     actors: int
+    #: CPU threads each actor's engine may use: the cluster's CPUs shared out (one each locally).
+    threads: int = 1
 
     @classmethod
     def connect(cls, address: str | None = None, actors: int | None = None) -> "RayRunner":
@@ -94,8 +99,14 @@ class RayRunner:
             except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError...
                 message = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 raise UsageError(f"cannot start or join a Ray cluster at {address or 'auto'}: {message}") from None
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        return cls(actors or max(1, cpus))
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        actors = actors or cpus
+        return cls(actors, max(1, cpus // actors))
+
+    def batch_size(self, files: int, batch_size: int) -> int:
+        """Files per actor call (see :data:`MAX_RAY_BATCH`), never fewer than ``batch_size``."""
+        share = -(-files // (self.actors * CALLS_PER_ACTOR))
+        return max(batch_size, min(share, MAX_RAY_BATCH))
 
     def embed(
         self,
@@ -114,16 +125,22 @@ class RayRunner:
 
         context = DataContext.get_current()
         context.enable_progress_bars = False
+        context.verbose_stats_logs = False
         items = [{"path": str(p), "known": known_sha256.get(p, "")} for p in files]
-        dataset = ray.data.from_items(items).map_batches(
+        # One input block per actor call, so that no call is split into a large and a small one.
+        calls = -(-len(items) // self.batch_size(len(items), batch_size))
+        dataset = ray.data.from_items(items, override_num_blocks=calls).map_batches(
             _RayEmbedder,
             fn_constructor_kwargs={
                 "config": store.embedder().get_config(),
                 "model_dir": str(store.path / "model"),
                 "known": known.for_workers() if known is not None else None,
+                "threads": self.threads,
             },
-            compute=ActorPoolStrategy(size=self.actors),
-            batch_size=max(batch_size, MIN_RAY_BATCH),
+            # One call at a time per actor: a call queued behind another on a
+            # busy actor would leave an idle one waiting at the end.
+            compute=ActorPoolStrategy(size=self.actors, max_tasks_in_flight_per_actor=1),
+            batch_size=None,
             batch_format="numpy",
             num_cpus=1,
         )
@@ -166,11 +183,13 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], np.ndarray,
 class _RayEmbedder:
     """One Ray actor: the embedder built once, then read + embed a batch of paths per call."""
 
-    def __init__(self, config: dict[str, Any], model_dir: str, known: KnownContent | None):
+    def __init__(self, config: dict[str, Any], model_dir: str, known: KnownContent | None, threads: int = 1):
         import ray
 
+        from cbir.features import runtimes
         from cbir.features.pipeline import Embedder
 
+        runtimes.limit_threads(threads)  # the actors share the node's cores: no oversubscribed engines
         self.embedder = Embedder.from_config(config).load_state(Path(model_dir))
         self.known = known
         self.node = ray.util.get_node_ip_address()

@@ -150,7 +150,7 @@ class VectorSnapshots:
             chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(n, len(ids)), replace=False))
             return catalogue.vectors_for_ids(chosen, dim)
 
-        return build_vector_index(self.factory, dim, lambda: catalogue.iter_vectors(dim), sample)
+        return build_vector_index(self.factory, dim, lambda: catalogue.iter_vectors(dim), sample, catalogue.count_images())
 
     def save_vectors(self) -> str | None:
         """Bring the FAISS file up to date with the catalogue (writers only).

@@ -336,11 +336,13 @@ def build_vector_index(
     dim: int,
     blocks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]],
     training_sample: Callable[[int], np.ndarray],
+    count: int | None = None,
 ) -> VectorIndex:
     """Build and fill an index from ``(ids, vectors)`` blocks.
 
     ``training_sample(n)`` returns up to ``n`` vectors drawn at random from
-    the collection, used to train IVF/PQ indexes.
+    the collection, used to train IVF/PQ indexes. ``count``, how many vectors
+    the blocks hold, lets a flat index size its storage once.
     """
     vector_index = VectorIndex.create(factory, dim)
     if not vector_index.is_trained:
@@ -354,9 +356,20 @@ def build_vector_index(
             # both possible and better at this size.
             logger.warning("%d vectors are too few to train %r; using exact (flat) search for now", len(sample), factory)
             vector_index = VectorIndex.create("Flat", dim)
+    if count:
+        _reserve(vector_index.index, count)
     for ids, vectors in blocks():
         vector_index.add(ids, vectors)
     return vector_index
+
+
+def _reserve(index: faiss.Index, count: int) -> None:
+    """Room for ``count`` vectors in an empty flat index: FAISS would grow its storage by
+    reallocation (old and new buffer held while copying); emptied, it keeps the capacity."""
+    inner = _unwrap(index)
+    if isinstance(inner, faiss.IndexFlatCodes) and inner.ntotal == 0:
+        inner.codes.resize(count * inner.code_size)
+        inner.codes.resize(0)
 
 
 def _unwrap(index: faiss.Index) -> faiss.Index:

@@ -44,3 +44,25 @@ def test_ray_gives_the_local_vectors_and_records_what_a_worker_cannot_read(ray_c
     (collection / "red" / "empty.jpg").unlink()
     again = index_folder(collection, "ray", index_dir, ray=True)
     assert (again.added, again.unchanged, again.total) == (0, 15, 15)
+
+
+def test_calls_are_as_large_as_balance_allows():
+    from cbir.distributed import CALLS_PER_ACTOR, MAX_RAY_BATCH, RayRunner
+
+    runner = RayRunner(actors=2)
+    assert runner.batch_size(8000, 64) == 1000  # 4 calls per actor
+    assert runner.batch_size(100_000, 64) == MAX_RAY_BATCH
+    assert runner.batch_size(100, 32) == 32  # never below the model's batch
+    assert runner.batch_size(1000, 32) * 2 * CALLS_PER_ACTOR >= 1000
+
+
+def test_actors_limit_their_engine_threads():
+    from cbir.features import runtimes
+
+    everything = runtimes.cpu_count()
+    try:
+        runtimes.limit_threads(1)
+        assert runtimes.cpu_count() == 1
+    finally:
+        runtimes.limit_threads(None)
+    assert runtimes.cpu_count() == everything

@@ -194,9 +194,23 @@ def convert_to_tflite(model) -> bytes:
         return tf.lite.TFLiteConverter.from_keras_model(model).convert()
 
 
+_thread_limit: int | None = None
+
+
+def limit_threads(threads: int | None) -> None:
+    """Let engines built from now on in this process use at most ``threads`` threads (``None``: no limit).
+
+    For processes that share a machine's cores with others doing the same
+    work (e.g. Ray actors, one CPU each).
+    """
+    global _thread_limit
+    _thread_limit = None if threads is None else max(1, int(threads))
+
+
 def cpu_count() -> int:
-    """CPUs this process may run on."""
+    """CPUs this process may run on (at most the :func:`limit_threads` limit)."""
     try:
-        return len(os.sched_getaffinity(0))
+        cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+    return cpus if _thread_limit is None else min(cpus, _thread_limit)
