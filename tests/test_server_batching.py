@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from cbir.errors import UsageError
@@ -38,6 +39,7 @@ class _GatedSearcher:
 
     def __init__(self, searcher: Searcher, batcher: SearchBatcher, expected: int):
         self.inner, self.batcher, self.expected = searcher, batcher, expected
+        self.embedder = searcher.embedder
         self.batches: list[list[str]] = []
         self.searching = threading.Event()
 
@@ -88,3 +90,46 @@ def test_a_failing_batch_fails_its_requests_only_and_the_next_ones_still_run(sea
         assert len(good_other_k.result(30).results) == 2
     assert batcher.query(gated, item, 3, "after").results == searcher.query(images[0], 3).results
     assert not batcher._leader and not batcher._queue
+
+
+class _NetworkSearcher:
+    """Stands in for a Searcher whose model uses every core; records when its model runs."""
+
+    def __init__(self):
+        self.embedder = type("E", (), {"extractor": type("X", (), {"transform_uses_every_core": True})()})()
+        self.model_running = threading.Event()
+
+    def query_prepared(self, items, k, names):
+        self.model_running.set()
+        threading.Event().wait(0.02)
+        self.model_running.clear()
+        return [f"{name}:{k}" for name in names]
+
+
+def test_decoding_never_runs_beside_a_network_that_uses_every_core():
+    searcher, batcher = _NetworkSearcher(), SearchBatcher()
+    overlaps, results = [], []
+
+    def request(n: int) -> None:
+        for _ in range(5):
+            with batcher.preparing(searcher):
+                for _ in range(4):  # "decoding": the model must not start meanwhile
+                    overlaps.append(searcher.model_running.is_set())
+                    threading.Event().wait(0.002)
+            results.append(batcher.query(searcher, n, 3, f"r{n}"))
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(request, range(6)))
+    assert len(results) == 30 and set(results) == {f"r{n}:3" for n in range(6)}
+    assert len(overlaps) == 120 and not any(overlaps)
+
+
+def test_a_colour_index_decodes_beside_searches(searcher):
+    batcher = SearchBatcher()
+    with batcher.preparing(searcher):
+        # Not gated: a search may run while this thread decodes.
+        done = []
+        worker = threading.Thread(target=lambda: done.append(batcher.query(searcher, searcher.prepare(np.zeros((8, 8, 3), np.uint8)), 1, "x")))
+        worker.start()
+        worker.join(30)
+        assert done and len(done[0].results) == 1

@@ -56,6 +56,9 @@ class Extractor:
     #: Parameters that change how fast vectors are computed, not the vectors
     #: (a runtime, a batch size): an index may be updated or queried with others.
     runtime_params: ClassVar[tuple[str, ...]] = ()
+    #: True when ``transform_prepared`` runs a network on every core: other work
+    #: beside it (a server decoding uploads) preempts its threads and slows both.
+    transform_uses_every_core: ClassVar[bool] = False
 
     # -- configuration -----------------------------------------------------
     @classmethod

@@ -128,6 +128,7 @@ class CNNExtractor(Extractor):
 
     name = "cnn"
     runtime_params = ("runtime", "batch_size")
+    transform_uses_every_core = True
 
     def __init__(
         self,

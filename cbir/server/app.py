@@ -271,11 +271,13 @@ def _row(live: LiveIndex, image_id: str):
 # -- searching (in the thread pool) ---------------------------------------------
 def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits) -> dict[str, Any]:
     with live.use() as searcher:
-        try:
-            image = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
-        except ImageError as exc:
-            raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, searcher.prepare(image), n, filename), k)
+        with live.batcher.preparing(searcher):
+            try:
+                image = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
+            except ImageError as exc:
+                raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
+            item = searcher.prepare(image)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k)
 
 
 def _search_id(live: LiveIndex, image_id: int, k: int) -> dict[str, Any]:

@@ -111,6 +111,7 @@ class AutoencoderExtractor(Extractor):
     name = "autoencoder"
     requires_fit = True
     runtime_params = ("runtime",)
+    transform_uses_every_core = True
 
     def __init__(
         self,
