@@ -168,6 +168,8 @@ class Searcher:
 
     @property
     def embedder(self):
+        if self._embedder is not None:  # loaded once, never replaced: no lock on every query
+            return self._embedder
         with self._model_lock:
             if self._embedder is None:
                 self._embedder = self.store.embedder()
