@@ -185,7 +185,8 @@ def index(
         Optional[str],
         typer.Option(
             "--index-type",
-            help="FAISS index: flat (exact), hnsw, ivf, ivfpq, or a factory string such as 'IVF1024,PQ32'. "
+            help="FAISS index: flat (exact), hnsw (graph), ivf (inverted lists), ivfpq (inverted lists of compressed 4-bit codes, "
+            "re-ranked exactly), or a factory string such as 'IVF1024,PQ32'. "
             "Parameters follow the collection size. Changing it on an existing index rebuilds the FAISS index "
             "from stored vectors without re-embedding. (default: flat, or the index's own)",
             show_default=False,
