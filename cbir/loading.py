@@ -351,10 +351,10 @@ def _in_processes(
                 in_flight.append((chunk, pool.submit(_work_chunk, chunk, [known_sha256.get(p) for p in chunk])))
             if len(in_flight) >= limit:
                 chunk, future = in_flight.popleft()
-                yield from future.result()
+                yield from _result(pool, future)
         while in_flight:
             chunk, future = in_flight.popleft()
-            yield from future.result()
+            yield from _result(pool, future)
         finished = True
     except BrokenProcessPool:
         raise WorkerError(
@@ -369,6 +369,23 @@ def _in_processes(
             pool.shutdown(wait=True)
         else:
             _stop_pool(pool)
+
+
+def _result(pool, future: Future) -> list[tuple[LoadedFile, Any]]:
+    """``future.result()``, but a dead worker ends the wait even where the pool would not notice.
+
+    A worker killed while sending its result leaves a partial message in the
+    result pipe: the pool's manager thread then blocks reading it, and never
+    marks the pool broken (CPython's ProcessPoolExecutor, 3.11).
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    while True:
+        try:
+            return future.result(timeout=0.5)
+        except TimeoutError:
+            if any(process.exitcode is not None for process in list(getattr(pool, "_processes", {}).values())):
+                raise BrokenProcessPool("a worker process died") from None
 
 
 @contextlib.contextmanager
@@ -394,6 +411,9 @@ def _main_script_hidden():
 def _stop_pool(pool) -> None:
     """Stop workers now (interrupted run or error): in-flight chunks are dropped, not finished."""
     processes = list(getattr(pool, "_processes", {}).values())  # no public way to terminate
+    # shutdown() drops the pool's references to these; keep them for _unblock_manager.
+    manager = getattr(pool, "_executor_manager_thread", None)
+    writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         if process.is_alive():
@@ -403,6 +423,32 @@ def _stop_pool(pool) -> None:
         process.join(max(0.0, deadline - time.monotonic()))
         if process.is_alive():
             process.kill()
+            process.join(1)
+    _unblock_manager(manager, writer)
+
+
+def _unblock_manager(manager: threading.Thread | None, writer) -> None:
+    """Let the pool's manager thread finish (interpreter exit waits for it).
+
+    One stuck reading a half-sent result (see :func:`_result`) waits for
+    bytes no worker will send; zeros complete the message, which then fails
+    to unpickle, and the thread marks the pool broken and stops.
+    """
+    if manager is None or writer is None or writer.closed:
+        return
+    manager.join(0.2)
+    if not manager.is_alive():
+        return
+    os.set_blocking(writer.fileno(), False)
+    deadline = time.monotonic() + 10
+    while manager.is_alive() and time.monotonic() < deadline:
+        try:
+            os.write(writer.fileno(), bytes(65536))
+        except BlockingIOError:
+            pass
+        except OSError:
+            return
+        manager.join(0.05)
 
 
 def _init_worker(spec: PrepareSpec, known: KnownContent | None, parent_pid: int) -> None:

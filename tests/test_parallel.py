@@ -391,3 +391,56 @@ def test_waiting_for_a_first_build_that_fails_and_removes_its_folder(collection,
     waiting.join(60)
     assert outcome["summary"].created and outcome["summary"].total == 15
     assert second.refused is True, "the waiting run wrote without holding the index's lock"
+
+
+def test_a_dead_worker_ends_the_wait_for_a_result_the_pool_never_reports():
+    # A worker killed while sending its result leaves a partial message in the
+    # pipe: the pool's manager thread blocks reading it and the future never
+    # completes (this hung the killed-worker test above once in a full run).
+    from concurrent.futures import Future
+    from concurrent.futures.process import BrokenProcessPool
+
+    from cbir.loading import _result
+
+    class DeadWorker:
+        exitcode = -signal.SIGKILL
+
+    class Pool:
+        _processes = {1: DeadWorker()}
+
+    never_done = Future()
+    started = time.monotonic()
+    with pytest.raises(BrokenProcessPool):
+        _result(Pool(), never_done)
+    assert time.monotonic() - started < 5
+
+
+_HALF_SENT_RESULT = '''
+import gc, multiprocessing, os, struct, sys, time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+
+def die_while_sending():
+    from multiprocessing.queues import SimpleQueue
+    writer = next(o for o in gc.get_objects() if isinstance(o, SimpleQueue))._writer
+    os.write(writer.fileno(), struct.pack("!i", 100000) + b"x" * 10)  # a header and a tenth of a payload
+    os._exit(9)
+
+if __name__ == "__main__":
+    from cbir.loading import _result, _stop_pool
+    pool = ProcessPoolExecutor(2, multiprocessing.get_context("spawn"))
+    future = pool.submit(die_while_sending)
+    pool.submit(time.sleep, 30)
+    try:
+        _result(pool, future)
+    except BrokenProcessPool:
+        print("broken")
+    _stop_pool(pool)
+'''
+
+
+def test_a_worker_killed_while_sending_its_result_neither_hangs_the_run_nor_the_exit(tmp_path):
+    script = tmp_path / "half_sent.py"
+    script.write_text(_HALF_SENT_RESULT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "broken" and done.returncode == 0, done.stderr[-2000:]
