@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.fileio import atomic_path
-from cbir.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, top_k
+from cbir.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, nearest_neighbours, top_k
 from cbir.vectors import VectorIndex, build_vector_index
 
 logger = logging.getLogger(__name__)
@@ -201,6 +202,11 @@ def _block_rows(row_bytes: int) -> int:
     return max(1, _BLOCK_BYTES // max(1, row_bytes))
 
 
+def _tile() -> int:
+    """Side of a square tile of float32 inner products of :data:`_BLOCK_BYTES`."""
+    return max(16, math.isqrt(_BLOCK_BYTES // 4))
+
+
 def _sampler(vectors: np.ndarray):
     def sample(n: int) -> np.ndarray:
         chosen = np.random.default_rng(0).choice(len(vectors), size=min(n, len(vectors)), replace=False)
@@ -296,12 +302,12 @@ def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarra
     before = rows.copy()
     merge = np.flatnonzero(~redo)
     if len(added) and len(merge):
-        found, found_scores = top_k(vectors[merge], vectors[added], k)
+        found, found_scores = top_k(vectors[merge], vectors[added], k, tile=_tile())
         found = np.where(found >= 0, added[found.clip(0)], -1)
         rows[merge], scores[merge] = merge_neighbours(rows[merge], scores[merge], found, found_scores, k)
     again = np.flatnonzero(redo)
     if len(again):
-        rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again)
+        rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again, tile=_tile())
     changed = redo | (rows != before).any(axis=1)
     logger.info("DBA: %d of %d vectors averaged again", int(changed.sum()), len(ids))
     return rows, scores, changed
@@ -329,11 +335,11 @@ def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
 def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int):
     """Every vector's top ``k`` other rows, from an index of the collection's own type.
 
-    Flat: exact, in blocks of rows (no second copy of the vectors, and
+    Flat: exact, in tiles (no second copy of the vectors, and
     neither FAISS's fixed 16 MB block of inner products).
     """
     if _flat_storage(VectorIndex.create(factory, dim)) is not None:
-        return top_k(vectors, vectors, k, own_rows=np.arange(len(ids)), block_size=_block_rows(4 * len(ids)))
+        return nearest_neighbours(vectors, k, tile=_tile())
     raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
     found_scores, found_ids = raw.search(vectors, k + 1)
     rows = np.searchsorted(ids, found_ids).clip(0, len(ids) - 1)

@@ -8,7 +8,7 @@ import pytest
 
 from cbir.errors import UsageError
 from cbir.indexer import index_folder, remove_paths
-from cbir.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights
+from cbir.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights, top_k
 from cbir.search import Searcher
 from cbir.store import IndexStore, index_path
 
@@ -38,11 +38,27 @@ def test_negative_similarities_weigh_nothing():
 def test_nearest_neighbours_excludes_self_and_matches_brute_force():
     rng = np.random.default_rng(0)
     vectors = _unit(rng.normal(size=(50, 8)))
-    rows, scores = nearest_neighbours(vectors, 3, block_size=7)
+    rows, scores = nearest_neighbours(vectors, 3, tile=7)
     full = vectors @ vectors.T
     np.fill_diagonal(full, -np.inf)
     np.testing.assert_array_equal(rows, np.argsort(-full, axis=1)[:, :3])
     np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :3], rtol=1e-5)
+
+
+@pytest.mark.parametrize("tile", [3, 7, 64])
+def test_top_k_in_tiles_matches_brute_force_and_pads_when_short(tile):
+    rng = np.random.default_rng(1)
+    vectors, queries = _unit(rng.normal(size=(30, 6))), _unit(rng.normal(size=(11, 6)))
+    own = np.array([4, -1, 29, 0, 7, 8, -1, 15, 16, 3, 21])  # some queries are rows of vectors, across tiles
+    rows, scores = top_k(queries, vectors, 5, own_rows=own, tile=tile)
+    full = queries @ vectors.T
+    full[np.flatnonzero(own >= 0), own[own >= 0]] = -np.inf
+    np.testing.assert_array_equal(rows, np.argsort(-full, axis=1)[:, :5])
+    np.testing.assert_allclose(scores, np.sort(full, axis=1)[:, ::-1][:, :5], rtol=1e-5)
+    # fewer vectors than k: padded with -1 / -inf
+    rows, scores = top_k(queries[:2], vectors[:3], 5, own_rows=np.array([0, -1]), tile=tile)
+    assert (rows[0, 2:] == -1).all() and (rows[1, 3:] == -1).all() and np.isneginf(scores[0, 2:]).all()
+    assert sorted(rows[1, :3]) == [0, 1, 2] and 0 not in rows[0]
 
 
 def test_augment_database_by_hand_and_limits():
