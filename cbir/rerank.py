@@ -140,7 +140,7 @@ def nearest_neighbours(vectors: np.ndarray, k: int, tile: int = TILE) -> tuple[n
                 np.fill_diagonal(block, -np.inf)
             best.merge(i0, block, j0)
             if j0 != i0:
-                best.merge(j0, np.ascontiguousarray(block.T), i0)
+                best.merge(j0, block, i0, transposed=True)
     return best.result()
 
 
@@ -152,20 +152,32 @@ class _Best:
         self.rows = np.full((n, k), -1, dtype=np.int64)
         self.scores = np.full((n, k), -np.inf, dtype=np.float32)
 
-    def merge(self, start: int, block: np.ndarray, column_offset: int) -> None:
-        """Merge ``block`` (rows ``start...``, columns ``column_offset...``) into the best so far."""
-        take = min(self.k, block.shape[1])
+    def merge(self, start: int, block: np.ndarray, column_offset: int, transposed: bool = False) -> None:
+        """Merge ``block`` (rows ``start...``, columns ``column_offset...``; ``.T`` of it if ``transposed``)."""
+        take = min(self.k, block.shape[0 if transposed else 1])
         if take == 0:
+            return
+        stop = start + block.shape[1 if transposed else 0]
+        worst = self.scores[start:stop].min(axis=1)
+        # Only rows with a column better than their k-th best so far can change:
+        # after the first tiles few do, and the partial sort is skipped for the rest.
+        if transposed:
+            live = np.flatnonzero((block > worst[None, :]).any(axis=0))
+            block = np.ascontiguousarray(block[:, live].T)
+        else:
+            live = np.flatnonzero((block > worst[:, None]).any(axis=1))
+            block = block[live]
+        if len(live) == 0:
             return
         cut = block.shape[1] - take
         found = np.argpartition(block, cut, axis=1)[:, cut:] if cut else np.broadcast_to(np.arange(take), block.shape)
         found_scores = np.take_along_axis(block, found, axis=1)
-        stop = start + len(block)
-        rows = np.concatenate([self.rows[start:stop], found + column_offset], axis=1)
-        scores = np.concatenate([self.scores[start:stop], found_scores], axis=1)
+        live += start
+        rows = np.concatenate([self.rows[live], found + column_offset], axis=1)
+        scores = np.concatenate([self.scores[live], found_scores], axis=1)
         keep = np.argpartition(scores, take, axis=1)[:, take:]  # the best k of k + take
-        self.rows[start:stop] = np.take_along_axis(rows, keep, axis=1)
-        self.scores[start:stop] = np.take_along_axis(scores, keep, axis=1)
+        self.rows[live] = np.take_along_axis(rows, keep, axis=1)
+        self.scores[live] = np.take_along_axis(scores, keep, axis=1)
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         order = np.argsort(-self.scores, axis=1, kind="stable")
