@@ -44,7 +44,8 @@ MAX_RAY_BATCH = 2048
 CALLS_PER_ACTOR = 4
 #: Calls queued per actor: with 1, an actor idled ~0.17 s between calls (its
 #: result back to the driver, the next call sent); a second call already
-#: queued hides that (colour on 2 CPUs, 8,000 images: 0.66x -> 0.70x of --workers 2).
+#: queued hides that (benchmarks/parallel.py on 2 CPUs, Ray / --workers 2:
+#: colour 0.60 -> 0.61-0.63x, MobileNet 0.77 -> 0.81-0.83x).
 TASKS_IN_FLIGHT = 2
 
 
