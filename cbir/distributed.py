@@ -42,6 +42,11 @@ CONNECT_TIMEOUT_S = 5.0
 #: :data:`CALLS_PER_ACTOR` of them (the last calls balance the actors' load).
 MAX_RAY_BATCH = 2048
 CALLS_PER_ACTOR = 4
+#: Calls queued per actor: with 1, an actor idled ~0.17 s between calls (its
+#: result back to the driver, the next call sent); a second call already
+#: queued hides that (benchmarks/parallel.py on 2 CPUs, Ray / --workers 2:
+#: colour 0.60 -> 0.61-0.63x, MobileNet 0.77 -> 0.81-0.83x).
+TASKS_IN_FLIGHT = 2
 
 
 def import_ray():
@@ -137,9 +142,7 @@ class RayRunner:
                 "known": known.for_workers() if known is not None else None,
                 "threads": self.threads,
             },
-            # One call at a time per actor: a call queued behind another on a
-            # busy actor would leave an idle one waiting at the end.
-            compute=ActorPoolStrategy(size=self.actors, max_tasks_in_flight_per_actor=1),
+            compute=ActorPoolStrategy(size=self.actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT),
             batch_size=None,
             batch_format="numpy",
             num_cpus=1,
