@@ -28,7 +28,7 @@ import numpy as np
 
 from cbir.errors import UsageError
 from cbir.images import LoadedFile
-from cbir.loading import KnownContent, WorkerError, load_one
+from cbir.loading import KnownContent, WorkerError, load_and_embed
 from cbir.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ class RayRunner:
             _RayEmbedder,
             fn_constructor_kwargs={
                 "config": store.embedder().get_config(),
-                "model_dir": str(store.path / "model"),
+                "model_dir": str(store.model_dir),
                 "known": known.for_workers() if known is not None else None,
                 "threads": self.threads,
             },
@@ -199,18 +199,19 @@ class _RayEmbedder:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         embedder = self.embedder
-        loaded_files, prepared, positions = [], [], []
-        for i, (path, known) in enumerate(zip(batch["path"], batch["known"])):
-            loaded, item = load_one(Path(str(path)), embedder.decode_min_side, embedder.prepare, str(known) or None, self.known)
-            loaded_files.append(loaded)
-            if item is not None:
-                prepared.append(item)
-                positions.append(i)
-        vectors = np.zeros((len(loaded_files), embedder.dim), dtype=np.float32)
-        if prepared:
-            vectors[positions] = embedder.transform_prepared(prepared)
-        embedded = np.zeros(len(loaded_files), dtype=bool)
-        embedded[positions] = True
+        pairs = load_and_embed(
+            [Path(str(path)) for path in batch["path"]],
+            [str(known) or None for known in batch["known"]],
+            embedder.decode_min_side,
+            embedder.prepare,
+            embedder.transform_prepared,
+            self.known,
+        )
+        loaded_files = [loaded for loaded, _ in pairs]
+        embedded = np.array([vector is not None for _, vector in pairs], dtype=bool)
+        vectors = np.zeros((len(pairs), embedder.dim), dtype=np.float32)
+        if embedded.any():
+            vectors[embedded] = np.stack([vector for _, vector in pairs if vector is not None])
         return {
             "path": np.array([str(f.path) for f in loaded_files], dtype=object),
             "size": np.array([f.size for f in loaded_files], dtype=np.int64),

@@ -372,7 +372,7 @@ def _embed_and_commit(
     if loader.ray is not None:
         fresh = loader.ray.embed(remaining, store, loader.batch_size, plan.known_sha256, plan.known, progress)
     else:
-        fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, plan.known, progress)
+        fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, plan.known, progress, state_dir=store.model_dir)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
             ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, plan.known, ok, vectors, not_embedded)

@@ -102,10 +102,30 @@ class PrepareSpec:
 
     min_side: int | None
     extractor: dict[str, Any] | None = None
+    #: ``(embedder config, folder of its saved state, engine threads)`` where
+    #: workers embed too (:meth:`for_embedder`); their items are then vectors.
+    embedder: tuple[dict[str, Any], str, int] | None = None
 
     @classmethod
     def for_extractor(cls, extractor) -> "PrepareSpec":
         return cls(extractor.decode_min_side, extractor.get_config())
+
+    @classmethod
+    def for_embedder(cls, embedder, state_dir: Path, workers: int) -> "PrepareSpec":
+        """Workers prepare and embed, each with its own engine on a share of the cores."""
+        threads = max(1, usable_cores() // workers)
+        return cls(embedder.decode_min_side, embedder.extractor.get_config(), (embedder.get_config(), str(state_dir), threads))
+
+    def build_embedder(self):
+        """The embedder a worker runs, built from the saved state; ``None`` where workers only prepare."""
+        if self.embedder is None:
+            return None
+        from cbir.features import runtimes
+        from cbir.features.pipeline import Embedder
+
+        config, state_dir, threads = self.embedder
+        runtimes.limit_threads(threads)  # the workers share the cores: no oversubscribed engines
+        return Embedder.from_config(config).load_state(Path(state_dir))
 
     def build(self) -> Callable[[np.ndarray], Any] | None:
         if self.extractor is None:
@@ -165,6 +185,24 @@ class KnownContent:
 
 def _prefix(sha256: str) -> int:
     return int(sha256[:16], 16)
+
+
+def load_and_embed(
+    paths: Sequence[Path],
+    known_sha256s: Sequence[str | None],
+    min_side: int | None,
+    prepare: Callable[[np.ndarray], Any] | None,
+    embed: Callable[[Sequence[Any]], np.ndarray] | None,
+    known: KnownContent | None,
+) -> list[tuple[LoadedFile, Any]]:
+    """:func:`load_one` for each file, then ``embed`` (if given) on the prepared items at once: their vectors."""
+    loaded = [load_one(path, min_side, prepare, sha, known) for path, sha in zip(paths, known_sha256s)]
+    found = [i for i, (_, item) in enumerate(loaded) if item is not None]
+    if embed is not None and found:
+        vectors = embed([loaded[i][1] for i in found])
+        for i, vector in zip(found, vectors):
+            loaded[i] = (loaded[i][0], vector)
+    return loaded
 
 
 def load_one(
@@ -265,9 +303,12 @@ class Loader:
     batch_size: int
     ray: Any = None
 
+    def uses_processes(self, files: int) -> bool:
+        return self.workers > 1 and (self.explicit or files >= MIN_FILES_FOR_PROCESSES)
+
     def load(self, files: Sequence[Path], spec: PrepareSpec, prepare=None, known_sha256=None, known=None):
         """:func:`load_prepared` in worker processes where they pay off, else in threads."""
-        processes = self.workers > 1 and (self.explicit or len(files) >= MIN_FILES_FOR_PROCESSES)
+        processes = self.uses_processes(len(files))
         return load_prepared(
             files,
             spec,
@@ -286,18 +327,33 @@ class Loader:
         known_sha256: dict[Path, str] | None = None,
         known: KnownContent | None = None,
         progress=None,
+        state_dir: Path | None = None,
     ) -> Iterator[tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]]:
-        """Yield ``(embedded files, their vectors, files not embedded)`` per batch, in order; the model runs here."""
+        """Yield ``(embedded files, their vectors, files not embedded)`` per batch, in order.
+
+        The model runs here, or, given the folder of the embedder's saved
+        state (``state_dir``), in each worker process where there are
+        workers and the extractor allows it: a network run as one engine per
+        worker, a share of the cores each, beats one engine on every core
+        whose threads the decoding workers preempt (docs/parallel.md).
+        """
+        in_workers = state_dir is not None and self.uses_processes(len(files)) and embedder.extractor.embeds_in_workers
+        if in_workers:
+            spec = PrepareSpec.for_embedder(embedder, state_dir, self.workers)
+        else:
+            spec = PrepareSpec.for_extractor(embedder.extractor)
 
         def counted():
-            spec = PrepareSpec.for_extractor(embedder.extractor)
             for pair in self.load(files, spec, embedder.prepare, known_sha256, known):
                 if progress is not None:
                     progress.advance()
                 yield pair
 
-        for ok, prepared, not_embedded in batched(counted(), self.batch_size):
-            vectors = embedder.transform_prepared(prepared) if prepared else np.zeros((0, embedder.dim), np.float32)
+        for ok, items, not_embedded in batched(counted(), self.batch_size):
+            if not items:
+                vectors = np.zeros((0, embedder.dim), np.float32)
+            else:
+                vectors = np.stack(items) if in_workers else embedder.transform_prepared(items)
             yield ok, vectors, not_embedded
 
 
@@ -454,7 +510,11 @@ def _unblock_manager(manager: threading.Thread | None, writer) -> None:
 def _init_worker(spec: PrepareSpec, known: KnownContent | None, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
     _die_with_parent(parent_pid)
-    _worker_state.update(min_side=spec.min_side, prepare=spec.build(), known=known)
+    embedder = spec.build_embedder()
+    if embedder is None:
+        _worker_state.update(min_side=spec.min_side, prepare=spec.build(), embed=None, known=known)
+    else:
+        _worker_state.update(min_side=spec.min_side, prepare=embedder.prepare, embed=embedder.transform_prepared, known=known)
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -478,7 +538,4 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _work_chunk(paths: list[Path], known_sha256s: list[str | None]) -> list[tuple[LoadedFile, Any]]:
     state = _worker_state
-    return [
-        load_one(path, state["min_side"], state["prepare"], sha, state["known"])
-        for path, sha in zip(paths, known_sha256s)
-    ]
+    return load_and_embed(paths, known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"])

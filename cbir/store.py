@@ -279,6 +279,11 @@ class IndexStore(VectorSnapshots):
         return int(self.manifest["dim"])
 
     @property
+    def model_dir(self) -> Path:
+        """The embedder's saved state (what workers and Ray actors build their copy from)."""
+        return self.path / MODEL_DIR
+
+    @property
     def factory(self) -> str:
         return self.manifest["factory"]
 
@@ -341,7 +346,7 @@ class IndexStore(VectorSnapshots):
             except CbirError as exc:
                 raise IndexCorruptError(f"index {self.name!r} has an unusable extractor config: {exc}") from None
             self._check_model_files()
-            self._embedder = embedder.load_state(self.path / MODEL_DIR)
+            self._embedder = embedder.load_state(self.model_dir)
         return self._embedder
 
     # -- removals remembered -----------------------------------------------

@@ -44,6 +44,39 @@ def test_one_and_two_workers_give_identical_vectors(collection, index_dir):
         assert np.array_equal(one[path], two[path]), path
 
 
+def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch):
+    """A converted CNN runs in each worker (one engine per worker): same vectors, no network step in the parent."""
+    from cbir.features.cnn import CNNExtractor
+    from cbir.features.pipeline import Embedder
+
+    def tiny_cnn() -> Embedder:
+        return Embedder(CNNExtractor(weights="none", input_size=32, batch_size=4, runtime="tflite"))
+
+    index_folder(collection, "one", index_dir, embedder=tiny_cnn(), workers=1)
+
+    def not_in_the_parent(self, items):
+        raise AssertionError("the parent ran the network; the workers should have")
+
+    embedder = tiny_cnn()
+    embedder.extractor.build()  # converted before the parent's transform step is patched out
+    monkeypatch.setattr(Embedder, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
+    summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2, batch_size=4)
+    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
+    assert summary.added == 15 and sorted(one) == sorted(two)
+    for path in one:
+        assert np.array_equal(one[path], two[path]), path
+
+
+def test_a_keras_runtime_network_stays_in_the_parent():
+    """Keras needs TensorFlow in every worker (seconds, hundreds of MB each): that network runs once, in the parent."""
+    from cbir.features.autoencoder import AutoencoderExtractor
+    from cbir.features.cnn import CNNExtractor
+
+    assert CNNExtractor(runtime="tflite").embeds_in_workers and AutoencoderExtractor().embeds_in_workers
+    assert not CNNExtractor(runtime="keras").embeds_in_workers
+    assert not AutoencoderExtractor(runtime="keras").embeds_in_workers
+
+
 def test_workers_record_unreadable_files_like_the_parent(collection, index_dir):
     (collection / "red" / "empty.jpg").write_bytes(b"")
     os.mkfifo(collection / "red" / "pipe.jpg")  # would block a plain open() forever

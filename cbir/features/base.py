@@ -60,6 +60,16 @@ class Extractor:
     #: beside it (a server decoding uploads) preempts its threads and slows both.
     transform_uses_every_core: ClassVar[bool] = False
 
+    @property
+    def embeds_in_workers(self) -> bool:
+        """True when indexing worker processes may run ``transform_prepared`` too.
+
+        Each worker then builds its own copy from the index's saved state and
+        embeds its own files with a share of the cores: the state must load
+        quickly and without TensorFlow.
+        """
+        return True
+
     # -- configuration -----------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:

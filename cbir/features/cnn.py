@@ -197,6 +197,10 @@ class CNNExtractor(Extractor):
         return hasattr(self, "network_") or hasattr(self, "model_")
 
     @property
+    def embeds_in_workers(self) -> bool:
+        return self.engine != "keras"  # a converted model loads in ~0.1 s; Keras needs TensorFlow
+
+    @property
     def engine(self) -> str:
         """The runtime that actually runs: ``auto`` resolved for this backbone."""
         if self.runtime != "auto":

@@ -179,6 +179,10 @@ class AutoencoderExtractor(Extractor):
         return side * side * int(self.latent_channels)
 
     @property
+    def embeds_in_workers(self) -> bool:
+        return self.engine != "keras"  # a converted model loads in ~0.1 s; Keras needs TensorFlow
+
+    @property
     def engine(self) -> str:
         """The runtime that actually runs: ``auto`` resolved."""
         return "tflite" if self.runtime == "auto" else self.runtime
