@@ -56,8 +56,10 @@ def import_ray():
         import ray.data  # noqa: F401  (Ray Data needs extra packages of its own)
     except ImportError:
         raise UsageError(f"--ray needs Ray, which is not installed: {EXTRA_HINT}") from None
+    # Ray's warnings are notes for Ray developers here (token authentication on
+    # the local cluster it starts, progress bars we turned off); errors still show.
     for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger(name).setLevel(logging.ERROR)
     return ray
 
 
@@ -97,7 +99,7 @@ class RayRunner:
             try:
                 ray.init(
                     address=address if explicit else None,
-                    logging_level=logging.WARNING,
+                    logging_level=logging.ERROR,
                     log_to_driver=False,
                     include_dashboard=False,
                 )

@@ -204,7 +204,8 @@ def index(
         typer.Option(
             "--workers",
             metavar="N",
-            help="Worker processes that read and decode images (this process writes the index and runs the network). "
+            help="Worker processes that read, decode and embed images, each with its own copy of the network "
+            "(the Keras runtime's runs once, here); this process writes the index. "
             "With --ray: actors. (default: the usable CPU cores)",
             show_default=False,
         ),
