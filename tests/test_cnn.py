@@ -361,3 +361,15 @@ def test_index_and_query_through_the_library_quietly(collection, index_dir, capf
     assert top.path == str(query) and top.score == pytest.approx(1.0, abs=1e-4)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_workers_embed_only_from_a_cached_converted_model(tmp_path):
+    """An index built with the Keras runtime has no converted model: used with LiteRT, each
+    worker would need TensorFlow to convert it, so the network stays in the parent."""
+    keras_built = tmp_path / "keras"
+    CNNExtractor(weights="none", input_size=SIZE, runtime="keras").build().save(keras_built)
+    converted_here = CNNExtractor(weights="none", input_size=SIZE, runtime="tflite").load_state(keras_built)
+    assert not converted_here.embeds_in_workers
+    cached = tmp_path / "tflite"
+    converted_here.save(cached)
+    assert CNNExtractor(weights="none", input_size=SIZE, runtime="tflite").load_state(cached).embeds_in_workers

@@ -198,7 +198,9 @@ class CNNExtractor(Extractor):
 
     @property
     def embeds_in_workers(self) -> bool:
-        return self.engine != "keras"  # a converted model loads in ~0.1 s; Keras needs TensorFlow
+        # A cached converted model loads in ~0.1 s; the Keras runtime, or a
+        # state without one (built with Keras), needs TensorFlow in each worker.
+        return self.engine != "keras" and not getattr(self, "_converted_on_load", False)
 
     @property
     def engine(self) -> str:
@@ -337,6 +339,7 @@ class CNNExtractor(Extractor):
                 raise IndexCorruptError(f"cannot read the cached model {tflite_path}: {exc}") from exc
             self.weights_sha256_ = record["weights_sha256"]
             self._set_converted_model(model_bytes)
+            self._converted_on_load = False
             return self
         # Built with the Keras runtime: rebuild, and check it is the same network.
         model = self._build_keras_model()
@@ -350,6 +353,7 @@ class CNNExtractor(Extractor):
             self.model_ = model
         else:
             self._set_converted_model(convert_to_tflite(model))
+            self._converted_on_load = True
         return self
 
     def _read_record(self, path: Path) -> dict[str, Any]:

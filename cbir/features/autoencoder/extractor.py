@@ -180,7 +180,9 @@ class AutoencoderExtractor(Extractor):
 
     @property
     def embeds_in_workers(self) -> bool:
-        return self.engine != "keras"  # a converted model loads in ~0.1 s; Keras needs TensorFlow
+        # A cached converted encoder loads in ~0.1 s; the Keras runtime, or a
+        # state without one, needs TensorFlow in each worker.
+        return self.engine != "keras" and not getattr(self, "_converted_on_load", False)
 
     @property
     def engine(self) -> str:
@@ -406,12 +408,14 @@ class AutoencoderExtractor(Extractor):
                 self._set_converted_model(converted.read_bytes())
             except (OSError, ValueError, RuntimeError) as exc:
                 raise IndexCorruptError(f"cannot load the converted autoencoder {converted}: {exc}") from exc
+            self._converted_on_load = False
             return self
         try:
             model = networks.load_model(directory / MODEL_FILE)
         except WeightsError as exc:
             raise IndexCorruptError(str(exc)) from None
         self._set_model(model, IndexCorruptError)
+        self._converted_on_load = self.engine != "keras"
         return self
 
 
