@@ -433,7 +433,7 @@ def test_a_dead_worker_ends_the_wait_for_a_result_the_pool_never_reports():
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from cbir.loading import _result
+    from cbir.workerpool import _result
 
     class DeadWorker:
         exitcode = -signal.SIGKILL
@@ -460,7 +460,7 @@ def die_while_sending():
     os._exit(9)
 
 if __name__ == "__main__":
-    from cbir.loading import _result, _stop_pool
+    from cbir.workerpool import _result, _stop_pool
     pool = ProcessPoolExecutor(2, multiprocessing.get_context("spawn"))
     future = pool.submit(die_while_sending)
     pool.submit(time.sleep, 30)
