@@ -26,7 +26,7 @@ All figures come from one run on one machine, so ratios compare like with like:
 * peak memory of a colour run (a new process) over all the images and over
   the first 1,000: the parent's peak RSS and the largest worker's.
 
-    python benchmarks/parallel.py [--json] [--images 8000] [--cnn-images 8000] [--no-ray] [--no-cnn]
+    python benchmarks/parallel.py [--json] [--images 8000] [--cnn-images 8000] [--no-ray] [--no-cnn] [--scale 1]
 
 Speed is shared-machine sensitive: run it alone (``flock /tmp/cbir-bench.lock ...``).
 """
@@ -67,9 +67,11 @@ _TRANSFORMS = [
 ]
 
 
-def _make_variants(job: tuple[str, str]) -> int:
-    source, out_dir = job
+def _make_variants(job: tuple[str, str, float]) -> int:
+    source, out_dir, scale = job
     image = cv2.imread(source)
+    if scale != 1:
+        image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
     stem = Path(source).stem
     for n, transform in enumerate(_TRANSFORMS):
         folder = Path(out_dir) / f"t{n}"
@@ -77,13 +79,13 @@ def _make_variants(job: tuple[str, str]) -> int:
     return len(_TRANSFORMS)
 
 
-def make_collection(out_dir: Path, n_images: int, cores: int) -> list[Path]:
-    """Corel-1k x 8 flips/rotations under ``out_dir`` (the first ``n_images`` of them)."""
+def make_collection(out_dir: Path, n_images: int, cores: int, scale: float = 1.0) -> list[Path]:
+    """Corel-1k x 8 flips/rotations under ``out_dir`` (the first ``n_images`` of them), sides times ``scale``."""
     for n in range(len(_TRANSFORMS)):
         (out_dir / f"t{n}").mkdir(parents=True, exist_ok=True)
-    sources = [str(p) for p in corel_files()]
+    sources = [str(p) for p in corel_files()][: -(-n_images // len(_TRANSFORMS))]  # no more than needed
     with multiprocessing.get_context("spawn").Pool(cores) as pool:
-        sum(pool.imap_unordered(_make_variants, [(s, str(out_dir)) for s in sources], chunksize=16))
+        sum(pool.imap_unordered(_make_variants, [(s, str(out_dir), scale) for s in sources], chunksize=16))
     files = sorted(out_dir.rglob("*.jpg"))
     for extra in files[n_images:]:
         extra.unlink()
@@ -241,13 +243,17 @@ def main() -> None:
     parser.add_argument("--no-cnn", action="store_true")
     parser.add_argument("--no-colour", action="store_true", help="skip the imread, colour and memory figures")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--scale", type=float, default=1.0,
+        help="sides of the generated photos times this (4: 1536 x 1024, camera-like files where reduced-size decoding pays)",
+    )
     args = parser.parse_args()
     logging.basicConfig(level=logging.ERROR)
     cores = usable_cores()
-    results: dict = _Results(cores=cores, images=args.images)
+    results: dict = _Results(cores=cores, images=args.images, scale=args.scale)
     with tempfile.TemporaryDirectory(prefix="cbir-parallel-") as tmp:
         work = Path(tmp)
-        files = make_collection(work / "images", args.images, cores)
+        files = make_collection(work / "images", args.images, cores, args.scale)
         colour: dict = {}
         if not args.no_colour:
             imread_loop(files[:200])  # warm the page cache and OpenCV
@@ -301,7 +307,8 @@ def main() -> None:
     if args.json or args.no_colour:
         print(json.dumps(results, indent=2))
         return
-    print(f"{cores} usable cores, {len(files)} JPEGs (Corel-1k x 8 flips/rotations)")
+    size = "" if args.scale == 1 else f", sides x{args.scale:g}"
+    print(f"{cores} usable cores, {len(files)} JPEGs (Corel-1k x 8 flips/rotations{size})")
     print(f"  cv2.imread, one thread         {results['imread_x1']:8.1f} images/s")
     print(f"  cv2.imread, {cores} processes       {results['imread_pool_xN']:8.1f} images/s")
     print(f"  cbir's reduced decode, {cores} proc. {results['reduced_decode_pool_xN']:8.1f} images/s"
