@@ -181,6 +181,17 @@ def test_pca_keeps_the_same_promises(tmp_path):
     np.testing.assert_array_equal(loaded.transform(vectors), reduced)
 
 
+def test_a_pca_projection_does_not_depend_on_the_rows_batched_with_it():
+    """Workers, Ray actors and queries project different batches: each row must come out bit-identical."""
+    rng = np.random.default_rng(1)
+    pca = PCAReduction(64).fit(rng.normal(size=(300, 1440)).astype(np.float32))
+    vectors = rng.normal(size=(70, 1440)).astype(np.float32)
+    whole = pca.transform(vectors)
+    for size in (1, 4, 16, 33):
+        in_slices = np.concatenate([pca.transform(vectors[i : i + size]) for i in range(0, len(vectors), size)])
+        assert np.array_equal(in_slices, whole), size
+
+
 def test_embedder_keeps_the_same_promises(tmp_path):
     images = _images(8)
     embedder = Embedder(make_extractor("color", **TINY["color"]), PCAReduction(4))

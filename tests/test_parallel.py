@@ -44,6 +44,21 @@ def test_one_and_two_workers_give_identical_vectors(collection, index_dir):
         assert np.array_equal(one[path], two[path]), path
 
 
+def test_one_and_two_workers_give_identical_vectors_after_pca(tmp_path, index_dir):
+    """Workers project their own chunks: a PCA index must not depend on how files were grouped."""
+    rng = np.random.default_rng(0)
+    for folder, count in (("train", 40), ("photos", 70)):
+        (tmp_path / folder).mkdir()
+        for i in range(count):
+            write_image(tmp_path / folder / f"{i:03d}.png", rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    for name, workers in (("one", 1), ("two", 2)):
+        index_folder(tmp_path / "photos", name, index_dir, options={"pca": 16}, pca_train_folder=tmp_path / "train", workers=workers)
+    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
+    assert len(one) == 70 and sorted(one) == sorted(two)
+    for path in one:
+        assert np.array_equal(one[path], two[path]), path
+
+
 def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch):
     """A converted CNN runs in each worker (one engine per worker): same vectors, no network step in the parent."""
     from cbir.features.cnn import CNNExtractor

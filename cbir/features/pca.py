@@ -77,7 +77,14 @@ class PCAReduction:
         """Project, whiten if asked, and L2-normalise: ``(n, n_components)`` float32."""
         if not self.is_fitted:
             raise UsageError("PCA is not fitted")
-        projected = (np.asarray(vectors, dtype=np.float32) - self.mean_) @ self.components_.T
+        centred = np.asarray(vectors, dtype=np.float32) - self.mean_
+        # One matrix-vector product per row: BLAS blocks a matrix product by
+        # its shape, so a row's float32 projection would depend on the rows
+        # batched with it; this way --workers 1, --workers N, Ray and a single
+        # query give bit-identical vectors (~0.02 ms a row at 1440 -> 256).
+        projected = np.empty((len(centred), self.n_components), dtype=np.float32)
+        for row, out in zip(centred, projected):
+            np.dot(self.components_, row, out=out)
         if self.whiten:
             projected /= np.sqrt(np.maximum(self.explained_variance_, 1e-12))
         return l2_normalize(projected)
