@@ -82,6 +82,26 @@ def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collect
         assert np.array_equal(one[path], two[path]), path
 
 
+def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
+    """Not "a worker stopped unexpectedly" and a traceback per worker: the error itself, once."""
+    from cbir.errors import IndexCorruptError
+    from cbir.features.base import make_extractor
+    from cbir.features.pca import PCAReduction
+    from cbir.features.pipeline import Embedder
+    from cbir.loading import PrepareSpec, load_prepared
+
+    rng = np.random.default_rng(0)
+    files = [write_image(tmp_path / "photos" / f"{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(40)]
+    embedder = Embedder(make_extractor("color"), PCAReduction(8))
+    embedder.pca.fit(rng.random((20, embedder.extractor.dim)).astype(np.float32))
+    embedder.save(tmp_path / "model")
+    (tmp_path / "model" / "pca.npz").write_bytes(b"not an npz")  # damaged after the parent loaded it
+    spec = PrepareSpec.for_embedder(embedder, tmp_path / "model", workers=2)
+    with pytest.raises(IndexCorruptError, match="cannot read PCA state"):
+        list(load_prepared(files, spec, workers=2, processes=True))
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_a_keras_runtime_network_stays_in_the_parent():
     """Keras needs TensorFlow in every worker (seconds, hundreds of MB each): that network runs once, in the parent."""
     from cbir.features.autoencoder import AutoencoderExtractor
@@ -90,6 +110,19 @@ def test_a_keras_runtime_network_stays_in_the_parent():
     assert CNNExtractor(runtime="tflite").embeds_in_workers and AutoencoderExtractor().embeds_in_workers
     assert not CNNExtractor(runtime="keras").embeds_in_workers
     assert not AutoencoderExtractor(runtime="keras").embeds_in_workers
+
+
+def test_without_litert_the_network_stays_in_the_parent(monkeypatch):
+    """LiteRT missing, the interpreter would be TensorFlow's: not something to import in every worker."""
+    import importlib.util
+
+    from cbir.features.autoencoder import AutoencoderExtractor
+    from cbir.features.cnn import CNNExtractor
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ai_edge_litert" else find_spec(name, *a))
+    assert not CNNExtractor(runtime="tflite").embeds_in_workers
+    assert not AutoencoderExtractor(runtime="tflite").embeds_in_workers
 
 
 def test_workers_record_unreadable_files_like_the_parent(collection, index_dir):
