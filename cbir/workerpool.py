@@ -162,7 +162,14 @@ def _unblock_manager(manager: threading.Thread | None, writer) -> None:
 def _init_worker(spec: PrepareSpec, known: KnownContent | None, parent_pid: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group; the parent handles it
     _die_with_parent(parent_pid)
-    embedder = spec.build_embedder()
+    try:
+        embedder = spec.build_embedder()
+    except Exception as exc:
+        # Raised from an initializer, it would only break the pool ("a worker
+        # stopped unexpectedly") and print a traceback per worker; raised from
+        # the first chunk, it reaches the parent as itself (one error: line).
+        _worker_state.update(failed=exc)
+        return
     if embedder is None:
         _worker_state.update(min_side=spec.min_side, prepare=spec.build(), embed=None, known=known)
     else:
@@ -190,4 +197,6 @@ def _die_with_parent(parent_pid: int) -> None:
 
 def _work_chunk(paths: list[Path], known_sha256s: list[str | None]) -> list[tuple[LoadedFile, Any]]:
     state = _worker_state
+    if "failed" in state:
+        raise state["failed"]
     return load_and_embed(paths, known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"])

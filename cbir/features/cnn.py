@@ -47,7 +47,7 @@ import numpy as np
 from cbir.errors import IndexCorruptError, UsageError, WeightsError
 from cbir.features.base import Extractor, l2_normalize
 from cbir.features.keras_backbones import BACKBONES, MIN_INPUT_SIZE, build_backbone, fetch_imagenet_weights
-from cbir.features.runtimes import NETWORKS, convert_to_tflite, openvino_available
+from cbir.features.runtimes import NETWORKS, convert_to_tflite, openvino_available, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic, write_json_atomic
 from cbir.images import resize_image
 
@@ -198,9 +198,10 @@ class CNNExtractor(Extractor):
 
     @property
     def embeds_in_workers(self) -> bool:
-        # A cached converted model loads in ~0.1 s; the Keras runtime, or a
-        # state without one (built with Keras), needs TensorFlow in each worker.
-        return self.engine != "keras" and not getattr(self, "_converted_on_load", False)
+        # A cached converted model loads in ~0.1 s with LiteRT or OpenVINO; the
+        # Keras runtime, TensorFlow's own interpreter (no LiteRT installed) or a
+        # state without a converted model (built with Keras) need TensorFlow.
+        return runs_without_tensorflow(self.engine) and not getattr(self, "_converted_on_load", False)
 
     @property
     def engine(self) -> str:

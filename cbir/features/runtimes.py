@@ -32,6 +32,17 @@ def openvino_available() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
+def runs_without_tensorflow(engine: str) -> bool:
+    """Whether a converted model runs on ``engine`` here without importing TensorFlow.
+
+    LiteRT's interpreter falls back to TensorFlow's where ``ai_edge_litert``
+    is not installed (:func:`tflite_interpreter_class`).
+    """
+    if engine == "openvino":
+        return openvino_available()
+    return engine == "tflite" and importlib.util.find_spec("ai_edge_litert") is not None
+
+
 class ConvertedNetwork:
     """A TFLite flatbuffer ready to run: ``network(batch)`` -> feature maps.
 

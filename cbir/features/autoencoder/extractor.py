@@ -38,7 +38,7 @@ from cbir.features.autoencoder.params import check_params
 from cbir.features.autoencoder.history import HISTORY_FILE, read_history, write_history
 from cbir.features.autoencoder.training import MODEL_FILE, NOT_TRAINING_PARAMS, train
 from cbir.features.base import Extractor, l2_normalize
-from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite
+from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic
 from cbir.images import resize_image
 from cbir.progress import SILENT, Progress
@@ -180,9 +180,10 @@ class AutoencoderExtractor(Extractor):
 
     @property
     def embeds_in_workers(self) -> bool:
-        # A cached converted encoder loads in ~0.1 s; the Keras runtime, or a
-        # state without one, needs TensorFlow in each worker.
-        return self.engine != "keras" and not getattr(self, "_converted_on_load", False)
+        # A cached converted encoder loads in ~0.1 s with LiteRT or OpenVINO; the
+        # Keras runtime, TensorFlow's own interpreter (no LiteRT installed) or a
+        # state without a converted encoder need TensorFlow.
+        return runs_without_tensorflow(self.engine) and not getattr(self, "_converted_on_load", False)
 
     @property
     def engine(self) -> str:
