@@ -6,11 +6,12 @@ gone), embeds only what is new or changed, and commits every batch of
 vectors together with its catalogue rows, so a run that is interrupted or
 killed keeps all committed work and the next run carries on from there.
 
-Reading, hashing, decoding and per-image preparation go through the one
-loader (:mod:`cbir.loading`): in worker processes on every usable core, or on
-a Ray cluster (:mod:`cbir.distributed`); the batched model work and every
-write stay in this process, through the index's one writer
-(:mod:`cbir.writer`). Memory stays bounded however large the folder.
+Reading, hashing, decoding and embedding go through the one loader
+(:mod:`cbir.loading`): in worker processes on every usable core (each with
+its own copy of the network, or the network here for the Keras runtime), or
+on a Ray cluster (:mod:`cbir.distributed`); every write stays in this
+process, through the index's one writer (:mod:`cbir.writer`). Memory stays
+bounded however large the folder.
 
 At ~470 lines it is a little over the usual size: the plan (mark and sweep),
 the commit loop and the reuse of stored vectors are the steps of one run.
@@ -148,12 +149,14 @@ def index_folder(
     pca_train_folder : path, optional
         Fit the PCA on these images instead of on the collection.
     batch_size : int
-        Images per model call and per commit.
+        Images per commit, and per model call where this process runs the
+        network (workers embed their chunks of 16 files).
     workers : int, optional
         Worker processes that read, decode and prepare images (default: the
         usable cores; small folders are then read in this process, where
-        starting workers would cost more than they save). This process stays
-        the only writer and runs the batched model step.
+        starting workers would cost more than they save). Workers embed too,
+        each with its own engine on a share of the cores (the Keras runtime
+        runs here); this process stays the only writer.
     ray : bool or str, optional
         Read and embed on a Ray cluster instead: ``True`` or ``"auto"``
         (``ray.init()``: an existing local cluster, else a new one), or an

@@ -198,7 +198,7 @@ def index(
     ] = None,
     path_column: PathColumnOption = None,
     label_column: LabelColumnOption = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per model call.")] = 64,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per commit (and per model call where the network runs in this process).")] = 64,
     workers: Annotated[
         Optional[str],
         typer.Option(
