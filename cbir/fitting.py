@@ -8,6 +8,7 @@ default 20,000-image sample stays within a few hundred MB.
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,10 +53,15 @@ def fit_new_embedder(
     source = find_images(pca_train_folder) if pca_train_folder is not None else files
     chosen = sample(source)
     progress.start("extracting features to fit the PCA", len(chosen))
-    try:
-        raw = list(loader.embed_batches(chosen, Embedder(extractor), progress=progress))
-    finally:
-        progress.stop()
+    # The extractor's state, saved where worker processes can build their own
+    # copy: with a CNN this sample is most of a first build's embedding.
+    with tempfile.TemporaryDirectory(prefix="cbir-sample-") as state_dir:
+        sample_embedder = Embedder(extractor)
+        sample_embedder.save(Path(state_dir))
+        try:
+            raw = list(loader.embed_batches(chosen, sample_embedder, progress=progress, state_dir=Path(state_dir)))
+        finally:
+            progress.stop()
     if not any(len(vectors) for _, vectors, _ in raw):
         raise NoImagesError("none of the images could be read to fit the PCA")
     embedder.pca.fit(np.concatenate([vectors for _, vectors, _ in raw]))

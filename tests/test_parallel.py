@@ -82,6 +82,30 @@ def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collect
         assert np.array_equal(one[path], two[path]), path
 
 
+def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, monkeypatch):
+    """A first CNN + PCA build embeds its sample to fit the PCA: that is most of the work, in the workers too."""
+    from cbir.features.cnn import CNNExtractor
+    from cbir.features.pca import PCAReduction
+    from cbir.features.pipeline import Embedder
+
+    def tiny_cnn_pca() -> Embedder:
+        return Embedder(CNNExtractor(weights="none", input_size=32, batch_size=4, runtime="tflite"), PCAReduction(4))
+
+    index_folder(collection, "one", index_dir, embedder=tiny_cnn_pca(), workers=1)
+
+    def not_in_the_parent(self, items):
+        raise AssertionError("the parent ran the network; the workers should have")
+
+    embedder = tiny_cnn_pca()
+    embedder.extractor.build()
+    monkeypatch.setattr(CNNExtractor, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
+    summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2)
+    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
+    assert summary.added == 15 and sorted(one) == sorted(two)
+    for path in one:
+        assert np.array_equal(one[path], two[path]), path
+
+
 def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
     """Not "a worker stopped unexpectedly" and a traceback per worker: the error itself, once."""
     from cbir.errors import IndexCorruptError
