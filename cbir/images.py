@@ -140,9 +140,10 @@ def scan_folder(
     def left_out(path: str, name: str) -> bool:
         if not include_hidden and name.startswith("."):
             return True
-        relative = os.path.relpath(path, root)
-        if any(fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in exclude):
-            return True
+        if exclude:  # relpath costs more than the rest of a file's scan
+            relative = os.path.relpath(path, root)
+            if any(fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in exclude):
+                return True
         return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in skipped_roots)
 
     found: list[Path] = []
