@@ -35,13 +35,19 @@ def vectors_by_path(index_folder_path: Path) -> dict[str, np.ndarray]:
     return found
 
 
+def assert_same_vectors(first: Path, second: Path, count: int) -> None:
+    """Both indexes hold the same ``count`` paths, with bit-identical vectors."""
+    found, expected = vectors_by_path(first), vectors_by_path(second)
+    assert len(found) == count and sorted(found) == sorted(expected)
+    for path in found:
+        assert np.array_equal(found[path], expected[path]), path
+
+
 def test_one_and_two_workers_give_identical_vectors(collection, index_dir):
     index_folder(collection, "one", index_dir, workers=1)
     summary = index_folder(collection, "two", index_dir, workers=2, batch_size=4)
-    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
-    assert summary.added == 15 and sorted(one) == sorted(two)
-    for path in one:
-        assert np.array_equal(one[path], two[path]), path
+    assert summary.added == 15
+    assert_same_vectors(index_dir / "one", index_dir / "two", 15)
 
 
 def test_one_and_two_workers_give_identical_vectors_after_pca(tmp_path, index_dir):
@@ -53,10 +59,7 @@ def test_one_and_two_workers_give_identical_vectors_after_pca(tmp_path, index_di
             write_image(tmp_path / folder / f"{i:03d}.png", rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
     for name, workers in (("one", 1), ("two", 2)):
         index_folder(tmp_path / "photos", name, index_dir, options={"pca": 16}, pca_train_folder=tmp_path / "train", workers=workers)
-    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
-    assert len(one) == 70 and sorted(one) == sorted(two)
-    for path in one:
-        assert np.array_equal(one[path], two[path]), path
+    assert_same_vectors(index_dir / "one", index_dir / "two", 70)
 
 
 def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch):
@@ -76,10 +79,8 @@ def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collect
     embedder.extractor.build()  # converted before the parent's transform step is patched out
     monkeypatch.setattr(Embedder, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
     summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2, batch_size=4)
-    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
-    assert summary.added == 15 and sorted(one) == sorted(two)
-    for path in one:
-        assert np.array_equal(one[path], two[path]), path
+    assert summary.added == 15
+    assert_same_vectors(index_dir / "one", index_dir / "two", 15)
 
 
 def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, monkeypatch):
@@ -100,10 +101,8 @@ def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, m
     embedder.extractor.build()
     monkeypatch.setattr(CNNExtractor, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
     summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2)
-    one, two = vectors_by_path(index_dir / "one"), vectors_by_path(index_dir / "two")
-    assert summary.added == 15 and sorted(one) == sorted(two)
-    for path in one:
-        assert np.array_equal(one[path], two[path]), path
+    assert summary.added == 15
+    assert_same_vectors(index_dir / "one", index_dir / "two", 15)
 
 
 def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
