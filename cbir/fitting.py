@@ -55,11 +55,13 @@ def fit_new_embedder(
     progress.start("extracting features to fit the PCA", len(chosen))
     # The extractor's state, saved where worker processes can build their own
     # copy: with a CNN this sample is most of a first build's embedding.
-    with tempfile.TemporaryDirectory(prefix="cbir-sample-") as state_dir:
-        sample_embedder = Embedder(extractor)
-        sample_embedder.save(Path(state_dir))
+    sample_embedder = Embedder(extractor)
+    with tempfile.TemporaryDirectory(prefix="cbir-sample-") as folder:
+        state_dir = Path(folder) if loader.embeds_in_workers(len(chosen), sample_embedder) else None
+        if state_dir is not None:
+            sample_embedder.save(state_dir)
         try:
-            raw = list(loader.embed_batches(chosen, sample_embedder, progress=progress, state_dir=Path(state_dir)))
+            raw = list(loader.embed_batches(chosen, sample_embedder, progress=progress, state_dir=state_dir))
         finally:
             progress.stop()
     if not any(len(vectors) for _, vectors, _ in raw):

@@ -299,6 +299,10 @@ class Loader:
     def uses_processes(self, files: int) -> bool:
         return self.workers > 1 and (self.explicit or files >= MIN_FILES_FOR_PROCESSES)
 
+    def embeds_in_workers(self, files: int, embedder) -> bool:
+        """Whether :meth:`embed_batches` over ``files`` files runs ``embedder`` in worker processes (given its state)."""
+        return self.uses_processes(files) and embedder.extractor.embeds_in_workers
+
     def load(self, files: Sequence[Path], spec: PrepareSpec, prepare=None, known_sha256=None, known=None):
         """:func:`load_prepared` in worker processes where they pay off, else in threads."""
         processes = self.uses_processes(len(files))
@@ -330,7 +334,7 @@ class Loader:
         worker, a share of the cores each, beats one engine on every core
         whose threads the decoding workers preempt (docs/parallel.md).
         """
-        in_workers = state_dir is not None and self.uses_processes(len(files)) and embedder.extractor.embeds_in_workers
+        in_workers = state_dir is not None and self.embeds_in_workers(len(files), embedder)
         if in_workers:
             spec = PrepareSpec.for_embedder(embedder, state_dir, self.workers)
         else:
