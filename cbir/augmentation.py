@@ -40,6 +40,7 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.fileio import atomic_path
+from cbir.progress import SILENT, Progress, ProportionalBar
 from cbir.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, nearest_neighbours, top_k
 from cbir.vectors import VectorIndex, build_vector_index
 
@@ -77,8 +78,12 @@ def set_config(store, config: dict[str, Any] | None) -> bool:
     return True
 
 
-def save_snapshot(store) -> None:
-    """Recompute the augmented (or, DBA turned off, plain) FAISS snapshot from the catalogue if anything changed."""
+def save_snapshot(store, progress: Progress = SILENT) -> None:
+    """Recompute the augmented (or, DBA turned off, plain) FAISS snapshot from the catalogue if anything changed.
+
+    ``progress`` follows the neighbour search, the long part: every vector
+    against every other the first time.
+    """
     config = store.manifest.get(MANIFEST_KEY) or None
     catalogue = store.catalogue
     wanted = json.dumps(config, sort_keys=True) if config else None
@@ -95,7 +100,7 @@ def save_snapshot(store) -> None:
     if config is not None and (catalogue.get_meta(_META_CONFIG) or None) == wanted:
         previous = _Snapshot.load(store)
     build = _flat_snapshot if _flat_storage(VectorIndex.create(store.factory, store.dim)) else _other_snapshot
-    vector_index, ids, augmented_files = build(store, config, previous, serial)
+    vector_index, ids, augmented_files = build(store, config, previous, serial, progress)
     new_files = [f"vectors-{serial}.faiss", *augmented_files]
     vector_index.write(store.path / new_files[0])
     with catalogue.transaction():
@@ -123,7 +128,7 @@ def save_snapshot(store) -> None:
 _BLOCK_BYTES = 1 << 20
 
 
-def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int):
+def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int, progress: Progress):
     """A flat snapshot, augmented in place: the original vectors are read into
     the index (sized once), their neighbours found, the augmented vectors
     streamed to their ``.npy`` file and then copied over the originals."""
@@ -135,28 +140,29 @@ def _flat_snapshot(store, config, previous: _Snapshot | None, serial: int):
     ids, vectors = _flat_storage(vector_index)
     if config is None or len(ids) < 2:
         return vector_index, ids, []
-    names = _augment(store, ids, vectors, config, previous, serial)
+    names = _augment(store, ids, vectors, config, previous, serial, progress)
     for start, block in _npy_blocks(store.path / names[0]):
         vectors[start : start + len(block)] = block
     return vector_index, ids, names
 
 
-def _other_snapshot(store, config, previous: _Snapshot | None, serial: int):
+def _other_snapshot(store, config, previous: _Snapshot | None, serial: int, progress: Progress):
     """Any other index type: built from the augmented ``.npy`` file (or the originals) after augmenting."""
     ids, vectors = _all_vectors(store)
     names: list[str] = []
     if config is not None and len(ids) > 1:
-        names = _augment(store, ids, vectors, config, previous, serial)
+        names = _augment(store, ids, vectors, config, previous, serial, progress)
         del vectors
         path = store.path / names[0]
         return build_vector_index(store.factory, store.dim, lambda: _id_blocks(path, ids), _file_sampler(path), len(ids)), ids, names
     return build_vector_index(store.factory, store.dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids)), ids, names
 
 
-def _augment(store, ids, vectors, config, previous: _Snapshot | None, serial: int) -> list[str]:
+def _augment(store, ids, vectors, config, previous: _Snapshot | None, serial: int, progress: Progress) -> list[str]:
     """Write the augmented snapshot files for ``vectors`` (the originals, by sorted ``ids``); return their names."""
     k = min(int(config["k"]), len(ids) - 1)
-    rows, scores, changed = _neighbour_lists(store.factory, store.dim, ids, vectors, k, previous)
+    rows, scores, changed = _neighbour_lists(store.factory, store.dim, ids, vectors, k, previous, progress)
+    progress.status("writing the augmented vectors")
     names = [f"augmented-{serial}{suffix}.npy" for suffix in _Snapshot.SUFFIXES]
     blocks = _augmented_blocks(ids, vectors, rows, scores, changed, float(config["alpha"]), previous)
     _write_npy_blocks(store.path / names[0], vectors.shape, np.float32, blocks)
@@ -275,7 +281,9 @@ class _Snapshot:
         return cls(ids, vectors, neighbour_ids, neighbour_scores)
 
 
-def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, previous: _Snapshot | None):
+def _neighbour_lists(
+    factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, previous: _Snapshot | None, progress: Progress = SILENT
+):
     """Every vector's top ``k`` other rows and their scores, and which vectors must be averaged again.
 
     In full: neighbours from an index of the collection's own type (exact for
@@ -286,7 +294,8 @@ def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarra
     images whose neighbours changed are averaged again.
     """
     if previous is None or previous.neighbour_ids.shape[1] != k or len(previous.ids) == 0:
-        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k)
+        bar = ProportionalBar(progress, "DBA neighbours", len(ids), [1])
+        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k, bar.part(0))
         return rows, scores, np.ones(len(ids), dtype=bool)
     kept = np.isin(previous.ids, ids)
     new_rows_of_kept = np.searchsorted(ids, previous.ids[kept])
@@ -301,13 +310,15 @@ def _neighbour_lists(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarra
     added = np.flatnonzero(~np.isin(ids, previous.ids))
     before = rows.copy()
     merge = np.flatnonzero(~redo)
+    again = np.flatnonzero(redo)
+    work = [len(merge) * len(added), len(again) * len(ids)]
+    bar = ProportionalBar(progress, f"DBA neighbours ({len(added):,} new)", len(ids), work)
     if len(added) and len(merge):
-        found, found_scores = top_k(vectors[merge], vectors[added], k, tile=_tile())
+        found, found_scores = top_k(vectors[merge], vectors[added], k, tile=_tile(), report=bar.part(0))
         found = np.where(found >= 0, added[found.clip(0)], -1)
         rows[merge], scores[merge] = merge_neighbours(rows[merge], scores[merge], found, found_scores, k)
-    again = np.flatnonzero(redo)
     if len(again):
-        rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again, tile=_tile())
+        rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again, tile=_tile(), report=bar.part(1))
     changed = redo | (rows != before).any(axis=1)
     logger.info("DBA: %d of %d vectors averaged again", int(changed.sum()), len(ids))
     return rows, scores, changed
@@ -332,16 +343,19 @@ def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, ids[rows.clip(0)], -1)
 
 
-def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int):
+def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, report=None):
     """Every vector's top ``k`` other rows, from an index of the collection's own type.
 
     Flat: exact, in tiles (no second copy of the vectors, and
-    neither FAISS's fixed 16 MB block of inner products).
+    neither FAISS's fixed 16 MB block of inner products). ``report`` as for
+    :func:`cbir.rerank.top_k` (other types: once, at the end of one search).
     """
     if _flat_storage(VectorIndex.create(factory, dim)) is not None:
-        return nearest_neighbours(vectors, k, tile=_tile())
+        return nearest_neighbours(vectors, k, tile=_tile(), report=report)
     raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
     found_scores, found_ids = raw.search(vectors, k + 1)
+    if report is not None:
+        report(1.0)
     rows = np.searchsorted(ids, found_ids).clip(0, len(ids) - 1)
     rows = np.where(ids[rows] == found_ids, rows, -1)
     rows[rows == np.arange(len(ids))[:, None]] = -1  # a vector is not its own neighbour

@@ -213,7 +213,7 @@ def index_folder(
         # Before anything is written: an unreachable cluster leaves no trace.
         loader.ray = RayRunner.connect(None if ray is True else ray, actors=workers)
 
-    with open_writer(path, wait=wait) as writer:
+    with open_writer(path, wait=wait, progress=progress) as writer:
         summary = IndexSummary(name=name, path=str(path), created=writer.created, unsupported=scan.unsupported)
         precomputed: list[Batch] = []
         if writer.created:

@@ -25,3 +25,27 @@ class Progress:
 
 
 SILENT = Progress()
+
+
+class ProportionalBar:
+    """Several computations shown as one phase of ``total`` steps, each its
+    share in proportion to its ``work`` (a tile-by-tile search, say, whose
+    rows do not finish at an even pace)."""
+
+    def __init__(self, progress: Progress, description: str, total: int, work: list[int], unit: str = "images"):
+        self.progress, self.total, self.shown = progress, total, 0
+        whole = max(sum(work), 1)
+        self.starts = [sum(work[:i]) / whole for i in range(len(work))]
+        self.shares = [w / whole for w in work]
+        progress.start(description, total, unit)
+
+    def part(self, number: int):
+        """Computation ``number``'s callback: ``report(fraction of it done)``."""
+
+        def report(fraction: float) -> None:
+            now = int(self.total * (self.starts[number] + self.shares[number] * fraction))
+            if now > self.shown:
+                self.progress.advance(now - self.shown)
+                self.shown = now
+
+        return report

@@ -21,6 +21,8 @@ lives in :mod:`cbir.augmentation`; the search side in :mod:`cbir.search`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from cbir.errors import UsageError
@@ -94,18 +96,25 @@ TILE = 512
 
 
 def top_k(
-    queries: np.ndarray, vectors: np.ndarray, k: int, own_rows: np.ndarray | None = None, tile: int = TILE
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    own_rows: np.ndarray | None = None,
+    tile: int = TILE,
+    report: Callable[[float], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` rows of ``vectors`` for each query by inner product, best first, in tiles.
 
     ``own_rows[i]`` (optional, -1 for none) is left out of query ``i``'s
     results: its own row when the queries are rows of ``vectors``. Returns
     ``(rows, scores)``, each ``(len(queries), k)``, -1 / -inf where fewer exist.
+    ``report``, if given, is called with the fraction of the work done after each tile.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     best = _Best(len(queries), k)
     own = None if own_rows is None else np.asarray(own_rows, dtype=np.int64)
+    tiles, done = -(-len(queries) // tile) * -(-len(vectors) // tile), 0
     for q0 in range(0, len(queries), tile):
         q1 = min(q0 + tile, len(queries))
         for v0 in range(0, len(vectors), tile):
@@ -116,21 +125,29 @@ def top_k(
                 hit = np.flatnonzero((local >= 0) & (local < v1 - v0))
                 block[hit, local[hit]] = -np.inf
             best.merge(q0, block, v0)
+            done += 1
+            if report is not None:
+                report(done / tiles)
     return best.result()
 
 
-def nearest_neighbours(vectors: np.ndarray, k: int, tile: int = TILE) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(
+    vectors: np.ndarray, k: int, tile: int = TILE, report: Callable[[float], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top ``k`` other rows of every row (a row is never its own neighbour); see :func:`top_k`.
 
     The inner products are symmetric, so each tile above the diagonal serves
     its rows and, transposed, its columns: half the arithmetic of
-    :func:`top_k` (DBA's cost at the end of an indexing run).
+    :func:`top_k` (DBA's cost at the end of an indexing run, which grows
+    with the square of the collection). ``report`` as for :func:`top_k`.
     """
     n = len(vectors)
     if not 1 <= k < n:
         raise UsageError(f"need 1 <= k < {n} (the number of vectors) for neighbours, got k={k}")
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     best = _Best(n, k)
+    side = -(-n // tile)
+    tiles, done = side * (side + 1) // 2, 0
     for i0 in range(0, n, tile):
         i1 = min(i0 + tile, n)
         for j0 in range(i0, n, tile):
@@ -141,6 +158,9 @@ def nearest_neighbours(vectors: np.ndarray, k: int, tile: int = TILE) -> tuple[n
             best.merge(i0, block, j0)
             if j0 != i0:
                 best.merge(j0, block, i0, transposed=True)
+            done += 1
+            if report is not None:
+                report(done / tiles)
     return best.result()
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from cbir.entrypoints import ENTRY_SUFFIX
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.fileio import sha256_bytes
+from cbir.progress import SILENT, Progress
 from cbir.vectors import RETUNE_GROWTH, VectorIndex, build_vector_index, retuned_index_type
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,7 @@ class VectorSnapshots:
 
         return build_vector_index(self.factory, dim, lambda: catalogue.iter_vectors(dim), sample, catalogue.count_images())
 
-    def save_vectors(self) -> str | None:
+    def save_vectors(self, progress: Progress = SILENT) -> str | None:
         """Bring the FAISS file up to date with the catalogue (writers only).
 
         The file is rebuilt from the stored vectors (never re-embedded) when it
@@ -160,6 +161,7 @@ class VectorSnapshots:
         interrupted type change, an edited manifest), or when a short-named
         type's parameters were chosen for a collection :data:`RETUNE_GROWTH`
         times smaller. Returns a one-line account of such a rebuild, else None.
+        ``progress`` follows DBA's neighbour search, and says when the file is written.
         """
         if not self.writable:
             raise RuntimeError("save_vectors needs an index opened for writing")
@@ -171,7 +173,7 @@ class VectorSnapshots:
         if augmentation.applies(self):  # DBA: the snapshot is recomputed from the catalogue
             self._check_factory()
             problem = self._snapshot_problem(state)
-            augmentation.save_snapshot(self)  # rebuilds whenever _rebuild says so
+            augmentation.save_snapshot(self, progress)  # rebuilds whenever _rebuild says so
             self._remove_orphan_entry_files()
             if problem is not None and rebuilt is None:
                 if state.target == self.factory:
@@ -187,6 +189,7 @@ class VectorSnapshots:
             and _fingerprint(self.path / state.file) == state.fingerprint
         ):
             return None  # nothing changed: do not read or rewrite a possibly large file
+        progress.status("writing the vector index")
         vector_index = None
         if rebuilt is None and state.file is not None:
             if state.target != self.factory:

@@ -25,6 +25,7 @@ from typing import Sequence
 
 from cbir.catalogue import Catalogue, NewImage
 from cbir.errors import UsageError
+from cbir.progress import SILENT, Progress
 from cbir.store import CATALOGUE_FILE, MODEL_DIR, IndexStore, WriteLock, is_index
 from cbir.vectors import resolve_index_type
 
@@ -53,12 +54,13 @@ class Restat:
     mtime_ns: int
 
 
-def open_writer(path: str | os.PathLike, wait: bool = False, create: bool = True) -> "IndexWriter":
+def open_writer(path: str | os.PathLike, wait: bool = False, create: bool = True, progress: Progress = SILENT) -> "IndexWriter":
     """An :class:`IndexWriter` for the index folder ``path``; use it in a ``with`` block.
 
     With ``create=False`` the index must exist (:class:`~cbir.errors.IndexNotFoundError` otherwise).
+    ``progress`` follows the snapshot written at the end (DBA's neighbour search can take minutes).
     """
-    return IndexWriter(Path(path), wait, create)
+    return IndexWriter(Path(path), wait, create, progress)
 
 
 class IndexWriter:
@@ -68,8 +70,9 @@ class IndexWriter:
     index until :meth:`create` is called.
     """
 
-    def __init__(self, path: Path, wait: bool = False, create: bool = True):
+    def __init__(self, path: Path, wait: bool = False, create: bool = True, progress: Progress = SILENT):
         self.path = path
+        self.progress = progress
         self.wait = wait
         self.may_create = create
         self.store: IndexStore | None = None
@@ -126,11 +129,13 @@ class IndexWriter:
         try:
             if store is not None and not discard:
                 try:
-                    self.vectors_rebuilt = store.save_vectors()
+                    self.vectors_rebuilt = store.save_vectors(self.progress)
                 except Exception:
                     if not failed:
                         raise
                     logger.exception("could not write the vector snapshot; the next run rebuilds it from the catalogue")
+                finally:
+                    self.progress.stop()
         finally:
             if store is not None:
                 store.close()

@@ -1,6 +1,5 @@
 """Re-ranking: αQE and DBA as pure functions, and DBA kept with a stored index under add/remove."""
 
-import json
 import shutil
 
 import numpy as np
@@ -8,6 +7,7 @@ import pytest
 
 from cbir.errors import UsageError
 from cbir.indexer import index_folder, remove_paths
+from cbir.progress import Progress
 from cbir.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights, top_k
 from cbir.search import Searcher
 from cbir.store import IndexStore, index_path
@@ -175,4 +175,53 @@ def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_d
         index_folder(collection, "photos", index_dir)
     averaged = int([r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")][-1].split()[1])
     assert averaged < 15
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+
+
+def test_neighbour_searches_report_the_fraction_done_tile_by_tile():
+    vectors = _unit(np.random.default_rng(2).normal(size=(50, 8)))
+    seen = []
+    nearest_neighbours(vectors, 3, tile=7, report=seen.append)
+    assert len(seen) == 8 * 9 // 2  # the tiles on and above the diagonal of 8 x 8
+    assert seen == sorted(seen) and seen[-1] == 1.0
+    seen.clear()
+    top_k(vectors[:10], vectors, 3, tile=7, report=seen.append)
+    assert len(seen) == 2 * 8 and seen == sorted(seen) and seen[-1] == 1.0
+
+
+class _Recorder(Progress):
+    def __init__(self):
+        self.events = []
+
+    def start(self, description, total, unit="images"):
+        self.events.append(["start", description, total, 0])
+
+    def advance(self, steps=1):
+        if self.events and self.events[-1][0] == "start":
+            self.events[-1][3] += steps
+
+    def status(self, message):
+        self.events.append(["status", message])
+
+    def stop(self):
+        self.events.append(["stop"])
+
+    def phase(self, prefix):
+        return [e for e in self.events if e[0] == "start" and e[1].startswith(prefix)]
+
+
+def test_indexing_shows_dba_neighbour_search_on_its_progress_bar(collection, index_dir, monkeypatch):
+    # A collection of 100,000 spends minutes here after the last file: the bar must not sit at 100% meanwhile.
+    monkeypatch.setattr("cbir.augmentation._tile", lambda: 4)  # several tiles for 15 images
+    first = _Recorder()
+    index_folder(collection, "photos", index_dir, progress=first)
+    [dba] = first.phase("DBA")
+    assert dba[2] == 15 and dba[3] == 15  # every image counted once the search is done
+    assert first.events.index(dba) > first.events.index(first.phase("indexing")[0])
+    assert first.events[-1] == ["stop"]  # nothing left drawing after the run
+    shutil.copy(collection / "blue" / "blue-0.jpg", collection / "red" / "red-new.jpg")
+    update = _Recorder()
+    index_folder(collection, "photos", index_dir, progress=update)
+    [dba] = update.phase("DBA")
+    assert "1 new" in dba[1] and dba[2] == 16 and dba[3] == 16
     _augmented_matches_catalogue(index_dir, "photos", 2)
