@@ -27,7 +27,12 @@ All figures come from one run on one machine, so ratios compare like with like:
   threads, and N one-thread engines side by side), end to end with
   ``--workers N``, and end to end on Ray;
 * peak memory of a colour run (a new process) over all the images and over
-  the first 1,000: the parent's peak RSS and the largest worker's.
+  the first 1,000: the parent's peak RSS and the largest worker's;
+* DBA's neighbour search, the end of a first build (every vector against
+  every other), timed on the colour index's vectors and on 2x and 4x as many
+  (noisy copies): it grows with the square of the collection, so at some
+  size it outlasts reading the files; extrapolated to 100,000 and 1,000,000
+  next to the time the colour run would take to index them.
 
     python benchmarks/parallel.py [--json] [--images 8000] [--cnn-images 8000] [--no-ray] [--no-cnn] [--scale 1]
 
@@ -53,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import MOBILENET_WEIGHTS, REPO, corel_files  # noqa: E402
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 from cbir.features.color import ColorHistogram  # noqa: E402
 from cbir.loading import usable_cores  # noqa: E402
@@ -176,6 +182,28 @@ def peak_memory(folder: Path, work: Path, workers: int) -> dict[str, float]:
     return {k: round(v, 1) for k, v in json.loads(out.strip().splitlines()[-1]).items()}
 
 
+def dba_growth(index: Path, colour_speed: float) -> dict:
+    """Seconds of DBA's neighbour search over the index's vectors, x1, x2 and x4 (noisy copies), and extrapolated."""
+    from cbir.rerank import DEFAULT_DBA, nearest_neighbours
+    from cbir.store import IndexStore
+
+    with IndexStore.open(index) as store:
+        vectors = np.concatenate([block for _, block in store.catalogue.iter_vectors(store.dim)])
+    rng = np.random.default_rng(0)
+    seconds = {}
+    for copies in (1, 2, 4):
+        grown = np.concatenate([vectors] + [vectors + rng.normal(0, 0.01, vectors.shape).astype(np.float32) for _ in range(copies - 1)])
+        grown /= np.linalg.norm(grown, axis=1, keepdims=True)
+        started = time.perf_counter()
+        nearest_neighbours(grown, DEFAULT_DBA)
+        seconds[len(grown)] = round(time.perf_counter() - started, 2)
+    largest = max(seconds)
+    figures = {"neighbours_s": seconds}
+    for n in (100_000, 1_000_000):
+        figures[f"extrapolated_{n}"] = {"dba_s": round(seconds[largest] * (n / largest) ** 2), "indexing_s": round(n / colour_speed)}
+    return figures
+
+
 def cnn_figures(files: list[Path], work: Path, cores: int, ray: bool) -> dict[str, float]:
     """MobileNet: model only vs end to end with all workers (and on Ray)."""
     from cbir.features import runtimes
@@ -287,6 +315,7 @@ def main() -> None:
             results[f"peak_memory_{len(files)}"] = memory_all
             results["ratio_peak_memory_parent"] = round(memory_all["parent_mib"] / memory_small["parent_mib"], 3)
             results["ratio_peak_memory_worker"] = round(memory_all["largest_worker_mib"] / memory_small["largest_worker_mib"], 3)
+            results["dba_growth"] = dba_growth(work / "idx" / f"colour-{cores}", best)
         if not args.no_ray:
             import ray
 
@@ -350,6 +379,12 @@ def main() -> None:
     print(f"  peak memory, 1000 images: parent {small['parent_mib']} MiB, largest worker {small['largest_worker_mib']} MiB")
     print(f"  peak memory, {len(files)} images: parent {big['parent_mib']} MiB, largest worker {big['largest_worker_mib']} MiB")
     print(f"  ratio: parent {results['ratio_peak_memory_parent']:.2f}x, worker {results['ratio_peak_memory_worker']:.2f}x (target <= 1.5)")
+    growth = results["dba_growth"]
+    timed = ", ".join(f"{n:,} vectors {s} s" for n, s in growth["neighbours_s"].items())
+    print(f"  DBA's neighbour search (first build): {timed}")
+    for n in (100_000, 1_000_000):
+        guess = growth[f"extrapolated_{n}"]
+        print(f"    at {n:,} images (x n squared): ~{guess['dba_s']:,} s, against ~{guess['indexing_s']:,} s to index them at the colour rate above")
 
 
 if __name__ == "__main__":
