@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Iterable, Mapping, Sequence
 
 from cbir.errors import LabelsError
@@ -18,7 +18,7 @@ _LABEL_COLUMN_NAMES = ("label", "class", "class_name", "category")
 
 def folder_label(path: str | os.PathLike) -> str:
     """The default label of an image: the name of the folder it is in."""
-    return Path(path).parent.name
+    return (path if isinstance(path, PurePath) else Path(path)).parent.name
 
 
 def read_labels_csv(
