@@ -312,7 +312,7 @@ def _neighbour_lists(
     merge = np.flatnonzero(~redo)
     again = np.flatnonzero(redo)
     work = [len(merge) * len(added), len(again) * len(ids)]
-    bar = ProportionalBar(progress, f"DBA neighbours ({len(added):,} new)", len(ids), work)
+    bar = ProportionalBar(progress, f"DBA neighbours ({len(added):,} new)" if len(added) else "DBA neighbours", len(ids), work)
     if len(added) and len(merge):
         found, found_scores = top_k(vectors[merge], vectors[added], k, tile=_tile(), report=bar.part(0))
         found = np.where(found >= 0, added[found.clip(0)], -1)
