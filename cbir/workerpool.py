@@ -80,7 +80,7 @@ def in_processes(
             _stop_pool(pool)
 
 
-def _result(pool, future: Future) -> list[tuple[LoadedFile, Any]]:
+def _result(pool, future: Future) -> Any:
     """``future.result()``, but a dead worker ends the wait even where the pool would not notice.
 
     A worker killed while sending its result leaves a partial message in the
@@ -204,7 +204,8 @@ def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list
     loaded = load_and_embed(
         [Path(p) for p in paths], known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"]
     )
-    fields = [(f.size, f.mtime_ns, f.sha256, f.error, f.unchanged, f.reusable) for f, _ in loaded]
+    # ``image`` is the item itself where there is no extractor: a flag, not a second copy.
+    fields = [(f.size, f.mtime_ns, f.sha256, f.error, f.unchanged, f.reusable, f.image is not None) for f, _ in loaded]
     return fields, [item for _, item in loaded]
 
 
@@ -217,6 +218,6 @@ def _loaded_files(paths: list[Path], result: tuple[list[tuple], list[Any]]) -> l
     """
     fields, items = result
     return [
-        (LoadedFile(path, size, mtime_ns, sha256, error=error, unchanged=unchanged, reusable=reusable), item)
-        for path, (size, mtime_ns, sha256, error, unchanged, reusable), item in zip(paths, fields, items)
+        (LoadedFile(path, size, mtime_ns, sha256, item if image else None, error, unchanged, reusable), item)
+        for path, (size, mtime_ns, sha256, error, unchanged, reusable, image), item in zip(paths, fields, items)
     ]

@@ -548,3 +548,29 @@ def test_a_worker_killed_while_sending_its_result_neither_hangs_the_run_nor_the_
     script.write_text(_HALF_SENT_RESULT)
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
     assert done.stdout.strip() == "broken" and done.returncode == 0, done.stderr[-2000:]
+
+
+def test_worker_processes_give_the_same_loaded_files_as_threads(tmp_path):
+    """Every field of each file survives the round trip to a worker (paths go as strings, fields come back)."""
+    from cbir.features.base import make_extractor
+    from cbir.loading import KnownContent, PrepareSpec, load_prepared
+
+    rng = np.random.default_rng(3)
+    files = [write_image(tmp_path / f"{i}.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for i in range(20)]
+    (tmp_path / "empty.png").write_bytes(b"")
+    files.append(tmp_path / "empty.png")
+    threads = list(load_prepared(files, PrepareSpec(min_side=None), workers=2))
+    known_sha256 = {files[0]: threads[0][0].sha256}  # unchanged: not decoded
+    known = KnownContent.from_hashes([(7, threads[1][0].sha256)])  # reusable: not decoded either
+    for spec in (PrepareSpec(min_side=None), PrepareSpec.for_extractor(make_extractor("color"))):
+        in_threads = list(load_prepared(files, spec, workers=2, known_sha256=known_sha256, known=known))
+        in_processes = list(load_prepared(files, spec, workers=2, processes=True, known_sha256=known_sha256, known=known))
+        assert [loaded.path for loaded, _ in in_processes] == files
+        for (a, item_a), (b, item_b) in zip(in_threads, in_processes):
+            assert (a.path, a.size, a.mtime_ns, a.sha256, a.error, a.unchanged, a.reusable) == (
+                b.path, b.size, b.mtime_ns, b.sha256, b.error, b.unchanged, b.reusable
+            )
+            assert (a.image is None) == (b.image is None) and (item_a is None) == (item_b is None)
+            if item_a is not None:
+                np.testing.assert_array_equal(item_a, item_b)
+        assert in_processes[0][0].unchanged and in_processes[1][0].reusable and in_processes[-1][0].error == "empty file"
