@@ -154,6 +154,7 @@ def _other_snapshot(store, config, previous: _Snapshot | None, serial: int, prog
         names = _augment(store, ids, vectors, config, previous, serial, progress)
         del vectors
         path = store.path / names[0]
+        progress.status(f"building the {store.factory} index")
         return build_vector_index(store.factory, store.dim, lambda: _id_blocks(path, ids), _file_sampler(path), len(ids)), ids, names
     return build_vector_index(store.factory, store.dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids)), ids, names
 
@@ -294,8 +295,7 @@ def _neighbour_lists(
     images whose neighbours changed are averaged again.
     """
     if previous is None or previous.neighbour_ids.shape[1] != k or len(previous.ids) == 0:
-        bar = ProportionalBar(progress, "DBA neighbours", len(ids), [1])
-        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k, bar.part(0))
+        rows, scores = _neighbours_in_full(factory, dim, ids, vectors, k, progress)
         return rows, scores, np.ones(len(ids), dtype=bool)
     kept = np.isin(previous.ids, ids)
     new_rows_of_kept = np.searchsorted(ids, previous.ids[kept])
@@ -312,7 +312,8 @@ def _neighbour_lists(
     merge = np.flatnonzero(~redo)
     again = np.flatnonzero(redo)
     work = [len(merge) * len(added), len(again) * len(ids)]
-    bar = ProportionalBar(progress, f"DBA neighbours ({len(added):,} new)" if len(added) else "DBA neighbours", len(ids), work)
+    if sum(work):
+        bar = ProportionalBar(progress, f"DBA neighbours ({len(added):,} new)" if len(added) else "DBA neighbours", len(ids), work)
     if len(added) and len(merge):
         found, found_scores = top_k(vectors[merge], vectors[added], k, tile=_tile(), report=bar.part(0))
         found = np.where(found >= 0, added[found.clip(0)], -1)
@@ -343,19 +344,19 @@ def _ids_of(ids: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.where(rows >= 0, ids[rows.clip(0)], -1)
 
 
-def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, report=None):
+def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.ndarray, k: int, progress: Progress = SILENT):
     """Every vector's top ``k`` other rows, from an index of the collection's own type.
 
     Flat: exact, in tiles (no second copy of the vectors, and
-    neither FAISS's fixed 16 MB block of inner products). ``report`` as for
-    :func:`cbir.rerank.top_k` (other types: once, at the end of one search).
+    neither FAISS's fixed 16 MB block of inner products), followed on a
+    bar; other types: one search of a new index, shown as a status.
     """
     if _flat_storage(VectorIndex.create(factory, dim)) is not None:
-        return nearest_neighbours(vectors, k, tile=_tile(), report=report)
+        bar = ProportionalBar(progress, "DBA neighbours", len(ids), [1])
+        return nearest_neighbours(vectors, k, tile=_tile(), report=bar.part(0))
+    progress.status(f"DBA neighbours of {len(ids):,} images")
     raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
     found_scores, found_ids = raw.search(vectors, k + 1)
-    if report is not None:
-        report(1.0)
     rows = np.searchsorted(ids, found_ids).clip(0, len(ids) - 1)
     rows = np.where(ids[rows] == found_ids, rows, -1)
     rows[rows == np.arange(len(ids))[:, None]] = -1  # a vector is not its own neighbour

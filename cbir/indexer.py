@@ -452,14 +452,16 @@ def remove_paths(
     name: str,
     index_dir: str | os.PathLike | None = None,
     wait: bool = False,
+    progress: Progress = SILENT,
 ) -> int:
     """Remove images from the index ``name``; a folder removes everything indexed under it.
 
     All or nothing: if any path matches nothing in the index, nothing is
     removed and :class:`~cbir.errors.UsageError` names it. Returns the number
-    of images removed.
+    of images removed. ``progress`` follows the snapshot's update (DBA's
+    neighbours of the images that lost one).
     """
-    with open_writer(index_path(name, index_dir), wait=wait, create=False) as writer:
+    with open_writer(index_path(name, index_dir), wait=wait, create=False, progress=progress) as writer:
         ids: set[int] = set()
         skipped_paths: list[str] = []
         for raw in paths:

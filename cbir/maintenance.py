@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from cbir.errors import IndexNotFoundError, UsageError
+from cbir.progress import SILENT, Progress
 from cbir.store import (
     CATALOGUE_FILE,
     LOCK_FILE,
@@ -49,19 +50,24 @@ def without_removed(writer: IndexWriter, folder: Path, files: list[Path], includ
 
 
 def prune_missing(
-    name: str, index_dir: str | os.PathLike | None = None, wait: bool = False, dry_run: bool = False
+    name: str,
+    index_dir: str | os.PathLike | None = None,
+    wait: bool = False,
+    dry_run: bool = False,
+    progress: Progress = SILENT,
 ) -> list[str]:
     """Drop the rows (indexed and skipped) of files that no longer exist; return their paths, sorted.
 
     Only the existence of each path is checked: nothing is read or re-embedded.
-    With ``dry_run`` nothing changes (and no write lock is taken).
+    With ``dry_run`` nothing changes (and no write lock is taken). ``progress``
+    follows the snapshot's update.
     """
     path = index_path(name, index_dir)
     if dry_run:
         with IndexStore.open(path) as store:
             rows, skipped = _gone(store.catalogue)
     else:
-        with open_writer(path, wait=wait, create=False) as writer:
+        with open_writer(path, wait=wait, create=False, progress=progress) as writer:
             rows, skipped = _gone(writer.catalogue)
             if rows or skipped:
                 writer.remove([row.id for row in rows], skipped)

@@ -161,7 +161,8 @@ class VectorSnapshots:
         interrupted type change, an edited manifest), or when a short-named
         type's parameters were chosen for a collection :data:`RETUNE_GROWTH`
         times smaller. Returns a one-line account of such a rebuild, else None.
-        ``progress`` follows DBA's neighbour search, and says when the file is written.
+        ``progress`` follows DBA's neighbour search, and shows what follows it
+        (writing the augmented vectors, or the FAISS file) as a status line.
         """
         if not self.writable:
             raise RuntimeError("save_vectors needs an index opened for writing")

@@ -223,5 +223,10 @@ def test_indexing_shows_dba_neighbour_search_on_its_progress_bar(collection, ind
     update = _Recorder()
     index_folder(collection, "photos", index_dir, progress=update)
     [dba] = update.phase("DBA")
-    assert "1 new" in dba[1] and dba[2] == 16 and dba[3] == 16
+    assert "(1 new)" in dba[1] and dba[2] == 16 and dba[3] == 16
+    _augmented_matches_catalogue(index_dir, "photos", 2)
+    removal = _Recorder()
+    remove_paths([collection / "red" / "red-new.jpg"], "photos", index_dir, progress=removal)
+    [dba] = removal.phase("DBA")  # the images that lost a neighbour are searched again
+    assert dba[2] == 15 and dba[3] == 15 and removal.events[-1] == ["stop"]
     _augmented_matches_catalogue(index_dir, "photos", 2)

@@ -327,7 +327,7 @@ def remove(
     """
     from cbir.indexer import remove_paths
 
-    removed = remove_paths(paths, name, index_dir, wait=wait)
+    removed = remove_paths(paths, name, index_dir, wait=wait, progress=progress_bar())
     if as_json:
         print_json({"name": name, "removed": removed})
     else:

@@ -15,6 +15,7 @@ from cbir.cli._common import (
     handle_errors,
     pick_name,
     print_json,
+    progress_bar,
     stderr,
 )
 
@@ -42,7 +43,7 @@ def prune(
     from cbir.maintenance import prune_missing
 
     name = pick_name(name_argument, name)
-    gone = prune_missing(name, index_dir, wait=wait, dry_run=dry_run)
+    gone = prune_missing(name, index_dir, wait=wait, dry_run=dry_run, progress=progress_bar())
     if as_json:
         print_json({"name": name, "removed": gone, "dry_run": dry_run})
         return
