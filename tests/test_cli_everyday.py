@@ -531,7 +531,7 @@ def test_removed_files_stay_out_of_later_updates_unless_asked(indexed, index_dir
     assert total() == 15
 
 
-def test_the_progress_bar_counts_every_step_but_redraws_a_few_times_a_second():
+def test_the_progress_bar_counts_every_step_but_updates_rich_a_few_times_a_second():
     # Redrawing per image cost the indexing process a quarter of its own work per colour image.
     from cbir.cli._common import _RichProgress
 
