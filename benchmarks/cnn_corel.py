@@ -47,14 +47,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL_LABELS, MOBILENET_WEIGHTS, corel_files  # noqa: E402
 
-from cbir.evaluate import evaluate_index, evaluate_vectors  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index, evaluate_vectors  # noqa: E402
 from cbir.features.cnn import CNNExtractor, POOLINGS, RESIZE_MODES  # noqa: E402
 from cbir.features.pca import PCAReduction  # noqa: E402
 from cbir.features.pipeline import Embedder  # noqa: E402
 from cbir.features.runtimes import openvino_available  # noqa: E402
-from cbir.images import read_image  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
-from cbir.search import Searcher  # noqa: E402
+from cbir.images.decode import read_image  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
+from cbir.retrieval.search import Searcher  # noqa: E402
 
 BATCH = 32
 PCA_DIMS = (32, 64, 128, 256)

@@ -14,7 +14,7 @@ For each collection and extractor (``color``; ``mobilenet`` with the shared
 ImageNet weights) the collection is embedded once (a flat index, no DBA);
 every grid setting then only changes the DBA snapshot (``index_folder(dba=...)``,
 no re-embedding: its time is reported as ``dba s``) and the query expansion
-of :func:`cbir.evaluate.evaluate_index`. Protocol: leave-one-out over the
+of :func:`cbir.evaluation.protocols.evaluate_index`. Protocol: leave-one-out over the
 stored index, searched as queries are (expansion leaves the query itself out
 of its own neighbours); AP over the full ranking.
 
@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL_LABELS, MOBILENET_WEIGHTS, corel_files  # noqa: E402
 from _datasets import CACHE, fashion_mnist_set, instance_set  # noqa: E402
 
-from cbir.evaluate import evaluate_index  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
-from cbir.rerank import DEFAULT_ALPHA, DEFAULT_DBA, DEFAULT_EXPAND  # noqa: E402
-from cbir.search import Searcher  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
+from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_DBA, DEFAULT_EXPAND  # noqa: E402
+from cbir.retrieval.search import Searcher  # noqa: E402
 
 #: (DBA k, αQE n, alpha); 0 = off.
 GRID = [

@@ -25,8 +25,8 @@ from cbir.features.autoencoder import (
     MODEL_FILE,
     AutoencoderExtractor,
     plot_losses,
-    train_autoencoder,
 )
+from cbir.indexing.train import train_autoencoder
 from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
 from cbir.progress import Progress

@@ -18,7 +18,7 @@ from cbir.errors import IndexCorruptError, UsageError, WeightsError
 from cbir.features.base import make_extractor
 from cbir.features.cnn import PAD_RGB, CNNExtractor
 from cbir.fileio import file_sha256
-from cbir.images import resize_image
+from cbir.images.decode import resize_image
 
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 #: The engines that run the converted model, each where it is installed.
@@ -327,7 +327,7 @@ def test_unusable_weights_files_are_weights_errors(tmp_path):
 @pytest.mark.parametrize("runtime", CONVERTED_RUNTIMES)
 def test_querying_a_converted_index_does_not_import_tensorflow(runtime, collection, index_dir):
     from cbir.features.pipeline import Embedder
-    from cbir.indexer import index_folder
+    from cbir.indexing.run import index_folder
 
     extractor = make_extractor("cnn", weights="none", input_size=SIZE, runtime=runtime)
     index_folder(collection, "cnn", index_dir, embedder=Embedder(extractor))
@@ -349,8 +349,8 @@ print(json.dumps({{"top": json.loads(result.stdout)["results"][0]["path"],
 @needs_tensorflow
 def test_index_and_query_through_the_library_quietly(collection, index_dir, capfd):
     from cbir.features.pipeline import Embedder
-    from cbir.indexer import index_folder
-    from cbir.search import Searcher
+    from cbir.indexing.run import index_folder
+    from cbir.retrieval.search import Searcher
 
     embedder = Embedder(make_extractor("cnn", weights="none", input_size=SIZE))
     summary = index_folder(collection, "cnn", index_dir, embedder=embedder, dba=None)  # plain: exact self score

@@ -16,11 +16,12 @@ from typer.testing import CliRunner
 
 from cbir.cli import app
 from cbir.errors import CbirError
-from cbir.indexer import index_folder
-from cbir.loading import WorkerError, usable_cores
+from cbir.indexing.run import index_folder
+from cbir.compute.work import WorkerError, usable_cores
 from cbir.progress import Progress
-from cbir.search import Searcher
-from cbir.store import IndexStore
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.snapshot_record import vectors_are_current
 
 from conftest import coloured_image, make_collection, write_image
 
@@ -111,7 +112,8 @@ def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
     from cbir.features.base import make_extractor
     from cbir.features.pca import PCAReduction
     from cbir.features.pipeline import Embedder
-    from cbir.loading import PrepareSpec, load_prepared
+    from cbir.compute.work import PrepareSpec
+    from cbir.compute.loader import load_prepared
 
     rng = np.random.default_rng(0)
     files = [write_image(tmp_path / "photos" / f"{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(40)]
@@ -184,7 +186,7 @@ def test_a_killed_worker_gives_one_error_and_keeps_every_committed_batch(tmp_pat
     with Searcher.open("many", index_dir) as searcher:  # a consistent index with what was committed
         committed = searcher.size
         assert 8 <= committed < 300 and committed % 8 == 0
-        assert searcher.store.vectors_are_current()
+        assert vectors_are_current(searcher.store)
         assert searcher.query(root / "000.jpg", k=1).results[0].score > 0.99
     summary = index_folder(root, "many", index_dir, workers=2, batch_size=8)
     assert summary.unchanged == committed and summary.total == 300
@@ -316,7 +318,7 @@ def test_ray_flag_before_the_folder_means_auto(collection, index_dir, monkeypatc
         seen.update(folder=folder, ray=options["ray"])
         raise CbirError("stop here")
 
-    monkeypatch.setattr("cbir.indexer.index_folder", fake_index_folder)
+    monkeypatch.setattr("cbir.indexing.run.index_folder", fake_index_folder)
     runner.invoke(app, ["index", "--ray", str(collection), "--index-dir", str(index_dir)])
     assert seen == {"folder": collection, "ray": "auto"}
     runner.invoke(app, ["index", str(collection), "--ray", "ray://head:10001"])
@@ -330,7 +332,7 @@ def test_wait_and_queries_while_an_index_is_first_built(collection, index_dir):
     import threading
 
     from cbir.errors import IndexLockedError
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     folder = index_dir / "photos"
     folder.mkdir(parents=True)
@@ -407,7 +409,7 @@ def test_a_script_without_a_main_guard_can_use_workers(collection, index_dir, tm
 
 
 def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_filesystem(collection):
-    from cbir.distributed import _unpack
+    from cbir.compute.ray_cluster import _unpack
 
     readable_here = str(collection / "red" / "red-0.jpg")
     batch = {
@@ -439,7 +441,7 @@ def test_index_help_explains_workers_and_ray():
 def test_cli_query_and_wait_during_a_first_build(collection, index_dir):
     import threading
 
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     folder = index_dir / "photos"
     folder.mkdir(parents=True)
@@ -464,7 +466,7 @@ def test_waiting_for_a_first_build_that_fails_and_removes_its_folder(collection,
     import threading
 
     from cbir.errors import IndexLockedError
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     folder = index_dir / "photos"
     folder.mkdir(parents=True)
@@ -504,7 +506,7 @@ def test_a_dead_worker_ends_the_wait_for_a_result_the_pool_never_reports():
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from cbir.workerpool import _result
+    from cbir.compute.processes import _result
 
     class DeadWorker:
         exitcode = -signal.SIGKILL
@@ -531,7 +533,7 @@ def die_while_sending():
     os._exit(9)
 
 if __name__ == "__main__":
-    from cbir.workerpool import _result, _stop_pool
+    from cbir.compute.processes import _result, _stop_pool
     pool = ProcessPoolExecutor(2, multiprocessing.get_context("spawn"))
     future = pool.submit(die_while_sending)
     pool.submit(time.sleep, 30)
@@ -553,7 +555,8 @@ def test_a_worker_killed_while_sending_its_result_neither_hangs_the_run_nor_the_
 def test_worker_processes_give_the_same_loaded_files_as_threads(tmp_path):
     """Every field of each file survives the round trip to a worker (paths go as strings, fields come back)."""
     from cbir.features.base import make_extractor
-    from cbir.loading import KnownContent, PrepareSpec, load_prepared
+    from cbir.compute.work import KnownContent, PrepareSpec
+    from cbir.compute.loader import load_prepared
 
     rng = np.random.default_rng(3)
     files = [write_image(tmp_path / f"{i}.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for i in range(20)]

@@ -10,7 +10,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'cbir[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'cbir[ray]')")
 
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 
 from test_parallel import vectors_by_path  # noqa: E402
 
@@ -47,7 +47,7 @@ def test_ray_gives_the_local_vectors_and_records_what_a_worker_cannot_read(ray_c
 
 
 def test_calls_are_as_large_as_balance_allows():
-    from cbir.distributed import CALLS_PER_ACTOR, MAX_RAY_BATCH, RayRunner
+    from cbir.compute.ray_cluster import CALLS_PER_ACTOR, MAX_RAY_BATCH, RayRunner
 
     runner = RayRunner(actors=2)
     assert runner.batch_size(8000, 64) == 1000  # 4 calls per actor

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 
 from cbir.errors import UsageError
-from cbir.indexer import index_folder, remove_paths
+from cbir.indexing.run import index_folder, remove_paths
 from cbir.progress import Progress
-from cbir.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights, top_k
-from cbir.search import Searcher
-from cbir.store import IndexStore, index_path
+from cbir.ann.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights, top_k
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.locations import index_path
 
 
 def _unit(rows):
@@ -163,7 +164,7 @@ def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_d
     index_folder(collection, "photos", index_dir)
     newcomer = collection / "red" / "red-new.jpg"
     shutil.copy(collection / "blue" / "blue-0.jpg", newcomer)
-    with caplog.at_level("INFO", logger="cbir.augmentation"):
+    with caplog.at_level("INFO", logger="cbir.store.dba"):
         index_folder(collection, "photos", index_dir)
     counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")]
     averaged, total = (int(w) for w in counts[-1].split()[1:4:2])
@@ -171,7 +172,7 @@ def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_d
     _augmented_matches_catalogue(index_dir, "photos", 2)
     newcomer.unlink()
     caplog.clear()
-    with caplog.at_level("INFO", logger="cbir.augmentation"):
+    with caplog.at_level("INFO", logger="cbir.store.dba"):
         index_folder(collection, "photos", index_dir)
     averaged = int([r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")][-1].split()[1])
     assert averaged < 15
@@ -212,7 +213,7 @@ class _Recorder(Progress):
 
 def test_indexing_shows_dba_neighbour_search_on_its_progress_bar(collection, index_dir, monkeypatch):
     # A collection of 100,000 spends minutes here after the last file: the bar must not sit at 100% meanwhile.
-    monkeypatch.setattr("cbir.augmentation._tile", lambda: 4)  # several tiles for 15 images
+    monkeypatch.setattr("cbir.store.dba._tile", lambda: 4)  # several tiles for 15 images
     first = _Recorder()
     index_folder(collection, "photos", index_dir, progress=first)
     [dba] = first.phase("DBA")

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cbir.errors import ImageError, NotInIndexError
-from cbir.indexer import index_folder
-from cbir.search import Searcher
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cbir.cli import app as cli_app  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 from cbir.server import Limits, create_app  # noqa: E402
 from conftest import coloured_image, write_image  # noqa: E402
 

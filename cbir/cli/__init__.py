@@ -29,7 +29,7 @@ app = typer.Typer(
 
 def _print_version(value: bool) -> None:
     if value:
-        from cbir import __version__
+        from cbir._version import __version__
 
         print(f"cbir {__version__}")
         raise typer.Exit()

@@ -227,7 +227,7 @@ LabelColumnOption = Annotated[
 
 def read_labels(path: Path | None, path_column: str | None, label_column: str | None) -> dict[str, str] | None:
     from cbir.errors import UsageError
-    from cbir.labels import read_labels_csv
+    from cbir.images.labels import read_labels_csv
 
     if path is None:
         if path_column or label_column:
@@ -263,7 +263,7 @@ def pick_name(positional: str | None, option: str | None, required: bool = True)
     return name
 
 
-# -- re-ranking (cbir.rerank) -------------------------------------------------
+# -- re-ranking (cbir.ann.rerank) -------------------------------------------------
 ExpandOption = Annotated[
     Optional[int],
     typer.Option(
@@ -287,7 +287,7 @@ AlphaOption = Annotated[
 def expand_setting(expand: int | None, no_expand: bool) -> int | None:
     """``--expand`` / ``--no-expand`` as the library's ``expand`` argument (``None`` = off)."""
     from cbir.errors import UsageError
-    from cbir.rerank import DEFAULT_EXPAND, check_expand
+    from cbir.ann.rerank import DEFAULT_EXPAND, check_expand
 
     if no_expand and expand is not None:
         raise UsageError("--expand and --no-expand contradict each other")
@@ -298,7 +298,7 @@ def expand_setting(expand: int | None, no_expand: bool) -> int | None:
 
 
 def alpha_setting(alpha: float | None) -> float:
-    from cbir.rerank import DEFAULT_ALPHA, check_alpha
+    from cbir.ann.rerank import DEFAULT_ALPHA, check_alpha
 
     alpha = DEFAULT_ALPHA if alpha is None else alpha
     check_alpha(alpha)

@@ -30,9 +30,9 @@ _AE = "Autoencoder (--extractor autoencoder)"
 
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
     """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
-    from cbir.augmentation import KEEP, dba_config
+    from cbir.store.dba import KEEP, dba_config
     from cbir.errors import UsageError
-    from cbir.rerank import DEFAULT_ALPHA
+    from cbir.ann.rerank import DEFAULT_ALPHA
 
     if no_dba and dba is not None:
         raise UsageError("--dba and --no-dba contradict each other")
@@ -256,7 +256,7 @@ def index(
     unreadable files are skipped with a warning and recorded. Interrupting is
     safe: run the same command again to continue.
     """
-    from cbir.indexer import index_folder
+    from cbir.indexing.run import index_folder
 
     show_training_epochs()
     options = {
@@ -325,7 +325,7 @@ def remove(
     index, nothing is removed. Removals are remembered: indexing a folder
     above them again leaves them out (--include-removed adds them back).
     """
-    from cbir.indexer import remove_paths
+    from cbir.indexing.run import remove_paths
 
     removed = remove_paths(paths, name, index_dir, wait=wait, progress=progress_bar())
     if as_json:

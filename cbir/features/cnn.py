@@ -49,7 +49,7 @@ from cbir.features.base import Extractor, l2_normalize
 from cbir.features.keras_backbones import BACKBONES, MIN_INPUT_SIZE, build_backbone, fetch_imagenet_weights
 from cbir.features.runtimes import NETWORKS, convert_to_tflite, openvino_available, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic, write_json_atomic
-from cbir.images import resize_image
+from cbir.images.decode import resize_image
 
 POOLINGS = ("avg", "max", "gem")
 RESIZE_MODES = ("squash", "crop", "pad")
@@ -101,7 +101,7 @@ class CNNExtractor(Extractor):
         How an image becomes square: ``squash`` scales both sides to
         ``input_size`` (aspect ratio lost, nothing cut off); ``crop`` scales
         the shorter side and keeps the centre; ``pad`` scales the longer side
-        and pads with the ImageNet mean colour (see :func:`cbir.images.resize_image`).
+        and pads with the ImageNet mean colour (see :func:`cbir.images.decode.resize_image`).
         ``squash`` is the default: it ranks as well as ``crop`` and better
         than ``pad`` while keeping the whole picture (docs/cnn.md).
     runtime : {"auto", "tflite", "openvino", "keras"}
@@ -316,7 +316,7 @@ class CNNExtractor(Extractor):
 
         With LiteRT or OpenVINO the cached ``model.tflite`` is loaded as is
         (no Keras model, no conversion, the weights file is not needed; its
-        integrity is the index's to check, see :class:`cbir.store.IndexStore`).
+        integrity is the index's to check, see :class:`cbir.store.directory.IndexStore`).
         Otherwise the network is rebuilt and its weights must have the
         recorded SHA-256.
 

@@ -18,7 +18,7 @@ import numpy as np
 
 from cbir.errors import UsageError
 from cbir.features.base import Extractor, l2_normalize
-from cbir.images import resize_image
+from cbir.images.decode import resize_image
 
 
 class ColorHistogram(Extractor):

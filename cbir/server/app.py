@@ -1,4 +1,4 @@
-"""The HTTP API and web page of ``cbir serve``: a thin FastAPI layer over :mod:`cbir.search`.
+"""The HTTP API and web page of ``cbir serve``: a thin FastAPI layer over :mod:`cbir.retrieval.search`.
 
 Indexes are opened once, in the app's lifespan, and shared by every request
 (see :mod:`cbir.server.live`). Decoding and the model run in the thread pool,
@@ -30,10 +30,10 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from cbir import __version__
+from cbir._version import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
-from cbir.images import decode_image
-from cbir.loading import usable_cores
+from cbir.images.decode import decode_image
+from cbir.compute.work import usable_cores
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 
 logger = logging.getLogger(__name__)

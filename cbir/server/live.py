@@ -1,6 +1,6 @@
 """Indexes kept open for a server: opened once, shared by every request, refreshed in place.
 
-A :class:`LiveIndex` holds one :class:`~cbir.search.Searcher`. A background
+A :class:`LiveIndex` holds one :class:`~cbir.retrieval.search.Searcher`. A background
 thread of the :class:`IndexPool` watches each index (SQLite's
 ``data_version``, the manifest's and catalogue's identity on disk) and, when
 ``cbir index`` or ``cbir remove`` has committed something, opens a fresh
@@ -22,12 +22,14 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from cbir.catalogue import Catalogue
+from cbir.store.catalogue import Catalogue
 from cbir.errors import CbirError, ImageError, IndexNotFoundError
-from cbir.images import decode_image
-from cbir.search import Searcher
+from cbir.images.decode import decode_image
+from cbir.retrieval.search import Searcher
 from cbir.server.batching import SearchBatcher
-from cbir.store import CATALOGUE_FILE, MANIFEST_FILE, default_index_dir, index_path, is_index, list_indexes
+from cbir.store.directory import CATALOGUE_FILE, is_index, list_indexes
+from cbir.store.manifest import MANIFEST_FILE
+from cbir.store.locations import default_index_dir, index_path
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from cbir.features.autoencoder.training import MODEL_FILE, NOT_TRAINING_PARAMS, 
 from cbir.features.base import Extractor, l2_normalize
 from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic
-from cbir.images import resize_image
+from cbir.images.decode import resize_image
 from cbir.progress import SILENT, Progress
 
 
