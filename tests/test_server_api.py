@@ -153,6 +153,12 @@ def bad_requests(client, collection):
     yield "unknown id", by_id(client, {"id": 987654}), 404
     yield "id not a number", by_id(client, {"id": "5"}), 422
     yield "id a boolean", by_id(client, {"id": True}), 422
+    yield "id beyond 64 bits", by_id(client, {"id": 2**63}), 422
+    yield "id far beyond 64 bits", by_id(client, {"id": 10**40, "k": 2**64}), 422
+    yield "negative id beyond 64 bits", by_id(client, {"id": -(2**63) - 1}), 422
+    yield "k beyond 64 bits (JSON)", by_id(client, {"id": 1, "k": 2**70}), 422
+    deep = b'{"id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    yield "deeply nested JSON", client.post("/api/indexes/photos/search", content=deep, headers={"content-type": "application/json"}), 400
     yield "unknown JSON field", by_id(client, {"id": 1, "path": "/etc/passwd"}), 422
     yield "JSON not an object", by_id(client, [1, 2]), 422
     yield "malformed JSON", client.post("/api/indexes/photos/search", content=b'{"id": ', headers={"content-type": "application/json"}), 400

@@ -235,6 +235,8 @@ def _parse_json(body: bytes) -> tuple[int, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, 'the JSON body must be an object: {"id": <image id>, "k": <number>}')
     unknown = sorted(set(payload) - {"id", "k"})
@@ -243,6 +245,8 @@ def _parse_json(body: bytes) -> tuple[int, Any]:
     image_id = payload.get("id")
     if isinstance(image_id, bool) or not isinstance(image_id, int):
         raise ApiError(422, "'id' must be the whole-number id of an indexed image")
+    if not -(2**63) <= image_id < 2**63:  # SQLite's integers: anything wider cannot be an id
+        raise ApiError(422, f"'id' must be a 64-bit whole number, got {str(image_id)[:40]}")
     k = payload.get("k")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
         raise ApiError(422, "'k' must be a whole number")
