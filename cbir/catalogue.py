@@ -250,6 +250,12 @@ class Catalogue:
         for row in self._db.execute(query, tuple(args)):
             yield ImageRow(*row)
 
+    def image_folders(self) -> list[str]:
+        """The distinct folders that directly hold an indexed image (each with its trailing separator)."""
+        # rtrim by every character but the separator: the path up to its last separator.
+        query = "SELECT DISTINCT rtrim(path, replace(path, ?, '')) FROM images"
+        return [row[0] for row in self._db.execute(query, (os.sep,))]
+
     def content_hashes(self) -> Iterator[tuple[int, str]]:
         """``(id, sha256)`` of every image."""
         yield from self._db.execute("SELECT id, sha256 FROM images")

@@ -12,14 +12,16 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Literal, Sequence, Union
 
 import numpy as np
 
 from cbir.augmentation import AugmentedVectors
+from cbir.catalogue import ImageRow
 from cbir.errors import ImageError, NotInIndexError, UsageError
 from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images import decode_image, normalize_path, read_image
+from cbir.indexed_files import open_indexed_file
 from cbir.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store import IndexStore, index_path
 
@@ -255,6 +257,18 @@ class Searcher:
         if not rows:
             raise NotInIndexError(f"index {self.name!r} holds no image with id {image_id}")
         return rows[0]
+
+    def open_image_file(self, image_id: int) -> tuple[ImageRow, BinaryIO]:
+        """The row of ``image_id`` and its file, opened only while it is still the file that was indexed.
+
+        See :func:`cbir.indexed_files.open_indexed_file`; raises
+        :class:`~cbir.errors.NotInIndexError` (or its subclass
+        :class:`~cbir.errors.IndexedFileError`) otherwise.
+        """
+        row = self.image_row(image_id)
+        with self._catalogue_lock:
+            roots = self.store.indexed_roots()
+        return row, open_indexed_file(row, roots)
 
     def query_id(self, image_id: int, k: int = 10) -> QueryResult:
         """Search with an image already in the index, by its catalogue id (its stored vector, no decoding)."""

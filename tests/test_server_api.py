@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import threading
@@ -134,6 +135,77 @@ def test_missing_original_file_is_a_404(served, collection):
     for kind in ("images", "thumbnails"):
         response = served.get(f"/api/indexes/photos/{kind}/{image_id}")
         assert response.status_code == 404 and "green-0.jpg" in response.json()["error"]
+
+
+def image_id_of(client, path: Path) -> int:
+    return upload(client, path.read_bytes(), k=1).json()["results"][0]["id"]
+
+
+def test_a_file_put_in_an_indexed_photos_place_is_not_served(served, collection, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:$6$not-for-the-web\n")
+    photo = collection / "red" / "red-3.jpg"
+    image_id = image_id_of(served, photo)
+    photo.unlink()
+    photo.symlink_to(secret)
+    for kind in ("images", "thumbnails"):
+        response = served.get(f"/api/indexes/photos/{kind}/{image_id}")
+        assert response.status_code == 404 and b"not-for-the-web" not in response.content, kind
+        assert "red-3.jpg" in response.json()["error"]
+
+
+def test_a_copy_outside_the_indexed_folders_is_not_served_even_with_the_same_stat(served, collection, tmp_path):
+    photo = collection / "blue" / "blue-1.jpg"
+    image_id = image_id_of(served, photo)
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(photo.read_bytes())
+    info = photo.stat()
+    os.utime(outside, ns=(info.st_atime_ns, info.st_mtime_ns))
+    photo.unlink()
+    photo.symlink_to(outside)
+    response = served.get(f"/api/indexes/photos/images/{image_id}")
+    assert response.status_code == 404 and "outside the indexed folders" in response.json()["error"]
+
+
+def test_a_changed_file_is_not_served_but_a_touched_one_is(served, collection):
+    touched, changed = collection / "green" / "green-1.jpg", collection / "green" / "green-2.jpg"
+    touched_id, changed_id = image_id_of(served, touched), image_id_of(served, changed)
+    os.utime(touched, ns=(0, 1_000_000_000))  # same bytes, another time: still the indexed file
+    changed.write_bytes((collection / "red" / "red-0.jpg").read_bytes())
+    response = served.get(f"/api/indexes/photos/images/{touched_id}")
+    assert response.status_code == 200 and response.content == touched.read_bytes()
+    assert int(response.headers["content-length"]) == touched.stat().st_size
+    for kind in ("images", "thumbnails"):
+        response = served.get(f"/api/indexes/photos/{kind}/{changed_id}")
+        assert response.status_code == 404 and "changed since it was indexed" in response.json()["error"], kind
+
+
+def test_a_fifo_in_a_photos_place_is_refused_at_once(served, collection):
+    photo = collection / "red" / "red-4.jpg"
+    image_id = image_id_of(served, photo)
+    photo.unlink()
+    os.mkfifo(photo)
+    response = served.get(f"/api/indexes/photos/images/{image_id}")  # would hang on open without O_NONBLOCK
+    assert response.status_code == 404 and "no longer a regular file" in response.json()["error"]
+
+
+def test_an_index_without_recorded_folders_serves_only_below_its_images_folders(collection, index_dir, tmp_path):
+    index_folder(collection, "photos", index_dir)
+    from cbir.store import IndexStore
+
+    with IndexStore.open(index_dir / "photos", writable=True) as store:
+        assert store.indexed_roots() == [str(collection)]
+        store.catalogue._db.execute("DELETE FROM meta WHERE key = 'indexed_roots'")  # as an index built before they were recorded
+        assert store.indexed_roots() == [str(collection / c) for c in ("blue", "green", "red")]
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"secret")
+    with TestClient(create_app(index_dir, refresh_interval=0), raise_server_exceptions=False) as client:
+        kept, replaced = collection / "red" / "red-0.jpg", collection / "red" / "red-1.jpg"
+        kept_id, replaced_id = image_id_of(client, kept), image_id_of(client, replaced)
+        replaced.unlink()
+        replaced.symlink_to(secret)
+        assert client.get(f"/api/indexes/photos/images/{kept_id}").content == kept.read_bytes()
+        assert client.get(f"/api/indexes/photos/images/{replaced_id}").status_code == 404
 
 
 # -- bad input -------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Indexes are opened once, in the app's lifespan, and shared by every request
 (see :mod:`cbir.server.live`). Decoding and the model run in the thread pool,
-never on the event loop. Files are served only by catalogue id. Every bad
+never on the event loop. Files are served only by catalogue id, and only while
+they are still the files that were indexed (:mod:`cbir.indexed_files`). Every bad
 input gets a JSON error ``{"error": "..."}`` with a 4xx status.
 """
 
@@ -23,7 +24,7 @@ from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
@@ -188,22 +189,21 @@ def create_app(
         )
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
-    def original(name: str, image_id: str) -> FileResponse:
-        row = _row(pool.get(name), image_id)
-        if not os.path.isfile(row.path):
-            raise ApiError(404, f"the file of image {row.id} is no longer there: {row.path}")
-        if not os.access(row.path, os.R_OK):
-            raise ApiError(404, f"the file of image {row.id} cannot be read by the server: {row.path}")
+    def original(name: str, image_id: str) -> Response:
+        row, file = _open_file(pool.get(name), image_id)
+        size = os.fstat(file.fileno()).st_size
         media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
-        return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
+        return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
 
     @app.get("/api/indexes/{name}/thumbnails/{image_id}", tags=["api"], summary="A small JPEG of an indexed image")
     def thumbnail(name: str, image_id: str) -> Response:
-        row = _row(pool.get(name), image_id)
+        live = pool.get(name)
+        number = _image_id(image_id)
         try:
-            data = thumbnails.get(name, row.id, row.path)
+            data = thumbnails.get(name, number, lambda: _open_file(live, image_id))
         except ImageError as exc:
-            raise ApiError(404, f"no thumbnail for image {row.id}: {exc}") from None
+            raise ApiError(404, f"no thumbnail for image {number}: {exc}") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     # -- the page --------------------------------------------------------------
@@ -264,12 +264,26 @@ def _parse_k(value: str | None, limits: Limits) -> int:
     return k
 
 
-def _row(live: LiveIndex, image_id: str):
+def _image_id(image_id: str) -> int:
     # Only digits: '..', encoded dots, absolute paths and NUL bytes never get near the filesystem.
     if not _ID.fullmatch(image_id):
         raise ApiError(422, f"an image id is a whole number, got {image_id[:40]!r}")
+    return int(image_id)
+
+
+def _open_file(live: LiveIndex, image_id: str):
+    """The row of an image and its file, opened only while it is still the file that was indexed."""
+    number = _image_id(image_id)
     with live.use() as searcher:
-        return searcher.image_row(int(image_id))
+        return searcher.open_image_file(number)
+
+
+def _chunks(file, size: int, block: int = 1 << 16):
+    """The first ``size`` bytes of an open file (what was checked), then the file closed."""
+    with file:
+        while size > 0 and (data := file.read(min(block, size))):
+            size -= len(data)
+            yield data
 
 
 # -- searching (in the thread pool) ---------------------------------------------

@@ -17,7 +17,7 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -245,13 +245,20 @@ class ThumbnailCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, index_name: str, image_id: int, path: str) -> bytes:
+    def get(self, index_name: str, image_id: int, open_file: Callable[[], tuple[Any, BinaryIO]]) -> bytes:
+        """The thumbnail of an image; ``open_file()`` gives ``(row, open file)`` when it must be made."""
         key = (index_name, image_id)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        data = self._make(path)
+        row, file = open_file()
+        with file:
+            try:
+                encoded = file.read()
+            except OSError as exc:
+                raise ImageError(f"cannot read {row.path}: {exc.strerror or exc}") from None
+        data = self._make(encoded, row.path)
         with self._lock:
             if key not in self._items:
                 self._items[key] = data
@@ -261,12 +268,7 @@ class ThumbnailCache:
                     self._bytes -= len(dropped)
         return data
 
-    def _make(self, path: str) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                encoded = f.read()
-        except OSError as exc:
-            raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    def _make(self, encoded: bytes, path: str) -> bytes:
         rgb = decode_image(encoded, min_side=self.side)
         h, w = rgb.shape[:2]
         scale = self.side / max(h, w)
@@ -276,4 +278,3 @@ class ThumbnailCache:
         if not ok:
             raise ImageError(f"cannot make a thumbnail of {path}")
         return jpeg.tobytes()
-
