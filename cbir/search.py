@@ -137,7 +137,16 @@ class Searcher:
         return fresh
 
     def close(self) -> None:
+        """Close the catalogue and let go of the vectors, so a deleted or replaced snapshot frees its disk now.
+
+        The DBA vectors are memory-mapped, and the FAISS index refers back to
+        this object (re-ranking), so without this they would stay mapped until
+        a garbage collection.
+        """
         self.store.close()
+        if self.vectors is not None:
+            self.vectors.exact_vectors = None
+        self.vectors = self._augmented = None
 
     def __enter__(self) -> "Searcher":
         return self

@@ -316,6 +316,90 @@ def test_an_index_created_while_serving_is_added(served, collection, index_dir):
     assert upload(served, (collection / "red" / "red-0.jpg").read_bytes(), index="reds", k=2).status_code == 200
 
 
+def mapped_files_under(folder: Path) -> list[str]:
+    """Files below ``folder`` this process has memory-mapped (Linux), deleted ones included."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps")
+    return [line.split(None, 5)[-1] for line in maps.read_text().splitlines() if str(folder) in line]
+
+
+@pytest.fixture
+def manual(collection, index_dir):
+    """A client whose indexes are refreshed only when the test says so."""
+    index_folder(collection, "photos", index_dir)
+    with TestClient(create_app(index_dir, refresh_interval=0), raise_server_exceptions=False) as client:
+        yield client, client.app.state.pool
+
+
+def test_requests_in_flight_on_a_deleted_index_finish_or_get_a_404(manual, collection, index_dir, monkeypatch):
+    from cbir.maintenance import delete_index
+    from cbir.search import Searcher
+
+    client, pool = manual
+    image_id = image_id_of(client, collection / "red" / "red-0.jpg")
+    entered, release = threading.Semaphore(0), threading.Event()
+    search_vectors = Searcher.search_vectors
+
+    def held(self, vectors, k):
+        entered.release()
+        release.wait(20)
+        return search_vectors(self, vectors, k)
+
+    monkeypatch.setattr(Searcher, "search_vectors", held)
+    jpeg = (collection / "blue" / "blue-0.jpg").read_bytes()
+    with ThreadPoolExecutor(4) as threads:
+        in_flight = [threads.submit(by_id, client, {"id": image_id, "k": 3}) for _ in range(2)]
+        in_flight.append(threads.submit(upload, client, jpeg, "q.jpg", 3))  # one: uploads may share a search
+        for _ in in_flight:
+            assert entered.acquire(timeout=20)  # every request is inside a search
+        delete_index("photos", index_dir)
+        pool.refresh()
+        assert client.get("/api/health").json()["indexes"] == []
+        release.set()
+        statuses = [future.result().status_code for future in in_flight]
+    assert set(statuses) <= {200, 404, 503}, [f.result().text for f in in_flight]
+    after = by_id(client, {"id": image_id})
+    assert after.status_code == 404 and "photos" in after.json()["error"]
+
+
+def test_a_deleted_or_replaced_snapshot_is_unmapped_at_once(manual, collection, index_dir):
+    import gc
+
+    from cbir.maintenance import delete_index
+
+    client, pool = manual
+    assert any("augmented-" in line for line in mapped_files_under(index_dir))  # DBA vectors are mapped
+    gc.disable()  # what is released must not wait for a garbage collection
+    try:
+        write_image(collection / "yellow" / "yellow-0.jpg", coloured_image((20, 220, 230), seed=9))
+        index_folder(collection, "photos", index_dir)  # a new snapshot replaces the old one
+        pool.refresh()
+        assert client.get("/api/indexes").json()["indexes"][0]["size"] == 16
+        mapped = mapped_files_under(index_dir)
+        assert mapped and not any("(deleted)" in line for line in mapped), mapped
+        delete_index("photos", index_dir)
+        pool.refresh()
+        assert mapped_files_under(index_dir) == []
+    finally:
+        gc.enable()
+
+
+def test_a_named_index_deleted_while_served_is_let_go_and_comes_back_when_rebuilt(collection, index_dir):
+    from cbir.maintenance import delete_index
+
+    index_folder(collection, "photos", index_dir)
+    with TestClient(create_app(index_dir, ["photos"], refresh_interval=0), raise_server_exceptions=False) as client:
+        pool = client.app.state.pool
+        delete_index("photos", index_dir)
+        pool.refresh()
+        assert mapped_files_under(index_dir) == [] and client.get("/api/health").json()["indexes"] == []
+        assert upload(client, (collection / "red" / "red-0.jpg").read_bytes()).status_code == 404
+        index_folder(collection / "red", "photos", index_dir)
+        pool.refresh()
+        assert client.get("/api/indexes").json()["indexes"][0]["size"] == 5
+
+
 # -- the command ---------------------------------------------------------------------
 def test_serve_refuses_in_one_line(collection, index_dir, tmp_path):
     runner = CliRunner()

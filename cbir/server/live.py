@@ -57,9 +57,15 @@ class LiveIndex:
     # -- requests ----------------------------------------------------------
     @contextmanager
     def use(self) -> Iterator[Searcher]:
-        """The current ``Searcher``, kept open until the ``with`` block ends."""
+        """The current ``Searcher``, kept open until the ``with`` block ends.
+
+        :class:`~cbir.errors.IndexNotFoundError` once the index is no longer
+        served (deleted): a request then gets a 404, never a closed searcher.
+        """
         with self._lock:
             searcher = self._searcher
+            if searcher is None:
+                raise IndexNotFoundError(f"index {self.name!r} is no longer served (it was deleted)")
             self._users[id(searcher)] = self._users.get(id(searcher), 0) + 1
         try:
             yield searcher
@@ -92,6 +98,8 @@ class LiveIndex:
 
     def changed(self) -> bool:
         """Whether the index on disk has committed something since the current ``Searcher`` was opened."""
+        if self._watch is None:  # retired
+            return False
         identity = self._disk_identity()
         if identity != self._identity:
             return True
@@ -121,13 +129,32 @@ class LiveIndex:
             del self._retired[key], self._users[key]
             searcher.close()
 
+    def retire(self) -> None:
+        """Stop serving: new requests get a 404; each ``Searcher`` closes when its last request is done.
+
+        Closing releases its files (the catalogue, the memory-mapped DBA
+        vectors), so a deleted index frees its disk while the server runs.
+        """
+        with self._lock:
+            if self._searcher is not None:
+                old, self._searcher = self._searcher, None
+                self._retired[id(old)] = old
+                self._close_if_unused(old)
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
     def close(self) -> None:
+        """Close everything now (the server is stopping)."""
         with self._lock:
             for searcher in [self._searcher, *self._retired.values()]:
-                searcher.close()
+                if searcher is not None:
+                    searcher.close()
+            self._searcher = None
             self._retired.clear()
             if self._watch is not None:
                 self._watch.close()
+                self._watch = None
 
 
 class IndexPool:
@@ -193,8 +220,7 @@ class IndexPool:
 
     def refresh(self) -> None:
         """Pick up new commits, new and deleted indexes (what the refresher thread runs)."""
-        if self.names is None:
-            self._scan()
+        self._scan()
         with self._lock:
             indexes = list(self._indexes.values())
         for live in indexes:
@@ -208,11 +234,16 @@ class IndexPool:
                 self._failed.pop(live.name, None)
 
     def _scan(self) -> None:
-        present = {path.name: path for path in list_indexes(self.index_dir)}
+        if self.names is None:
+            present = {path.name: path for path in list_indexes(self.index_dir)}
+        else:  # named indexes: dropped while deleted, served again once rebuilt
+            present = {name: path for name in self.names if is_index(path := index_path(name, self.index_dir))}
         with self._lock:
             gone = [name for name in self._indexes if name not in present and not is_index(self.index_dir / name)]
-            for name in gone:
-                self._indexes.pop(name).close()
+            dropped = [self._indexes.pop(name) for name in gone]
+        for live in dropped:
+            live.retire()  # requests in flight finish on it first
+            logger.info("index %r is no longer served: it was deleted", live.name)
         for name, path in present.items():
             if name in self._indexes:
                 continue
