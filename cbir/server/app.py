@@ -35,6 +35,7 @@ from cbir import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images import decode_image
 from cbir.loading import usable_cores
+from cbir.server.access import Access, AccessGuard
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,8 @@ class Limits:
     default_k: int = 10
     #: Requests decoding and searching at once; default: three per usable core (at most 32).
     search_threads: int | None = None
+    #: Seconds a request body may take to arrive, all of it (``None``: no limit): 408 after.
+    body_timeout: float | None = None
 
 
 class ApiError(Exception):
@@ -87,11 +90,14 @@ def create_app(
     pool: IndexPool | None = None,
     limits: Limits = Limits(),
     refresh_interval: float = 1.0,
+    access: Access = Access(),
 ) -> FastAPI:
     """The ASGI app serving the indexes in ``index_dir`` (all of them, or only ``names``).
 
     Pass an already opened ``pool`` to open the indexes before the server
     starts (as ``cbir serve`` does, to report a bad index in one line).
+    ``access`` says which ``Host`` headers it answers, whether it needs a
+    token and whether it may show absolute paths (:mod:`cbir.server.access`).
     """
     pool = pool or IndexPool(index_dir, names, refresh_interval)
     thumbnails = ThumbnailCache()
@@ -121,7 +127,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pool = pool
-    app.add_middleware(_UploadLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(_UploadLimit, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
+    app.add_middleware(AccessGuard, access=access)  # outermost: before any body is read
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -321,34 +328,46 @@ def _results(live: LiveIndex, searcher, run, k: int) -> dict[str, Any]:
     return {"index": live.name, "k": effective, **body}
 
 
-# -- upload size cap -------------------------------------------------------------
-class _BodyTooLarge(Exception):
-    pass
+# -- request body limits -----------------------------------------------------------
+class _BodyRefused(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
 
 
 class _UploadLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, before or while they arrive (pure ASGI)."""
+    """Refuse request bodies over ``max_bytes`` (413) or slower than ``deadline`` seconds in all (408); pure ASGI."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, deadline: float | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.deadline = deadline
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
+            return await _refuse_body(send, self._too_large())
         received = 0
+        complete = False
         started = False
+        loop = asyncio.get_running_loop()
+        give_up_at = None if self.deadline is None else loop.time() + self.deadline
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, complete
+            if complete or give_up_at is None:  # after the body: only a disconnect is awaited
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, give_up_at - loop.time()))
+                except asyncio.TimeoutError:
+                    raise _BodyRefused(408, f"the request body did not arrive within {self.deadline:g} s") from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if received > self.max_bytes:
-                    raise _BodyTooLarge()
+                    raise self._too_large()
             return message
 
         async def tracking_send(message):
@@ -358,16 +377,19 @@ class _UploadLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
+        except _BodyRefused as refused:
             if not started:
-                await self._refuse(send)
+                await _refuse_body(send, refused)
 
-    async def _refuse(self, send) -> None:
-        limit_mb = self.max_bytes / 2**20
-        body = json.dumps({"error": f"request body larger than the {limit_mb:.3g} MB upload limit"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+    def _too_large(self) -> _BodyRefused:
+        return _BodyRefused(413, f"request body larger than the {self.max_bytes / 2**20:.3g} MB upload limit")
+
+
+async def _refuse_body(send, refused: _BodyRefused) -> None:
+    body = json.dumps({"error": refused.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
 
 
 _K_PARAMETER = {
