@@ -275,9 +275,12 @@ class Searcher:
         :class:`~cbir.errors.IndexedFileError`) otherwise.
         """
         row = self.image_row(image_id)
+        return row, open_indexed_file(row, self.indexed_roots())
+
+    def indexed_roots(self) -> list[str]:
+        """The folders indexed into this index (:meth:`IndexStore.indexed_roots <cbir.store.IndexStore.indexed_roots>`)."""
         with self._catalogue_lock:
-            roots = self.store.indexed_roots()
-        return row, open_indexed_file(row, roots)
+            return self.store.indexed_roots()
 
     def query_id(self, image_id: int, k: int = 10) -> QueryResult:
         """Search with an image already in the index, by its catalogue id (its stored vector, no decoding)."""

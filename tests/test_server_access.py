@@ -89,3 +89,44 @@ def test_token_spelling():
     for bad in ("short", "has space inside it", "semi;colon-token", "x" * 300):
         with pytest.raises(UsageError, match="a token must be"):
             check_token(bad)
+
+
+# -- paths ----------------------------------------------------------------------------
+def test_a_server_for_others_shows_no_absolute_path(indexed, collection, tmp_path):
+    from test_server_api import upload
+
+    query = collection / "red" / "red-0.jpg"
+    with client_for(indexed, show_paths=False) as client:
+        listing = client.get("/api/indexes")
+        assert listing.status_code == 200 and str(tmp_path) not in listing.text
+        assert "path" not in listing.json()["indexes"][0]
+        found = upload(client, query.read_bytes(), k=3).json()
+        assert found["results"][0]["path"] == "photos/red/red-0.jpg"
+        assert all(not r["path"].startswith("/") for r in found["results"])
+        by_id = client.post("/api/indexes/photos/search", json={"id": found["results"][0]["id"], "k": 2}).json()
+        assert by_id["query"] == "photos/red/red-0.jpg" and str(tmp_path) not in str(by_id)
+        query.unlink()
+        for kind in ("images", "thumbnails"):
+            error = client.get(f"/api/indexes/photos/{kind}/{found['results'][0]['id']}").json()["error"]
+            assert "photos/red/red-0.jpg" in error and str(tmp_path) not in error, error
+    with client_for(indexed) as client:  # loopback (the default): the whole paths, as the CLI prints them
+        assert client.get("/api/indexes").json()["indexes"][0]["path"] == str(indexed / "photos")
+
+
+def test_the_weights_file_is_named_without_its_folder():
+    from cbir.server.access import public_description, public_text
+
+    weights = "/home/someone/models/mobilenet_1_0_224.weights.h5"
+    described = {
+        "name": "photos",
+        "path": "/srv/indexes/photos",
+        "extractor": f"cnn(backbone=mobilenet, weights={weights}, pooling=gem)",
+        "embedder": {"extractor": {"name": "cnn", "params": {"weights": weights, "backbone": "mobilenet"}}, "pca": None},
+        "removed_paths": ["/data/photos/private"],
+    }
+    shown = public_description(described, ["/data/photos"])
+    assert "/home/someone" not in str(shown) and "/srv" not in str(shown)
+    assert shown["embedder"]["extractor"]["params"]["weights"] == "mobilenet_1_0_224.weights.h5"
+    assert shown["extractor"] == "cnn(backbone=mobilenet, weights=mobilenet_1_0_224.weights.h5, pooling=gem)"
+    assert shown["removed_paths"] == ["photos/private"]
+    assert public_text("catalogue /srv/indexes/a/catalogue.sqlite is unreadable") == "catalogue catalogue.sqlite is unreadable"

@@ -8,6 +8,10 @@ server other machines can reach also asks for a token, sent as
 ``cbir_token`` cookie the page keeps. ``GET /?token=TOKEN`` sets that cookie
 and sends the browser on to the page, so the address ``cbir serve`` prints
 opens with one click.
+
+A server others can reach shows no absolute server path (:func:`public_path`,
+:func:`public_text`): photos are named relative to the indexed folders, the
+weights file by its name.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import json
+import os
 import re
 import secrets
 import urllib.parse
@@ -22,6 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cbir.errors import UsageError
+from cbir.locations import is_under
 
 COOKIE = "cbir_token"
 #: What needs no token: the page and its assets (the page asks for the token), nothing with data.
@@ -165,3 +171,46 @@ async def _to_page_with_cookie(send, token: str) -> None:
     headers = [(b"location", b"/"), (b"set-cookie", cookie.encode()), (b"content-length", b"0"), (b"referrer-policy", b"no-referrer")]
     await send({"type": "http.response.start", "status": 303, "headers": headers})
     await send({"type": "http.response.body", "body": b""})
+
+
+# -- what paths a response may show ----------------------------------------------------
+_ABSOLUTE = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"(),;:<>/]+/)*([^\s'\"(),;:<>/]*)")
+
+
+def public_path(path: str, roots: Sequence[str]) -> str:
+    """``path`` relative to the indexed folder it lies in, under that folder's name (``photos/red/1.jpg``).
+
+    Outside every root (it should not be): its file name only.
+    """
+    for root in sorted(roots, key=len, reverse=True):
+        if is_under(path, root):
+            name = os.path.basename(root.rstrip(os.sep)) or "."
+            rest = path[len(root) :].lstrip(os.sep)
+            return f"{name}/{rest}" if rest else name
+    return os.path.basename(path)
+
+
+def public_text(text: str, roots: Sequence[str] = ()) -> str:
+    """``text`` (an error message) with every absolute path shortened: root-relative where known, else its last part."""
+    for root in sorted(roots, key=len, reverse=True):
+        text = re.sub(re.escape(root.rstrip(os.sep)) + r"(/[^\s'\"(),;:<>]*)?", lambda m: public_path(m.group(0), [root]), text)
+    return _ABSOLUTE.sub(lambda m: m.group(1) or ".", text)
+
+
+def public_description(described: dict, roots: Sequence[str]) -> dict:
+    """``Searcher.describe()`` without absolute server paths: no index folder, weights by file name only."""
+    shown = {key: value for key, value in described.items() if key != "path"}
+    shown["removed_paths"] = [public_path(p, roots) for p in described.get("removed_paths", [])]
+    shown["embedder"] = _without_absolute_paths(described.get("embedder"))
+    shown["extractor"] = public_text(str(described.get("extractor", "")))
+    return shown
+
+
+def _without_absolute_paths(value):
+    if isinstance(value, dict):
+        return {key: _without_absolute_paths(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_without_absolute_paths(item) for item in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        return os.path.basename(value)
+    return value

@@ -35,7 +35,7 @@ from cbir import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images import decode_image
 from cbir.loading import usable_cores
-from cbir.server.access import Access, AccessGuard
+from cbir.server.access import Access, AccessGuard, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 
 logger = logging.getLogger(__name__)
@@ -130,13 +130,25 @@ def create_app(
     app.add_middleware(_UploadLimit, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
     app.add_middleware(AccessGuard, access=access)  # outermost: before any body is read
 
+    def shown(request: Request, message: str) -> str:
+        """An error message as this server may show it (no absolute paths unless allowed)."""
+        if access.show_paths:
+            return message
+        roots: list[str] = []
+        try:
+            with pool.get(request.path_params.get("name", "")).use() as searcher:
+                roots = searcher.indexed_roots()
+        except CbirError:
+            pass  # no such index (any more): every path is shortened to its last part
+        return public_text(message, roots)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": shown(request, str(exc))}, status_code=exc.status)
 
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError):
-        return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
+        return JSONResponse({"error": shown(request, str(exc))}, status_code=_status_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -162,9 +174,13 @@ def create_app(
         described = []
         for name in pool.names_served():
             try:
-                described.append(pool.get(name).describe())
+                with pool.get(name).use() as searcher:
+                    description = searcher.describe()
+                    if not access.show_paths:
+                        description = public_description(description, searcher.indexed_roots())
             except IndexNotFoundError:  # dropped since the listing
                 continue
+            described.append(description)
         return {"indexes": described}
 
     @app.post(
@@ -181,12 +197,12 @@ def create_app(
             if content_type == "multipart/form-data":
                 data, filename, k_value = await _read_upload(request, limits)
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                body = await in_search_thread(_search_upload, live, data, filename, k, limits)
+                body = await in_search_thread(_search_upload, live, data, filename, k, limits, access.show_paths)
                 return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
             if content_type == "application/json":
                 image_id, k_value = _parse_json(await request.body())
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return JSONResponse(await in_search_thread(_search_id, live, image_id, k))
+                return JSONResponse(await in_search_thread(_search_id, live, image_id, k, access.show_paths))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
         raise ApiError(
@@ -294,7 +310,7 @@ def _chunks(file, size: int, block: int = 1 << 16):
 
 
 # -- searching (in the thread pool) ---------------------------------------------
-def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits) -> dict[str, Any]:
+def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool) -> dict[str, Any]:
     with live.use() as searcher:
         with live.batcher.preparing(searcher):
             try:
@@ -302,18 +318,19 @@ def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: 
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
             item = searcher.prepare(image)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k, show_paths)
 
 
-def _search_id(live: LiveIndex, image_id: int, k: int) -> dict[str, Any]:
+def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool) -> dict[str, Any]:
     with live.use() as searcher:
-        searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k)
+        row = searcher.image_row(image_id)  # 404 before anything else
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k, show_paths)
         body["query_id"] = image_id
+        body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
         return body
 
 
-def _results(live: LiveIndex, searcher, run, k: int) -> dict[str, Any]:
+def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True) -> dict[str, Any]:
     # k beyond the collection returns the whole collection, as a correct answer should.
     effective = min(k, searcher.size)
     if effective == 0:
@@ -321,8 +338,11 @@ def _results(live: LiveIndex, searcher, run, k: int) -> dict[str, Any]:
     result = run(effective)
     base = f"/api/indexes/{live.name}"
     body = result.to_dict()
+    roots = None if show_paths else searcher.indexed_roots()
     for item, match in zip(body["results"], result.results):
         item["id"] = match.id
+        if roots is not None:
+            item["path"] = public_path(match.path, roots)
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
     return {"index": live.name, "k": effective, **body}
