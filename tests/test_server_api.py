@@ -416,7 +416,11 @@ def test_serve_refuses_in_one_line(collection, index_dir, tmp_path):
         port = taken.getsockname()[1]
         busy = runner.invoke(cli_app, ["serve", "--index-dir", str(index_dir), "--port", str(port)])
     assert busy.exit_code != 0 and busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
-    for result in (empty, missing, busy):
+    bad_token = runner.invoke(cli_app, ["serve", "--index-dir", str(index_dir), "--token", "a b"])
+    assert bad_token.exit_code != 0 and bad_token.stderr.startswith("error: a token must be")
+    both = runner.invoke(cli_app, ["serve", "--index-dir", str(index_dir), "--token", "abcdefgh12", "--no-token"])
+    assert both.exit_code != 0 and both.stderr.startswith("error: give --token or --no-token")
+    for result in (empty, missing, busy, bad_token, both):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 

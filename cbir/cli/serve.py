@@ -48,6 +48,10 @@ def serve(
             show_default=False,
         ),
     ] = None,
+    hide_paths: Annotated[
+        bool,
+        typer.Option("--hide-paths", help="Show no absolute server path even on loopback (e.g. behind a reverse proxy). (default: hidden on any other address)"),
+    ] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest accepted upload, in MB.")] = 20.0,
     max_megapixels: Annotated[
         Optional[float],
@@ -117,7 +121,7 @@ def serve(
         raise
     try:
         bound_host, bound_port = listener.getsockname()[:2]
-        access = Access(allowed_hosts_for(host, bound_port, allowed_hosts or ()), token=token, show_paths=loopback)
+        access = Access(allowed_hosts_for(host, bound_port, allowed_hosts or ()), token=token, show_paths=loopback and not hide_paths)
         limits = Limits(
             max_upload_bytes=int(max_upload_mb * 2**20),
             max_pixels=int(settings.max_megapixels * 1_000_000),
