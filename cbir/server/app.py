@@ -37,6 +37,7 @@ from cbir.images import decode_image
 from cbir.loading import usable_cores
 from cbir.server.access import Access, AccessGuard, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+from cbir.server.transport import BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pool = pool
-    app.add_middleware(_UploadLimit, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
+    app.add_middleware(BodyLimits, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
     app.add_middleware(AccessGuard, access=access)  # outermost: before any body is read
 
     def shown(request: Request, message: str) -> str:
@@ -346,70 +347,6 @@ def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True) ->
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
     return {"index": live.name, "k": effective, **body}
-
-
-# -- request body limits -----------------------------------------------------------
-class _BodyRefused(Exception):
-    def __init__(self, status: int, message: str):
-        self.status, self.message = status, message
-
-
-class _UploadLimit:
-    """Refuse request bodies over ``max_bytes`` (413) or slower than ``deadline`` seconds in all (408); pure ASGI."""
-
-    def __init__(self, app, max_bytes: int, deadline: float | None = None):
-        self.app = app
-        self.max_bytes = max_bytes
-        self.deadline = deadline
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await _refuse_body(send, self._too_large())
-        received = 0
-        complete = False
-        started = False
-        loop = asyncio.get_running_loop()
-        give_up_at = None if self.deadline is None else loop.time() + self.deadline
-
-        async def limited_receive():
-            nonlocal received, complete
-            if complete or give_up_at is None:  # after the body: only a disconnect is awaited
-                message = await receive()
-            else:
-                try:
-                    message = await asyncio.wait_for(receive(), max(0.0, give_up_at - loop.time()))
-                except asyncio.TimeoutError:
-                    raise _BodyRefused(408, f"the request body did not arrive within {self.deadline:g} s") from None
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                complete = not message.get("more_body", False)
-                if received > self.max_bytes:
-                    raise self._too_large()
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyRefused as refused:
-            if not started:
-                await _refuse_body(send, refused)
-
-    def _too_large(self) -> _BodyRefused:
-        return _BodyRefused(413, f"request body larger than the {self.max_bytes / 2**20:.3g} MB upload limit")
-
-
-async def _refuse_body(send, refused: _BodyRefused) -> None:
-    body = json.dumps({"error": refused.message}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
 
 
 _K_PARAMETER = {

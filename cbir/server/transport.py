@@ -5,12 +5,14 @@ uvicorn has a keep-alive timeout and a connection cap (``limit_concurrency``:
 trickles one byte a second holds its connection for ever. So the HTTP
 protocol class is wrapped to close a connection whose next request's headers
 have not all arrived within ``header_timeout`` seconds. The body has its own
-deadline, in the app (``Limits.body_timeout``: 408).
+deadline, in the app (:class:`BodyLimits`, ``Limits.body_timeout``: 408), as
+has its size (413).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 
 
@@ -74,3 +76,66 @@ def header_deadline_protocol(base: type[asyncio.Protocol], seconds: float) -> ty
 
     HeaderDeadline.__name__ = f"HeaderDeadline{base.__name__}"
     return HeaderDeadline
+
+
+class _BodyRefused(Exception):
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+class BodyLimits:
+    """Refuse request bodies over ``max_bytes`` (413) or slower than ``deadline`` seconds in all (408); pure ASGI."""
+
+    def __init__(self, app, max_bytes: int, deadline: float | None = None):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            return await _refuse_body(send, self._too_large())
+        received = 0
+        complete = False
+        started = False
+        loop = asyncio.get_running_loop()
+        give_up_at = None if self.deadline is None else loop.time() + self.deadline
+
+        async def limited_receive():
+            nonlocal received, complete
+            if complete or give_up_at is None:  # after the body: only a disconnect is awaited
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), max(0.0, give_up_at - loop.time()))
+                except asyncio.TimeoutError:
+                    raise _BodyRefused(408, f"the request body did not arrive within {self.deadline:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
+                if received > self.max_bytes:
+                    raise self._too_large()
+            return message
+
+        async def tracking_send(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyRefused as refused:
+            if not started:
+                await _refuse_body(send, refused)
+
+    def _too_large(self) -> _BodyRefused:
+        return _BodyRefused(413, f"request body larger than the {self.max_bytes / 2**20:.3g} MB upload limit")
+
+
+async def _refuse_body(send, refused: _BodyRefused) -> None:
+    body = json.dumps({"error": refused.message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+    await send({"type": "http.response.start", "status": refused.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
