@@ -318,3 +318,35 @@ def test_loopback_refuses_other_host_names(server):
     status, raw = server.request("GET", "/api/indexes", headers={"Host": f"rebound.example:{server.port}"})
     assert status == 400 and "does not answer to the host" in json.loads(raw)["error"]
     assert server.request("GET", "/api/indexes", headers={"Host": f"localhost:{server.port}"})[0] == 200
+
+
+def test_browser_asks_for_the_token_once(collection, index_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    index_folder(collection, "photos", index_dir)
+    browser = _browser()
+    server = Server(index_dir, extra=["--token", "token-for-the-page-test"])
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(server.url + "/")
+        wait.until(lambda b: b.find_element(By.ID, "token-form").is_displayed())
+        assert "needs its token" in browser.find_element(By.ID, "status").text
+        browser.save_screenshot(str(tmp_path / "token-asked.png"))
+        browser.find_element(By.ID, "token").send_keys("token-for-the-page-test")
+        browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
+        assert browser.current_url == server.url + "/"  # the token is not left in the address
+        assert not browser.find_element(By.ID, "token-form").is_displayed()
+        browser.find_element(By.ID, "file").send_keys(str(collection / "red" / "red-0.jpg"))
+        wait.until(lambda b: len(_grid(b)) >= 3)
+        wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        browser.get(server.url + "/")  # asked once: the cookie is kept
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
+        assert not browser.find_element(By.ID, "token-form").is_displayed()
+        assert browser.save_screenshot(str(tmp_path / "token-kept.png"))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+        assert errors == []
+    finally:
+        browser.quit()
+        server.stop()
