@@ -74,10 +74,6 @@ class LiveIndex:
                 self._users[id(searcher)] -= 1
                 self._close_if_unused(searcher)
 
-    def describe(self) -> dict[str, Any]:
-        with self.use() as searcher:
-            return searcher.describe()
-
     # -- refreshing --------------------------------------------------------
     def _disk_identity(self) -> tuple:
         def stat(name: str) -> tuple:
