@@ -233,6 +233,7 @@ def index_folder(
             if runtime_overrides:
                 writer.store.embedder(runtime_overrides)
             files = without_removed(writer, folder, files, include_removed)
+        writer.store.record_indexed_root(str(folder))  # what a server may serve files from
         dba_store.configure(writer.store, dba, dba_alpha, writer.created, len(files))
         plan = _plan(writer, folder, files)
         summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
