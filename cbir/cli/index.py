@@ -30,7 +30,8 @@ _AE = "Autoencoder (--extractor autoencoder)"
 
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
     """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
-    from cbir.store.dba import KEEP, dba_config
+    from cbir.indexing.plan import KEEP
+    from cbir.store.dba import dba_config
     from cbir.errors import UsageError
     from cbir.ann.rerank import DEFAULT_ALPHA
 
