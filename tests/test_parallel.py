@@ -420,12 +420,12 @@ def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_file
         "error": np.array(["no such file or directory"], dtype=object),
         "unchanged": np.array([False]),
         "reusable": np.array([False]),
-        "embedded": np.array([False]),
-        "vector": np.zeros((1, 4), np.float32),
+        "has_item": np.array([False]),
+        "item": np.zeros((1, 4), np.float32),
         "node": np.array(["10.0.0.7"], dtype=object),
     }
-    ok, vectors, without = _unpack(batch)
-    assert ok == [] and len(vectors) == 0
+    ok, items, without = _unpack(batch)
+    assert ok == [] and len(items) == 0
     assert without[0].error == (
         "no such file or directory (on Ray node 10.0.0.7; every node must read the files at the same paths)"
     )

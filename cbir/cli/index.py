@@ -311,6 +311,14 @@ def index(
     if summary.unsupported:
         counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
         print(f"not indexed, formats cbir cannot read: {counts}")
+    if summary.unlisted:
+        shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
+        print(
+            f"{len(summary.unlisted)} folder(s) could not be listed ({shown}): "
+            f"{summary.kept_unlisted} indexed image(s) under them kept, not removed; run again once they are back"
+        )
+    if summary.retried:
+        print(f"{summary.retried} file(s) skipped earlier for a reason that may have passed (permission, I/O) were tried again")
 
 @handle_errors
 def remove(

@@ -9,9 +9,7 @@ tested on plain values.
 
 from __future__ import annotations
 
-import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -19,7 +17,6 @@ from cbir.errors import UsageError
 from cbir.store.dba import dba_config
 from cbir.store.locations import is_under
 
-logger = logging.getLogger(__name__)
 
 #: ``index_folder(dba=KEEP)``: the default for a new index, the index's own setting for an existing one.
 KEEP = "keep"
@@ -162,17 +159,6 @@ def honour_removed(removed: Sequence[str], folder: Path, files: list[Path], incl
     return RemovedPaths(kept, record, len(files) - len(kept))
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What a run records in the manifest: decided once, written once."""
-
-    #: DBA's config, or ``None`` (off); ``KEEP`` leaves the index's own.
-    dba: Any = KEEP
-    #: A new index type (``None``: keep).
-    index_type: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
 def dba_setting(dba: Any, alpha: float, created: bool, collection_size: int) -> Any:
     """The DBA config a run records (``KEEP``: leave the index's own), or :class:`UsageError`.
 
@@ -187,16 +173,3 @@ def dba_setting(dba: Any, alpha: float, created: bool, collection_size: int) -> 
     if config is not None and config["k"] >= collection_size:
         raise UsageError(f"--dba {config['k']} needs more than {config['k']} images; the collection has {collection_size}")
     return config
-
-
-def describe_left_out(count: int) -> None:
-    if count:
-        logger.info("left out %d file(s) removed earlier with cbir remove", count)
-
-
-def unlisted_note(plan: IndexPlan, unlisted: Sequence[str]) -> str | None:
-    """One line for the summary when folders could not be listed."""
-    if not unlisted:
-        return None
-    shown = ", ".join(os.fsdecode(u) for u in unlisted[:3]) + (" ..." if len(unlisted) > 3 else "")
-    return f"{len(unlisted)} folder(s) could not be listed ({shown}); {plan.kept_unlisted} indexed image(s) under them kept"

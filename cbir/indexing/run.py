@@ -28,7 +28,7 @@ import numpy as np
 from cbir.ann.rerank import DEFAULT_ALPHA
 from cbir.ann.vectors import resolve_index_type
 from cbir.compute.loader import Loader
-from cbir.compute.work import Batch, KnownContent, LoadedFile, check_workers
+from cbir.compute.work import Batch, KnownContent, LoadedFile, WorkerError, check_workers
 from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
 from cbir.features.pipeline import Embedder, EmbedderOptions
 from cbir.images.labels import as_label_table, assign_labels, folder_label
@@ -186,7 +186,7 @@ def index_folder(
             if removed.record is not None:
                 writer.set_removed_paths(removed.record)
             dba_config = dba_setting(dba, dba_alpha, False, max(len(files), writer.count_images()))
-            writer.configure(dba=None if dba_config == KEEP else (dba_config or False), index_type=index_type)
+            writer.configure(dba=None if dba_config == KEEP else (dba_config or False))
             plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
             known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
             embedder = writer.embedder(runtime_overrides)
@@ -202,8 +202,8 @@ def index_folder(
         # -- embed and commit ---------------------------------------------------------
         try:
             _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress)
-        except KeyboardInterrupt:
-            writer.finish()  # what was committed becomes the snapshot: searchable without patching
+        except (KeyboardInterrupt, WorkerError):
+            writer.finish()  # what was committed becomes the snapshot, searchable as it is; then stop
             raise
         # -- finish ------------------------------------------------------------------
         if plan.removed_ids or plan.removed_skipped:
@@ -213,6 +213,8 @@ def index_folder(
         summary.total = writer.count_images()
         if writer.created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
+        if not writer.created and index_type is not None:
+            writer.configure(index_type=index_type)  # its parameters chosen for the collection as it now is
         summary.vectors_rebuilt = writer.finish()
     summary.seconds = time.perf_counter() - started
     return summary
