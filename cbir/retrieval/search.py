@@ -1,6 +1,6 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~470 lines) because :class:`Searcher` is one
+Longer than most modules (~530 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
 re-ranking, the exclusion of the query itself and its locks belong together.
 """
