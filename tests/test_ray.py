@@ -58,10 +58,11 @@ def test_calls_are_as_large_as_balance_allows():
 
 
 def test_an_actor_runs_its_engine_on_its_share_of_the_cores(ray_cluster, tiny_cnn, collection, tmp_path):
-    """A real actor of the class ``RayRunner.embed`` maps with, built as it builds them, embeds one file."""
+    """A real actor of the class ``RayRunner.embed`` maps with, given what the loader gives it, embeds one file."""
     import os
 
-    from cbir.compute.ray_cluster import RayRunner, _RayEmbedder
+    from cbir.compute.ray_cluster import RayRunner, _RayWorker
+    from cbir.compute.work import EmbedderRef, PrepareSpec
     from cbir.features.pipeline import Embedder
 
     if len(os.sched_getaffinity(0)) < 2:
@@ -70,7 +71,8 @@ def test_an_actor_runs_its_engine_on_its_share_of_the_cores(ray_cluster, tiny_cn
     assert (runner.actors, runner.threads) == (2, 1)
     embedder = Embedder(tiny_cnn)
     embedder.save(tmp_path)
-    actor = ray.remote(num_cpus=1)(_RayEmbedder).remote(embedder.get_config(), str(tmp_path), None, runner.threads)
+    ref = EmbedderRef.for_embedder(embedder, tmp_path, copies=1, cores=runner.threads)  # as cbir.compute.loader does
+    actor = ray.remote(num_cpus=1)(_RayWorker).remote(PrepareSpec.for_embedder(embedder, ref), None)
     photo = collection / "red" / "red-0.jpg"
 
     def embed_and_report(self, path):
@@ -79,7 +81,7 @@ def test_an_actor_runs_its_engine_on_its_share_of_the_cores(ray_cluster, tiny_cn
         from cbir.features import runtimes
 
         out = self({"path": np.array([path], dtype=object), "known": np.array([""], dtype=object)})
-        return out["vector"][0], self.embedder.extractor.network_.threads, runtimes.cpu_count(), len(os.sched_getaffinity(0))
+        return out["item"][0], self.embedder.extractor.network_.threads, runtimes.cpu_count(), len(os.sched_getaffinity(0))
 
     vector, engine_threads, usable, node_cpus = ray.get(actor.__ray_call__.remote(embed_and_report, str(photo)))
     assert node_cpus >= 2 and engine_threads == usable == 1  # not every core of the node
