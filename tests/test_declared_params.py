@@ -31,12 +31,14 @@ class ToyExtractor(Extractor):
         Param("levels", int, 4, "Grey levels of the toy histogram.", option=True),
         Param("gain", float, 1.0, "Weight of the mean colour."),
         Param("shade", str, "plain", "How the toy looks.", ("plain", "dotted"), option=True),
+        Param("scales", list, (1.0,), "Scales the toy looks at.", option=True, item=float),
     )
 
-    def __init__(self, levels: int = 4, gain: float = 1.0, shade: str = "plain"):
+    def __init__(self, levels: int = 4, gain: float = 1.0, shade: str = "plain", scales=(1.0,)):
         self.levels = levels
         self.gain = gain
         self.shade = shade
+        self.scales = scales
 
     @property
     def dim(self) -> int:
@@ -84,7 +86,7 @@ def test_a_declared_parameter_reaches_embedder_options(toy):
     assert {"levels", "gain", "shade"} <= set(EmbedderOptions.keys())
     embedder = EmbedderOptions.from_mapping({"levels": 6, "gain": 0.5}).resolve(None)
     assert isinstance(embedder.extractor, ToyExtractor)  # the extractor the parameters belong to
-    assert embedder.extractor.get_params() == {"levels": 6, "gain": 0.5, "shade": "plain"}
+    assert embedder.extractor.get_params() == {"levels": 6, "gain": 0.5, "shade": "plain", "scales": [1.0]}
     with pytest.raises(UsageError, match=r"unknown option 'levles'; options are .*levels"):
         EmbedderOptions.from_mapping({"levles": 6})
 
@@ -114,12 +116,13 @@ def test_a_declared_parameter_is_an_option_of_cbir_index(toy, collection, index_
     assert "toy: gain" in help_text  # listed under --param, having no option of its own
 
     result = runner.invoke(app, ["index", str(collection), "--name", "a", "--index-dir", str(index_dir), "--levels", "6",
-                                 "--param", "gain=0.5", "--shade", "dotted"])
+                                 "--param", "gain=0.5", "--shade", "dotted", "--scales", "1,0.5"])
     assert result.exit_code == 0, result.stderr
-    assert _stored_params(index_dir, "a") == {"name": "toy", "params": {"levels": 6, "gain": 0.5, "shade": "dotted"}}
+    stored = {"levels": 6, "gain": 0.5, "shade": "dotted", "scales": [1.0, 0.5]}
+    assert _stored_params(index_dir, "a") == {"name": "toy", "params": stored}
 
     result = runner.invoke(app, ["index", str(collection), "--name", "b", "--index-dir", str(index_dir), "--param", "levels=lots"])
-    assert result.exit_code != 0 and result.stderr.strip() == "error: levels must be a whole number, got 'lots'"
+    assert result.exit_code != 0 and result.stderr.strip() == "error: --param levels must be a whole number, got 'lots'"
     result = runner.invoke(app, ["index", str(collection), "--name", "b", "--index-dir", str(index_dir), "--levels", "3",
                                  "--param", "levels=5"])
     assert result.exit_code != 0 and "levels is given twice" in result.stderr

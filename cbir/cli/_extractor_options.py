@@ -60,7 +60,7 @@ def _values(given: dict[str, Any], pairs: list[str] | None, named: dict, declare
         if param.flag:
             value = param.flag[1] if value else None
         elif param.type is list:
-            value = param.parse(value)
+            value = param.parse(value, param.option_name)
         if value is not None:
             values[key] = value
     for pair in pairs or ():
@@ -72,7 +72,7 @@ def _values(given: dict[str, Any], pairs: list[str] | None, named: dict, declare
             raise UsageError(f"--param {key}: no extractor has this parameter; they are: {', '.join(sorted(declared))}")
         if key in values:
             raise UsageError(f"{key} is given twice (--param {key}=... and {named[key][0][1].option_name} or another --param)")
-        values[key] = declared[key][0][1].parse(text)
+        values[key] = declared[key][0][1].parse(text, f"--param {key}")
     return values
 
 

@@ -59,14 +59,15 @@ _TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
 class Param:
     """One hyperparameter of an extractor, declared once.
 
-    ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (a list of
-    integers, written ``8,12,3``). ``choices`` are the accepted values; with
+    ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (of ``item``
+    values, ``int`` or ``float``, written ``8,12,3`` or ``1,0.71,0.5``).
+    ``choices`` are the accepted values; with
     ``path`` they are the words accepted instead of a file path (``weights``:
     ``imagenet``, ``none`` or a file), and a path is resolved where it is
     given (a benchmark spec's folder). ``option`` makes it a named option of
     ``cbir index`` (``--input-size``); every parameter is reachable with
-    ``--param NAME=VALUE`` anyway. ``flag`` makes that option a flag which
-    means this value (``--grey``: ``channels=1``).
+    ``--param NAME=VALUE`` anyway. ``flag``, a pair ``(option, value)``, makes
+    that option a flag meaning the value (``("--grey", 1)``: ``channels=1``).
     """
 
     name: str
@@ -77,32 +78,34 @@ class Param:
     path: bool = False
     option: bool = False
     flag: Any = None
+    item: type = int
 
     @property
     def option_name(self) -> str:
         """The option of ``cbir index`` (``--gem-p``), or the flag's name."""
         return self.flag[0] if self.flag else "--" + self.name.replace("_", "-")
 
-    def parse(self, text: str) -> Any:
-        """The value ``text`` (from a command line) stands for; :class:`UsageError` if it cannot."""
+    def parse(self, text: str, what: str | None = None) -> Any:
+        """The value ``text`` (from a command line) stands for; :class:`UsageError` naming ``what``
+        (default: the parameter) if it cannot."""
         text = text.strip()
         if self.path or self.type is str:
             return None if self.default is None and text.lower() in ("", "null") else text
         try:
             if self.type is list:
-                return [int(part) for part in text.replace("x", ",").split(",")]
+                return [self.item(part) for part in text.replace("x", ",").split(",")]
             if self.type is bool:
                 if text.lower() not in _TRUE + _FALSE:
                     raise ValueError(text)
                 return text.lower() in _TRUE
             return self.type(text)
         except ValueError:
-            raise UsageError(f"{self.name} must be {self.describe_type()}, got {text!r}") from None
+            raise UsageError(f"{what or self.name} must be {self.describe_type()}, got {text!r}") from None
 
     def describe_type(self) -> str:
         if self.type is list:
             example = ",".join(str(v) for v in self.default) if self.default else "1,2,3"
-            return f"integers separated by commas, like {example}"
+            return f"{'integers' if self.item is int else 'numbers'} separated by commas, like {example}"
         return {int: "a whole number", float: "a number", bool: "true or false"}.get(self.type, "text")
 
 
@@ -299,17 +302,17 @@ def check_declared(extractor: Extractor) -> None:
         if param.choices and not param.path:
             choices = ", ".join(str(c) for c in param.choices)
             raise UsageError(f"{extractor.name} {param.name} must be one of {choices}, got {value!r}")
-        if not _has_type(value, param.type):
+        if not _has_type(value, param.type, param.item):
             raise UsageError(f"{extractor.name} {param.name} must be {param.describe_type()}, got {value!r}")
 
 
-def _has_type(value: Any, kind: type) -> bool:
+def _has_type(value: Any, kind: type, item: type = int) -> bool:
     if kind is float:
         return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
     if kind is int:
         return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
     if kind is list:
-        return isinstance(value, (list, tuple)) and all(_has_type(v, int) for v in value)
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
     if kind is str:
         return isinstance(value, (str, Path))
     return isinstance(value, kind)
