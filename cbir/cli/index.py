@@ -227,6 +227,7 @@ def _index(
     if summary.retried:
         print(f"{summary.retried} file(s) skipped earlier for a reason that may have passed (permission, I/O) were tried again")
 
+
 def index_command():
     """``cbir index`` with an option for each parameter the registered extractors declare now."""
     return handle_errors(with_extractor_options(_index))
