@@ -104,7 +104,7 @@ def _named_option(key: str, owners: list[tuple[str, Param]]) -> inspect.Paramete
         metavar=_metavar(param),
         rich_help_panel=f"{' and '.join(titles)} (--extractor {' or '.join(names)})",
     )
-    return inspect.Parameter(_PREFIX + key, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[Optional[kind], option])
+    return _keyword(_PREFIX + key, Annotated[Optional[kind], option])
 
 
 def _param_option(declared: dict) -> inspect.Parameter:
@@ -121,7 +121,12 @@ def _param_option(declared: dict) -> inspect.Parameter:
         f"Those without an option of their own: {listed}.",
         show_default=False,
     )
-    return inspect.Parameter(_PARAM, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=Annotated[Optional[list[str]], option])
+    return _keyword(_PARAM, Annotated[Optional[list[str]], option])
+
+
+def _keyword(name: str, annotation: Any) -> inspect.Parameter:
+    # Typer calls commands with keywords only; after the command's own options, all defaulted.
+    return inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None, annotation=annotation)
 
 
 def _help(owners: list[tuple[str, Param]]) -> str:
