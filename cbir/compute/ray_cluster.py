@@ -21,7 +21,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -169,7 +169,9 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
     ok, items, without = [], [], []
     columns = [batch[name] for name in CODEC_FIELDS]
     for i, path in enumerate(batch["path"]):
-        loaded = LoadedFile.from_fields(Path(path), [column[i] for column in columns])
+        # Ray's columns hold NumPy scalars, and "" for no error.
+        loaded = LoadedFile.from_fields(Path(path), [_plain(column[i]) for column in columns])
+        loaded.error = loaded.error or None
         unread = not loaded.sha256  # the worker could not even read the bytes
         if loaded.error is not None and unread and os.access(path, os.R_OK):
             loaded.error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
@@ -179,6 +181,10 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
         else:
             without.append(loaded)
     return ok, items, without
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class _RayWorker:

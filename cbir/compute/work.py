@@ -45,18 +45,15 @@ class LoadedFile:
 
     @classmethod
     def from_fields(cls, path: Path, values: Sequence, image: np.ndarray | None = None) -> "LoadedFile":
-        """The inverse of :meth:`fields` (values may be NumPy scalars, as Ray columns hold them)."""
-        loaded = cls(path, image=image, **{name: _plain(value) for name, value in zip(CODEC_FIELDS, values)})
-        loaded.error = loaded.error or None  # Ray's columns hold "" for no error
+        """The inverse of :meth:`fields`. The writer calls it once per file: no per-field work."""
+        loaded = cls.__new__(cls)
+        loaded.__dict__.update(zip(CODEC_FIELDS, values))
+        loaded.path, loaded.image = path, image
         return loaded
 
 
 #: :class:`LoadedFile`'s fields as :meth:`LoadedFile.fields` sends them.
 CODEC_FIELDS = tuple(f.name for f in dataclasses.fields(LoadedFile) if f.name not in ("path", "image"))
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 class Batch(NamedTuple):
