@@ -20,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from cbir.cpus import usable_cores
 from cbir.features._tensorflow import quiet
 
 #: Images per invocation of the engine.
@@ -219,9 +220,6 @@ def limit_threads(threads: int | None) -> None:
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on (at most the :func:`limit_threads` limit)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    """CPUs this process may use (:func:`cbir.cpus.usable_cores`), at most the :func:`limit_threads` limit."""
+    cpus = usable_cores()
     return cpus if _thread_limit is None else min(cpus, _thread_limit)

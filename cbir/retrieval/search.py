@@ -460,7 +460,8 @@ def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> lis
     Files go through the one loader (read, decode and ``prepare`` in threads);
     bytes and arrays are decoded or checked here.
     """
-    from cbir.compute.work import PrepareSpec, usable_cores
+    from cbir.compute.work import PrepareSpec
+    from cbir.cpus import usable_cores
     from cbir.compute.loader import load_prepared
 
     paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]

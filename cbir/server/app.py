@@ -33,7 +33,7 @@ from starlette.requests import ClientDisconnect
 from cbir._version import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
-from cbir.compute.work import usable_cores
+from cbir.cpus import usable_cores
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 
 logger = logging.getLogger(__name__)
