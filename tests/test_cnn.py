@@ -241,6 +241,32 @@ def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatc
     assert len(redirections) == 1
 
 
+#: Batch sizes as the server's batcher makes them: whatever queued during the previous batch.
+SERVER_BATCH_SIZES = [1, 3, 2, 1, 4, 7, 2, 3, 5, 1, 6, 2]
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("runtime", CONVERTED_RUNTIMES)
+def test_mixed_small_batches_plan_each_shape_once_where_planning_costs(extractor, runtime, monkeypatch):
+    """Each change of batch size below 4 used to plan the network again (OpenVINO: a compile, 0.1-0.2 s for ResNet50)."""
+    from cbir.features.runtimes import NETWORKS
+
+    engine = NETWORKS[runtime]
+    plans = []
+    plan = engine._plan
+    monkeypatch.setattr(engine, "_plan", lambda self, chunk: (plans.append(chunk), plan(self, chunk))[1])
+    network = engine(extractor.tflite_model_, SIZE)
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) for n in SERVER_BATCH_SIZES]
+    maps = [network(batch) for batch in batches]
+    alone = network(np.concatenate(batches))
+    np.testing.assert_allclose(np.concatenate(maps), alone, rtol=1e-4, atol=1e-4)  # padding changes nothing
+    if runtime == "openvino":  # each shape compiled once, and few of them: batches of 3 are padded to 4
+        assert sorted(plans) == [1, 2, 4]
+    else:  # LiteRT reshapes its XNNPACK runtime in well under a millisecond (docs/cnn.md): exact sizes, no padding
+        assert set(plans) == {1, 2, 3, 4}
+
+
 @needs_tensorflow
 def test_saved_state_gives_identical_vectors_without_reconverting(extractor, images, tmp_path, monkeypatch):
     extractor.save(tmp_path)
