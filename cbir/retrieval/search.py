@@ -106,7 +106,7 @@ class Searcher:
         self._embedder = None
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
-        self._augmented = AugmentedVectors.load(store)
+        self._augmented = AugmentedVectors.load(store, self.vectors)
         if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
             self.vectors.exact_vectors = self._exact_vectors
 
