@@ -222,11 +222,17 @@ def test_random_weights_depend_on_the_seed_only():
 
 
 @needs_tensorflow
-def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatch):
-    """Every plan (and every network's creation) used to take fd 2 from the whole process."""
+@pytest.mark.parametrize("asked", [True, False])
+def test_only_the_first_plan_in_a_process_redirects_stderr_and_only_where_the_application_asks(extractor, monkeypatch, asked):
+    """Every plan (and every network's creation) used to take fd 2 from the whole process; then every
+    first plan did, in any program using the library; now only where the application asks (the ``cbir`` command)."""
     import cbir.features._tensorflow as quieting
     from cbir.features.runtimes import LiteRTNetwork
 
+    if asked:
+        monkeypatch.setenv(quieting.QUIET_ENGINES_ENV, "1")
+    else:
+        monkeypatch.delenv(quieting.QUIET_ENGINES_ENV, raising=False)
     redirections = []
 
     class Counted(quieting.captured_stderr):
@@ -238,7 +244,7 @@ def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatc
     monkeypatch.setattr(LiteRTNetwork, "_announced", False)
     for chunk in (4, 1, 4):
         LiteRTNetwork(extractor.tflite_model_, SIZE).plan(chunk)
-    assert len(redirections) == 1
+    assert len(redirections) == (1 if asked else 0)
 
 
 #: Batch sizes as the server's batcher makes them: whatever queued during the previous batch.
@@ -373,8 +379,11 @@ print(json.dumps({{"top": json.loads(result.stdout)["results"][0]["path"],
 
 
 @needs_tensorflow
-def test_index_and_query_through_the_library_quietly(collection, index_dir, capfd):
+def test_index_and_query_through_the_library_quietly_where_the_application_asks(collection, index_dir, capfd, monkeypatch):
+    from cbir.features._tensorflow import QUIET_ENGINES_ENV
     from cbir.features.pipeline import Embedder
+
+    monkeypatch.setenv(QUIET_ENGINES_ENV, "1")  # as the cbir command does
     from cbir.indexing.run import index_folder
     from cbir.retrieval.search import Searcher
 
