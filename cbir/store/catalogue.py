@@ -26,6 +26,7 @@ import numpy as np
 from cbir.errors import IndexCorruptError
 
 SCHEMA_VERSION = 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -236,7 +237,7 @@ class Catalogue:
         if ids is None:
             return list(self._select_images("", ()))
         found: dict[int, ImageRow] = {}
-        id_list = [int(i) for i in ids]
+        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]  # SQLite raises OverflowError beyond
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -248,6 +249,12 @@ class Catalogue:
         query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
         for row in self._db.execute(query, tuple(args)):
             yield ImageRow(*row)
+
+    def image_folders(self) -> list[str]:
+        """The distinct folders that directly hold an indexed image (each with its trailing separator)."""
+        # rtrim by every character but the separator: the path up to its last separator.
+        query = "SELECT DISTINCT rtrim(path, replace(path, ?, '')) FROM images"
+        return [row[0] for row in self._db.execute(query, (os.sep,))]
 
     def content_hashes(self) -> Iterator[tuple[int, str]]:
         """``(id, sha256)`` of every image."""
