@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from cbir.cpus import usable_cores
 from cbir.errors import CbirError, ImageError, UsageError
 from cbir.images.decode import decode_image
 from cbir.fileio import sha256_bytes
@@ -113,34 +114,6 @@ MIN_FILES_FOR_PROCESSES = 256
 
 class WorkerError(CbirError):
     """A worker process died (killed, out of memory) before returning its files."""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_limit()
-    if quota is not None:
-        cores = min(cores, quota)
-    return max(1, cores)
-
-
-def _cgroup_cpu_limit() -> int | None:
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, int(int(quota) / int(period) + 0.5))
-        return None
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return max(1, int(quota / period + 0.5)) if quota > 0 else None
-    except (OSError, ValueError):
-        return None
 
 
 def check_workers(workers: int | None) -> int:

@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 
@@ -108,7 +108,7 @@ class Searcher:
         self._embedder = None
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
-        self._augmented = AugmentedVectors.load(store)
+        self._augmented = AugmentedVectors.load(store, self.vectors)
         if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
             self.vectors.exact_vectors = self._exact_vectors
 
@@ -172,13 +172,44 @@ class Searcher:
         return self._augmented is not None
 
     def plain_vectors(self):
-        """A FAISS index of the original vectors, built from the catalogue (for exact-similarity work)."""
+        """A new FAISS index of the original vectors, built from the catalogue (for exact-similarity work).
+
+        The catalogue is held for the whole build: other threads' queries wait.
+        """
         from cbir.ann.vectors import build_vector_index
 
         store = self.store
-        ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
-        sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
-        return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+        with self._catalogue_lock:
+            ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
+            sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
+            return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+
+    # -- the catalogue for other modules: one SQLite connection, used under the lock
+    def image_rows(self, ids: Sequence[int] | None = None) -> list:
+        """Catalogue rows of ``ids`` in that order (missing ones left out), or every row by id."""
+        with self._catalogue_lock:
+            return self.store.catalogue.image_rows(None if ids is None else [int(i) for i in ids])
+
+    def original_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The catalogue's vectors of ``ids`` (never the DBA-augmented ones); every id must exist."""
+        with self._catalogue_lock:
+            return self.store.catalogue.vectors_for_ids(ids, self.store.dim)
+
+    def iter_original_vectors(self, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` blocks of the catalogue's vectors in id order; each block read under the lock."""
+        with self._catalogue_lock:
+            blocks = self.store.catalogue.iter_vectors(self.store.dim, batch_size=batch_size)
+        while True:
+            with self._catalogue_lock:
+                block = next(blocks, None)
+            if block is None:
+                return
+            yield block
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the files indexing skipped, by path."""
+        with self._catalogue_lock:
+            return self.store.catalogue.skipped()
 
     @property
     def embedder(self):
@@ -486,7 +517,8 @@ def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> lis
     Files go through the one loader (read, decode and ``prepare`` in threads);
     bytes and arrays are decoded or checked here.
     """
-    from cbir.compute.work import PrepareSpec, usable_cores
+    from cbir.compute.work import PrepareSpec
+    from cbir.cpus import usable_cores
     from cbir.compute.loader import load_prepared
 
     paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]

@@ -34,7 +34,7 @@ from starlette.requests import ClientDisconnect
 from cbir._version import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
-from cbir.compute.work import usable_cores
+from cbir.cpus import usable_cores
 from cbir.server.access import Access, AccessGuard, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.transport import BodyLimits

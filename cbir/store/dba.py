@@ -361,25 +361,58 @@ def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.nda
 
 
 class AugmentedVectors:
-    """The augmented vectors of a snapshot, memory-mapped, looked up by catalogue id."""
+    """The augmented vectors of a snapshot, memory-mapped, looked up by catalogue id.
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
+    ``ids`` sorted; row ``rows[i]`` of ``vectors`` (row ``i`` without ``rows``) is that of ``ids[i]``.
+    """
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, rows: np.ndarray | None = None):
         self.ids = ids
         self.vectors = vectors
+        self.rows = rows
 
     @classmethod
-    def load(cls, store) -> "AugmentedVectors | None":
-        """The store's augmented vectors, or ``None`` if its snapshot is not augmented (or was replaced meanwhile)."""
-        name = store.catalogue.get_meta(_META_FILE)
-        if not name:
+    def load(cls, store, vector_index: VectorIndex | None = None) -> "AugmentedVectors | None":
+        """The store's augmented vectors, or ``None`` if its snapshot is not augmented.
+
+        Where the side file is missing or unreadable, a warning names it and
+        says how to restore it (``cbir index`` again); meanwhile a flat
+        ``vector_index`` (the snapshot as loaded) gives the augmented vectors
+        exactly, and any other type leaves query expansion and re-ranking on
+        the original vectors, which the warning says too.
+        """
+        for _ in range(3):
+            name = store.catalogue.get_meta(_META_FILE)
+            if not name:
+                return None
+            try:
+                vectors = np.load(store.path / name, mmap_mode="r", allow_pickle=False)
+                ids = np.load(store.path / name.replace(".npy", ".ids.npy"), allow_pickle=False)
+                return cls(ids, vectors)
+            except (OSError, ValueError) as exc:
+                if store.catalogue.get_meta(_META_FILE) == name:  # not just replaced by a newer snapshot
+                    return cls._from_snapshot(store, store.path / name, exc, vector_index)
+        return None
+
+    @classmethod
+    def _from_snapshot(cls, store, path: Path, exc: Exception, vector_index: VectorIndex | None) -> "AugmentedVectors | None":
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        repair = f"run `cbir index` on the folder of index {store.name!r} again to restore it"
+        storage = _flat_storage(vector_index) if vector_index is not None else None
+        if storage is None:
+            logger.warning(
+                "the augmented vectors of index %r (%s) cannot be read (%s): query expansion and re-ranking use "
+                "the original vectors, so results differ from what the index was built for; %s",
+                store.name, path, reason, repair,
+            )
             return None
-        try:
-            vectors = np.load(store.path / name, mmap_mode="r", allow_pickle=False)
-            ids = np.load(store.path / name.replace(".npy", ".ids.npy"), allow_pickle=False)
-        except (OSError, ValueError):
-            logger.info("augmented vectors %s are gone; query expansion uses the original vectors", name)
-            return None
-        return cls(ids, vectors)
+        logger.warning(
+            "the augmented vectors of index %r (%s) cannot be read (%s): reading them from the FAISS snapshot "
+            "instead; %s", store.name, path, reason, repair,
+        )
+        ids, vectors = storage
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], vectors, order)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors, found)``: the augmented vector of each id, ``found`` False for ids not in the snapshot."""
@@ -387,5 +420,6 @@ class AugmentedVectors:
         rows = np.searchsorted(self.ids, ids).clip(0, max(len(self.ids) - 1, 0))
         found = (self.ids[rows] == ids) if len(self.ids) else np.zeros(ids.shape, bool)
         out = np.zeros((*ids.shape, self.vectors.shape[1]), np.float32)
-        out[found] = self.vectors[rows[found]]
+        hits = rows[found] if self.rows is None else self.rows[rows[found]]
+        out[found] = self.vectors[hits]
         return out, found
