@@ -86,8 +86,11 @@ def handle_errors(command: Callable) -> Callable:
         except CbirError as exc:
             from rich.markup import escape
 
-            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
-            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+            from cbir.display import display_path
+
+            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path),
+            # and a file name's undecodable bytes or newline (one message, one line).
+            stderr.print(f"[bold red]error:[/] {escape(display_path(str(exc)))}", markup=True)
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
@@ -110,8 +113,10 @@ class _ConsoleLogHandler(logging.Handler):
     """Warnings from the library as one ``warning: ...`` line each, above any progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from cbir.display import display_path
+
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        stderr.print(f"{prefix}{record.getMessage()}", markup=False)
+        stderr.print(f"{prefix}{display_path(record.getMessage())}", markup=False)
 
 
 def show_training_epochs() -> None:
@@ -209,7 +214,28 @@ class _RichProgress:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """``data`` as indented JSON on stdout; file names' undecodable bytes written as ``\\xNN``."""
+    sys.stdout.write(json.dumps(_json_safe(data), indent=2, ensure_ascii=False) + "\n")
+
+
+def _json_safe(data: Any) -> Any:
+    # JSON text is Unicode: a name's undecodable bytes (surrogate escapes) cannot be written as they are.
+    from cbir.display import display_path
+
+    if isinstance(data, str):
+        return display_path(data, controls=False)
+    if isinstance(data, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(v) for v in data]
+    return data
+
+
+def show(path: str) -> str:
+    """A file name as one printable line (:func:`cbir.display.display_path`)."""
+    from cbir.display import display_path
+
+    return display_path(path)
 
 
 PathColumnOption = Annotated[

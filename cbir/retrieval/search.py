@@ -20,6 +20,7 @@ from cbir.store.dba import AugmentedVectors
 from cbir.errors import ImageError, NotInIndexError, UsageError
 from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images.decode import decode_image, read_image
+from cbir.display import display_path
 from cbir.images.scan import normalize_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store.directory import IndexStore
@@ -45,7 +46,8 @@ class Match:
     exists: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
+        # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
+        return {"rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists}
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class QueryResult:
     results: list[Match]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "results": [m.to_dict() for m in self.results]}
+        return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}
 
 
 class Searcher:

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cbir._version import __version__
+from cbir.display import display_path
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
 from cbir.compute.work import usable_cores
@@ -124,11 +125,11 @@ def create_app(
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": display_path(str(exc), controls=False)}, status_code=exc.status)
 
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError):
-        return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
+        return JSONResponse({"error": display_path(str(exc), controls=False)}, status_code=_status_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
