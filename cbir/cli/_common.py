@@ -84,19 +84,35 @@ def handle_errors(command: Callable) -> Callable:
             _drop_stdout()
             raise typer.Exit(code=0) from None
         except CbirError as exc:
-            from rich.markup import escape
-
-            from cbir.display import display_path
-
-            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path),
-            # and a file name's undecodable bytes or newline (one message, one line).
-            stderr.print(f"[bold red]error:[/] {escape(display_path(str(exc)))}", markup=True)
+            _print_error(str(exc))
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
             raise typer.Exit(code=130) from None
+        except Exception as exc:
+            # A full disk the library did not see coming: most often stdout itself (> /dev/full).
+            from cbir.errors import is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            _drop_stdout()  # or Python's final flush of stdout fails again, with a traceback
+            if isinstance(exc, OSError):
+                _print_error(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}")
+            else:
+                _print_error(f"no space left on the device: {exc}; free some space and run the same command again")
+            raise typer.Exit(code=1) from None
 
     return wrapper
+
+
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    from cbir.display import display_path
+
+    # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path),
+    # and a file name's undecodable bytes or newline (one message, one line).
+    stderr.print(f"[bold red]error:[/] {escape(display_path(message))}", markup=True)
 
 
 def _drop_stdout() -> None:

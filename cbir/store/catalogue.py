@@ -30,7 +30,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cbir.errors import IndexCorruptError
+from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
 
 SCHEMA_VERSION = 1
 
@@ -118,6 +118,8 @@ class Catalogue:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(f"the catalogue {self.path}") from None
             raise IndexCorruptError(f"catalogue {self.path} is unreadable: {exc}") from None
 
     def _connect_read_only(self, check_same_thread: bool) -> sqlite3.Connection:
@@ -164,7 +166,7 @@ class Catalogue:
 
     def transaction(self) -> "_Transaction":
         """``with catalogue.transaction():`` groups writes into one atomic commit."""
-        return _Transaction(self._db, "BEGIN IMMEDIATE")
+        return _Transaction(self._db, "BEGIN IMMEDIATE", where=f"the catalogue {self.path}")
 
     def snapshot(self) -> "_Transaction":
         """``with catalogue.snapshot():`` reads see one committed state, without blocking writers.
@@ -385,11 +387,14 @@ def _prefix_clause(root: str) -> tuple[str, tuple]:
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, begin: str, join: bool = False):
+    """``BEGIN`` ... ``COMMIT``, or ``ROLLBACK`` on an error; a full disk becomes :class:`~cbir.errors.DiskFullError`."""
+
+    def __init__(self, db: sqlite3.Connection, begin: str, join: bool = False, where: str = "the catalogue"):
         self._db = db
         self._begin = begin
         self._join = join
         self._joined = False
+        self._where = where
 
     def __enter__(self) -> None:
         self._joined = self._join and self._db.in_transaction
@@ -400,7 +405,16 @@ class _Transaction:
         if self._joined:
             return False
         if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
+            try:
+                self._db.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as failed:
+                exc = failed
+        # SQLite may have rolled back already (a full disk can do that): only roll back what is open.
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error) and is_disk_full(exc):
+            raise disk_full_error(self._where) from None
+        if exc_type is None:
+            raise exc
         return False
