@@ -94,7 +94,8 @@ class Catalogue:
         is an :class:`~cbir.errors.IndexCorruptError`.
     read_only : bool
         Open for reading only: SQLite refuses every write through this
-        connection. In a folder this process cannot write (a read-only mount,
+        connection, and creates no file while no writer has the database
+        open (see :meth:`close`). In a folder this process cannot write (a read-only mount,
         an archive, another user's index) the database is opened as immutable,
         since SQLite cannot create the ``-shm`` file WAL readers need there.
     check_same_thread : bool
@@ -140,7 +141,28 @@ class Catalogue:
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
+        if not self.read_only:
+            self._settle()
         self._db.close()
+
+    def _settle(self) -> None:
+        """At a writer's close: everything into the database file itself, and back to a rollback journal.
+
+        A writer works in WAL mode (readers never block it); its commits sit in
+        ``-wal`` until a checkpoint, which SQLite only runs by itself when the
+        last connection closes, never while ``cbir serve`` holds one open. So
+        the writer checkpoints: a copy of the folder is complete once no writer
+        runs. Back in rollback-journal mode (possible when no one else has the
+        database open) readers need no ``-wal``/``-shm`` files and create none,
+        and still see every later commit. Best effort: a failure here loses
+        nothing (the WAL stays and is replayed).
+        """
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")  # readers finish their current read first
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            self._db.execute("PRAGMA journal_mode=DELETE").fetchone()
+        except sqlite3.Error:
+            pass
 
     def __enter__(self) -> "Catalogue":
         return self
