@@ -92,17 +92,14 @@ def test_a_copy_without_wal_is_complete_even_while_a_reader_holds_the_catalogue(
         reader.close()
 
 
-def test_readers_create_no_files_in_the_index_folder_and_still_see_new_commits(built, collection, index_dir):
-    before = sorted(p.name for p in built.iterdir())
-    assert not any(name.endswith(("-wal", "-shm")) for name in before)
+def test_after_a_run_the_catalogue_file_holds_everything_and_readers_still_see_new_commits(built, collection, index_dir):
     reader = IndexStore.open(built)
     try:
-        cli("query", collection / "red" / "red-0.jpg", "--name", "p", "--index-dir", index_dir)
-        assert sorted(p.name for p in built.iterdir()) == before
-        assert reader.catalogue.count_images() == 15
         write_image(collection / "red" / "late.jpg", coloured_image((40, 40, 210), seed=777))
         cli("index", collection, "--name", "p", "--index-dir", index_dir)
         assert reader.catalogue.count_images() == 16
+        wal = built / "catalogue.sqlite-wal"
+        assert not wal.exists() or wal.stat().st_size == 0  # checkpointed: nothing a copy could miss
     finally:
         reader.close()
 

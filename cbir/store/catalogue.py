@@ -21,6 +21,7 @@ written are listed in ``pending_removals`` until it is written again.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import urllib.parse
@@ -31,6 +32,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
+
+logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 
@@ -94,8 +97,7 @@ class Catalogue:
         is an :class:`~cbir.errors.IndexCorruptError`.
     read_only : bool
         Open for reading only: SQLite refuses every write through this
-        connection, and creates no file while no writer has the database
-        open (see :meth:`close`). In a folder this process cannot write (a read-only mount,
+        connection. In a folder this process cannot write (a read-only mount,
         an archive, another user's index) the database is opened as immutable,
         since SQLite cannot create the ``-shm`` file WAL readers need there.
     check_same_thread : bool
@@ -146,21 +148,23 @@ class Catalogue:
         self._db.close()
 
     def _settle(self) -> None:
-        """At a writer's close: everything into the database file itself, and back to a rollback journal.
+        """At a writer's close: every commit into the database file itself.
 
-        A writer works in WAL mode (readers never block it); its commits sit in
-        ``-wal`` until a checkpoint, which SQLite only runs by itself when the
-        last connection closes, never while ``cbir serve`` holds one open. So
-        the writer checkpoints: a copy of the folder is complete once no writer
-        runs. Back in rollback-journal mode (possible when no one else has the
-        database open) readers need no ``-wal``/``-shm`` files and create none,
-        and still see every later commit. Best effort: a failure here loses
-        nothing (the WAL stays and is replayed).
+        A writer works in WAL mode (readers never block it, nor it them); its
+        commits sit in ``-wal`` until a checkpoint, which SQLite runs by itself
+        only when the last connection closes, never while ``cbir serve`` holds
+        one open. So the writer checkpoints (waiting a little for readers to
+        finish their current read): once no writer runs, ``catalogue.sqlite``
+        alone is complete and a copy without ``-wal`` loses nothing. The
+        database stays in WAL mode: a rollback journal would let one long read
+        (``cbir duplicates``) lock every writer out. Best effort: a failure
+        here loses nothing (the WAL stays, and is replayed).
         """
         try:
-            self._db.execute("PRAGMA busy_timeout = 5000")  # readers finish their current read first
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            self._db.execute("PRAGMA journal_mode=DELETE").fetchone()
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                logger.info("catalogue %s: a reader kept the checkpoint from finishing; the -wal file holds the rest", self.path)
         except sqlite3.Error:
             pass
 
