@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from cbir.cli import app
 from cbir.errors import CbirError
 from cbir.indexing.run import index_folder
-from cbir.compute.work import WorkerError, usable_cores
+from cbir.compute.work import EmbedderRef, WorkerError, usable_cores
 from cbir.progress import Progress
 from cbir.retrieval.search import Searcher
 from cbir.store.directory import IndexStore
@@ -121,7 +121,7 @@ def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
     embedder.pca.fit(rng.random((20, embedder.extractor.dim)).astype(np.float32))
     embedder.save(tmp_path / "model")
     (tmp_path / "model" / "pca.npz").write_bytes(b"not an npz")  # damaged after the parent loaded it
-    spec = PrepareSpec.for_embedder(embedder, tmp_path / "model", workers=2)
+    spec = PrepareSpec.for_embedder(embedder, EmbedderRef.for_embedder(embedder, tmp_path / "model", copies=2))
     with pytest.raises(IndexCorruptError, match="cannot read PCA state"):
         list(load_prepared(files, spec, workers=2, processes=True))
     assert "Traceback" not in capfd.readouterr().err
@@ -420,12 +420,12 @@ def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_file
         "error": np.array(["no such file or directory"], dtype=object),
         "unchanged": np.array([False]),
         "reusable": np.array([False]),
-        "embedded": np.array([False]),
-        "vector": np.zeros((1, 4), np.float32),
+        "has_item": np.array([False]),
+        "item": np.zeros((1, 4), np.float32),
         "node": np.array(["10.0.0.7"], dtype=object),
     }
-    ok, vectors, without = _unpack(batch)
-    assert ok == [] and len(vectors) == 0
+    ok, items, without = _unpack(batch)
+    assert ok == [] and len(items) == 0
     assert without[0].error == (
         "no such file or directory (on Ray node 10.0.0.7; every node must read the files at the same paths)"
     )

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from cbir.store import dba as dba_snapshots
+from cbir.store.dba import dba_config
 from cbir.store.catalogue import NewImage
 from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
@@ -23,11 +24,10 @@ def _unit_vectors(n, dim, seed=0):
 
 
 def _index_vectors(path, vectors, dba=2, index_type="flat", first=0):
-    """Commit ``vectors`` as images (in batches, as the indexer does); the snapshot is written on exit."""
+    """Commit ``vectors`` as images (in batches, as the indexer does), then finish (the snapshot)."""
     with open_writer(path) as writer:
         if writer.created:
-            writer.create(Embedder(make_extractor("color", bins=[4, 4, 2])), index_type, len(vectors))
-            dba_snapshots.configure(writer.store, dba, 3.0, True, len(vectors))
+            writer.create(Embedder(make_extractor("color", bins=[4, 4, 2])), index_type, len(vectors), dba=dba_config(dba, 3.0))
         for start in range(0, len(vectors), 256):
             writer.add(
                 [
@@ -35,6 +35,7 @@ def _index_vectors(path, vectors, dba=2, index_type="flat", first=0):
                     for i in range(start, min(start + 256, len(vectors)))
                 ]
             )
+        writer.finish()
 
 
 def _snapshot_arrays(path):

@@ -13,6 +13,10 @@ catalogue stores, so their scores and order are exact; parameters chosen
 from the collection's size are revisited once it has grown
 :data:`RETUNE_GROWTH` times (:func:`retuned_index_type`). The measurements
 behind the defaults are in docs/index-types.md.
+
+At ~430 lines a little over the usual size: choosing a type's parameters,
+building it (with its training fallback) and reading it back are one
+contract about what a stored FAISS file is, kept in one place.
 """
 
 from __future__ import annotations

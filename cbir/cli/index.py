@@ -30,7 +30,8 @@ _AE = "Autoencoder (--extractor autoencoder)"
 
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
     """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
-    from cbir.store.dba import KEEP, dba_config
+    from cbir.indexing.plan import KEEP
+    from cbir.store.dba import dba_config
     from cbir.errors import UsageError
     from cbir.ann.rerank import DEFAULT_ALPHA
 
@@ -310,6 +311,14 @@ def index(
     if summary.unsupported:
         counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
         print(f"not indexed, formats cbir cannot read: {counts}")
+    if summary.unlisted:
+        shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
+        print(
+            f"{len(summary.unlisted)} folder(s) could not be listed ({shown}): "
+            f"{summary.kept_unlisted} indexed image(s) under them kept, not removed; run again once they are back"
+        )
+    if summary.retried:
+        print(f"{summary.retried} file(s) skipped earlier for a reason that may have passed (permission, I/O) were tried again")
 
 @handle_errors
 def remove(

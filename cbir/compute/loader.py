@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cbir.compute.work import MIN_FILES_FOR_PROCESSES, KnownContent, PrepareSpec, load_one
+from cbir.compute.work import MIN_FILES_FOR_PROCESSES, Batch, EmbedderRef, KnownContent, PrepareSpec, load_one
 from cbir.compute.work import LoadedFile
 
 logger = logging.getLogger(__name__)
@@ -116,8 +116,8 @@ class Loader:
         return self.workers > 1 and (self.explicit or files >= MIN_FILES_FOR_PROCESSES)
 
     def embeds_in_workers(self, files: int, embedder) -> bool:
-        """Whether :meth:`embed_batches` over ``files`` files runs ``embedder`` in worker processes (given its state)."""
-        return self.uses_processes(files) and embedder.extractor.embeds_in_workers
+        """Whether :meth:`embed_batches` over ``files`` files runs ``embedder`` in workers or actors (given its state)."""
+        return (self.ray is not None or self.uses_processes(files)) and embedder.extractor.embeds_in_workers
 
     def load(self, files: Sequence[Path], spec: PrepareSpec, prepare=None, known_sha256=None, known=None):
         """:func:`load_prepared` in worker processes where they pay off, else in threads."""
@@ -141,18 +141,26 @@ class Loader:
         known: KnownContent | None = None,
         progress=None,
         state_dir: Path | None = None,
-    ) -> Iterator[tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]]:
-        """Yield ``(embedded files, their vectors, files not embedded)`` per batch, in order.
+    ) -> Iterator[Batch]:
+        """Yield a :class:`~cbir.compute.work.Batch` per batch of files, in order (on Ray: as they finish).
 
-        The model runs here, or, given the folder of the embedder's saved
-        state (``state_dir``), in each worker process where there are
-        workers and the extractor allows it: a network run as one engine per
-        worker, a share of the cores each, beats one engine on every core
+        The one way files become vectors, whichever backend runs the work:
+        this process (threads), worker processes, or a Ray cluster. The model
+        runs here, or, given the folder of the embedder's saved state
+        (``state_dir``), in each worker or actor where the extractor allows it
+        (a converted network: the runtime engine, no TensorFlow): one engine
+        per worker, a share of the cores each, beats one engine on every core
         whose threads the decoding workers preempt (docs/parallel.md).
         """
+        if self.ray is not None:
+            ref = None
+            if state_dir is not None and embedder.extractor.embeds_in_workers:
+                ref = EmbedderRef.for_embedder(embedder, state_dir, copies=1, cores=self.ray.threads)
+            yield from self.ray.embed(files, embedder, ref, self.batch_size, known_sha256 or {}, known, progress)
+            return
         in_workers = state_dir is not None and self.embeds_in_workers(len(files), embedder)
         if in_workers:
-            spec = PrepareSpec.for_embedder(embedder, state_dir, self.workers)
+            spec = PrepareSpec.for_embedder(embedder, EmbedderRef.for_embedder(embedder, state_dir, self.workers))
         else:
             spec = PrepareSpec.for_extractor(embedder.extractor)
 
@@ -163,11 +171,14 @@ class Loader:
                 yield pair
 
         for ok, items, not_embedded in batched(counted(), self.batch_size):
-            if not items:
-                vectors = np.zeros((0, embedder.dim), np.float32)
-            else:
-                vectors = np.stack(items) if in_workers else embedder.transform_prepared(items)
-            yield ok, vectors, not_embedded
+            yield Batch(ok, embed_items(embedder, items, embedded=in_workers), not_embedded)
+
+
+def embed_items(embedder, items: Sequence[Any], embedded: bool = False) -> np.ndarray:
+    """The vectors of a batch's items: stacked where workers embedded them, else the model runs here."""
+    if not items:
+        return np.zeros((0, embedder.dim), np.float32)
+    return np.stack(items) if embedded else embedder.transform_prepared(items)
 
 
 def batched(items: Iterable[tuple[LoadedFile, Any]], batch_size: int) -> Iterator[tuple[list[LoadedFile], list[Any], list[LoadedFile]]]:

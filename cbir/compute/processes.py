@@ -205,7 +205,7 @@ def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list
         [Path(p) for p in paths], known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"]
     )
     # ``image`` is the item itself where there is no extractor: a flag, not a second copy.
-    fields = [(f.size, f.mtime_ns, f.sha256, f.error, f.unchanged, f.reusable, f.image is not None) for f, _ in loaded]
+    fields = [(f.fields(), f.image is not None) for f, _ in loaded]
     return fields, [item for _, item in loaded]
 
 
@@ -218,6 +218,6 @@ def _loaded_files(paths: list[Path], result: tuple[list[tuple], list[Any]]) -> l
     """
     fields, items = result
     return [
-        (LoadedFile(path, size, mtime_ns, sha256, item if image else None, error, unchanged, reusable), item)
-        for path, (size, mtime_ns, sha256, error, unchanged, reusable, image), item in zip(paths, fields, items)
+        (LoadedFile.from_fields(path, values, item if image else None), item)
+        for path, (values, image), item in zip(paths, fields, items)
     ]

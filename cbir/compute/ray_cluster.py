@@ -21,14 +21,14 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Iterator, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
 
 from cbir.errors import UsageError
-from cbir.compute.work import LoadedFile
-from cbir.compute.work import KnownContent, WorkerError, load_and_embed
+from cbir.compute.loader import embed_items
+from cbir.compute.work import CODEC_FIELDS, Batch, EmbedderRef, KnownContent, LoadedFile, PrepareSpec, WorkerError, load_and_embed
 from cbir.progress import Progress
 
 logger = logging.getLogger(__name__)
@@ -118,13 +118,19 @@ class RayRunner:
     def embed(
         self,
         files: Sequence[Path],
-        store,
+        embedder,
+        ref: EmbedderRef | None,
         batch_size: int,
         known_sha256: dict[Path, str],
         known: KnownContent | None,
-        progress: Progress,
-    ) -> Iterator[tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]]:
-        """Yield ``(embedded files, their vectors, files not embedded)`` as the actors finish batches."""
+        progress: Progress | None,
+    ) -> Iterator[Batch]:
+        """Yield a :class:`~cbir.compute.work.Batch` as the actors finish batches.
+
+        With ``ref`` each actor builds the embedder from it (the runtime
+        engine, as worker processes do) and hands back vectors; without, the
+        actors read, decode and prepare, and ``embedder`` runs here.
+        """
         if not files:
             return
         ray = import_ray()
@@ -133,17 +139,13 @@ class RayRunner:
         context = DataContext.get_current()
         context.enable_progress_bars = False
         context.verbose_stats_logs = False
+        spec = PrepareSpec.for_embedder(embedder, ref) if ref is not None else PrepareSpec.for_extractor(embedder.extractor)
         items = [{"path": str(p), "known": known_sha256.get(p, "")} for p in files]
         # One input block per actor call, so that no call is split into a large and a small one.
         calls = -(-len(items) // self.batch_size(len(items), batch_size))
         dataset = ray.data.from_items(items, override_num_blocks=calls).map_batches(
-            _RayEmbedder,
-            fn_constructor_kwargs={
-                "config": store.embedder().get_config(),
-                "model_dir": str(store.model_dir),
-                "known": known.for_workers() if known is not None else None,
-                "threads": self.threads,
-            },
+            _RayWorker,
+            fn_constructor_kwargs={"spec": spec, "known": known.for_workers() if known is not None else None},
             compute=ActorPoolStrategy(size=self.actors, max_tasks_in_flight_per_actor=TASKS_IN_FLIGHT),
             batch_size=None,
             batch_format="numpy",
@@ -151,8 +153,10 @@ class RayRunner:
         )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                progress.advance(len(batch["path"]))
-                yield _unpack(batch)
+                if progress is not None:
+                    progress.advance(len(batch["path"]))
+                ok, items_out, without = _unpack(batch)
+                yield Batch(ok, embed_items(embedder, items_out, embedded=ref is not None), without)
         except ray.exceptions.RayTaskError:
             raise  # an exception inside the embedder: a bug to see, not to hide
         except ray.exceptions.RayError as exc:
@@ -160,69 +164,55 @@ class RayRunner:
             raise WorkerError(f"the Ray cluster failed: {message}; work committed so far is kept") from None
 
 
-def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]:
-    ok, rows, without = [], [], []
+def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.ndarray], list[LoadedFile]]:
+    """``(files with an item, their items, files without)`` of one actor call's columns."""
+    ok, items, without = [], [], []
+    columns = [batch[name] for name in CODEC_FIELDS]
     for i, path in enumerate(batch["path"]):
-        error = str(batch["error"][i]) or None
-        unread = not str(batch["sha256"][i])  # the worker could not even read the bytes
-        if error is not None and unread and os.access(path, os.R_OK):
-            error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
-        loaded = LoadedFile(
-            Path(path),
-            int(batch["size"][i]),
-            int(batch["mtime_ns"][i]),
-            str(batch["sha256"][i]),
-            error=error,
-            unchanged=bool(batch["unchanged"][i]),
-            reusable=bool(batch["reusable"][i]),
-        )
-        if batch["embedded"][i]:
+        loaded = LoadedFile.from_fields(Path(path), [column[i] for column in columns])
+        unread = not loaded.sha256  # the worker could not even read the bytes
+        if loaded.error is not None and unread and os.access(path, os.R_OK):
+            loaded.error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
+        if batch["has_item"][i]:
             ok.append(loaded)
-            rows.append(i)
+            items.append(batch["item"][i])
         else:
             without.append(loaded)
-    vectors = np.ascontiguousarray(batch["vector"][rows], dtype=np.float32)
-    return ok, vectors, without
+    return ok, items, without
 
 
-class _RayEmbedder:
-    """One Ray actor: the embedder built once, then read + embed a batch of paths per call."""
+class _RayWorker:
+    """One Ray actor: what it runs built once (prepare, and the engine where it embeds), then a batch of paths per call."""
 
-    def __init__(self, config: dict[str, Any], model_dir: str, known: KnownContent | None, threads: int = 1):
+    def __init__(self, spec: PrepareSpec, known: KnownContent | None):
         import ray
 
-        from cbir.features import runtimes
-        from cbir.features.pipeline import Embedder
-
-        runtimes.limit_threads(threads)  # the actors share the node's cores: no oversubscribed engines
-        self.embedder = Embedder.from_config(config).load_state(Path(model_dir))
+        self.embedder = spec.build_embedder()
+        self.prepare = self.embedder.prepare if self.embedder is not None else spec.build()
+        self.min_side = spec.min_side
         self.known = known
         self.node = ray.util.get_node_ip_address()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        embedder = self.embedder
         pairs = load_and_embed(
             [Path(str(path)) for path in batch["path"]],
             [str(known) or None for known in batch["known"]],
-            embedder.decode_min_side,
-            embedder.prepare,
-            embedder.transform_prepared,
+            self.min_side,
+            self.prepare,
+            self.embedder.transform_prepared if self.embedder is not None else None,
             self.known,
         )
         loaded_files = [loaded for loaded, _ in pairs]
-        embedded = np.array([vector is not None for _, vector in pairs], dtype=bool)
-        vectors = np.zeros((len(pairs), embedder.dim), dtype=np.float32)
-        if embedded.any():
-            vectors[embedded] = np.stack([vector for _, vector in pairs if vector is not None])
-        return {
-            "path": np.array([str(f.path) for f in loaded_files], dtype=object),
-            "size": np.array([f.size for f in loaded_files], dtype=np.int64),
-            "mtime_ns": np.array([f.mtime_ns for f in loaded_files], dtype=np.int64),
-            "sha256": np.array([f.sha256 for f in loaded_files], dtype=object),
-            "error": np.array([f.error or "" for f in loaded_files], dtype=object),
-            "unchanged": np.array([f.unchanged for f in loaded_files], dtype=bool),
-            "reusable": np.array([f.reusable for f in loaded_files], dtype=bool),
-            "embedded": embedded,
-            "vector": vectors,
-            "node": np.array([self.node] * len(loaded_files), dtype=object),
-        }
+        has_item = np.array([item is not None for _, item in pairs], dtype=bool)
+        columns: dict[str, np.ndarray] = {"path": np.array([str(f.path) for f in loaded_files], dtype=object)}
+        for name, values in zip(CODEC_FIELDS, zip(*(f.fields() for f in loaded_files))):
+            columns[name] = np.array([v if v is not None else "" for v in values], dtype=object)
+        found = [item for _, item in pairs if item is not None]
+        if found:
+            stacked = np.stack(found)
+            item_column = np.zeros((len(pairs), *stacked.shape[1:]), dtype=stacked.dtype)
+            item_column[has_item] = stacked
+        else:
+            item_column = np.zeros((len(pairs), 1), dtype=np.float32)
+        columns.update(has_item=has_item, item=item_column, node=np.array([self.node] * len(pairs), dtype=object))
+        return columns

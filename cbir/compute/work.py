@@ -9,9 +9,10 @@ from __future__ import annotations
 import logging
 import os
 from stat import S_ISREG
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -37,6 +38,33 @@ class LoadedFile:
     #: True when ``reusable(sha256)`` said the index already holds this content: not decoded.
     reusable: bool = False
 
+    def fields(self) -> tuple:
+        """The file's fields but its path and image, in :data:`CODEC_FIELDS` order: the one
+        codec that worker processes and Ray actors send back (a new field needs no other edit)."""
+        return tuple(getattr(self, name) for name in CODEC_FIELDS)
+
+    @classmethod
+    def from_fields(cls, path: Path, values: Sequence, image: np.ndarray | None = None) -> "LoadedFile":
+        """The inverse of :meth:`fields` (values may be NumPy scalars, as Ray columns hold them)."""
+        loaded = cls(path, image=image, **{name: _plain(value) for name, value in zip(CODEC_FIELDS, values)})
+        loaded.error = loaded.error or None  # Ray's columns hold "" for no error
+        return loaded
+
+
+#: :class:`LoadedFile`'s fields as :meth:`LoadedFile.fields` sends them.
+CODEC_FIELDS = tuple(f.name for f in dataclasses.fields(LoadedFile) if f.name not in ("path", "image"))
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+class Batch(NamedTuple):
+    """What one committed batch holds: files embedded, their vectors (in that order), files not embedded."""
+
+    embedded: list[LoadedFile]
+    vectors: np.ndarray
+    not_embedded: list[LoadedFile]
 
 
 #: Files larger than this are not read (``$CBIR_MAX_FILE_MB`` changes it): a 3 GB file named
@@ -157,39 +185,58 @@ def check_workers(workers: int | None) -> int:
 
 
 @dataclass(frozen=True)
+class EmbedderRef:
+    """How a worker process or a Ray actor builds its own copy of an index's embedder.
+
+    The embedder's config, the folder of its saved state (which holds the
+    converted network: workers run the runtime engine, never TensorFlow) and
+    the engine threads each copy may use (the cores shared out).
+    """
+
+    config: dict[str, Any]
+    state_dir: str
+    threads: int
+
+    @classmethod
+    def for_embedder(cls, embedder, state_dir: Path, copies: int, cores: int | None = None) -> "EmbedderRef":
+        """A reference for ``copies`` engines sharing ``cores`` (default: this machine's usable cores)."""
+        threads = max(1, (cores if cores is not None else usable_cores()) // max(1, copies))
+        return cls(embedder.get_config(), str(state_dir), threads)
+
+    def build(self):
+        """The embedder, state loaded, its engine limited to :attr:`threads` (the one place workers build it)."""
+        from cbir.features import runtimes
+        from cbir.features.pipeline import Embedder
+
+        runtimes.limit_threads(self.threads)  # the copies share the cores: no oversubscribed engines
+        return Embedder.from_config(self.config).load_state(Path(self.state_dir))
+
+
+@dataclass(frozen=True)
 class PrepareSpec:
     """How to load one file, in a form a worker process can rebuild: decode size and extractor config.
 
     ``extractor`` is an extractor config (``{"name", "params"}``); ``None``
-    returns the decoded image itself.
+    returns the decoded image itself. With ``embedder`` (where workers embed
+    too, :meth:`for_embedder`) the items handed back are vectors.
     """
 
     min_side: int | None
     extractor: dict[str, Any] | None = None
-    #: ``(embedder config, folder of its saved state, engine threads)`` where
-    #: workers embed too (:meth:`for_embedder`); their items are then vectors.
-    embedder: tuple[dict[str, Any], str, int] | None = None
+    embedder: EmbedderRef | None = None
 
     @classmethod
     def for_extractor(cls, extractor) -> "PrepareSpec":
         return cls(extractor.decode_min_side, extractor.get_config())
 
     @classmethod
-    def for_embedder(cls, embedder, state_dir: Path, workers: int) -> "PrepareSpec":
+    def for_embedder(cls, embedder, ref: EmbedderRef) -> "PrepareSpec":
         """Workers prepare and embed, each with its own engine on a share of the cores."""
-        threads = max(1, usable_cores() // workers)
-        return cls(embedder.decode_min_side, embedder.extractor.get_config(), (embedder.get_config(), str(state_dir), threads))
+        return cls(embedder.decode_min_side, embedder.extractor.get_config(), ref)
 
     def build_embedder(self):
         """The embedder a worker runs, built from the saved state; ``None`` where workers only prepare."""
-        if self.embedder is None:
-            return None
-        from cbir.features import runtimes
-        from cbir.features.pipeline import Embedder
-
-        config, state_dir, threads = self.embedder
-        runtimes.limit_threads(threads)  # the workers share the cores: no oversubscribed engines
-        return Embedder.from_config(config).load_state(Path(state_dir))
+        return self.embedder.build() if self.embedder is not None else None
 
     def build(self) -> Callable[[np.ndarray], Any] | None:
         if self.extractor is None:

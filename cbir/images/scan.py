@@ -7,7 +7,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -55,6 +55,8 @@ class FolderScan:
 
     images: list[Path]
     unsupported: dict[str, int]
+    #: Folders that could not be listed (an unmounted share, a permission): what lies below is unknown, not gone.
+    unlisted: list[str] = field(default_factory=list)
 
 
 
@@ -114,8 +116,12 @@ def scan_folder(
     visited: set[tuple[int, int]] = set()
     readable = readable_extensions()
 
+    unlisted: list[str] = []
+
     def on_error(error: OSError) -> None:
         logger.warning("cannot list %s: %s", error.filename, error.strerror or error)
+        if error.filename is not None:
+            unlisted.append(os.path.abspath(os.fsdecode(error.filename)))
 
     for folder, subfolders, files in os.walk(root, followlinks=True, onerror=on_error):
         try:
@@ -139,4 +145,4 @@ def scan_folder(
                 found.append(Path(folder, name))
             else:
                 unsupported[suffix] = unsupported.get(suffix, 0) + 1
-    return FolderScan(found, dict(sorted(unsupported.items())))
+    return FolderScan(found, dict(sorted(unsupported.items())), sorted(set(unlisted)))

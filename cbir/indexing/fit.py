@@ -15,15 +15,11 @@ import numpy as np
 
 from cbir.errors import NoImagesError
 from cbir.features.pipeline import Embedder
-from cbir.compute.work import LoadedFile
+from cbir.compute.work import Batch
 from cbir.images.scan import find_images
 from cbir.compute.loader import Loader
 from cbir.compute.work import PrepareSpec
 from cbir.progress import Progress
-
-#: ``(embedded files, their vectors, files not embedded)``: what one committed batch holds.
-Batch = tuple[list[LoadedFile], np.ndarray, list[LoadedFile]]
-
 
 def fit_new_embedder(
     embedder: Embedder,
@@ -71,7 +67,7 @@ def fit_new_embedder(
     embedder.pca.fit(np.concatenate([vectors for _, vectors, _ in raw]))
     if pca_train_folder is not None:
         return []
-    return [(ok, embedder.pca.transform(vectors), failed) for ok, vectors, failed in raw]
+    return [Batch(ok, embedder.pca.transform(vectors), failed) for ok, vectors, failed in raw]
 
 
 def _fit_extractor(extractor, chosen: list[Path], training_dir: Path, loader: Loader, progress: Progress) -> None:

@@ -1,5 +1,7 @@
-"""Keeping an index in step with the disk: entries of files that are gone, removals
-remembered across updates, and deleting a whole index."""
+"""Keeping an index in step with the disk: entries of files that are gone, and deleting a whole index.
+
+(Removals remembered across updates are applied by the plan:
+:func:`cbir.indexing.plan.honour_removed`.)"""
 
 from __future__ import annotations
 
@@ -12,34 +14,10 @@ from cbir.errors import IndexNotFoundError, UsageError
 from cbir.progress import SILENT, Progress
 from cbir.store.directory import CATALOGUE_FILE, LOCK_FILE, IndexStore, WriteLock, not_found_message
 from cbir.store.manifest import MANIFEST_FILE
-from cbir.store.locations import index_path, is_under
-from cbir.store.writer import IndexWriter, open_writer
+from cbir.store.locations import index_path
+from cbir.store.writer import open_writer
 
 logger = logging.getLogger(__name__)
-
-
-def without_removed(writer: IndexWriter, folder: Path, files: list[Path], include_removed: bool) -> list[Path]:
-    """``files`` less what ``cbir remove`` took out below ``folder`` (an update through ``writer``).
-
-    Removals at or above ``folder`` (indexing a removed folder by name), and
-    with ``include_removed`` those below it, are asked back: they are
-    forgotten, and their files indexed again.
-    """
-    removed = writer.store.removed_paths()
-    if not removed:
-        return files
-    root = str(folder)
-    # Indexing a removed folder (or one inside it) by name asks for it back.
-    asked_back = [p for p in removed if is_under(root, p) or (include_removed and is_under(p, root))]
-    if asked_back:
-        writer.set_removed_paths([p for p in removed if p not in asked_back])
-    honoured = [p for p in removed if p not in asked_back]
-    if not honoured:
-        return files
-    kept = [f for f in files if not any(is_under(str(f), p) for p in honoured)]
-    if len(kept) < len(files):
-        logger.info("left out %d file(s) removed earlier with cbir remove", len(files) - len(kept))
-    return kept
 
 
 def prune_missing(
@@ -58,19 +36,20 @@ def prune_missing(
     path = index_path(name, index_dir)
     if dry_run:
         with IndexStore.open(path) as store:
-            rows, skipped = _gone(store.catalogue)
+            rows, skipped = _gone(store.catalogue.image_rows(), store.catalogue.skipped())
     else:
         with open_writer(path, wait=wait, create=False, progress=progress) as writer:
-            rows, skipped = _gone(writer.catalogue)
+            rows, skipped = _gone(writer.all_rows(), writer.all_skipped())
             if rows or skipped:
                 writer.remove([row.id for row in rows], skipped)
+            writer.finish()
     return sorted([row.path for row in rows] + skipped)
 
 
-def _gone(catalogue) -> tuple[list, list[str]]:
+def _gone(image_rows, skipped_files) -> tuple[list, list[str]]:
     """Rows and skipped-file records whose path no longer exists."""
-    rows = [row for row in catalogue.image_rows() if not os.path.exists(row.path)]
-    skipped = [path for path, _reason in catalogue.skipped() if not os.path.exists(path)]
+    rows = [row for row in image_rows if not os.path.exists(row.path)]
+    skipped = [path for path, _reason in skipped_files if not os.path.exists(path)]
     return rows, skipped
 
 

@@ -1,20 +1,17 @@
-"""Folder -> decoded images -> vectors -> catalogue and FAISS index, incrementally.
+"""Folder -> plan -> fit -> embed -> commit -> finish: :func:`index_folder`, incrementally.
 
-:func:`index_folder` is the one entry point. It walks the folder, compares
-what it finds with the catalogue (mark and sweep: new, changed, unchanged,
-gone), embeds only what is new or changed, and commits every batch of
-vectors together with its catalogue rows, so a run that is interrupted or
+Each stage is entered once. The plan compares the folder with the catalogue
+(mark and sweep: new, changed, unchanged, gone; :mod:`cbir.indexing.plan`);
+only new or changed files are embedded, and every batch of vectors is
+committed together with its catalogue rows, so a run that is interrupted or
 killed keeps all committed work and the next run carries on from there.
 
-Reading, hashing, decoding and embedding go through the one loader
-(:mod:`cbir.compute.loader`): in worker processes on every usable core (each with
-its own copy of the network, or the network here for the Keras runtime), or
-on a Ray cluster (:mod:`cbir.compute.ray_cluster`); every write stays in this
-process, through the index's one writer (:mod:`cbir.store.writer`). Memory stays
-bounded however large the folder.
-
-At ~470 lines it is a little over the usual size: the plan (mark and sweep),
-the commit loop and the reuse of stored vectors are the steps of one run.
+Reading, hashing, decoding and embedding go through one loader
+(:class:`cbir.compute.loader.Loader`): in this process, in worker processes
+on every usable core, or on a Ray cluster; every write stays in this
+process, through the index's one writer (:mod:`cbir.store.writer`), which
+takes values and finishes explicitly. Memory stays bounded however large
+the folder.
 """
 
 from __future__ import annotations
@@ -23,30 +20,26 @@ import itertools
 import logging
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from cbir.store import dba as dba_store
-from cbir.store.catalogue import NewImage
-from cbir.errors import CbirError, ConfigMismatchError, NoImagesError, UsageError
-from cbir.features.pipeline import Embedder, EmbedderOptions
-from cbir.compute.work import LoadedFile
-from cbir.images.scan import normalize_path, scan_folder
-from cbir.images.labels import as_label_table, assign_labels, folder_label
-from cbir.indexing.fit import Batch, fit_new_embedder
-from cbir.compute.work import KnownContent, PrepareSpec, check_workers
-from cbir.compute.loader import Loader, load_prepared
-from cbir.indexing.maintenance import without_removed
-from cbir.progress import SILENT, Progress
-from cbir.store.directory import IndexStore, is_index
-from cbir.store.manifest import read_manifest
-from cbir.store.locations import index_path, name_for_folder
-from cbir.store.writer import IndexWriter, Restat, SkippedFile, open_writer
 from cbir.ann.rerank import DEFAULT_ALPHA
 from cbir.ann.vectors import resolve_index_type
+from cbir.compute.loader import Loader
+from cbir.compute.work import Batch, KnownContent, LoadedFile, WorkerError, check_workers
+from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
+from cbir.features.pipeline import Embedder, EmbedderOptions
+from cbir.images.labels import as_label_table, assign_labels, folder_label
+from cbir.images.scan import normalize_path, scan_folder
+from cbir.indexing.fit import fit_new_embedder
+from cbir.indexing.plan import KEEP, IndexPlan, dba_setting, honour_removed, plan_update, stat_files
+from cbir.indexing.summary import IndexSummary
+from cbir.progress import SILENT, Progress
+from cbir.store.catalogue import NewImage
+from cbir.store.locations import index_path, name_for_folder
+from cbir.store.writer import IndexWriter, Restat, SkippedFile, open_writer
 
 logger = logging.getLogger(__name__)
 
@@ -54,53 +47,6 @@ DEFAULT_BATCH_SIZE = 64
 
 #: At most this many images are decoded to fit a learning extractor or a PCA.
 DEFAULT_FIT_SAMPLE = 20_000
-
-
-@dataclass
-class IndexSummary:
-    """What one indexing run did."""
-
-    name: str
-    path: str
-    added: int = 0
-    updated: int = 0
-    removed: int = 0
-    unchanged: int = 0
-    skipped: int = 0
-    total: int = 0
-    seconds: float = 0.0
-    embedded: int = 0
-    #: Files whose content the index already held (moved or copied): their stored vector was reused.
-    reused: int = 0
-    created: bool = False
-    skipped_files: list[tuple[str, str]] = field(default_factory=list)
-    #: Image files of formats cbir cannot read (HEIC, RAW...), by suffix; not indexed.
-    unsupported: dict[str, int] = field(default_factory=dict)
-    #: How the FAISS index was rebuilt from the stored vectors this run (nothing re-embedded), if it was.
-    vectors_rebuilt: str | None = None
-
-    @property
-    def images_per_second(self) -> float:
-        return self.embedded / self.seconds if self.seconds > 0 else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "path": self.path,
-            "created": self.created,
-            "added": self.added,
-            "updated": self.updated,
-            "removed": self.removed,
-            "unchanged": self.unchanged,
-            "skipped": self.skipped,
-            "reused": self.reused,
-            "total": self.total,
-            "seconds": round(self.seconds, 3),
-            "images_per_second": round(self.images_per_second, 2),
-            "skipped_files": [{"path": p, "reason": r} for p, r in self.skipped_files],
-            "unsupported": dict(self.unsupported),
-            "vectors_rebuilt": self.vectors_rebuilt,
-        }
 
 
 def index_folder(
@@ -122,7 +68,7 @@ def index_folder(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     include_removed: bool = False,
-    dba: int | None | str = dba_store.KEEP,
+    dba: int | None | str = KEEP,
     dba_alpha: float = DEFAULT_ALPHA,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
@@ -184,6 +130,12 @@ def index_folder(
         default: :data:`cbir.ann.rerank.DEFAULT_DBA` for a new index, unchanged
         for an existing one), see :mod:`cbir.store.dba`.
 
+    The run is one pass: plan (a pure function over the scan and the
+    catalogue rows, :mod:`cbir.indexing.plan`) -> fit (a new index's
+    extractor and PCA) -> embed (one backend: this process, worker processes
+    or Ray) -> commit (batch by batch) -> finish (removals, labels, one
+    manifest write, retune, DBA, the FAISS snapshot).
+
     Raises
     ------
     UsageError, NoImagesError, ConfigMismatchError, IndexLockedError, IndexCorruptError
@@ -195,69 +147,77 @@ def index_folder(
     started = time.perf_counter()
     if batch_size < 1:
         raise UsageError("batch size must be at least 1")
+    if embedder is not None and options is not None:
+        raise UsageError("give either an embedder or options, not both")
+    if options is not None and not isinstance(options, EmbedderOptions):
+        options = EmbedderOptions.from_mapping(options)
     loader = Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
     folder = normalize_path(folder)
-    if name is None:
-        name = name_for_folder(folder)
+    name = name if name is not None else name_for_folder(folder)
     scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
-    files = scan.images
-    if not files:
+    if not scan.images:
         raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
-    labels = _labels_for(files, labels)
-    path = index_path(name, index_dir)
-    if options is not None:
-        if embedder is not None:
-            raise UsageError("give either an embedder or options, not both")
-        if not isinstance(options, EmbedderOptions):
-            options = EmbedderOptions.from_mapping(options)
-        embedder = options.resolve(_stored_embedder_config(path))
+    labels = _labels_for(scan.images, labels)
     if ray not in (None, False):
         from cbir.compute.ray_cluster import RayRunner
 
         # Before anything is written: an unreachable cluster leaves no trace.
         loader.ray = RayRunner.connect(None if ray is True else ray, actors=workers)
 
-    with open_writer(path, wait=wait, progress=progress) as writer:
-        summary = IndexSummary(name=name, path=str(path), created=writer.created, unsupported=scan.unsupported)
+    with open_writer(index_path(name, index_dir), wait=wait, progress=progress) as writer:
+        summary = IndexSummary(name=name, path=str(writer.path), created=writer.created, unsupported=scan.unsupported)
+        summary.unlisted = list(scan.unlisted)
+        files = scan.images
+        # -- plan ----------------------------------------------------------------
+        if writer.created:
+            embedder = _new_embedder(options.resolve(None) if options is not None else embedder)
+            if index_type is not None:  # every extractor knows its dimension from its checked parameters
+                resolve_index_type(index_type, embedder.dim, len(files))  # a bad type fails before any training
+            dba_config = dba_setting(dba, dba_alpha, True, len(files))
+            plan = plan_update(stat_files(files), {}, {}, scan.unlisted)
+            known = None
+        else:
+            embedder = options.resolve(writer.embedder_config) if options is not None else embedder
+            runtime_overrides = _check_same_config(writer, embedder)
+            if index_type is not None:
+                resolve_index_type(index_type, writer.dim, len(files))  # a bad type fails before any embedding
+            removed = honour_removed(writer.removed_paths(), folder, files, include_removed)
+            files = removed.files
+            if removed.record is not None:
+                writer.set_removed_paths(removed.record)
+            dba_config = dba_setting(dba, dba_alpha, False, max(len(files), writer.count_images()))
+            writer.configure(dba=None if dba_config == KEEP else (dba_config or False))
+            plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
+            known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
+            embedder = writer.embedder(runtime_overrides)
+            writer.record_indexed_root(str(folder))
+        summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
+        summary.kept_unlisted, summary.retried = plan.kept_unlisted, plan.retried
+        # -- fit (a new index only) ----------------------------------------------
         precomputed: list[Batch] = []
         if writer.created:
-            embedder = _new_embedder(embedder)
-            if index_type is not None:
-                _check_index_type(index_type, embedder, len(files))
             precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
-            writer.create(embedder, index_type or "flat", len(files))
-        else:
-            runtime_overrides = _check_same_config(writer.store, embedder)
-            if index_type is not None:
-                resolve_index_type(index_type, writer.store.dim, len(files))  # a bad type fails before any embedding
-            if runtime_overrides:
-                writer.store.embedder(runtime_overrides)
-            files = without_removed(writer, folder, files, include_removed)
-        dba_store.configure(writer.store, dba, dba_alpha, writer.created, len(files))
-        plan = _plan(writer, folder, files)
-        summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
-        _embed_and_commit(writer, plan, precomputed, labels, loader, summary, progress)
+            writer.create(embedder, index_type or "flat", len(files), dba=dba_config)
+            writer.record_indexed_root(str(folder))
+        # -- embed and commit ---------------------------------------------------------
+        try:
+            _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress)
+        except (KeyboardInterrupt, WorkerError):
+            writer.finish()  # what was committed becomes the snapshot, searchable as it is; then stop
+            raise
+        # -- finish ------------------------------------------------------------------
         if plan.removed_ids or plan.removed_skipped:
             summary.removed = writer.remove(plan.removed_ids, plan.removed_skipped)
         if labels is not None:
             writer.set_labels({str(p): label for p, label in labels.items()})
-        summary.total = writer.catalogue.count_images()
+        summary.total = writer.count_images()
         if writer.created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
         if not writer.created and index_type is not None:
-            writer.change_index_type(index_type)
-    summary.vectors_rebuilt = writer.vectors_rebuilt
+            writer.configure(index_type=index_type)  # its parameters chosen for the collection as it now is
+        summary.vectors_rebuilt = writer.finish()
     summary.seconds = time.perf_counter() - started
     return summary
-
-
-def _check_index_type(index_type: str, embedder: Embedder, n_files: int) -> None:
-    """Refuse an index type FAISS cannot build before any training."""
-    try:
-        dim = embedder.dim
-    except Exception:  # some extractors know their dimension only once built
-        return
-    resolve_index_type(index_type, dim, n_files)
 
 
 def _unsupported_note(unsupported: dict[str, int]) -> str:
@@ -284,84 +244,26 @@ def _new_embedder(embedder: Embedder | None) -> Embedder:
     return embedder
 
 
-def _stored_embedder_config(path: Path) -> dict[str, Any] | None:
-    """An existing index's embedder config, or ``None`` for a new (or unreadable) index."""
-    if not is_index(path):
-        return None
-    try:
-        return read_manifest(path)["embedder"]
-    except CbirError:
-        return None  # opening the index reports the damage
-
-
-def _check_same_config(store: IndexStore, embedder: Embedder | None) -> dict[str, Any]:
+def _check_same_config(writer: IndexWriter, embedder: Embedder | None) -> dict[str, Any]:
     """Refuse a config that would embed differently; return runtime-only parameters that differ."""
     if embedder is None:
         return {}
-    built = store.manifest["embedder"]
+    built = writer.embedder_config
     differences = embedder.differences(built)
     if differences:
         listed = ", ".join(f"{key} {stored!r} (asked: {asked!r})" for key, (stored, asked) in differences.items())
         raise ConfigMismatchError(
-            f"index {store.name!r} was built with other options: {listed}; "
+            f"index {writer.path.name!r} was built with other options: {listed}; "
             f"leave them out to update it, or choose another --name"
         )
     return embedder.runtime_overrides(built)
 
 
-@dataclass
-class _Plan:
-    """Files to embed, with the content hash each may still match."""
-
-    todo: list[Path]
-    known_sha256: dict[Path, str]
-    unchanged: int
-    still_skipped: int
-    removed_ids: list[int]
-    removed_skipped: list[str]
-    #: Content already in the index (``None`` for a new one): such files reuse its vector.
-    known: KnownContent | None = None
-
-
-def _plan(writer: IndexWriter, folder: Path, files: list[Path]) -> _Plan:
-    """Mark and sweep: compare the folder with the catalogue rows under it."""
-    catalogue = writer.catalogue
-    rows = catalogue.images_under(str(folder))
-    skipped = catalogue.skipped_under(str(folder))
-    todo, known, unchanged, still_skipped = [], {}, 0, 0
-    present = set()
-    for file in files:
-        key = str(file)
-        present.add(key)
-        try:
-            stat = file.stat()
-        except OSError:
-            todo.append(file)  # let the loader record why it cannot be read
-            continue
-        row = rows.get(key)
-        if row is not None:
-            if row.size == stat.st_size and row.mtime_ns == stat.st_mtime_ns:
-                unchanged += 1
-            else:
-                todo.append(file)
-                known[file] = row.sha256  # confirm the change by content before re-embedding
-            continue
-        previous = skipped.get(key)
-        if previous is not None and previous[:2] == (stat.st_size, stat.st_mtime_ns):
-            still_skipped += 1
-            continue
-        todo.append(file)
-    removed_ids = [row.id for key, row in rows.items() if key not in present]
-    removed_skipped = [key for key in skipped if key not in present]
-    content = None
-    if todo and not writer.created:
-        content = KnownContent.from_hashes(catalogue.content_hashes())
-    return _Plan(todo, known, unchanged, still_skipped, removed_ids, removed_skipped, content)
-
-
 def _embed_and_commit(
     writer: IndexWriter,
-    plan: _Plan,
+    embedder: Embedder,
+    plan: IndexPlan,
+    known: KnownContent | None,
     precomputed: list[Batch],
     labels: dict[Path, str] | None,
     loader: Loader,
@@ -370,19 +272,14 @@ def _embed_and_commit(
 ) -> None:
     if not plan.todo:
         return
-    store = writer.store
-    embedder = store.embedder()
     done = {loaded.path for ok, _, failed in precomputed for loaded in ok + failed}
     remaining = [path for path in plan.todo if path not in done]
-    progress.start(f"indexing into {store.name!r}", len(plan.todo))
+    progress.start(f"indexing into {writer.path.name!r}", len(plan.todo))
     progress.advance(len(plan.todo) - len(remaining))
-    if loader.ray is not None:
-        fresh = loader.ray.embed(remaining, store, loader.batch_size, plan.known_sha256, plan.known, progress)
-    else:
-        fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, plan.known, progress, state_dir=store.model_dir)
+    fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
-            ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, plan.known, ok, vectors, not_embedded)
+            ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded)
             writer.add(
                 [
                     NewImage(
@@ -402,22 +299,26 @@ def _embed_and_commit(
                 ],
                 restat=[Restat(str(f.path), f.size, f.mtime_ns) for f in not_embedded if f.unchanged],
             )
-            for loaded in ok:
-                if loaded.path in plan.known_sha256:
-                    summary.updated += 1
-                else:
-                    summary.added += 1
-            for loaded in not_embedded:
-                if loaded.unchanged:
-                    summary.unchanged += 1
-                else:
-                    summary.skipped += 1
-                    summary.skipped_files.append((str(loaded.path), loaded.error or "unreadable"))
-                    logger.warning("skipped %s: %s", loaded.path, loaded.error)
-            summary.embedded += len(ok) - reused
-            summary.reused += reused
+            _count(summary, plan, ok, not_embedded, reused)
     finally:
         progress.stop()
+
+
+def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_embedded: list[LoadedFile], reused: int) -> None:
+    for loaded in ok:
+        if loaded.path in plan.known_sha256:
+            summary.updated += 1
+        else:
+            summary.added += 1
+    for loaded in not_embedded:
+        if loaded.unchanged:
+            summary.unchanged += 1
+        else:
+            summary.skipped += 1
+            summary.skipped_files.append((str(loaded.path), loaded.error or "unreadable"))
+            logger.warning("skipped %s: %s", loaded.path, loaded.error)
+    summary.embedded += len(ok) - reused
+    summary.reused += reused
 
 
 def _reuse_vectors(
@@ -427,22 +328,19 @@ def _reuse_vectors(
     reusable = [f for f in not_embedded if f.reusable]
     if not reusable:
         return ok, vectors, not_embedded, 0
-    catalogue = writer.catalogue
     candidates = sorted({i for f in reusable for i in known.candidate_ids(f.sha256)})
-    by_hash = {row.sha256: row.id for row in catalogue.image_rows(candidates)}
+    by_hash = {row.sha256: row.id for row in writer.rows_by_id(candidates)}
     found = [f for f in reusable if f.sha256 in by_hash]
-    stored = catalogue.vectors_for_ids([by_hash[f.sha256] for f in found], writer.store.dim)
+    stored = writer.stored_vectors([by_hash[f.sha256] for f in found])
     extra_ok, extra_vectors = list(found), [stored]
     rest = [f for f in not_embedded if not f.reusable]
-    # A 64-bit prefix that matched another hash: rare; read the file here.
-    for file in (f for f in reusable if f.sha256 not in by_hash):
-        for loaded, item in load_prepared([file.path], PrepareSpec(embedder.decode_min_side), prepare=embedder.prepare):
-            if item is None:
-                rest.append(loaded)
-            else:
-                extra_ok.append(loaded)
-                extra_vectors.append(embedder.transform_prepared([item]))
-    all_vectors = np.concatenate([vectors.reshape(-1, writer.store.dim), *extra_vectors])
+    collided = [f.path for f in reusable if f.sha256 not in by_hash]
+    if collided:  # a 64-bit prefix that matched another hash: rare; embed those files here, the same way
+        for batch in Loader(1, explicit=True, batch_size=len(collided)).embed_batches(collided, embedder):
+            extra_ok.extend(batch.embedded)
+            extra_vectors.append(batch.vectors)
+            rest.extend(batch.not_embedded)
+    all_vectors = np.concatenate([vectors.reshape(-1, writer.dim), *(v.reshape(-1, writer.dim) for v in extra_vectors)])
     return ok + extra_ok, all_vectors, rest, len(found)
 
 
@@ -470,12 +368,14 @@ def remove_paths(
         skipped_paths: list[str] = []
         for raw in paths:
             key = str(normalize_path(raw))
-            rows = writer.catalogue.images_under(key)
-            skipped = writer.catalogue.skipped_under(key)
+            rows = writer.rows_under(key)
+            skipped = writer.skipped_under(key)
             if not rows and not skipped:
                 raise UsageError(f"not in index {name!r}: {key}")
             ids.update(row.id for row in rows.values())
             skipped_paths.extend(skipped)
         # Remembered, so that indexing a folder above them does not bring them back.
-        remembered = [*writer.store.removed_paths(), *(str(normalize_path(p)) for p in paths)]
-        return writer.remove(sorted(ids), skipped_paths, removed_paths=remembered)
+        remembered = [*writer.removed_paths(), *(str(normalize_path(p)) for p in paths)]
+        removed = writer.remove(sorted(ids), skipped_paths, removed_paths=remembered)
+        writer.finish()
+        return removed

@@ -1,6 +1,6 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~470 lines) because :class:`Searcher` is one
+Longer than most modules (~530 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
 re-ranking, the exclusion of the query itself and its locks belong together.
 """
@@ -12,7 +12,7 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Literal, Sequence, Union
 
 import numpy as np
 
@@ -26,6 +26,8 @@ from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_ex
 from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
+from cbir.store.catalogue import ImageRow
+from cbir.retrieval.indexed_files import open_indexed_file
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +150,16 @@ class Searcher:
         return fresh
 
     def close(self) -> None:
+        """Close the catalogue and let go of the vectors, so a deleted or replaced snapshot frees its disk now.
+
+        The DBA vectors are memory-mapped, and the FAISS index refers back to
+        this object (re-ranking), so without this they would stay mapped until
+        a garbage collection.
+        """
         self.store.close()
+        if self.vectors is not None:
+            self.vectors.exact_vectors = None
+        self.vectors = self._augmented = None
 
     def __enter__(self) -> "Searcher":
         return self
@@ -268,6 +279,21 @@ class Searcher:
         if not rows:
             raise NotInIndexError(f"index {self.name!r} holds no image with id {image_id}")
         return rows[0]
+
+    def open_image_file(self, image_id: int) -> tuple[ImageRow, BinaryIO]:
+        """The row of ``image_id`` and its file, opened only while it is still the file that was indexed.
+
+        See :func:`cbir.indexed_files.open_indexed_file`; raises
+        :class:`~cbir.errors.NotInIndexError` (or its subclass
+        :class:`~cbir.errors.IndexedFileError`) otherwise.
+        """
+        row = self.image_row(image_id)
+        return row, open_indexed_file(row, self.indexed_roots())
+
+    def indexed_roots(self) -> list[str]:
+        """The folders indexed into this index (:meth:`IndexStore.indexed_roots <cbir.store.IndexStore.indexed_roots>`)."""
+        with self._catalogue_lock:
+            return self.store.indexed_roots()
 
     def query_id(self, image_id: int, k: int = 10) -> QueryResult:
         """Search with an image already in the index, by its catalogue id (its stored vector, no decoding)."""

@@ -36,6 +36,7 @@ from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -271,7 +272,7 @@ class Catalogue:
         if ids is None:
             return list(self._select_images("", ()))
         found: dict[int, ImageRow] = {}
-        id_list = [int(i) for i in ids]
+        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]  # SQLite raises OverflowError beyond
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
             marks = ",".join("?" * len(chunk))
@@ -283,6 +284,12 @@ class Catalogue:
         query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
         for image_id, path, size, mtime_ns, sha256, label in self._db.execute(query, tuple(args)):
             yield ImageRow(image_id, _text(path), size, mtime_ns, sha256, _text(label))
+
+    def image_folders(self) -> list[str]:
+        """The distinct folders that directly hold an indexed image (each with its trailing separator)."""
+        # rtrim by every character but the separator: the path up to its last separator.
+        query = "SELECT DISTINCT rtrim(path, replace(path, ?, '')) FROM images"
+        return [row[0] for row in self._db.execute(query, (os.sep,))]
 
     def content_hashes(self) -> Iterator[tuple[int, str]]:
         """``(id, sha256)`` of every image."""

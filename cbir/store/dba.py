@@ -453,28 +453,3 @@ class AugmentedVectors:
         out = np.zeros((*ids.shape, self.vectors.shape[1]), np.float32)
         out[found] = self.vectors[rows[found]]
         return out, found
-
-
-#: ``index_folder(dba=KEEP)``: the default for a new index, the index's own setting for an existing one.
-KEEP = "keep"
-
-
-def configure(store, dba, alpha: float, created: bool, n_files: int) -> None:
-    """Apply ``index_folder``'s ``dba`` argument to ``store`` (see :data:`KEEP`).
-
-    Raises
-    ------
-    UsageError
-        If an explicit ``dba`` is not smaller than the collection.
-    """
-    from cbir.ann.rerank import DEFAULT_DBA
-
-    if dba == KEEP:
-        if created:
-            set_config(store, dba_config(DEFAULT_DBA, alpha))
-        return
-    config = dba_config(dba, alpha)
-    size = max(n_files, store.catalogue.count_images())
-    if config is not None and config["k"] >= size:
-        raise UsageError(f"--dba {config['k']} needs more than {config['k']} images; the collection has {size}")
-    set_config(store, config)

@@ -55,6 +55,8 @@ LOCK_FILE = ".lock"
 
 #: Files and folders taken out with ``cbir remove``: an update of a folder above them leaves them out.
 _META_REMOVED = "removed_paths"
+#: The folders given to ``cbir index``: a file is served only while its real path lies below one.
+_META_ROOTS = "indexed_roots"
 
 
 def not_found_message(path: Path) -> str:
@@ -343,8 +345,38 @@ class IndexStore:
         """Record the removed paths (writers only; call inside a catalogue transaction to commit with rows)."""
         if not self.writable:
             raise RuntimeError("set_removed_paths needs an index opened for writing")
-        roots: list[str] = []
-        for path in sorted(set(map(str, paths))):
-            if not any(is_under(path, root) for root in roots):  # a folder covers what is below it
-                roots.append(path)
-        self.catalogue.set_meta(_META_REMOVED, json.dumps(roots))
+        self.catalogue.set_meta(_META_REMOVED, json.dumps(_outermost(map(str, paths))))
+
+    # -- the folders indexed -----------------------------------------------
+    def indexed_roots(self) -> list[str]:
+        """The folders indexed into this index (absolute, as stored), outermost only.
+
+        Recorded by :meth:`record_indexed_root`; an index built before that
+        was recorded gets the folders that directly hold its images.
+        """
+        recorded = self.catalogue.get_meta(_META_ROOTS)
+        if recorded is not None:
+            try:
+                return [str(p) for p in json.loads(recorded)]
+            except json.JSONDecodeError:
+                raise IndexCorruptError(f"index {self.name!r}: the list of indexed folders is unreadable") from None
+        return _outermost(folder.rstrip(os.sep) or os.sep for folder in self.catalogue.image_folders())
+
+    def record_indexed_root(self, folder: str) -> None:
+        """Add ``folder`` to :meth:`indexed_roots` (writers only)."""
+        if not self.writable:
+            raise RuntimeError("record_indexed_root needs an index opened for writing")
+        roots = self.indexed_roots() if self.catalogue.get_meta(_META_ROOTS) is not None or self.catalogue.count_images() else []
+        if not any(is_under(folder, root) for root in roots):
+            self.catalogue.set_meta(_META_ROOTS, json.dumps(_outermost([*roots, folder])))
+
+
+def _outermost(paths) -> list[str]:
+    """``paths`` sorted, without those below another one (a folder covers what is below it)."""
+    kept: list[str] = []
+    for path in sorted(set(paths)):
+        if not any(is_under(path, root) for root in kept):
+            kept.append(path)
+    return kept
+
+

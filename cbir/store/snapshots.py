@@ -24,7 +24,6 @@ from cbir.store.snapshot_record import (
     SnapshotState,
     commit_snapshot,
     fingerprint,
-    forget_target,
     next_file_name,
     read_state,
     snapshot_problem,
@@ -127,7 +126,7 @@ def build_vectors(store) -> VectorIndex:
     return build_vector_index(store.factory, dim, lambda: catalogue.iter_vectors(dim), sample, catalogue.count_images())
 
 
-def save_vectors(store, progress: Progress = SILENT) -> str | None:
+def save_vectors(store, progress: Progress = SILENT, retuned: str | None = None) -> str | None:
     """Bring the FAISS file up to date with the catalogue (writers only).
 
     The file is rebuilt from the stored vectors (never re-embedded) when it
@@ -137,15 +136,16 @@ def save_vectors(store, progress: Progress = SILENT) -> str | None:
     times smaller. Returns a one-line account of such a rebuild, else None.
     ``progress`` follows DBA's neighbour search, and shows what follows it
     (writing the augmented vectors, or the FAISS file) as a status line.
+    ``retuned`` is :func:`plan_retune`'s account, when it asked for a rebuild.
     """
     if not store.writable:
         raise RuntimeError("save_vectors needs an index opened for writing")
-    rebuilt = _retune(store, read_state(store))
+    rebuilt = retuned
     state = read_state(store)
     if dba.applies(store):  # DBA: the snapshot is recomputed from the catalogue
         check_factory(store)
         problem = snapshot_problem(store, state)
-        dba.save_snapshot(store, progress, rebuild=problem is not None)
+        dba.save_snapshot(store, progress, rebuild=problem is not None or rebuilt is not None)
         if problem is not None and rebuilt is None:
             if state.target == store.factory:
                 logger.warning("index %r: %s; rebuilding it from the catalogue", store.name, problem)
@@ -194,34 +194,29 @@ def save_vectors(store, progress: Progress = SILENT) -> str | None:
     return rebuilt
 
 
-def _retune(store, state: SnapshotState) -> str | None:
-    """Re-choose a short-named type's parameters, or retry a failed training, once the collection has grown."""
-    if state.file is None or state.target != store.factory:
-        return None
+def plan_retune(store, pending: dict) -> tuple[dict, str | None]:
+    """What a grown collection calls for: manifest changes (new parameters of a short-named
+    type) and the account of the rebuild, or ``({}, None)``.
+
+    Nothing is decided while ``pending`` already changes the index type (that
+    rebuild chooses parameters for the collection as it is now).
+    """
+    state = read_state(store)
+    if "factory" in pending or state.file is None or state.target != store.factory:
+        return {}, None
     count = store.catalogue.count_images()
     retuned = retuned_index_type(store.manifest.get("index_type", ""), store.factory, store.dim, state.tuned_for, count)
     if retuned is not None:
-        old = store.factory
-        change_index_type(store, store.manifest["index_type"], *retuned)
-        return f"rebuilt the vector index as {store.factory} (was {old}, chosen for {state.tuned_for} images; now {count})"
+        factory, search_params = retuned
+        check_buildable(factory, store.dim)
+        note = f"rebuilt the vector index as {factory} (was {store.factory}, chosen for {state.tuned_for} images; now {count})"
+        return {"factory": factory, "search_params": search_params}, note
     if state.factory != state.target and count >= RETUNE_GROWTH * max(state.tuned_for, 1):
         # Training failed last time (too few vectors) and exact search stood in: try again.
-        forget_target(store)
-        return f"rebuilt the vector index as {store.factory} (exact search stood in while {state.tuned_for} images were too few to train it)"
-    return None
+        return {}, f"rebuilt the vector index as {store.factory} (exact search stood in while {state.tuned_for} images were too few to train it)"
+    return {}, None
 
 
-def change_index_type(store, index_type: str, factory: str, search_params: dict[str, int]) -> None:
-    """Record a new FAISS index type; the next :func:`save_vectors` rebuilds from the catalogue.
-
-    The catalogue keeps naming the old snapshot's factory until the rebuilt
-    one is recorded, so a run interrupted in between is finished by the next.
-    A reader holding the old manifest can still read the old snapshot: it is
-    only replaced once the rebuilt one is recorded.
-    """
-    if not store.writable:
-        raise RuntimeError("change_index_type needs an index opened for writing")
-    # Check the new type before recording it: the manifest must always name one FAISS can build.
-    VectorIndex.create(factory, store.dim)
-    store.update_manifest(index_type=index_type, factory=factory, search_params=search_params)
-
+def check_buildable(factory: str, dim: int) -> None:
+    """Refuse a factory FAISS cannot build before it is recorded: the manifest must always name one it can."""
+    VectorIndex.create(factory, dim)

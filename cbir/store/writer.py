@@ -10,8 +10,15 @@ An :class:`IndexWriter` owns everything a writer must get right, so callers
   is removed again (training checkpoints excepted, so training resumes);
 * transactions: each :meth:`~IndexWriter.add` or :meth:`~IndexWriter.remove`
   is one catalogue commit, vectors together with their rows;
-* the FAISS snapshot: written when the block ends, normally or not (Ctrl-C
-  included), so what was committed is searchable without a rebuild.
+* the manifest: settings asked for during a run (:meth:`~IndexWriter.configure`)
+  are written once, by :meth:`~IndexWriter.finish`;
+* finishing, an explicit step: :meth:`~IndexWriter.finish` retunes a grown
+  index, runs DBA and writes the FAISS snapshot. Leaving the block only
+  releases the lock (and removes a failed creation); a run that stops
+  without finishing leaves committed rows that readers patch in.
+
+The writer takes and hands back values (rows, vectors, an embedder): the
+store and catalogue it writes through stay inside it.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from pathlib import Path
 from typing import Sequence
 
 from cbir.store import snapshots
-from cbir.store.catalogue import Catalogue, NewImage
+from cbir.store.catalogue import NewImage
 from cbir.errors import UsageError
 from cbir.progress import SILENT, Progress
 from cbir.store.directory import CATALOGUE_FILE, MODEL_DIR, IndexStore, WriteLock, is_index
@@ -67,8 +74,8 @@ def open_writer(path: str | os.PathLike, wait: bool = False, create: bool = True
 class IndexWriter:
     """Exclusive write access to one index folder; see the module docstring.
 
-    Inside the block, :attr:`store` is the open index, or ``None`` for a new
-    index until :meth:`create` is called.
+    Inside the block the open index is the writer's own; it hands out
+    values (rows, vectors, the embedder), never the store or catalogue.
     """
 
     def __init__(self, path: Path, wait: bool = False, create: bool = True, progress: Progress = SILENT):
@@ -76,16 +83,18 @@ class IndexWriter:
         self.progress = progress
         self.wait = wait
         self.may_create = create
-        self.store: IndexStore | None = None
+        self._store: IndexStore | None = None
         self.created = False
         self._lock: WriteLock | None = None
         #: How the closing snapshot was rebuilt from the stored vectors, if it was (see cbir.store.snapshots.save_vectors).
         self.vectors_rebuilt: str | None = None
+        self.finished = False
+        self._manifest_changes: dict = {}
 
     # -- the block -------------------------------------------------------
     def __enter__(self) -> "IndexWriter":
         if not self.may_create:
-            self.store = IndexStore.open(self.path, writable=True, wait=self.wait)
+            self._store = IndexStore.open(self.path, writable=True, wait=self.wait)
             return self
         _check_writable(self.path)
         while self._lock is None:
@@ -103,7 +112,7 @@ class IndexWriter:
                 lock.release()
         try:
             if is_index(self.path):
-                self.store = IndexStore.open_locked(self.path, self._lock)
+                self._store = IndexStore.open_locked(self.path, self._lock)
             else:
                 self.created = True
                 # An unfinished creation may have left files behind; the
@@ -121,29 +130,20 @@ class IndexWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        store, self.store = self.store, None
+        store, self._store = self._store, None
         failed = exc_type is not None
         # A new index that failed before committing an image is not worth
         # keeping, unless it learned something (a trained model, a fitted PCA):
         # that is kept, and the next run resumes from it.
         discard = failed and self.created and (store is None or (store.catalogue.count_images() == 0 and not _learned(store)))
         try:
-            if store is not None and not discard:
-                try:
-                    self.vectors_rebuilt = snapshots.save_vectors(store, self.progress)
-                except Exception:
-                    if not failed:
-                        raise
-                    logger.exception("could not write the vector snapshot; the next run rebuilds it from the catalogue")
-                finally:
-                    self.progress.stop()
-        finally:
             if store is not None:
                 store.close()
+        finally:
             self._release()
             if discard:
                 self._discard()
-            elif not failed and self.created:
+            elif not failed and self.created and self.finished:
                 shutil.rmtree(self.training_dir, ignore_errors=True)  # the model now lives in model/
 
     def _discard(self) -> None:
@@ -166,18 +166,105 @@ class IndexWriter:
         """Where a learning extractor keeps resumable training state while a new index is made."""
         return self.path / TRAINING_DIR
 
-    def create(self, embedder, index_type: str, expected_images: int) -> IndexStore:
-        """Write the new index's model, catalogue and manifest; ``embedder`` must be fitted."""
-        if not self.created or self.store is not None:
+    def create(self, embedder, index_type: str, expected_images: int, dba: dict | None = None) -> None:
+        """Write the new index's model, catalogue and manifest (with its DBA setting); ``embedder`` must be fitted."""
+        if not self.created or self._store is not None:
             raise RuntimeError("create() is for a new index, once")
         factory, search_params = resolve_index_type(index_type, embedder.dim, expected_images)
-        self.store = IndexStore.create(self.path, embedder, factory, search_params, self._lock, index_type)
-        return self.store
+        self._store = IndexStore.create(self.path, embedder, factory, search_params, self._lock, index_type, extra={"dba": dba})
+
+    def configure(self, *, dba=None, index_type: str | None = None) -> None:
+        """Ask for a DBA setting (a config dict, or ``False`` for off) and/or an index type;
+        recorded in the manifest once, by :meth:`finish`, which also rebuilds what they change."""
+        store = self._open_store()
+        if dba is not None:
+            config = dba or None
+            if store.manifest.get("dba") != config:
+                self._manifest_changes["dba"] = config
+        if index_type is not None:
+            if index_type != store.manifest.get("index_type") or not snapshots.factory_is_buildable(store):
+                factory, search_params = resolve_index_type(index_type, store.dim, store.catalogue.count_images())
+                snapshots.check_buildable(factory, store.dim)
+                self._manifest_changes.update(index_type=index_type, factory=factory, search_params=search_params)
+
+    def record_indexed_root(self, folder: str) -> None:
+        """Remember ``folder`` as one this index was built from (what a server may serve files from)."""
+        store = self._open_store()
+        with store.catalogue.transaction():
+            store.record_indexed_root(folder)
+
+    def finish(self) -> str | None:
+        """Retune a grown index, record the run's settings (one manifest write), run DBA and write the FAISS snapshot.
+
+        Returns a one-line account of a rebuild of the FAISS index from the
+        stored vectors, if there was one. ``progress`` (given to
+        :func:`open_writer`) follows DBA's neighbour search.
+        """
+        store = self._open_store()
+        try:
+            retuned, note = snapshots.plan_retune(store, self._manifest_changes)
+            changes = {**self._manifest_changes, **retuned}
+            if changes:
+                store.update_manifest(**changes)
+            self._manifest_changes = {}
+            self.vectors_rebuilt = snapshots.save_vectors(store, self.progress, retuned=note)
+        finally:
+            self.progress.stop()
+        self.finished = True
+        return self.vectors_rebuilt
+
+    # -- reading what a run decides from (values, not the store) -------------
+    @property
+    def dim(self) -> int:
+        return self._open_store().dim
 
     @property
-    def catalogue(self) -> Catalogue:
-        return self._open_store().catalogue
+    def embedder_config(self) -> dict:
+        """The config the collection was embedded with (the manifest's)."""
+        return self._open_store().manifest["embedder"]
 
+    @property
+    def model_dir(self) -> Path:
+        """The embedder's saved state, which worker processes and Ray actors build their copy from."""
+        return self._open_store().model_dir
+
+    def embedder(self, runtime_overrides: dict | None = None):
+        """The index's embedder, state loaded (see :meth:`IndexStore.embedder`)."""
+        return self._open_store().embedder(runtime_overrides)
+
+    def count_images(self) -> int:
+        return self._open_store().catalogue.count_images()
+
+    def rows_under(self, folder: str) -> dict:
+        """Indexed rows at or below ``folder``, by path."""
+        return self._open_store().catalogue.images_under(folder)
+
+    def skipped_under(self, folder: str) -> dict:
+        """``{path: (size, mtime_ns, reason)}`` of skipped files at or below ``folder``."""
+        return self._open_store().catalogue.skipped_under(folder)
+
+    def content_hashes(self):
+        """``(id, sha256)`` of every indexed image."""
+        return self._open_store().catalogue.content_hashes()
+
+    def removed_paths(self) -> list[str]:
+        return self._open_store().removed_paths()
+
+    def rows_by_id(self, ids) -> list:
+        return self._open_store().catalogue.image_rows(ids)
+
+    def stored_vectors(self, ids):
+        """The catalogue's vectors of ``ids``, in that order."""
+        store = self._open_store()
+        return store.catalogue.vectors_for_ids(ids, store.dim)
+
+    def all_rows(self) -> list:
+        return self._open_store().catalogue.image_rows()
+
+    def all_skipped(self):
+        return self._open_store().catalogue.skipped()
+
+    # -- writing values ------------------------------------------------------
     def add(self, images: Sequence[NewImage], skipped: Sequence[SkippedFile] = (), restat: Sequence[Restat] = ()) -> None:
         """Commit embedded images with their vectors, skipped files and new stats of unchanged files, at once."""
         store = self._open_store()
@@ -213,18 +300,10 @@ class IndexWriter:
         with store.catalogue.transaction():
             store.catalogue.set_labels(labels)
 
-    def change_index_type(self, index_type: str) -> None:
-        """Switch the FAISS index type; the snapshot at the end of the block rebuilds it from stored vectors."""
-        store = self._open_store()
-        if index_type == store.manifest.get("index_type") and snapshots.factory_is_buildable(store):
-            return
-        factory, search_params = resolve_index_type(index_type, store.dim, store.catalogue.count_images())
-        snapshots.change_index_type(store, index_type, factory, search_params)
-
     def _open_store(self) -> IndexStore:
-        if self.store is None:
+        if self._store is None:
             raise RuntimeError("the index is not created yet: call create() first")
-        return self.store
+        return self._store
 
 
 def _learned(store: IndexStore) -> bool:
