@@ -63,7 +63,7 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
     except urllib.error.URLError as exc:
         raise ImageError(f"cannot fetch {url}: {exc.reason}") from None
     except TimeoutError:
-        raise ImageError(f"cannot fetch {url}: no complete answer within {timeout:g} s") from None
+        raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
     except OSError as exc:
         raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None
 
@@ -77,7 +77,7 @@ def _read_until(response, url: str, max_bytes: int, deadline: float, timeout: fl
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise ImageError(f"cannot fetch {url}: the download did not finish within {timeout:g} s")
+            raise ImageError(f"cannot fetch {url}: timed out (the download did not finish within {timeout:g} s)")
         if sock is not None:
             sock.settimeout(remaining)  # no single read outlasts the deadline either
         chunk = response.read1(_CHUNK)
