@@ -16,13 +16,14 @@ from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
 
 import numpy as np
 
-from cbir.store.dba import AugmentedVectors
+from cbir.store.dba import AugmentedVectors, searched_without_dba
 from cbir.errors import ImageError, NotInIndexError, UsageError
 from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images.decode import decode_image, read_image
+from cbir.display import display_path
 from cbir.images.scan import normalize_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
-from cbir.store.directory import IndexStore
+from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageRow
@@ -47,7 +48,8 @@ class Match:
     exists: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
+        # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
+        return {"rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists}
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class QueryResult:
     results: list[Match]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "results": [m.to_dict() for m in self.results]}
+        return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}
 
 
 class Searcher:
@@ -109,6 +111,14 @@ class Searcher:
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
         self._augmented = AugmentedVectors.load(store, self.vectors)
+        unaugmented = searched_without_dba(store)
+        if unaugmented and lock_holder(store.path) is None:  # while a writer runs, this is its work in progress
+            logger.warning(
+                "index %r: %d image(s) committed after its last vector snapshot are searched without DBA "
+                "(an interrupted or failed run); run cbir index on it again to finish",
+                store.name,
+                unaugmented,
+            )
         if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
             self.vectors.exact_vectors = self._exact_vectors
 
