@@ -221,17 +221,23 @@ class Catalogue:
     def count_skipped(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM skipped").fetchone()[0]
 
-    def add_images(self, images: Sequence[NewImage], dim: int) -> None:
-        """Insert embedded images, replacing rows of the same path (which get new ids)."""
+    def add_images(self, images: Sequence[NewImage], dim: int, replace: bool = True) -> None:
+        """Insert embedded images, replacing rows of the same path (which get new ids).
+
+        ``replace=False``: the caller knows no row or skip record has these
+        paths (a new index's first run), so none is looked for.
+        """
         rows = []
         for image in images:
             vector = np.ascontiguousarray(image.vector, dtype=np.float32)
             if vector.shape != (dim,):
                 raise ValueError(f"vector of shape {vector.shape} for an index of dimension {dim}")
-            rows.append((_sql(image.path), image.size, image.mtime_ns, image.sha256, _sql(image.label), vector.tobytes()))
-        paths = [image.path for image in images]
-        self.remove_ids(self._ids_of_paths(paths))
-        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(_sql(p),) for p in paths])
+            # The row's own buffer: SQLite copies it once, no bytes object in between.
+            rows.append((_sql(image.path), image.size, image.mtime_ns, image.sha256, _sql(image.label), memoryview(vector)))
+        if replace:
+            paths = [image.path for image in images]
+            self.remove_ids(self._ids_of_paths(paths))
+            self._db.executemany("DELETE FROM skipped WHERE path = ?", [(_sql(p),) for p in paths])
         self._db.executemany(
             "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
