@@ -20,6 +20,7 @@ memory depends on ``workers x chunk``, never on the number of files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -75,9 +76,10 @@ def load_prepared(
         yield from in_processes(files, spec, workers, known_sha256, known, lookahead)
         return
     prepare = prepare if prepare is not None else spec.build()
+    local = spec.build_local()
 
     def work(path: Path) -> tuple[LoadedFile, Any]:
-        return load_one(path, spec.min_side, prepare, known_sha256.get(path), known)
+        return load_one(path, spec.min_side, prepare, known_sha256.get(path), known, local)
 
     if workers <= 1:
         for path in files:
@@ -141,6 +143,7 @@ class Loader:
         known: KnownContent | None = None,
         progress=None,
         state_dir: Path | None = None,
+        local: dict | None = None,
     ) -> Iterator[Batch]:
         """Yield a :class:`~cbir.compute.work.Batch` per batch of files, in order (on Ray: as they finish).
 
@@ -151,24 +154,39 @@ class Loader:
         (a converted network: the runtime engine, no TensorFlow): one engine
         per worker, a share of the cores each, beats one engine on every core
         whose threads the decoding workers preempt (docs/parallel.md).
+        ``local`` (a :class:`cbir.features.local.LocalFeatureConfig` as a dict):
+        each embedded file's local features too, from the same decoded pixels.
         """
         if self.ray is not None:
             ref = None
             if state_dir is not None and embedder.extractor.embeds_in_workers:
                 ref = EmbedderRef.for_embedder(embedder, state_dir, copies=1, cores=self.ray.threads)
-            yield from self.ray.embed(files, embedder, ref, self.batch_size, known_sha256 or {}, known, progress)
+            yield from self.ray.embed(files, embedder, ref, self.batch_size, known_sha256 or {}, known, progress, local)
             return
         in_workers = state_dir is not None and self.embeds_in_workers(len(files), embedder)
         if in_workers:
             spec = PrepareSpec.for_embedder(embedder, EmbedderRef.for_embedder(embedder, state_dir, self.workers))
         else:
             spec = PrepareSpec.for_extractor(embedder.extractor)
+        spec = dataclasses.replace(spec, local=local)
 
         pairs = self.load(files, spec, embedder.prepare, known_sha256, known)
         for ok, items, not_embedded in batched(pairs, self.batch_size):
             if progress is not None:
                 progress.advance(len(ok) + len(not_embedded))  # per batch: the writer does no per-file bookkeeping
             yield Batch(ok, embed_items(embedder, items, embedded=in_workers), not_embedded)
+
+
+    def local_features(self, files: Sequence[Path], min_side: int | None, local: dict, progress=None) -> Iterator[list[LoadedFile]]:
+        """Files decoded (as the extractor decodes them) for their local features only, a batch at a time, in order.
+
+        What an existing index needs to gain local features: no vectors, no model.
+        """
+        spec = PrepareSpec(min_side, local=local, images=False)
+        for ok, _, without in batched(self.load(files, spec), self.batch_size):
+            if progress is not None:
+                progress.advance(len(ok) + len(without))
+            yield ok + without
 
 
 def embed_items(embedder, items: Sequence[Any], embedded: bool = False) -> np.ndarray:

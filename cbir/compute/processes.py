@@ -177,6 +177,7 @@ def _init_worker(spec: PrepareSpec, known: KnownContent | None, parent_pid: int)
         _worker_state.update(min_side=spec.min_side, prepare=spec.build(), embed=None, known=known)
     else:
         _worker_state.update(min_side=spec.min_side, prepare=embedder.prepare, embed=embedder.transform_prepared, known=known)
+    _worker_state.update(local=spec.build_local())
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -204,7 +205,7 @@ def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list
     if "failed" in state:
         raise state["failed"]
     loaded = load_and_embed(
-        [Path(p) for p in paths], known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"]
+        [Path(p) for p in paths], known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"], state["local"]
     )
     # ``image`` is the item itself where there is no extractor: a flag, not a second copy.
     fields = [(f.fields(), f.image is not None) for f, _ in loaded]

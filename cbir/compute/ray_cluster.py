@@ -16,6 +16,8 @@ Ray is an optional extra (``pip install 'cbir[ray]'``), imported only here.
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import os
 import socket
@@ -120,6 +122,7 @@ class RayRunner:
         known_sha256: dict[Path, str],
         known: KnownContent | None,
         progress: Progress | None,
+        local: dict | None = None,
     ) -> Iterator[Batch]:
         """Yield a :class:`~cbir.compute.work.Batch` as the actors finish batches.
 
@@ -136,6 +139,7 @@ class RayRunner:
         context.enable_progress_bars = False
         context.verbose_stats_logs = False
         spec = PrepareSpec.for_embedder(embedder, ref) if ref is not None else PrepareSpec.for_extractor(embedder.extractor)
+        spec = dataclasses.replace(spec, local=local)
         items = [{"path": str(p), "known": known_sha256.get(p, "")} for p in files]
         # One input block per actor call, so that no call is split into a large and a small one.
         calls = -(-len(items) // self.batch_size(len(items), batch_size))
@@ -168,6 +172,7 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
         # Ray's columns hold NumPy scalars, and "" for no error.
         loaded = LoadedFile.from_fields(Path(path), [_plain(column[i]) for column in columns])
         loaded.error = loaded.error or None
+        loaded.local_features = loaded.local_features or None
         unread = not loaded.sha256  # the worker could not even read the bytes
         if loaded.error is not None and unread and os.access(path, os.R_OK):
             loaded.error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
@@ -192,6 +197,7 @@ class _RayWorker:
         self.embedder = spec.build_embedder()
         self.prepare = self.embedder.prepare if self.embedder is not None else spec.build()
         self.min_side = spec.min_side
+        self.local = spec.build_local()
         self.known = known
         self.node = ray.util.get_node_ip_address()
 
@@ -203,6 +209,7 @@ class _RayWorker:
             self.prepare,
             self.embedder.transform_prepared if self.embedder is not None else None,
             self.known,
+            self.local,
         )
         loaded_files = [loaded for loaded, _ in pairs]
         has_item = np.array([item is not None for _, item in pairs], dtype=bool)

@@ -38,6 +38,8 @@ class LoadedFile:
     unchanged: bool = False
     #: True when ``reusable(sha256)`` said the index already holds this content: not decoded.
     reusable: bool = False
+    #: Packed local features (:mod:`cbir.features.local`) where the run computes them, else ``None``.
+    local_features: bytes | None = None
 
     def fields(self) -> tuple:
         """The file's fields but its path and image, in :data:`CODEC_FIELDS` order: the one
@@ -194,6 +196,10 @@ class PrepareSpec:
     min_side: int | None
     extractor: dict[str, Any] | None = None
     embedder: EmbedderRef | None = None
+    #: A :class:`cbir.features.local.LocalFeatureConfig` as a dict: each decoded image's local features too.
+    local: dict[str, Any] | None = None
+    #: ``False``: hand back no item at all (local features only), not the decoded image.
+    images: bool = True
 
     @classmethod
     def for_extractor(cls, extractor) -> "PrepareSpec":
@@ -208,7 +214,17 @@ class PrepareSpec:
         """The embedder a worker runs, built from the saved state; ``None`` where workers only prepare."""
         return self.embedder.build() if self.embedder is not None else None
 
+    def build_local(self) -> Callable[[np.ndarray], bytes] | None:
+        """``image -> packed local features``, or ``None`` where the spec asks for none."""
+        if self.local is None:
+            return None
+        from cbir.features.local import LocalFeatureConfig
+
+        return LocalFeatureConfig.from_dict(self.local).extractor()
+
     def build(self) -> Callable[[np.ndarray], Any] | None:
+        if not self.images:
+            return no_item
         if self.extractor is None:
             return None
         from cbir.features.base import extractor_class
@@ -268,6 +284,11 @@ def _prefix(sha256: str) -> int:
     return int(sha256[:16], 16)
 
 
+def no_item(image: np.ndarray) -> bool:
+    """The item of a file loaded for its local features only: a flag, not a copy of the image."""
+    return True
+
+
 def load_and_embed(
     paths: Sequence[Path],
     known_sha256s: Sequence[str | None],
@@ -275,9 +296,10 @@ def load_and_embed(
     prepare: Callable[[np.ndarray], Any] | None,
     embed: Callable[[Sequence[Any]], np.ndarray] | None,
     known: KnownContent | None,
+    local: Callable[[np.ndarray], bytes] | None = None,
 ) -> list[tuple[LoadedFile, Any]]:
     """:func:`load_one` for each file, then ``embed`` (if given) on the prepared items at once: their vectors."""
-    loaded = [load_one(path, min_side, prepare, sha, known) for path, sha in zip(paths, known_sha256s)]
+    loaded = [load_one(path, min_side, prepare, sha, known, local) for path, sha in zip(paths, known_sha256s)]
     found = [i for i, (_, item) in enumerate(loaded) if item is not None]
     if embed is not None and found:
         vectors = embed([loaded[i][1] for i in found])
@@ -292,10 +314,21 @@ def load_one(
     prepare: Callable[[np.ndarray], Any] | None,
     known_sha256: str | None,
     known: KnownContent | None,
+    local: Callable[[np.ndarray], bytes] | None = None,
 ) -> tuple[LoadedFile, Any]:
+    """One file read, decoded and prepared; ``local`` (if given) computes its local features from the same pixels."""
     loaded = load_file(path, min_side, known_sha256, reusable=known.__contains__ if known else None)
     if loaded.image is None:
         return loaded, None
+    if local is not None:
+        try:
+            loaded.local_features = local(loaded.image)
+        except Exception as exc:
+            import cv2
+
+            if not isinstance(exc, cv2.error):
+                raise
+            loaded.local_features = None  # an image OpenCV's detector refuses: no local features, still indexed
     if prepare is None:
         return loaded, loaded.image
     image, loaded.image = loaded.image, None

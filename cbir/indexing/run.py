@@ -70,6 +70,7 @@ def index_folder(
     include_removed: bool = False,
     dba: int | None | str = KEEP,
     dba_alpha: float = DEFAULT_ALPHA,
+    local_features: bool | str | None = None,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -129,6 +130,12 @@ def index_folder(
         Database-side augmentation with this many neighbours (``None``: off;
         default: :data:`cbir.ann.rerank.DEFAULT_DBA` for a new index, unchanged
         for an existing one), see :mod:`cbir.store.dba`.
+    local_features : bool or str, optional
+        Store local features for spatial verification (``cbir query --verify``,
+        :mod:`cbir.features.local`): ``True`` or a kind (``"rootsift"``,
+        ``"orb"``) turns them on, ``False`` drops them, ``None`` keeps the
+        index's setting. On an existing index, images that lack them are
+        decoded for them alone: their vectors are not re-embedded.
 
     The run is one pass: plan (a pure function over the scan and the
     catalogue rows, :mod:`cbir.indexing.plan`) -> fit (a new index's
@@ -174,6 +181,7 @@ def index_folder(
             if index_type is not None:  # every extractor knows its dimension from its checked parameters
                 resolve_index_type(index_type, embedder.dim, len(files))  # a bad type fails before any training
             dba_config = dba_setting(dba, dba_alpha, True, len(files))
+            local_config = local_features_setting(local_features, None)
             plan = plan_update(stat_files(files), {}, {}, scan.unlisted)
             known = None
         else:
@@ -187,6 +195,8 @@ def index_folder(
                 writer.set_removed_paths(removed.record)
             dba_config = dba_setting(dba, dba_alpha, False, max(len(files), writer.count_images()))
             writer.configure(dba=None if dba_config == KEEP else (dba_config or False))
+            local_config = local_features_setting(local_features, writer.local_features_config)
+            writer.configure(local_features=local_config or False)
             plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
             known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
             embedder = writer.embedder(runtime_overrides)
@@ -197,11 +207,13 @@ def index_folder(
         precomputed: list[Batch] = []
         if writer.created:
             precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
-            writer.create(embedder, index_type or "flat", len(files), dba=dba_config)
+            writer.create(embedder, index_type or "flat", len(files), dba=dba_config, local_features=local_config)
             writer.record_indexed_root(str(folder))
         # -- embed and commit ---------------------------------------------------------
         try:
-            _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress)
+            _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress, local_config)
+            if local_config:
+                summary.local_features_added = _add_missing_local_features(writer, folder, files, embedder, loader, local_config, progress)
         except (KeyboardInterrupt, WorkerError):
             writer.finish()  # what was committed becomes the snapshot, searchable as it is; then stop
             raise
@@ -269,6 +281,7 @@ def _embed_and_commit(
     loader: Loader,
     summary: IndexSummary,
     progress: Progress,
+    local: dict | None = None,
 ) -> None:
     if not plan.todo:
         return
@@ -276,15 +289,16 @@ def _embed_and_commit(
     remaining = [path for path in plan.todo if path not in done]
     progress.start(f"indexing into {writer.path.name!r}", len(plan.todo))
     progress.advance(len(plan.todo) - len(remaining))
-    fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir)
+    fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir, local=local)
     label_of = _labeller(labels)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
-            ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded)
+            ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded, local)
             images = []
             for loaded, vector in zip(ok, vectors):
                 key = str(loaded.path)
-                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector))
+                features = loaded.local_features if local else None
+                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector, features))
             writer.add(
                 images,
                 skipped=[
@@ -331,9 +345,16 @@ def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_emb
 
 
 def _reuse_vectors(
-    writer: IndexWriter, embedder: Embedder, known: KnownContent | None, ok: list, vectors: np.ndarray, not_embedded: list
+    writer: IndexWriter,
+    embedder: Embedder,
+    known: KnownContent | None,
+    ok: list,
+    vectors: np.ndarray,
+    not_embedded: list,
+    local: dict | None = None,
 ) -> tuple[list[LoadedFile], np.ndarray, list[LoadedFile], int]:
-    """Give files whose content the index already holds that content's stored vector (no decoding, no model)."""
+    """Give files whose content the index already holds that content's stored vector (no decoding, no model),
+    and its local features where the run keeps them."""
     reusable = [f for f in not_embedded if f.reusable]
     if not reusable:
         return ok, vectors, not_embedded, 0
@@ -341,16 +362,66 @@ def _reuse_vectors(
     by_hash = {row.sha256: row.id for row in writer.rows_by_id(candidates)}
     found = [f for f in reusable if f.sha256 in by_hash]
     stored = writer.stored_vectors([by_hash[f.sha256] for f in found])
+    if local:
+        features = writer.stored_local_features([by_hash[f.sha256] for f in found])
+        for f in found:
+            f.local_features = features.get(by_hash[f.sha256])
     extra_ok, extra_vectors = list(found), [stored]
     rest = [f for f in not_embedded if not f.reusable]
     collided = [f.path for f in reusable if f.sha256 not in by_hash]
     if collided:  # a 64-bit prefix that matched another hash: rare; embed those files here, the same way
-        for batch in Loader(1, explicit=True, batch_size=len(collided)).embed_batches(collided, embedder):
+        for batch in Loader(1, explicit=True, batch_size=len(collided)).embed_batches(collided, embedder, local=local):
             extra_ok.extend(batch.embedded)
             extra_vectors.append(batch.vectors)
             rest.extend(batch.not_embedded)
     all_vectors = np.concatenate([vectors.reshape(-1, writer.dim), *(v.reshape(-1, writer.dim) for v in extra_vectors)])
     return ok + extra_ok, all_vectors, rest, len(found)
+
+
+def local_features_setting(asked: bool | str | None, current: dict | None) -> dict | None:
+    """The local-features config a run uses: ``asked`` (see :func:`index_folder`) over the index's ``current`` one."""
+    from cbir.features.local import DEFAULT_KIND, LocalFeatureConfig
+
+    if asked is None:
+        return current
+    if asked is False:
+        return None
+    kind = DEFAULT_KIND if asked is True else asked
+    if current and current.get("kind") == kind:
+        return current
+    return LocalFeatureConfig(kind).to_dict()
+
+
+def _add_missing_local_features(
+    writer: IndexWriter, folder: Path, files: Sequence[Path], embedder: Embedder, loader: Loader, local: dict, progress: Progress
+) -> int:
+    """Local features for the images under ``folder`` that lack them, decoded for that alone (no re-embedding).
+
+    Committed batch by batch, so an interrupted run keeps what it did and the
+    next one carries on with the rest. A file whose content no longer matches
+    its row is left alone (the plan re-embeds changed files).
+    """
+    rows = writer.rows_under(str(folder))
+    have = writer.ids_with_local_features()
+    listed = set(map(str, files))
+    wanted = {key: row for key, row in rows.items() if row.id not in have and key in listed}
+    if not wanted:
+        return 0
+    paths = [Path(key) for key in wanted]
+    progress.start(f"local features for {len(paths)} image(s) in {writer.path.name!r}", len(paths))
+    added = 0
+    try:
+        for loaded_files in loader.local_features(paths, embedder.decode_min_side, local, progress):
+            records = [
+                (wanted[str(f.path)].id, f.local_features)
+                for f in loaded_files
+                if f.local_features and f.sha256 == wanted[str(f.path)].sha256
+            ]
+            writer.add_local_features(records)
+            added += len(records)
+    finally:
+        progress.stop()
+    return added
 
 
 def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> str:

@@ -34,6 +34,8 @@ class IndexSummary:
     kept_unlisted: int = 0
     #: Skipped files tried again because their reason may have passed (permission, I/O).
     retried: int = 0
+    #: Images already indexed that gained local features this run (decoded for them alone, not re-embedded).
+    local_features_added: int = 0
 
     @property
     def images_per_second(self) -> float:
@@ -46,6 +48,7 @@ class IndexSummary:
             "created": self.created,
             "added": self.added,
             "updated": self.updated,
+            "local_features_added": self.local_features_added,
             "removed": self.removed,
             "unchanged": self.unchanged,
             "skipped": self.skipped,

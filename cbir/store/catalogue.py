@@ -35,7 +35,7 @@ from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
@@ -58,6 +58,10 @@ MIGRATIONS: list[str] = [
         reason TEXT NOT NULL
     );
     CREATE TABLE pending_removals (id INTEGER PRIMARY KEY);
+    """,
+    # 1 -> 2: local features for spatial verification, one packed record per image (cbir.features.local).
+    """
+    CREATE TABLE local_features (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
     """,
 ]
 
@@ -84,6 +88,8 @@ class NewImage:
     sha256: str
     label: str | None
     vector: np.ndarray
+    #: Packed local features (:mod:`cbir.features.local`), committed with the row; ``None``: none.
+    local_features: bytes | None = None
 
 
 class Catalogue:
@@ -241,6 +247,9 @@ class Catalogue:
         self._db.executemany(
             "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
+        local = [(image.local_features, _sql(image.path)) for image in images if image.local_features]
+        if local:  # in the same transaction as the rows: a killed run keeps both or neither
+            self._db.executemany("INSERT OR REPLACE INTO local_features (id, data) SELECT id, ? FROM images WHERE path = ?", local)
 
     def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
         ids = []
@@ -259,6 +268,7 @@ class Catalogue:
         before = self._db.total_changes
         self._db.executemany("DELETE FROM images WHERE id = ?", rows)
         removed = self._db.total_changes - before
+        self._db.executemany("DELETE FROM local_features WHERE id = ?", rows)
         self._db.executemany("INSERT OR IGNORE INTO pending_removals (id) VALUES (?)", rows)
         return removed
 
@@ -360,6 +370,35 @@ class Catalogue:
 
     def count_ids_up_to(self, max_id: int) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images WHERE id <= ?", (max_id,)).fetchone()[0]
+
+    # -- local features ----------------------------------------------------
+    def local_features(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """``{id: packed local features}`` of those ``ids`` that have them."""
+        found: dict[int, bytes] = {}
+        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            found.update(self._db.execute(f"SELECT id, data FROM local_features WHERE id IN ({marks})", chunk))
+        return found
+
+    def set_local_features(self, records: Iterable[tuple[int, bytes]]) -> None:
+        """Store packed local features of images already indexed (their vectors untouched)."""
+        self._db.executemany(
+            "INSERT OR REPLACE INTO local_features (id, data) SELECT id, ? FROM images WHERE id = ?",
+            [(data, int(image_id)) for image_id, data in records],
+        )
+
+    def ids_with_local_features(self) -> set[int]:
+        return {row[0] for row in self._db.execute("SELECT id FROM local_features")}
+
+    def local_features_stats(self) -> tuple[int, int]:
+        """``(images with local features, their total bytes)``."""
+        count, total = self._db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(data)), 0) FROM local_features").fetchone()
+        return count, total
+
+    def clear_local_features(self) -> None:
+        self._db.execute("DELETE FROM local_features")
 
     # -- pending removals --------------------------------------------------
     def pending_removals(self) -> np.ndarray:

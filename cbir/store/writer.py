@@ -166,17 +166,25 @@ class IndexWriter:
         """Where a learning extractor keeps resumable training state while a new index is made."""
         return self.path / TRAINING_DIR
 
-    def create(self, embedder, index_type: str, expected_images: int, dba: dict | None = None) -> None:
-        """Write the new index's model, catalogue and manifest (with its DBA setting); ``embedder`` must be fitted."""
+    def create(self, embedder, index_type: str, expected_images: int, dba: dict | None = None, local_features: dict | None = None) -> None:
+        """Write the new index's model, catalogue and manifest (with its DBA and local-features settings);
+        ``embedder`` must be fitted."""
         if not self.created or self._store is not None:
             raise RuntimeError("create() is for a new index, once")
         factory, search_params = resolve_index_type(index_type, embedder.dim, expected_images)
-        self._store = IndexStore.create(self.path, embedder, factory, search_params, self._lock, index_type, extra={"dba": dba})
+        extra = {"dba": dba, **({"local_features": local_features} if local_features else {})}
+        self._store = IndexStore.create(self.path, embedder, factory, search_params, self._lock, index_type, extra=extra)
 
-    def configure(self, *, dba=None, index_type: str | None = None) -> None:
-        """Ask for a DBA setting (a config dict, or ``False`` for off) and/or an index type;
+    def configure(self, *, dba=None, index_type: str | None = None, local_features=None) -> None:
+        """Ask for a DBA setting (a config dict, or ``False`` for off), an index type and/or local
+        features (a :class:`cbir.features.local.LocalFeatureConfig` dict, or ``False``: drop them);
         recorded in the manifest once, by :meth:`finish`, which also rebuilds what they change."""
         store = self._open_store()
+        if local_features is not None and store.manifest.get("local_features") != (local_features or None):
+            self._manifest_changes["local_features"] = local_features or None
+            if not local_features or store.manifest.get("local_features"):  # off, or computed another way: drop the old
+                with store.catalogue.transaction():
+                    store.catalogue.clear_local_features()
         if dba is not None:
             config = dba or None
             if store.manifest.get("dba") != config:
@@ -217,6 +225,20 @@ class IndexWriter:
     @property
     def dim(self) -> int:
         return self._open_store().dim
+
+    @property
+    def local_features_config(self) -> dict | None:
+        """How this index computes local features (asked for in this run, else the manifest's), or ``None``."""
+        if "local_features" in self._manifest_changes:
+            return self._manifest_changes["local_features"]
+        return self._open_store().manifest.get("local_features")
+
+    def ids_with_local_features(self) -> set[int]:
+        return self._open_store().catalogue.ids_with_local_features()
+
+    def stored_local_features(self, ids) -> dict[int, bytes]:
+        """``{id: packed local features}`` of those ``ids`` that have them."""
+        return self._open_store().catalogue.local_features(ids)
 
     @property
     def embedder_config(self) -> dict:
@@ -275,6 +297,12 @@ class IndexWriter:
                 store.catalogue.set_skipped(file.path, file.size, file.mtime_ns, file.reason)
             for file in restat:
                 store.catalogue.update_stat(file.path, file.size, file.mtime_ns)
+
+    def add_local_features(self, records: Sequence[tuple[int, bytes]]) -> None:
+        """Commit local features of images already indexed (vectors untouched), at once."""
+        store = self._open_store()
+        with store.catalogue.transaction():
+            store.catalogue.set_local_features(records)
 
     def remove(self, ids: Sequence[int], skipped_paths: Sequence[str] = (), removed_paths: Sequence[str] | None = None) -> int:
         """Remove images by id and skipped-file records by path in one commit; returns images removed.
