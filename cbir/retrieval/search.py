@@ -7,10 +7,11 @@ re-ranking, the exclusion of the query itself and its locks belong together.
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
 
@@ -28,6 +29,8 @@ from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageRow
 from cbir.retrieval.indexed_files import open_indexed_file
+from cbir.retrieval.verified import local_config_of, rerank_matches
+from cbir.ann.verify import MIN_INLIERS, check_verify
 
 logger = logging.getLogger(__name__)
 
@@ -46,10 +49,22 @@ class Match:
     label: str | None = None
     #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
     exists: bool = True
+    #: RANSAC inliers of spatial verification (``verify``); ``None`` where the match was not checked.
+    inliers: int | None = None
+    #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
+    correspondences: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def verified(self) -> bool:
+        """Whether spatial verification found this image in the query (enough RANSAC inliers)."""
+        return self.inliers is not None and self.inliers >= MIN_INLIERS
 
     def to_dict(self) -> dict[str, Any]:
         # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
-        return {"rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists}
+        out = {"rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists}
+        if self.inliers is not None:
+            out.update(verified=self.verified, inliers=self.inliers)
+        return out
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,12 @@ class Searcher:
         again as the weighted mean of itself and its top ``expand`` results
         (``None``: one plain search). Scores are then similarities to the
         expanded query.
+    verify : int, optional
+        Spatial verification (:mod:`cbir.retrieval.verified`): the top
+        ``verify`` results are re-ranked by the RANSAC inliers of their stored
+        local features with the query's, fused with the global score. The
+        index must hold local features (``cbir index --local-features``).
+        Scores stay the global similarities; each checked match has ``inliers``.
     """
 
     def __init__(
@@ -94,9 +115,16 @@ class Searcher:
         ef_search: int | None = None,
         expand: int | None = DEFAULT_EXPAND,
         alpha: float = DEFAULT_ALPHA,
+        verify: int | None = None,
     ):
         check_expand(expand)
         check_alpha(alpha)
+        self.verify = check_verify(verify)
+        self.local_config = None
+        if self.verify is not None:
+            count, _ = store.catalogue.local_features_stats()
+            self.local_config = local_config_of(store.manifest, count, store.name, store.indexed_roots())
+        self._local_extractor = self.local_config.extractor() if self.local_config is not None else None
         self.store = store
         self.expand = expand
         self.alpha = alpha
@@ -143,11 +171,31 @@ class Searcher:
         same extractor and model files, so this costs a reload of the vectors
         only. This ``Searcher`` is left open and unchanged.
         """
-        fresh = self._open_path(self.store.path, {k: v for k, v in self._search_params.items() if v is not None})
+        params = {k: v for k, v in self._search_params.items() if v is not None}
+        fresh = self._open_path(self.store.path, {**params, **({"verify": self.verify} if self.verify is not None else {})})
         if self._embedder is not None and _same_model(self.store.manifest, fresh.store.manifest):
             fresh._embedder = self._embedder
             fresh._model_lock = self._model_lock
         return fresh
+
+    def verifying(self, verify: int | None) -> "Searcher":
+        """This searcher with spatial verification of the top ``verify`` results (``None``: none), sharing
+        everything else (model, vectors, locks): a view for one request; close the original, not the view.
+
+        :class:`~cbir.errors.UsageError` if ``verify`` is below 1 or the index has no local features.
+        """
+        verify = check_verify(verify)
+        if verify == self.verify:
+            return self
+        view = copy.copy(self)
+        view.verify = verify
+        if verify is not None and view.local_config is None:
+            with self._catalogue_lock:
+                count, _ = self.store.catalogue.local_features_stats()
+                roots = self.store.indexed_roots()
+            view.local_config = local_config_of(self.store.manifest, count, self.store.name, roots)
+            view._local_extractor = view.local_config.extractor()
+        return view
 
     def close(self) -> None:
         """Close the catalogue and let go of the vectors, so a deleted or replaced snapshot frees its disk now.
@@ -275,8 +323,28 @@ class Searcher:
         ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
         return expand_queries(vectors, self.stored_vectors(ids), scores, self.alpha, valid=ids >= 0)
 
-    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
-        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on)."""
+    def local_features(self, ids: Sequence[int]) -> dict[int, bytes]:
+        """``{id: packed local features}`` of those catalogue ``ids`` that have them."""
+        with self._catalogue_lock:
+            return self.store.catalogue.local_features(ids)
+
+    def search_vectors(self, vectors: np.ndarray, k: int, local_features: Sequence[Any] | None = None) -> list[list[Match]]:
+        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on).
+
+        With ``verify`` on, ``local_features`` (one :class:`cbir.features.local.LocalFeatures`
+        or ``None`` per vector) re-rank each shortlist; without them nothing is verified.
+        """
+        k = self._effective_k(k)
+        if k == 0:
+            return [[] for _ in range(len(vectors))]
+        if self.verify is not None:
+            deep = self.search_vectors_unverified(vectors, max(k, min(self.verify, self.size)))
+            features = list(local_features) if local_features is not None else [None] * len(deep)
+            return [rerank_matches(found, query, self.local_features, self.verify, k) for found, query in zip(deep, features)]
+        return self.search_vectors_unverified(vectors, k)
+
+    def search_vectors_unverified(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        """:meth:`search_vectors` without spatial verification."""
         k = self._effective_k(k)
         if k == 0:
             return [[] for _ in range(len(vectors))]
@@ -332,7 +400,13 @@ class Searcher:
         row = self.image_row(image_id)
         with self._catalogue_lock:
             vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
-        return QueryResult(row.path, self.search_vectors(vector, k)[0])
+        features = None
+        if self.verify is not None:
+            from cbir.features.local import unpack
+
+            data = self.local_features([row.id]).get(row.id)
+            features = unpack(data) if data is not None else None
+        return QueryResult(row.path, self.search_vectors(vector, k, [features])[0])
 
     def query(
         self,
@@ -398,7 +472,7 @@ class Searcher:
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
             batch = images[start : start + batch_size]
-            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, self.embedder)):
+            for label, (item, error) in zip(labels[start : start + batch_size], self._prepare_batch(batch, channels)):
                 if error is not None:
                     if on_error is None:
                         raise error
@@ -417,18 +491,24 @@ class Searcher:
         embeds and searches several prepared images in one batch.
         Raises :class:`~cbir.errors.ImageError` for an unreadable image.
         """
-        item, error = _prepare_batch([image], channels, self.embedder)[0]
+        item, error = self._prepare_batch([image], channels)[0]
         if error is not None:
             raise error
         return item
 
+    def _prepare_batch(self, images: Sequence[QueryImage], channels: str) -> list[tuple[Any, ImageError | None]]:
+        """:func:`_prepare_batch`; with ``verify`` each item carries the query's local features (a :class:`_WithFeatures`)."""
+        return _prepare_batch(images, channels, self.embedder, self._local_extractor)
+
     def query_prepared(self, items: Sequence[Any], k: int = 10, names: Sequence[str] | None = None) -> list[QueryResult]:
         """The batched half of a query: items from :meth:`prepare`, embedded in one model call and searched together."""
         names = ["<prepared>"] * len(items) if names is None else list(names)
+        features = [item.features if isinstance(item, _WithFeatures) else None for item in items]
+        items = [item.item if isinstance(item, _WithFeatures) else item for item in items]
         embedder = self.embedder  # outside the lock, which loading the model takes
         with self._model_lock:
             vectors = embedder.transform_prepared(list(items))
-        return [QueryResult(name, found) for name, found in zip(names, self.search_vectors(vectors, k))]
+        return [QueryResult(name, found) for name, found in zip(names, self.search_vectors(vectors, k, features))]
 
     def _check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -521,11 +601,21 @@ def _wrong_type(image: Any) -> TypeError:
     )
 
 
-def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
+@dataclass(frozen=True)
+class _WithFeatures:
+    """A prepared query item and the query's local features, for a verifying :class:`Searcher`."""
+
+    item: Any
+    features: Any
+
+
+def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=None) -> list[tuple[Any, ImageError | None]]:
     """``(prepared item, None)`` or ``(None, error)`` per image, in order.
 
     Files go through the one loader (read, decode and ``prepare`` in threads);
-    bytes and arrays are decoded or checked here.
+    bytes and arrays are decoded or checked here. With ``local`` (a
+    :class:`cbir.features.local.LocalExtractor`) items are :class:`_WithFeatures`,
+    the features computed from the pixels the extractor sees, as at indexing.
     """
     from cbir.compute.work import PrepareSpec
     from cbir.cpus import usable_cores
@@ -534,15 +624,25 @@ def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> lis
     paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
     # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
     workers = max(1, min(usable_cores(), len(paths))) if paths else 1
-    from_files = load_prepared(paths, PrepareSpec(embedder.decode_min_side), workers=workers, prepare=embedder.prepare)
+    spec = PrepareSpec(embedder.decode_min_side, local=local.config.to_dict() if local is not None else None)
+    from_files = load_prepared(paths, spec, workers=workers, prepare=embedder.prepare)
     out: list[tuple[Any, ImageError | None]] = []
     for image in images:
         if isinstance(image, (str, os.PathLike)):
             file, item = next(from_files)
-            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
+            if item is None:
+                out.append((None, ImageError(f"cannot read {file.path}: {file.error}")))
+            elif local is not None:
+                from cbir.features.local import unpack
+
+                out.append((_WithFeatures(item, unpack(file.local_features) if file.local_features else None), None))
+            else:
+                out.append((item, None))
             continue
         try:
-            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
+            rgb = _to_rgb(image, channels, embedder.decode_min_side)
+            item = embedder.prepare(rgb)
+            out.append((_WithFeatures(item, local.features(rgb)) if local is not None else item, None))
         except ImageError as exc:
             out.append((None, exc))
     return out
