@@ -63,7 +63,7 @@ def check_verify(verify) -> int | None:
     if verify < 1:
         from cbir.errors import UsageError
 
-        raise UsageError(f"verify must be at least 1 candidate, got {verify}")
+        raise UsageError(f"--verify (the candidates to verify) must be at least 1, got {verify}")
     return int(verify)
 
 

@@ -53,11 +53,46 @@ def _tidy_params(command, ctx) -> None:
 
 
 class TidyCommand(TyperCommand):
-    """A command whose help has the one look of :func:`_tidy_params`."""
+    """A command whose help has the one look of :func:`_tidy_params`, and whose options listed in
+    :data:`OPTIONAL_VALUES` may leave their value out (``--verify`` alone, or ``--verify 50``)."""
+
+    def parse_args(self, ctx, args):
+        return super().parse_args(ctx, with_optional_values(args, {p.opts[0] for p in self.params if p.opts}))
 
     def format_help(self, ctx, formatter) -> None:
         _tidy_params(self, ctx)
         return super().format_help(ctx, formatter)
+
+
+#: Options whose value may be left out, and the value they then take (Typer has no optional values).
+OPTIONAL_VALUES = {"--verify": "100", "--local-features": "rootsift"}
+
+
+def with_optional_values(args: list[str], options: set[str]) -> list[str]:
+    """``args`` with the default value inserted after an :data:`OPTIONAL_VALUES` option given without one
+    (at the end, or before something that is not a whole number: the next option or an argument)."""
+    out = list(args)
+    i = 0
+    while i < len(out):
+        default = OPTIONAL_VALUES.get(out[i]) if out[i] in options else None
+        if default is not None and (i + 1 == len(out) or not _takes(default, out[i + 1])):
+            out.insert(i + 1, default)
+        i += 1
+    return out
+
+
+def _takes(default: str, text: str) -> bool:
+    """Whether ``text`` is a value for an option whose default is ``default``: a whole number for a
+    number, one of the known kinds for a word (anything else is the next option or an argument)."""
+    if default.isdigit():
+        try:
+            int(text)
+        except ValueError:
+            return False
+        return True
+    from cbir.features.local import KINDS
+
+    return text in KINDS
 
 
 class TidyGroup(TyperGroup):
@@ -329,6 +364,17 @@ ExpandOption = Annotated[
         "--expand",
         help="Alpha query expansion: search again with the weighted mean of the query and its top N results "
         "(N >= 1). (default: 2; --no-expand turns it off)",
+        show_default=False,
+    ),
+]
+VerifyOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--verify",
+        metavar="[K]",
+        help="Spatial verification: re-rank the top K results (alone: 100) by RANSAC inliers of their local "
+        "features with the query's, fused with the global score. The index needs local features "
+        "(cbir index FOLDER --name NAME --local-features; nothing is re-embedded).",
         show_default=False,
     ),
 ]

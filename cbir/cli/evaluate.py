@@ -19,6 +19,7 @@ from cbir.cli._common import (
     PathColumnOption,
     alpha_setting,
     expand_setting,
+    VerifyOption,
     handle_errors,
     print_json,
     show,
@@ -92,6 +93,7 @@ def evaluate(
     as_json: JsonOption = False,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
+    verify: VerifyOption = None,
 ) -> None:
     """Measure retrieval quality: mAP, precision@k and recall@k (k = 1, 5, 10, 20, 50), N-S for groups of 4.
 
@@ -117,6 +119,7 @@ def evaluate(
         alpha=alpha_setting(alpha),
         nprobe=nprobe,
         ef_search=ef_search,
+        verify=verify,
     )
     reports, notes = evaluate_indexes(names, index_dir, **options)
     if plot is not None:

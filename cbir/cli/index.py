@@ -24,6 +24,20 @@ from cbir.cli._common import (
     show_training_epochs,
 )
 
+def _local_features_argument(kind: str | None, drop: bool) -> bool | str | None:
+    """``index_folder``'s ``local_features`` from ``--local-features [KIND]`` / ``--no-local-features``."""
+    from cbir.errors import UsageError
+    from cbir.features.local import KINDS
+
+    if drop and kind is not None:
+        raise UsageError("--local-features and --no-local-features contradict each other")
+    if drop:
+        return False
+    if kind is not None and kind not in KINDS:
+        raise UsageError(f"--local-features takes {' or '.join(KINDS)}, got {kind!r}")
+    return kind
+
+
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
     """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
     from cbir.indexing.plan import KEEP
@@ -173,6 +187,18 @@ def _index(
         ),
     ] = None,
     no_dba: Annotated[bool, typer.Option("--no-dba", help="Index the original vectors (no database-side augmentation).")] = False,
+    local_features: Annotated[
+        Optional[str],
+        typer.Option(
+            "--local-features",
+            metavar="[KIND]",
+            help="Store local features for 'cbir query --verify': rootsift (alone: rootsift; about 33 KB an image) "
+            "or orb (faster, 9 KB). On an existing index only the images that lack them are decoded; "
+            "their vectors are kept. Kept on later updates; --no-local-features drops them.",
+            show_default=False,
+        ),
+    ] = None,
+    no_local_features: Annotated[bool, typer.Option("--no-local-features", help="Drop the index's local features.")] = False,
     alpha: AlphaOption = None,
 ) -> None:
     """Index a folder of images, or update an existing index with what changed in it.
@@ -202,6 +228,7 @@ def _index(
         include_hidden=include_hidden,
         include_removed=include_removed,
         **_dba_arguments(dba, no_dba, alpha),
+        local_features=_local_features_argument(local_features, no_local_features),
     )
     if as_json:
         print_json(summary.to_dict())
@@ -224,6 +251,8 @@ def _index(
             f"{len(summary.unlisted)} folder(s) could not be listed ({shown}): "
             f"{summary.kept_unlisted} indexed image(s) under them kept, not removed; run again once they are back"
         )
+    if summary.local_features_added:
+        print(f"local features added to {summary.local_features_added} image(s) already indexed; their vectors were kept")
     if summary.retried:
         print(f"{summary.retried} file(s) skipped earlier for a reason that may have passed (permission, I/O) were tried again")
 

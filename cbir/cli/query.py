@@ -14,6 +14,7 @@ from cbir.cli._common import (
     EfSearchOption,
     ExpandOption,
     NoExpandOption,
+    VerifyOption,
     alpha_setting,
     expand_setting,
     IndexDirOption,
@@ -57,6 +58,15 @@ def query(
     expand: ExpandOption = None,
     no_expand: NoExpandOption = False,
     alpha: AlphaOption = None,
+    verify: VerifyOption = None,
+    explain: Annotated[
+        bool,
+        typer.Option(
+            "--explain",
+            help="With --montage or --html: draw each verified match's inlier correspondences with the query "
+            "(unverified ones say so). Implies --verify.",
+        ),
+    ] = False,
 ) -> None:
     """Find the images most similar to IMAGE (or to each image in a folder).
 
@@ -64,7 +74,8 @@ def query(
     extractor config). Output: rank, score (cosine similarity, higher is
     closer; after query expansion, similarity to the expanded query) and path;
     a result whose file is gone is marked (missing). --json gives {"query",
-    "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder.
+    "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder;
+    with --verify each result adds "verified" and "inliers".
     """
     from cbir.errors import UsageError
     from cbir.images.scan import find_images
@@ -85,19 +96,26 @@ def query(
         raise UsageError(f"no image files in {image}")
     images, names = _read_source(image) if from_bytes else (paths, None)
     on_error = (lambda p, exc: stderr.print(f"warning: skipped query {exc}", markup=False)) if is_folder else None
-    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha)}
+    if explain and montage is None and html is None:
+        raise UsageError("--explain draws on the pictures: give --montage FILE or --html FILE with it")
+    if explain and verify is None:
+        from cbir.ann.verify import DEFAULT_VERIFY
+
+        verify = DEFAULT_VERIFY
+    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha), "verify": verify}
     with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as searcher:
         search = searcher.query_excluding_self if exclude_self else searcher.query_many
         results = search(images, k, on_error=on_error, names=names)
     if montage is not None:
         from cbir.render.montage import write_montage
 
-        write_montage(results[0], montage)
+        write_montage(results[0], montage, explain=explain)
         stderr.print(f"montage written to {montage}", markup=False)
     if html is not None:
         from cbir.render.gallery import results_page, write_html
 
-        write_html(results_page(results, f"cbir: {len(results)} quer{'y' if len(results) == 1 else 'ies'} on index {name!r}"), html)
+        title = f"cbir: {len(results)} quer{'y' if len(results) == 1 else 'ies'} on index {name!r}"
+        write_html(results_page(results, title, explain=explain), html)
         stderr.print(f"gallery written to {html}", markup=False)
     missing = sum(not m.exists for r in results for m in r.results)
     if missing:
@@ -121,6 +139,8 @@ def query(
             print(("\n" if n else "") + f"query: {show(result.query)}")
         for match in result.results:
             note = "" if match.exists else "  (missing)"
+            if match.verified:
+                note += f"  verified ({match.inliers} inliers)"
             print(f"{match.rank:>4}  {match.score:.4f}  {show(match.path)}{note}")
 
 

@@ -126,9 +126,10 @@ def evaluate_index(
     query_folder: str | os.PathLike | None = None,
     expand: int | None = DEFAULT_EXPAND,
     alpha: float = DEFAULT_ALPHA,
+    verify: int | None = None,
     **search_params,
 ) -> EvaluationReport:
-    """Evaluate a stored index, searched the way queries are (query expansion included).
+    """Evaluate a stored index, searched the way queries are (query expansion and ``verify`` included).
 
     Labels come from ``labels`` if given (a ``{path: label}`` mapping or a
     CSV path, see :func:`cbir.images.labels.read_labels_csv`), else from the
@@ -149,7 +150,7 @@ def evaluate_index(
     if ground_truth is not None and query_folder is not None:
         raise UsageError("give a ground-truth file or a query folder, not both")
     progress = progress or SILENT
-    with Searcher.open(name, index_dir, expand=expand, alpha=alpha, **search_params) as searcher:
+    with Searcher.open(name, index_dir, expand=expand, alpha=alpha, verify=verify, **search_params) as searcher:
         ranker = _Ranker(searcher)
         if not len(ranker.paths):
             raise NoImagesError(f"index {name!r} is empty: there is nothing to evaluate (cbir index FOLDER adds images)")
@@ -168,7 +169,7 @@ def evaluate_index(
         progress.start("evaluating", total)
         try:
             report = leave_one_out(
-                lambda rows: ranker.rank(ranker.stored(rows), exclude_ids=ranker.ids[rows]),
+                lambda rows: ranker.rank(ranker.stored(rows), exclude_ids=ranker.ids[rows], features=ranker.stored_features(rows)),
                 len(ranker.ids),
                 _never_relevant(index_labels),
                 ks,
@@ -225,12 +226,38 @@ class _Ranker:
         """The original (catalogue) vectors of ``rows``: an indexed image queries as itself."""
         return self.searcher.original_vectors(self.ids[rows].tolist())
 
-    def rank(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
+    def stored_features(self, rows: np.ndarray) -> list | None:
+        """The stored local features of ``rows`` where the searcher verifies (``None`` per row without)."""
+        if self.searcher.verify is None:
+            return None
+        from cbir.features.local import unpack
+
+        ids = self.ids[rows].tolist()
+        records = self.searcher.local_features(ids)
+        return [unpack(records[i]) if i in records else None for i in ids]
+
+    def rank(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None, features: list | None = None) -> np.ndarray:
         searcher = self.searcher
         vectors = searcher.expand_queries(vectors, exclude_ids)
-        _scores, found = searcher.vectors.search(vectors, len(self.ids) + searcher.stale_ids)
+        scores, found = searcher.vectors.search(vectors, len(self.ids) + searcher.stale_ids)
+        if searcher.verify is not None and features is not None:
+            found = self._verified(found, scores, exclude_ids, features)
         position = np.clip(np.searchsorted(self.ids, found), 0, len(self.ids) - 1)
         return np.where(self.ids[position] == found, position, -1)
+
+    def _verified(self, found: np.ndarray, scores: np.ndarray, exclude_ids, features: list) -> np.ndarray:
+        """Each ranking's first ``verify`` real results (the query's own entry left where it is) re-ordered."""
+        from cbir.retrieval.verified import verify_shortlist
+
+        found = found.copy()
+        for n, query in enumerate(features):
+            if query is None:
+                continue
+            own = exclude_ids[n] if exclude_ids is not None else -2
+            slots = np.flatnonzero((found[n] >= 0) & (found[n] != own))[: self.searcher.verify]
+            order, _ = verify_shortlist(query, found[n, slots].tolist(), scores[n, slots], self.searcher.local_features)
+            found[n, slots] = found[n, slots][order]
+        return found
 
     def embed(self, paths: Sequence[str], on_error: Callable[[str, ImageError], None]) -> tuple[list[str], np.ndarray]:
         from cbir.images.decode import read_image
@@ -243,6 +270,8 @@ class _Ranker:
                 readable.append(path)
             except ImageError as exc:
                 on_error(path, exc)
+        local = self.searcher._local_extractor if self.searcher.verify is not None else None
+        self.last_features = [local.features(image) for image in images] if local is not None else None
         if not images:
             return readable, np.zeros((0, self.searcher.store.dim), np.float32)
         return readable, embedder.transform(images)
@@ -286,7 +315,7 @@ def _evaluate_query_folder(ranker: _Ranker, index_labels: list[str], folder, ks,
             readable, vectors = ranker.embed(paths[start : start + block], _unreadable_warner(notes))
             if len(readable):
                 query_labels = np.array([Path(p).parent.name for p in readable], dtype=object)
-                ranked = ranker.rank(vectors)
+                ranked = ranker.rank(vectors, features=ranker.last_features)
                 relevant = (ranked >= 0) & (labels[np.where(ranked >= 0, ranked, 0)] == query_labels[:, None])
                 n_relevant = np.array([counts.get(label, 0) for label in query_labels])
                 accumulator.add(relevant, n_relevant, query_labels.astype(str), query_in_collection=False)
@@ -316,9 +345,10 @@ def _evaluate_ground_truth(ranker: _Ranker, truth: GroundTruth, ks, progress) ->
                 if not readable:
                     progress.advance()
                     continue
-                ranked = ranker.rank(vector)[0]
+                ranked = ranker.rank(vector, features=ranker.last_features)[0]
             else:
-                ranked = ranker.rank(ranker.stored(np.array([row])), exclude_ids=ranker.ids[[row]])[0]
+                rows = np.array([row])
+                ranked = ranker.rank(ranker.stored(rows), exclude_ids=ranker.ids[rows], features=ranker.stored_features(rows))[0]
             relevant_rows = {ranker.row_of_path[p] for p in truth.relevant.get(query, ()) if p in ranker.row_of_path}
             junk_rows = {ranker.row_of_path[p] for p in truth.junk.get(query, ()) if p in ranker.row_of_path}
             relevant_rows.discard(row)

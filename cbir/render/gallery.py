@@ -34,16 +34,29 @@ class Card:
     path: str
     caption: str
     is_query: bool = False
+    #: A picture to show instead of the file's thumbnail (a ``data:`` URI), e.g. an explanation panel.
+    picture_uri: str | None = None
 
 
-def results_page(results: Sequence[QueryResult], title: str = "cbir results") -> str:
-    """The page for one or many queries."""
+def results_page(results: Sequence[QueryResult], title: str = "cbir results", explain: bool = False) -> str:
+    """The page for one or many queries; ``explain``: each match shown beside the query with its verified
+    inlier correspondences drawn, or a note that it was not verified (:mod:`cbir.render.explain`)."""
     sections = []
     for result in results:
         cards = [Card(result.query, "query", is_query=True)]
-        cards += [Card(m.path, f"#{m.rank} &middot; {m.score:.3f}") for m in result.results]
+        for m in result.results:
+            caption = f"#{m.rank} &middot; {m.score:.3f}" + (f" &middot; verified: {m.inliers} inliers" if m.verified else "")
+            cards.append(Card(m.path, caption, picture_uri=_explanation_uri(result.query, m) if explain else None))
         sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
+
+
+def _explanation_uri(query_path: str, match) -> str | None:
+    from cbir.render.explain import explanation_panel
+
+    panel = explanation_panel(query_path, match, THUMBNAIL_SIDE // 2 * 2)
+    ok, encoded = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
+    return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 
 
 def duplicates_page(groups, threshold: float, title: str = "cbir near-duplicates") -> str:
@@ -91,6 +104,9 @@ figure .frame { width: 204px; height: 204px; display: flex; align-items: center;
 figure.query .frame { border-color: #2a5bd7; }
 figure.missing .frame { border-color: #c81e1e; color: #c81e1e; font-weight: 600; }
 img { max-width: 200px; max-height: 200px; }
+figure.explained { width: 416px; }
+figure.explained .frame { width: 410px; height: auto; }
+figure.explained img { max-width: 400px; max-height: none; }
 figcaption { font-size: .8em; line-height: 1.3; word-break: break-all; }
 """
 
@@ -109,8 +125,10 @@ def _page(title: str, sections: list[tuple[str, list[Card]]]) -> str:
 
 
 def _card(card: Card) -> str:
-    uri = thumbnail_uri(card.path)
+    uri = card.picture_uri or thumbnail_uri(card.path)
     classes = ["query"] if card.is_query else []
+    if card.picture_uri:
+        classes.append("explained")
     if uri is None:
         classes.append("missing")
         state = "missing" if not os.path.exists(card.path) else "unreadable"
