@@ -1,6 +1,6 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~530 lines) because :class:`Searcher` is one
+Longer than most modules (~490 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
 re-ranking, the exclusion of the query itself and its locks belong together.
 """
@@ -13,29 +13,24 @@ import os
 import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from cbir.store.dba import AugmentedVectors, searched_without_dba
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256, sha256_bytes
-from cbir.images.decode import decode_image, read_image
 from cbir.display import display_path
-from cbir.images.scan import normalize_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageRow
+from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
 from cbir.retrieval.indexed_files import open_indexed_file
 from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.ann.verify import MIN_INLIERS, check_verify
 
 logger = logging.getLogger(__name__)
-
-#: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
-QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -465,7 +460,7 @@ class Searcher:
         if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)):
             raise TypeError("Searcher.query_many takes a sequence of images; use Searcher.query for one image")
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
         if len(labels) != len(images):
             raise UsageError(f"{len(labels)} names for {len(images)} images")
         results = []
@@ -497,14 +492,14 @@ class Searcher:
         return item
 
     def _prepare_batch(self, images: Sequence[QueryImage], channels: str) -> list[tuple[Any, ImageError | None]]:
-        """:func:`_prepare_batch`; with ``verify`` each item carries the query's local features (a :class:`_WithFeatures`)."""
-        return _prepare_batch(images, channels, self.embedder, self._local_extractor)
+        """:func:`~cbir.retrieval.query_inputs.prepare_batch`; with ``verify`` each item carries the query's local features."""
+        return prepare_batch(images, channels, self.embedder, self._local_extractor)
 
     def query_prepared(self, items: Sequence[Any], k: int = 10, names: Sequence[str] | None = None) -> list[QueryResult]:
         """The batched half of a query: items from :meth:`prepare`, embedded in one model call and searched together."""
         names = ["<prepared>"] * len(items) if names is None else list(names)
-        features = [item.features if isinstance(item, _WithFeatures) else None for item in items]
-        items = [item.item if isinstance(item, _WithFeatures) else item for item in items]
+        features = [item.features if isinstance(item, WithFeatures) else None for item in items]
+        items = [item.item if isinstance(item, WithFeatures) else item for item in items]
         embedder = self.embedder  # outside the lock, which loading the model takes
         with self._model_lock:
             vectors = embedder.transform_prepared(list(items))
@@ -544,8 +539,8 @@ class Searcher:
         """
         self._effective_k(k)  # says so if k exceeds the collection
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
-        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (content_digest(image) for image in images)))
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
@@ -568,103 +563,7 @@ class Searcher:
         ]
 
 
-def _content_digest(image: Any) -> str | None:
-    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return sha256_bytes(bytes(image))
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return file_sha256(image)
-        except OSError:
-            return None  # query_many reports the unreadable file
-    return None
-
-
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 
 
-def _default_name(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return str(normalize_path(image))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    if isinstance(image, np.ndarray):
-        return "<array>"
-    raise _wrong_type(image)
-
-
-def _wrong_type(image: Any) -> TypeError:
-    return TypeError(
-        "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
-        f"or a decoded uint8 NumPy array; got {type(image).__name__}"
-    )
-
-
-@dataclass(frozen=True)
-class _WithFeatures:
-    """A prepared query item and the query's local features, for a verifying :class:`Searcher`."""
-
-    item: Any
-    features: Any
-
-
-def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=None) -> list[tuple[Any, ImageError | None]]:
-    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
-
-    Files go through the one loader (read, decode and ``prepare`` in threads);
-    bytes and arrays are decoded or checked here. With ``local`` (a
-    :class:`cbir.features.local.LocalExtractor`) items are :class:`_WithFeatures`,
-    the features computed from the pixels the extractor sees, as at indexing.
-    """
-    from cbir.compute.work import PrepareSpec
-    from cbir.cpus import usable_cores
-    from cbir.compute.loader import load_prepared
-
-    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
-    # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
-    workers = max(1, min(usable_cores(), len(paths))) if paths else 1
-    spec = PrepareSpec(embedder.decode_min_side, local=local.config.to_dict() if local is not None else None)
-    from_files = load_prepared(paths, spec, workers=workers, prepare=embedder.prepare)
-    out: list[tuple[Any, ImageError | None]] = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            file, item = next(from_files)
-            if item is None:
-                out.append((None, ImageError(f"cannot read {file.path}: {file.error}")))
-            elif local is not None:
-                from cbir.features.local import unpack
-
-                out.append((_WithFeatures(item, unpack(file.local_features) if file.local_features else None), None))
-            else:
-                out.append((item, None))
-            continue
-        try:
-            rgb = _to_rgb(image, channels, embedder.decode_min_side)
-            item = embedder.prepare(rgb)
-            out.append((_WithFeatures(item, local.features(rgb)) if local is not None else item, None))
-        except ImageError as exc:
-            out.append((None, exc))
-    return out
-
-
-def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:
-    """Any accepted query image as the RGB uint8 array extractors take."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(os.fspath(image), min_side=min_side)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(image), min_side=min_side)
-    if not isinstance(image, np.ndarray):
-        raise _wrong_type(image)
-    if image.dtype != np.uint8:
-        raise ImageError(f"an image array must be uint8 (0-255), got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
-        raise ImageError(f"an image array must have shape (h, w), (h, w, 3) or (h, w, 4); got {image.shape}")
-    image = image[:, :, :3]
-    if channels == "BGR":
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)
