@@ -66,8 +66,12 @@ def _as_records(batches: list[Batch]) -> dict[str, tuple]:
     return records
 
 
-@pytest.mark.parametrize("workers_embed", [False, True], ids=["workers prepare", "workers embed"])
-def test_every_backend_gives_the_same_batches(files, tmp_path, workers_embed, request):
+@pytest.mark.parametrize(
+    "workers_embed, local",
+    [(False, None), (True, None), (True, {"kind": "orb", "max_keypoints": 64, "max_side": 128})],
+    ids=["workers prepare", "workers embed", "with local features"],
+)
+def test_every_backend_gives_the_same_batches(files, tmp_path, workers_embed, local, request):
     ray_runner = None
     try:
         ray_runner = request.getfixturevalue("ray_backend")
@@ -83,13 +87,15 @@ def test_every_backend_gives_the_same_batches(files, tmp_path, workers_embed, re
     known = KnownContent.from_hashes([(7, load_file(reusable).sha256)])  # content the index holds already
     results = {}
     for name, loader in _loaders(ray_runner).items():
-        batches = list(loader.embed_batches(files, embedder, known_sha256, known, state_dir=state_dir))
+        batches = list(loader.embed_batches(files, embedder, known_sha256, known, state_dir=state_dir, local=local))
         results[name] = _as_records(batches)
     reference = results["this process"]
     assert reference[str(unchanged)][0][CODEC_FIELDS.index("unchanged")] is True
     assert reference[str(reusable)][0][CODEC_FIELDS.index("reusable")] is True
     assert reference[str(files[-1])][0][CODEC_FIELDS.index("error")]  # the broken file says why
     assert sum(embedded for _, embedded, _ in reference.values()) == len(files) - 3
+    with_features = [fields[CODEC_FIELDS.index("local_features")] for fields, embedded, _ in reference.values() if embedded]
+    assert all(with_features) if local else not any(with_features)
     for name, records in results.items():
         assert records == reference, name
 

@@ -107,9 +107,10 @@ def query(
         search = searcher.query_excluding_self if exclude_self else searcher.query_many
         results = search(images, k, on_error=on_error, names=names)
     if montage is not None:
+        from cbir.render.explain import write_explained_montage
         from cbir.render.montage import write_montage
 
-        write_montage(results[0], montage, explain=explain)
+        (write_explained_montage if explain else write_montage)(results[0], montage)
         stderr.print(f"montage written to {montage}", markup=False)
     if html is not None:
         from cbir.render.gallery import results_page, write_html

@@ -172,7 +172,8 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
         # Ray's columns hold NumPy scalars, and "" for no error.
         loaded = LoadedFile.from_fields(Path(path), [_plain(column[i]) for column in columns])
         loaded.error = loaded.error or None
-        loaded.local_features = loaded.local_features or None
+        features = loaded.local_features
+        loaded.local_features = (features.encode("utf-8", "surrogateescape") if isinstance(features, str) else bytes(features)) or None
         unread = not loaded.sha256  # the worker could not even read the bytes
         if loaded.error is not None and unread and os.access(path, os.R_OK):
             loaded.error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
@@ -215,7 +216,8 @@ class _RayWorker:
         has_item = np.array([item is not None for _, item in pairs], dtype=bool)
         columns: dict[str, np.ndarray] = {"path": np.array([str(f.path) for f in loaded_files], dtype=object)}
         for name, values in zip(CODEC_FIELDS, zip(*(f.fields() for f in loaded_files))):
-            columns[name] = np.array([v if v is not None else "" for v in values], dtype=object)
+            empty = b"" if name == "local_features" else ""  # one type a column: Arrow turns mixed columns into text
+            columns[name] = np.array([v if v is not None else empty for v in values], dtype=object)
         found = [item for _, item in pairs if item is not None]
         if found:
             stacked = np.stack(found)

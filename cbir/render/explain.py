@@ -15,7 +15,7 @@ import cv2
 
 from cbir.errors import ImageError
 from cbir.images.decode import read_image
-from cbir.render.montage import fit_in_square
+from cbir.render.montage import fit_in_square, make_montage, write_image
 
 _LINE = (30, 170, 60)
 _NOTE = (150, 40, 40)
@@ -79,3 +79,17 @@ def explanation_grid(query_path: str, matches, side: int = 192, columns: int = 3
         r, c = divmod(n, columns)
         canvas[r * height : (r + 1) * height, c * width : (c + 1) * width] = panel
     return canvas
+
+
+def make_explained_montage(result, tile: int = 192, columns: int = 6) -> np.ndarray:
+    """:func:`cbir.render.montage.make_montage`, then each match beside the query with its inliers drawn."""
+    grid = make_montage(result, tile, columns)
+    panels = explanation_grid(result.query, result.results, tile, max(1, columns // 2))
+    width = max(grid.shape[1], panels.shape[1])
+    pad = lambda image: np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
+    return np.concatenate([pad(grid), pad(panels)])
+
+
+def write_explained_montage(result, out_path, tile: int = 192, columns: int = 6):
+    """Render :func:`make_explained_montage` and write it (atomically) to ``out_path``."""
+    return write_image(make_explained_montage(result, tile, columns), out_path)

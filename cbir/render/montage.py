@@ -68,19 +68,10 @@ def make_grid(rows: Sequence[Sequence[Tile]], tile: int = 192, columns: int = 6)
     return canvas
 
 
-def make_montage(result: QueryResult, tile: int = 192, columns: int = 6, explain: bool = False) -> np.ndarray:
+def make_montage(result: QueryResult, tile: int = 192, columns: int = 6) -> np.ndarray:
     """RGB image: the query first (framed in blue), then each match with rank, score and file name
-    (verified ones framed in green). ``explain``: below, each match beside the query with the
-    verified inlier correspondences drawn (:mod:`cbir.render.explain`)."""
-    grid = make_grid([result_tiles(result)], tile, columns)
-    if not explain:
-        return grid
-    from cbir.render.explain import explanation_grid
-
-    panels = explanation_grid(result.query, result.results, tile, max(1, columns // 2))
-    width = max(grid.shape[1], panels.shape[1])
-    pad = lambda image: np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
-    return np.concatenate([pad(grid), pad(panels)])
+    (verified ones framed in green; :mod:`cbir.render.explain` adds why)."""
+    return make_grid([result_tiles(result)], tile, columns)
 
 
 def make_duplicates_montage(groups, tile: int = 160, columns: int = 6) -> np.ndarray:
@@ -93,9 +84,9 @@ def make_duplicates_montage(groups, tile: int = 160, columns: int = 6) -> np.nda
     return make_grid(rows, tile, columns)
 
 
-def write_montage(result: QueryResult, out_path: str | os.PathLike, tile: int = 192, columns: int = 6, explain: bool = False) -> Path:
+def write_montage(result: QueryResult, out_path: str | os.PathLike, tile: int = 192, columns: int = 6) -> Path:
     """Render :func:`make_montage` and write it (atomically) to ``out_path``."""
-    return write_image(make_montage(result, tile, columns, explain), out_path)
+    return write_image(make_montage(result, tile, columns), out_path)
 
 
 def write_image(canvas: np.ndarray, out_path: str | os.PathLike) -> Path:
