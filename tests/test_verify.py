@@ -241,3 +241,35 @@ def _counts(catalogue) -> tuple[int, int]:
             db.execute("SELECT COUNT(*) FROM images").fetchone()[0],
             db.execute("SELECT COUNT(*) FROM local_features").fetchone()[0],
         )
+
+
+def test_the_http_api_verifies_on_request(photos, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cbir.server.app import create_app
+
+    index_dir = tmp_path / "indexes"
+    index_folder(photos, "p", index_dir, workers=1)
+    ok, encoded = cv2.imencode(".png", warped(scene(4)))
+    upload = {"file": ("q.png", encoded.tobytes(), "image/png")}
+    with TestClient(create_app(index_dir, refresh_interval=0.1), raise_server_exceptions=False) as client:
+        plain = client.post("/api/indexes/p/search?k=2", files=upload)
+        assert plain.status_code == 200 and "verified" not in plain.json()["results"][0]
+        missing = client.post("/api/indexes/p/search?k=2&verify=10", files=upload)
+        assert missing.status_code == 400 and "--local-features" in missing.json()["error"]
+        index_folder(photos, "p", index_dir, local_features=True)
+        deadline = time.monotonic() + 20
+        while True:  # the server notices the new commit within its refresh interval
+            response = client.post("/api/indexes/p/search?k=2&verify=10", files=upload)
+            if response.status_code == 200 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert response.status_code == 200, response.json()
+        found = response.json()["results"]
+        assert found[0]["verified"] is True and found[0]["inliers"] >= MIN_INLIERS and found[1]["verified"] is False
+        by_id = client.post("/api/indexes/p/search?verify", json={"id": 1, "k": 1}).json()["results"]
+        assert by_id[0]["verified"] is True
+        for bad in ("0", "-2", "lots"):
+            response = client.post(f"/api/indexes/p/search?k=2&verify={bad}", files=upload)
+            assert response.status_code == 422 and "verify" in response.json()["error"]

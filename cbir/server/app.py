@@ -195,17 +195,18 @@ def create_app(
     async def search(name: str, request: Request) -> JSONResponse:
         live = pool.get(name)
         k_param = request.query_params.get("k")
+        verify = _parse_verify(request.query_params.get("verify"))
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if content_type == "multipart/form-data":
                 data, filename, k_value = await _read_upload(request, limits)
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                body = await in_search_thread(_search_upload, live, data, filename, k, limits, access.show_paths)
+                body = await in_search_thread(_search_upload, live, data, filename, k, limits, access.show_paths, verify)
                 return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
             if content_type == "application/json":
                 image_id, k_value = _parse_json(await request.body())
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return JSONResponse(await in_search_thread(_search_id, live, image_id, k, access.show_paths))
+                return JSONResponse(await in_search_thread(_search_id, live, image_id, k, access.show_paths, verify))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
         raise ApiError(
@@ -242,6 +243,23 @@ def create_app(
 
 
 # -- request parsing -----------------------------------------------------------
+def _parse_verify(value: str | None) -> int | None:
+    """``?verify=K`` (spatial verification of the top K), ``?verify`` or ``?verify=true`` (100), absent: off."""
+    from cbir.ann.verify import DEFAULT_VERIFY
+
+    if value is None or value.lower() in ("false", "no", "off"):
+        return None
+    if value.lower() in ("", "true", "yes", "on"):
+        return DEFAULT_VERIFY
+    try:
+        verify = int(value)
+    except ValueError:
+        raise ApiError(422, f"verify must be a whole number of candidates (or true), got {value[:40]!r}") from None
+    if verify < 1:
+        raise ApiError(422, f"verify must be at least 1 candidate, got {verify}")
+    return verify
+
+
 async def _read_upload(request: Request, limits: Limits) -> tuple[bytes, str, str | None]:
     async with request.form(max_files=1, max_fields=4) as form:
         upload = form.get("file")
@@ -313,8 +331,11 @@ def _chunks(file, size: int, block: int = 1 << 16):
 
 
 # -- searching (in the thread pool) ---------------------------------------------
-def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool) -> dict[str, Any]:
-    with live.use() as searcher:
+def _search_upload(
+    live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool, verify: int | None = None
+) -> dict[str, Any]:
+    with live.use() as shared:
+        searcher = shared.verifying(verify)  # a view for this request: verified matches say so
         with live.batcher.preparing(searcher):
             try:
                 image = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
@@ -324,8 +345,9 @@ def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: 
         return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k, show_paths)
 
 
-def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool) -> dict[str, Any]:
-    with live.use() as searcher:
+def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool, verify: int | None = None) -> dict[str, Any]:
+    with live.use() as shared:
+        searcher = shared.verifying(verify)
         row = searcher.image_row(image_id)  # 404 before anything else
         body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k, show_paths)
         body["query_id"] = image_id
