@@ -401,7 +401,7 @@ class Searcher:
 
             data = self.local_features([row.id]).get(row.id)
             features = unpack(data) if data is not None else None
-        return QueryResult(row.path, self.search_vectors(vector, k, [features])[0])
+        return QueryResult(row.path, self._search_with(vector, k, [features])[0])
 
     def query(
         self,
@@ -503,7 +503,11 @@ class Searcher:
         embedder = self.embedder  # outside the lock, which loading the model takes
         with self._model_lock:
             vectors = embedder.transform_prepared(list(items))
-        return [QueryResult(name, found) for name, found in zip(names, self.search_vectors(vectors, k, features))]
+        return [QueryResult(name, found) for name, found in zip(names, self._search_with(vectors, k, features))]
+
+    def _search_with(self, vectors: np.ndarray, k: int, features: list) -> list[list[Match]]:
+        # search_vectors(vectors, k) is the one call when nothing is verified (what wrappers of it expect).
+        return self.search_vectors(vectors, k) if self.verify is None else self.search_vectors(vectors, k, features)
 
     def _check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
