@@ -273,3 +273,16 @@ def test_the_http_api_verifies_on_request(photos, tmp_path):
         for bad in ("0", "-2", "lots"):
             response = client.post(f"/api/indexes/p/search?k=2&verify={bad}", files=upload)
             assert response.status_code == 422 and "verify" in response.json()["error"]
+
+
+def test_local_features_come_from_a_decode_as_large_as_they_need(tmp_path):
+    from cbir.compute.work import load_file
+    from cbir.images.decode import read_image
+
+    big = tmp_path / "big.jpg"
+    cv2.imwrite(str(big), cv2.resize(scene(5), (1024, 768)), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    extractor = LocalFeatureConfig().extractor()
+    loaded = load_file(big, min_side=32, local=extractor)  # the colour extractor decodes at 1/8: 128 x 96
+    assert min(loaded.image.shape[:2]) < 100
+    expected = extractor(read_image(big, min_side=extractor.decode_min_side))
+    assert loaded.local_features == expected and len(unpack(expected)) == LocalFeatureConfig().max_keypoints

@@ -96,6 +96,7 @@ def load_file(
     known_sha256: str | None = None,
     reusable: Callable[[str], bool] | None = None,
     max_bytes: int | None = None,
+    local: Callable[[np.ndarray], bytes] | None = None,
 ) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
@@ -105,6 +106,8 @@ def load_file(
     the caller has a vector for this content already. Never raises for a
     bad file: ``error`` holds a short reason instead (unreadable, permission denied, empty, truncated, not an image,
     too large). ``max_bytes`` (default :func:`max_file_bytes`): a larger file is not read at all.
+    ``local`` (a :class:`cbir.features.local.LocalExtractor`): the file's local features too, from its
+    own decode at the size they need (the extractor's image, and so its vector, is the same either way).
     """
     limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
@@ -136,7 +139,22 @@ def load_file(
         loaded.image = decode_image(data, min_side)
     except ImageError as exc:
         loaded.error = str(exc)
+        return loaded
+    if local is not None:
+        loaded.local_features = _local_features(local, data, loaded.image, min_side)
     return loaded
+
+
+def _local_features(local, data: bytes, image: np.ndarray, min_side: int | None) -> bytes | None:
+    """Local features of a decoded file: decoded again where the extractor's reduced decode is too small for them."""
+    import cv2
+
+    try:
+        if min(image.shape[:2]) < local.decode_min_side and (min_side or 0) < local.decode_min_side:
+            image = decode_image(data, local.decode_min_side)
+        return local(image)
+    except (ImageError, cv2.error):
+        return None  # an image the detector cannot use: indexed all the same, never verified
 
 
 #: Below this many files, starting worker processes costs more than they save.
@@ -317,18 +335,9 @@ def load_one(
     local: Callable[[np.ndarray], bytes] | None = None,
 ) -> tuple[LoadedFile, Any]:
     """One file read, decoded and prepared; ``local`` (if given) computes its local features from the same pixels."""
-    loaded = load_file(path, min_side, known_sha256, reusable=known.__contains__ if known else None)
+    loaded = load_file(path, min_side, known_sha256, reusable=known.__contains__ if known else None, local=local)
     if loaded.image is None:
         return loaded, None
-    if local is not None:
-        try:
-            loaded.local_features = local(loaded.image)
-        except Exception as exc:
-            import cv2
-
-            if not isinstance(exc, cv2.error):
-                raise
-            loaded.local_features = None  # an image OpenCV's detector refuses: no local features, still indexed
     if prepare is None:
         return loaded, loaded.image
     image, loaded.image = loaded.image, None

@@ -270,8 +270,8 @@ class _Ranker:
                 readable.append(path)
             except ImageError as exc:
                 on_error(path, exc)
-        local = self.searcher._local_extractor if self.searcher.verify is not None else None
-        self.last_features = [local.features(image) for image in images] if local is not None else None
+        local = self.searcher.local_extractor
+        self.last_features = [local.features(read_image(p, min_side=local.decode_min_side)) for p in readable] if local else None
         if not images:
             return readable, np.zeros((0, self.searcher.store.dim), np.float32)
         return readable, embedder.transform(images)

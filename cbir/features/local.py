@@ -1,7 +1,8 @@
 """Local features for spatial verification: keypoints and descriptors of one image, packed compactly.
 
-Computed at index time on the image as decoded for the extractor (so adding
-them later decodes exactly the same pixels) and stored per image in the
+Computed at index time from the image decoded at the size they need
+(:attr:`LocalExtractor.decode_min_side`; the extractor's own, often much
+smaller, decode and so every vector stay as they are) and stored per image in the
 catalogue; at query time :mod:`cbir.ann.verify` matches them and counts
 RANSAC inliers. Two kinds:
 
@@ -105,6 +106,11 @@ class LocalExtractor:
                 detector = cv2.ORB_create(nfeatures=n, scaleFactor=1.2, nlevels=8, fastThreshold=10)
             self._local.detector = detector
         return detector
+
+    @property
+    def decode_min_side(self) -> int:
+        """The shorter side an image should be decoded at for these features (a 4:3 photo's longer side reaches ``max_side``)."""
+        return self.config.max_side * 3 // 4
 
     def __call__(self, image: np.ndarray) -> bytes:
         return pack(self.features(image))

@@ -95,7 +95,11 @@ def prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=N
         try:
             rgb = to_rgb(image, channels, embedder.decode_min_side)
             item = embedder.prepare(rgb)
-            out.append((WithFeatures(item, local.features(rgb)) if local is not None else item, None))
+            if local is not None:
+                # Encoded bytes are decoded again at the size local features need (the extractor's may be far smaller).
+                sharp = to_rgb(image, channels, local.decode_min_side) if isinstance(image, (bytes, bytearray, memoryview)) else rgb
+                item = WithFeatures(item, local.features(sharp))
+            out.append((item, None))
         except ImageError as exc:
             out.append((None, exc))
     return out

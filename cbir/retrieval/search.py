@@ -318,6 +318,19 @@ class Searcher:
         ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
         return expand_queries(vectors, self.stored_vectors(ids), scores, self.alpha, valid=ids >= 0)
 
+    @property
+    def local_extractor(self):
+        """What computes a query's local features where this searcher verifies (else ``None``)."""
+        return self._local_extractor if self.verify is not None else None
+
+    @property
+    def decode_min_side(self) -> int | None:
+        """The shorter side to decode a query at: the extractor's, or more where local features need it."""
+        side = self.embedder.decode_min_side
+        if self.verify is not None:
+            side = max(side or 0, self._local_extractor.decode_min_side)
+        return side
+
     def local_features(self, ids: Sequence[int]) -> dict[int, bytes]:
         """``{id: packed local features}`` of those catalogue ``ids`` that have them."""
         with self._catalogue_lock:

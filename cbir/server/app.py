@@ -338,7 +338,7 @@ def _search_upload(
         searcher = shared.verifying(verify)  # a view for this request: verified matches say so
         with live.batcher.preparing(searcher):
             try:
-                image = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
+                image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
             item = searcher.prepare(image)
