@@ -285,4 +285,4 @@ def test_local_features_come_from_a_decode_as_large_as_they_need(tmp_path):
     loaded = load_file(big, min_side=32, local=extractor)  # the colour extractor decodes at 1/8: 128 x 96
     assert min(loaded.image.shape[:2]) < 100
     expected = extractor(read_image(big, min_side=extractor.decode_min_side))
-    assert loaded.local_features == expected and len(unpack(expected)) == LocalFeatureConfig().max_keypoints
+    assert loaded.local_features == expected and len(unpack(expected)) > 40
