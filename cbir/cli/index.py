@@ -54,6 +54,21 @@ def _parse_workers(text: str | None) -> int | None:
     return workers
 
 
+def _quiet_ray() -> None:
+    """Ray's warnings and notes are for Ray's developers here (progress bars turned off, token
+    authentication on the local cluster it starts); errors still show. Ray sets its loggers'
+    levels when it is imported, so the application sets them after that."""
+    import logging
+
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return  # index_folder says which extra to install
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 _RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
 
 
@@ -184,6 +199,8 @@ def _index(
     from cbir.indexing.run import index_folder
 
     show_training_epochs()
+    if ray:
+        _quiet_ray()
     options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None, **(extractor_params or {})}
     summary = index_folder(
         folder,
