@@ -116,7 +116,7 @@ def query(
         for match in result.results:
             note = "" if match.exists else "  (missing)"
             about = "  ".join(x for x in ((match.taken or "").replace("T", " "), match.camera or "") if x)
-            print(f"{match.rank:>4}  {match.score:.4f}  {match.path}{note}" + (f"  [{about}]" if about else ""))
+            print(f"{match.rank:>4}  {match.score:.4f}  " + (f"[{about}]  " if about else "") + f"{match.path}{note}")
 
 
 def _read_source(source: str) -> tuple[list[bytes], list[str]]:

@@ -38,14 +38,14 @@ class LoadedFile:
     #: True when ``reusable(sha256)`` said the index already holds this content: not decoded.
     reusable: bool = False
     # What the photo says about itself (cbir.images.metadata.PhotoInfo), read from the same bytes;
-    # flat scalars so that every backend's codec carries them ("" / 0 / NaN: not known).
+    # flat scalars so that every backend's codec carries them ("" / 0: not known).
     width: int = 0
     height: int = 0
     taken: str = ""
     camera_make: str = ""
     camera_model: str = ""
-    gps_lat: float = float("nan")
-    gps_lon: float = float("nan")
+    #: "latitude,longitude" in decimal degrees (text: Ray's columns turn None into "", and NaN != NaN).
+    gps: str = ""
     #: For a RAW file: "preview" or "demosaiced" (cbir.images.raw.SOURCES).
     decoded_from: str = ""
 
@@ -123,7 +123,7 @@ def load_file(
     loaded.width, loaded.height, loaded.taken = info.width, info.height, info.taken
     loaded.camera_make, loaded.camera_model, loaded.decoded_from = info.make, info.model, photo.source
     if info.gps_lat is not None and info.gps_lon is not None:
-        loaded.gps_lat, loaded.gps_lon = info.gps_lat, info.gps_lon
+        loaded.gps = f"{info.gps_lat:.7f},{info.gps_lon:.7f}"
     return loaded
 
 

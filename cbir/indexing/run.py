@@ -19,7 +19,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -168,7 +167,8 @@ def index_folder(
 
     with open_writer(index_path(name, index_dir), wait=wait, progress=progress) as writer:
         summary = IndexSummary(name=name, path=str(writer.path), created=writer.created, unsupported=scan.unsupported)
-        summary.raw_sources["sidecar"] = scan.raw_sidecars
+        if scan.raw_sidecars:
+            summary.raw_sources["sidecar"] = scan.raw_sidecars
         summary.unlisted = list(scan.unlisted)
         files = scan.images
         # -- plan ----------------------------------------------------------------
@@ -333,7 +333,7 @@ def _metadata(loaded: LoadedFile) -> ImageMetadata:
     if not taken:
         taken_from = "mtime"
         taken = datetime.datetime.fromtimestamp(loaded.mtime_ns / 1e9).isoformat(timespec="seconds")
-    located = math.isfinite(loaded.gps_lat) and math.isfinite(loaded.gps_lon)
+    lat, lon = (float(x) for x in loaded.gps.split(",")) if loaded.gps else (None, None)
     return ImageMetadata(
         width=loaded.width or None,
         height=loaded.height or None,
@@ -341,8 +341,8 @@ def _metadata(loaded: LoadedFile) -> ImageMetadata:
         taken_from=taken_from,
         camera_make=loaded.camera_make or None,
         camera_model=loaded.camera_model or None,
-        gps_lat=loaded.gps_lat if located else None,
-        gps_lon=loaded.gps_lon if located else None,
+        gps_lat=lat,
+        gps_lon=lon,
     )
 
 
