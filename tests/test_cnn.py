@@ -37,10 +37,11 @@ def images():
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
 
 
-@pytest.fixture(scope="module")
-def extractor():
-    """Random MobileNet on TFLite, batches of 4 so 7 images need two sizes."""
-    return CNNExtractor(weights="none", input_size=SIZE, batch_size=4).build()
+@pytest.fixture
+def extractor(tiny_cnn):
+    """Random MobileNet on TFLite, batches of 4 so 7 images need two sizes (built once per run)."""
+    assert (tiny_cnn.input_size, tiny_cnn.batch_size) == (SIZE, 4)
+    return tiny_cnn
 
 
 @pytest.fixture

@@ -22,13 +22,10 @@ import pytest
 from cbir.features.base import EXTRACTORS, Extractor, extractor_class, extractor_from_config, make_extractor
 from cbir.features.pca import PCAReduction
 from cbir.features.pipeline import Embedder
+from conftest import TINY_AUTOENCODER, TINY_CNN, rectangle_images
 
-#: Small, fast parameters of every registered extractor.
-TINY = {
-    "color": {"bins": [4, 4, 2], "min_side": 16},
-    "cnn": {"backbone": "mobilenet", "weights": "none", "input_size": 32, "batch_size": 4},
-    "autoencoder": {"input_size": 16, "filters": [4, 8], "latent_channels": 2, "epochs": 1, "batch_size": 4},
-}
+#: Small, fast parameters of every registered extractor (the deep ones built once per run: tests/conftest.py).
+TINY = {"color": {"bins": [4, 4, 2], "min_side": 16}, "cnn": TINY_CNN, "autoencoder": TINY_AUTOENCODER}
 DEEP = {"cnn", "autoencoder"}
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 
@@ -51,21 +48,34 @@ def _learned(obj) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """One fitted extractor per name, and the folder its state was saved to."""
-    made: dict[str, tuple[Extractor, Path]] = {}
+def _fitted_by_name() -> dict[str, tuple[Extractor, Path]]:
+    return {}
 
-    def get(name: str) -> tuple[Extractor, Path]:
-        if name not in made:
+
+@pytest.fixture
+def fitted(name, request, _fitted_by_name, tmp_path_factory) -> tuple[Extractor, Path]:
+    """The fitted extractor ``name`` (the test's parameter), and the folder its state was saved to.
+
+    The deep ones are the tiny models of the whole test run (tests/conftest.py),
+    trained and built once, in a fixture so their cost shows as setup; ``fit``
+    returning ``self`` is checked for them where it is cheap (test_fit_returns_self).
+    """
+    if name not in _fitted_by_name:
+        if name == "cnn":
+            extractor = request.getfixturevalue("tiny_cnn")
+        elif name == "autoencoder":
+            extractor = request.getfixturevalue("tiny_autoencoder")[0]
+        else:
             extractor = make_extractor(name, **TINY[name])
             assert extractor.fit(_images()) is extractor
-            extractor.build()
-            directory = tmp_path_factory.mktemp(name)
-            extractor.save(directory)
-            made[name] = extractor, directory
-        return made[name]
-
-    return get
+        expected = make_extractor(name, **TINY[name]).get_params()
+        given = extractor.get_params()
+        assert {k: given[k] for k in expected if k != "model_path"} == {k: v for k, v in expected.items() if k != "model_path"}
+        extractor.build()
+        directory = tmp_path_factory.mktemp(name)
+        extractor.save(directory)
+        _fitted_by_name[name] = extractor, directory
+    return _fitted_by_name[name]
 
 
 # -- configuration, without building anything ----------------------------------
@@ -134,7 +144,7 @@ def test_colour_never_imports_tensorflow():
 
 @pytest.mark.parametrize("name", _params())
 def test_vectors_are_l2_normalised_float32_rows_in_input_order(name, fitted):
-    extractor, _ = fitted(name)
+    extractor, _ = fitted
     images = _images(5, seed=1)
     vectors = extractor.transform(images)
     assert vectors.shape == (5, extractor.dim) and vectors.dtype == np.float32 and vectors.flags.c_contiguous
@@ -147,8 +157,20 @@ def test_vectors_are_l2_normalised_float32_rows_in_input_order(name, fitted):
 
 
 @pytest.mark.parametrize("name", _params())
+def test_fit_returns_self(name, fitted, request):
+    """Without training again: the autoencoder is given the model it already trained (``model_path``)."""
+    extractor, _ = fitted
+    if name == "autoencoder":
+        model = request.getfixturevalue("tiny_autoencoder")[1] / "model.keras"
+        extractor = make_extractor(name, **{**TINY[name], "model_path": str(model)})
+    elif name == "cnn":
+        extractor = make_extractor(name, **TINY[name])  # fit learns nothing: it builds nothing either
+    assert extractor.fit(rectangle_images(4)) is extractor and extractor.is_fitted
+
+
+@pytest.mark.parametrize("name", _params())
 def test_learned_attributes_end_in_an_underscore(name, fitted):
-    extractor, _ = fitted(name)
+    extractor, _ = fitted
     params = set(extractor.get_params())
     public = {k for k in vars(extractor) if not k.startswith("_")}
     assert public - params == _learned(extractor)
@@ -157,7 +179,7 @@ def test_learned_attributes_end_in_an_underscore(name, fitted):
 
 @pytest.mark.parametrize("name", _params())
 def test_saved_state_gives_identical_vectors(name, fitted):
-    extractor, directory = fitted(name)
+    extractor, directory = fitted
     loaded = extractor_from_config(extractor.get_config()).load_state(directory)
     images = _images(4, seed=2)
     np.testing.assert_array_equal(loaded.transform(images), extractor.transform(images))

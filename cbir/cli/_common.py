@@ -236,12 +236,6 @@ def read_labels(path: Path | None, path_column: str | None, label_column: str | 
     return read_labels_csv(path, path_column, label_column)
 
 
-_COLOR = "Colour histogram (--extractor color)"
-_CNN = "CNN (--extractor cnn)"
-_AE = "Autoencoder (--extractor autoencoder)"
-
-
-
 # -- an index name given as NAME or --name ------------------------------------
 NameArgument = Annotated[
     Optional[str], typer.Argument(metavar="NAME", help="Name of the index (or use --name).", show_default=False)

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError, WeightsError
-from cbir.features.base import Extractor, l2_normalize
+from cbir.features.base import Extractor, Param, l2_normalize
 from cbir.features.keras_backbones import BACKBONES, MIN_INPUT_SIZE, build_backbone, fetch_imagenet_weights
 from cbir.features.runtimes import NETWORKS, convert_to_tflite, openvino_available, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic, write_json_atomic
@@ -127,8 +127,29 @@ class CNNExtractor(Extractor):
     """
 
     name = "cnn"
+    title = "CNN"
     runtime_params = ("runtime", "batch_size")
     transform_uses_every_core = True
+    parameters = (
+        Param("backbone", str, "mobilenet", "Network from keras.applications, without its classifier.", tuple(BACKBONES), option=True),
+        Param(
+            "weights", str, "imagenet",
+            "imagenet: Keras' cache, downloaded if missing; none: random; or a .h5 / .weights.h5 FILE.",
+            ("imagenet", "none"), path=True, option=True,
+        ),
+        Param("pooling", str, "avg", "Global pooling of the last feature map.", POOLINGS, option=True),
+        Param("gem_p", float, 3.0, "Exponent of gem pooling (1 is avg, large is max).", option=True),
+        Param("input_size", int, 224, f"Network input side in pixels (at least {MIN_INPUT_SIZE}).", option=True),
+        Param("resize", str, "squash", "How an image becomes a square.", RESIZE_MODES, option=True),
+        Param(
+            "runtime", str, "auto",
+            "What runs the network, same vectors: auto is the faster of tflite (LiteRT) and openvino for the backbone, "
+            "keras the reference.",
+            RUNTIMES, option=True,
+        ),
+        Param("batch_size", int, 32, "Images per forward pass (bounds memory)."),
+        Param("seed", int, 0, "Seed of the random weights (--weights none).", option=True),
+    )
 
     def __init__(
         self,
