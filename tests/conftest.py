@@ -17,6 +17,10 @@ import cv2
 import numpy as np
 import pytest
 
+# The test run is an application like the cbir command: it keeps TensorFlow's C++ logs
+# (read once, when TensorFlow is imported) out of the tests' output. The library sets none.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 #: Class name -> base BGR colour of its images.
 CLASS_COLOURS = {
     "red": (40, 40, 210),

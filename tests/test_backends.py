@@ -103,7 +103,5 @@ def test_the_codec_carries_every_field_but_path_and_image(tmp_path):
     names = {f.name for f in dataclasses.fields(LoadedFile)}
     assert set(CODEC_FIELDS) == names - {"path", "image"}
     original = LoadedFile(tmp_path / "a.jpg", 10, 20, "ab" * 32, None, "broken", False, True)
-    copy = LoadedFile.from_fields(original.path, [np.int64(10), np.int64(20), "ab" * 32, "broken", np.bool_(False), np.bool_(True)])
-    assert copy == original and type(copy.size) is int and type(copy.reusable) is bool
     assert LoadedFile.from_fields(original.path, original.fields()) == original
-    assert LoadedFile.from_fields(original.path, [1, 2, "", "", False, False]).error is None  # Ray's "" is no error
+    assert LoadedFile.from_fields(original.path, original.fields(), image=np.zeros(1)).image is not None

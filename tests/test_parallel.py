@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from cbir.cli import app
 from cbir.errors import CbirError
 from cbir.indexing.run import index_folder
-from cbir.compute.work import EmbedderRef, WorkerError, usable_cores
+from cbir.compute.work import EmbedderRef, WorkerError
+from cbir.cpus import usable_cores
 from cbir.progress import Progress
 from cbir.retrieval.search import Searcher
 from cbir.store.directory import IndexStore

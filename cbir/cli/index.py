@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
 
 from cbir.cli._extractor_options import with_extractor_options
 from cbir.cli._common import (
+    TidyCommand,
     AlphaOption,
     IndexDirOption,
     JsonOption,
@@ -57,7 +57,7 @@ def _parse_workers(text: str | None) -> int | None:
 _RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
 
 
-class IndexCommand(TyperCommand):
+class IndexCommand(TidyCommand):
     """``--ray`` takes an optional address: without one (or before the folder) it means ``auto``."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:

@@ -182,7 +182,7 @@ def run_benchmark(spec: Mapping[str, Any], work_dir: str | os.PathLike, progress
                 begin = time.perf_counter()
                 searcher.query(path, k=10)
                 latencies.append(time.perf_counter() - begin)
-            description = searcher.store.embedder().describe()
+            description = searcher.embedder.describe()
             dba_config = searcher.store.manifest.get("dba")
         description += f", {config.get('index_type') or 'flat'}"
         description += f", DBA-{dba_config['k']}" if dba_config else ""

@@ -23,12 +23,13 @@ from cbir.errors import ImageError, UsageError
 from cbir.images import heif, raw
 from cbir.images.metadata import PhotoInfo, read_photo_info
 
-#: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
-MAX_IMAGE_PIXELS = 180_000_000
+import cv2
 
-# OpenCV reads its own cap once, at first decode: set it before cv2 is used.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
-import cv2  # noqa: E402
+#: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
+#: JPEG, PNG, BMP, GIF and WebP are refused from their header (:func:`image_size`); other
+#: formats meet OpenCV's own cap first (2**30 pixels unless ``OPENCV_IO_MAX_IMAGE_PIXELS``,
+#: read when cv2 is imported, says less: the ``cbir`` command sets it to this), then this one.
+MAX_IMAGE_PIXELS = 180_000_000
 
 
 #: Lower-case suffixes treated as images when walking a folder (see also :func:`readable_extensions`).
@@ -85,12 +86,34 @@ def _opencv_extensions() -> frozenset[str]:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` read from a JPEG or PNG header, or ``None`` if unknown."""
+    """``(width, height)`` read from a JPEG, PNG, BMP, GIF or WebP header, or ``None`` if unknown."""
     if data.startswith(_PNG_MAGIC) and len(data) >= 24:
         width, height = struct.unpack(">II", data[16:24])
         return width, height
     if data.startswith(_JPEG_MAGIC):
         return _jpeg_size(data)
+    if data.startswith(b"BM") and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            return struct.unpack("<HH", data[18:22])
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)  # a negative height is a top-down bitmap
+    if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP" and len(data) >= 30:
+        return _webp_size(data)
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas size minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit sizes minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: key frame header
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
     return None
 
 

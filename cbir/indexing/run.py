@@ -280,22 +280,17 @@ def _embed_and_commit(
     progress.start(f"indexing into {writer.path.name!r}", len(plan.todo))
     progress.advance(len(plan.todo) - len(remaining))
     fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir)
+    label_of = _labeller(labels)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
             ok, vectors, not_embedded, reused, copied = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded)
+            images = []
+            for loaded, vector in zip(ok, vectors):
+                key = str(loaded.path)
+                metadata = copied.get(loaded.path) or _metadata(loaded)
+                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector, metadata))
             writer.add(
-                [
-                    NewImage(
-                        path=str(loaded.path),
-                        size=loaded.size,
-                        mtime_ns=loaded.mtime_ns,
-                        sha256=loaded.sha256,
-                        label=labels.get(loaded.path) if labels is not None else folder_label(loaded.path),
-                        vector=vector,
-                        metadata=copied.get(loaded.path) or _metadata(loaded),
-                    )
-                    for loaded, vector in zip(ok, vectors)
-                ],
+                images,
                 skipped=[
                     SkippedFile(str(f.path), f.size, f.mtime_ns, f.error or "unreadable")
                     for f in not_embedded
@@ -308,12 +303,27 @@ def _embed_and_commit(
         progress.stop()
 
 
+def _labeller(labels: dict[Path, str] | None):
+    """``label(path, str(path))``: from the labels given, else the folder's name (looked up once per folder)."""
+    if labels is not None:
+        return lambda path, key: labels.get(path)
+    by_folder: dict[str, str] = {}
+
+    def label(path: Path, key: str) -> str:
+        folder = os.path.dirname(key)
+        found = by_folder.get(folder)
+        if found is None:
+            found = by_folder[folder] = folder_label(path)
+        return found
+
+    return label
+
+
 def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_embedded: list[LoadedFile], reused: int) -> None:
+    updated = sum(1 for loaded in ok if loaded.path in plan.known_sha256) if plan.known_sha256 else 0
+    summary.updated += updated
+    summary.added += len(ok) - updated
     for loaded in ok:
-        if loaded.path in plan.known_sha256:
-            summary.updated += 1
-        else:
-            summary.added += 1
         if loaded.decoded_from:
             summary.raw_sources[loaded.decoded_from] = summary.raw_sources.get(loaded.decoded_from, 0) + 1
     for loaded in not_embedded:

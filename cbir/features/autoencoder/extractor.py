@@ -21,7 +21,7 @@ Everything is stored in Keras' own ``.keras`` format and loaded in safe mode,
 with JSON for the training history: no pickle anywhere. TensorFlow is
 imported only inside the functions that need it.
 
-At ~420 lines a little over the usual size: the extractor's three states
+At ~450 lines a little over the usual size: the extractor's three states
 (untrained, trained in memory, loaded from an index with a converted
 encoder) share one set of parameters and checks.
 """
@@ -289,9 +289,9 @@ class AutoencoderExtractor(Extractor):
         With ``model_path`` there is nothing to learn: the given model is
         used as it is (:meth:`build`), ``images`` are ignored.
 
-        Training calls ``keras.utils.set_random_seed(seed)``, which also seeds
-        Python's and NumPy's global generators: on CPU the same images and
-        parameters then give the same model, bit for bit.
+        The initial weights come from ``seed`` and the batches from generators
+        seeded by it, with no global random state set or used: on CPU the
+        same images and parameters give the same model, bit for bit.
         """
         self.check_params()
         if self.model_path is not None:
