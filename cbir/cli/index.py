@@ -233,8 +233,9 @@ def _index(
     if summary.vectors_rebuilt:
         print(f"{summary.vectors_rebuilt}; stored vectors reused, nothing re-embedded")
     if summary.unsupported:
-        counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
-        print(f"not indexed, formats cbir cannot read: {counts}")
+        print(f"not indexed: {summary.unsupported_note()}")
+    if summary.raw_note():
+        print(summary.raw_note())
     if summary.unlisted:
         shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
         print(
