@@ -113,3 +113,17 @@ def test_a_jpeg_without_exif_costs_only_a_marker_walk():
     assert jpeg_exif_segment(data) is None
     with_exif = b"\xff\xd8" + b"\xff\xe1" + (len(b"Exif\x00\x00II*\x00") + 2).to_bytes(2, "big") + b"Exif\x00\x00II*\x00" + data[2:]
     assert jpeg_exif_segment(with_exif) == b"II*\x00"
+
+
+def test_a_version_1_catalogue_is_read_as_it_is_by_a_reader(tmp_path):
+    # An index built before photo metadata existed: queries and the server read it without upgrading it.
+    path = tmp_path / "catalogue.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(MIGRATIONS[0] + "; PRAGMA user_version = 1;")
+    db.execute("INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES ('/a.jpg', 1, 2, 'ab', NULL, ?)", (np.ones(4, np.float32).tobytes(),))
+    db.commit()
+    db.close()
+    with Catalogue(path, read_only=True) as catalogue:
+        assert catalogue.count_images() == 1 and catalogue.metadata([1]) == {}
+        assert catalogue.metadata_counts()["with_metadata"] == 0
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 1

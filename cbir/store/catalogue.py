@@ -40,6 +40,9 @@ from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
+#: A reader (queries, the server) opens a catalogue this old without upgrading it: version 2
+#: only added photo metadata, which such a catalogue has none of. Writers always upgrade.
+_OLDEST_READABLE = 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
@@ -230,11 +233,15 @@ class Catalogue:
                 f"catalogue {self.path} has schema version {version}, newer than this cbir understands "
                 f"({SCHEMA_VERSION}); upgrade cbir"
             )
+        self.schema_version = version
         if version < SCHEMA_VERSION and self.read_only:
+            if version >= _OLDEST_READABLE:
+                return  # read as it is: what later versions add (metadata) is simply absent
             raise IndexCorruptError(
                 f"catalogue {self.path} has schema version {version}, older than this cbir's ({SCHEMA_VERSION}); "
                 "run cbir index on it once (with write access) to upgrade it"
             )
+        self.schema_version = SCHEMA_VERSION
         for target in range(version, SCHEMA_VERSION):
             # executescript commits whatever is open first, so the script carries its own transaction.
             self._db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
@@ -310,6 +317,8 @@ class Catalogue:
         """``{id: metadata}`` for those of ``ids`` that have some; GPS only when asked for (``gps``)."""
         columns = _METADATA_COLUMNS if gps else _METADATA_COLUMNS[:-2]
         found: dict[int, ImageMetadata] = {}
+        if self.schema_version < 2:
+            return found
         id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
         for start in range(0, len(id_list), 500):
             chunk = id_list[start : start + 500]
@@ -321,6 +330,8 @@ class Catalogue:
 
     def metadata_counts(self) -> dict[str, int]:
         """How many indexed images have metadata, an EXIF date, a camera, a location."""
+        if self.schema_version < 2:
+            return {"with_metadata": 0, "dated_by_exif": 0, "with_camera": 0, "with_location": 0}
         row = self._db.execute(
             "SELECT COUNT(*), COUNT(NULLIF(m.taken_from = 'exif', 0)), COUNT(COALESCE(m.camera_make, m.camera_model)), "
             "COUNT(m.gps_lat) FROM image_metadata m JOIN images i ON i.id = m.id"
