@@ -29,6 +29,13 @@ TINY = {
     "cnn": {"backbone": "mobilenet", "weights": "none", "input_size": 32, "batch_size": 4},
     "autoencoder": {"input_size": 16, "filters": [4, 8], "latent_channels": 2, "epochs": 1, "batch_size": 4},
 }
+#: Every case the contract runs over: each extractor's tiny config, and the
+#: options that change how an extractor embeds (multi-scale input, R-MAC).
+CASES = {
+    **{name: (name, params) for name, params in TINY.items()},
+    # R-MAC needs a 3 x 3 feature map: 96 px at the smallest scale.
+    "cnn-multiscale-rmac": ("cnn", {**TINY["cnn"], "input_size": 96, "scales": [1.0, 1.5], "pooling": "rmac"}),
+}
 DEEP = {"cnn", "autoencoder"}
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 
@@ -43,7 +50,7 @@ def _images(n: int = 6, seed: int = 0) -> list[np.ndarray]:
 
 
 def _params():
-    return [pytest.param(name, marks=needs_tensorflow if name in DEEP else ()) for name in sorted(EXTRACTORS)]
+    return [pytest.param(case, marks=needs_tensorflow if CASES[case][0] in DEEP else ()) for case in sorted(CASES)]
 
 
 def _learned(obj) -> set[str]:
@@ -55,15 +62,16 @@ def fitted(tmp_path_factory):
     """One fitted extractor per name, and the folder its state was saved to."""
     made: dict[str, tuple[Extractor, Path]] = {}
 
-    def get(name: str) -> tuple[Extractor, Path]:
-        if name not in made:
-            extractor = make_extractor(name, **TINY[name])
+    def get(case: str) -> tuple[Extractor, Path]:
+        name, params = CASES[case]
+        if case not in made:
+            extractor = make_extractor(name, **params)
             assert extractor.fit(_images()) is extractor
             extractor.build()
-            directory = tmp_path_factory.mktemp(name)
+            directory = tmp_path_factory.mktemp(case)
             extractor.save(directory)
-            made[name] = extractor, directory
-        return made[name]
+            made[case] = extractor, directory
+        return made[case]
 
     return get
 
@@ -71,10 +79,11 @@ def fitted(tmp_path_factory):
 # -- configuration, without building anything ----------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(EXTRACTORS))
-def test_init_stores_parameters_unchanged_and_the_config_round_trips(name):
-    extractor = make_extractor(name, **TINY[name])
-    for key, value in TINY[name].items():
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_init_stores_parameters_unchanged_and_the_config_round_trips(case):
+    name, params = CASES[case]
+    extractor = make_extractor(name, **params)
+    for key, value in params.items():
         assert getattr(extractor, key) is value  # stored as given: no copy, no conversion
     config = json.loads(json.dumps(extractor.get_config()))
     assert config["name"] == name == extractor_class(name).name
@@ -85,9 +94,10 @@ def test_init_stores_parameters_unchanged_and_the_config_round_trips(name):
     assert _learned(extractor) == set()  # __init__ learns and loads nothing
 
 
-@pytest.mark.parametrize("name", sorted(EXTRACTORS))
-def test_no_images_give_an_empty_float32_array_without_loading_anything(name):
-    extractor = make_extractor(name, **TINY[name])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_images_give_an_empty_float32_array_without_loading_anything(case):
+    name, params = CASES[case]
+    extractor = make_extractor(name, **params)
     for empty in (extractor.transform([]), extractor.transform_prepared([])):
         assert empty.shape == (0, extractor.dim) and empty.dtype == np.float32
     assert _learned(extractor) == set()
@@ -132,9 +142,9 @@ def test_colour_never_imports_tensorflow():
 # -- fitted --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", _params())
-def test_vectors_are_l2_normalised_float32_rows_in_input_order(name, fitted):
-    extractor, _ = fitted(name)
+@pytest.mark.parametrize("case", _params())
+def test_vectors_are_l2_normalised_float32_rows_in_input_order(case, fitted):
+    extractor, _ = fitted(case)
     images = _images(5, seed=1)
     vectors = extractor.transform(images)
     assert vectors.shape == (5, extractor.dim) and vectors.dtype == np.float32 and vectors.flags.c_contiguous
@@ -146,19 +156,20 @@ def test_vectors_are_l2_normalised_float32_rows_in_input_order(name, fitted):
     assert empty.shape == (0, extractor.dim) and empty.dtype == np.float32
 
 
-@pytest.mark.parametrize("name", _params())
-def test_learned_attributes_end_in_an_underscore(name, fitted):
-    extractor, _ = fitted(name)
+@pytest.mark.parametrize("case", _params())
+def test_learned_attributes_end_in_an_underscore(case, fitted):
+    extractor, _ = fitted(case)
     params = set(extractor.get_params())
     public = {k for k in vars(extractor) if not k.startswith("_")}
     assert public - params == _learned(extractor)
     assert extractor.is_fitted and (not extractor.requires_fit or _learned(extractor))
 
 
-@pytest.mark.parametrize("name", _params())
-def test_saved_state_gives_identical_vectors(name, fitted):
-    extractor, directory = fitted(name)
-    loaded = extractor_from_config(extractor.get_config()).load_state(directory)
+@pytest.mark.parametrize("case", _params())
+def test_saved_state_gives_identical_vectors(case, fitted):
+    extractor, directory = fitted(case)
+    # Through JSON, as a manifest stores the config.
+    loaded = extractor_from_config(json.loads(json.dumps(extractor.get_config()))).load_state(directory)
     images = _images(4, seed=2)
     np.testing.assert_array_equal(loaded.transform(images), extractor.transform(images))
 
@@ -166,10 +177,17 @@ def test_saved_state_gives_identical_vectors(name, fitted):
 # -- the PCA step and the Embedder -----------------------------------------------
 
 
-def test_pca_keeps_the_same_promises(tmp_path):
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_components": 3, "whiten": True},
+        {"n_components": 3, "whiten": True, "shrinkage": 0.5, "power": 0.5},
+    ],
+)
+def test_pca_keeps_the_same_promises(tmp_path, params):
     vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
-    pca = PCAReduction(3, whiten=True)
-    assert PCAReduction(**pca.get_params()).get_params() == pca.get_params() == {"n_components": 3, "whiten": True}
+    pca = PCAReduction(**params)
+    assert PCAReduction(**json.loads(json.dumps(pca.get_params()))).get_params() == pca.get_params() == params
     assert _learned(pca) == set()
     assert pca.fit(vectors) is pca and _learned(pca) == {"mean_", "components_", "explained_variance_"}
     reduced = pca.transform(vectors)

@@ -53,6 +53,14 @@ def _parse_bins(text: str) -> list[int]:
         raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
 
 
+def _parse_scales(text: str) -> list[float]:
+    from cbir.errors import UsageError
+
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--scales must look like 1,0.7071,1.4142 (positive numbers), got {text!r}") from None
+
 
 def _parse_workers(text: str | None) -> int | None:
     from cbir.errors import UsageError
@@ -124,7 +132,9 @@ def index(
         ),
     ] = None,
     pooling: Annotated[
-        Optional[str], typer.Option("--pooling", help="avg, max or gem. (default: avg)", show_default=False, rich_help_panel=_CNN)
+        Optional[str], typer.Option(
+            "--pooling", help="avg, max, gem, or rmac (max-pooled regions). (default: avg)", show_default=False, rich_help_panel=_CNN
+        )
     ] = None,
     gem_p: Annotated[
         Optional[float], typer.Option("--gem-p", help="Exponent of gem pooling. (default: 3)", show_default=False, rich_help_panel=_CNN)
@@ -146,6 +156,15 @@ def index(
         Optional[int],
         typer.Option(
             "--input-size", help="Network input side in pixels. (default: 224 for cnn, 64 for autoencoder)", show_default=False, rich_help_panel=_CNN
+        ),
+    ] = None,
+    scales: Annotated[
+        Optional[str],
+        typer.Option(
+            "--scales",
+            help="Run the network at each input side (--input-size x scale) and average the vectors, e.g. 1,0.7071,1.4142. (default: 1)",
+            show_default=False,
+            rich_help_panel=_CNN,
         ),
     ] = None,
     model: Annotated[
@@ -178,6 +197,14 @@ def index(
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
     ] = None,
     pca_whiten: Annotated[bool, typer.Option("--pca-whiten", help="Whiten the PCA components.")] = False,
+    pca_shrinkage: Annotated[
+        Optional[float],
+        typer.Option("--pca-shrinkage", help="With --pca-whiten: shrink the variances towards their mean by this fraction, 0 to 1. (default: 0)", show_default=False),
+    ] = None,
+    pca_power: Annotated[
+        Optional[float],
+        typer.Option("--pca-power", help="Signed power of each PCA coordinate, above 0 and at most 1. (default: 1, none)", show_default=False),
+    ] = None,
     pca_train: Annotated[
         Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
     ] = None,
@@ -264,6 +291,8 @@ def index(
         "model": model,
         "pca": pca,
         "pca_whiten": pca_whiten or None,
+        "pca_shrinkage": pca_shrinkage,
+        "pca_power": pca_power,
         "bins": _parse_bins(bins) if bins is not None else None,
         "backbone": backbone,
         "weights": weights,
@@ -272,6 +301,7 @@ def index(
         "resize": resize,
         "runtime": runtime,
         "input_size": input_size,
+        "scales": _parse_scales(scales) if scales is not None else None,
         "embedding": embedding,
         "epochs": epochs,
         "channels": 1 if grey else None,

@@ -3,7 +3,13 @@
 An image is resized to ``input_size`` x ``input_size`` (squashed, centre-cropped
 or padded), scaled by the backbone's own ``preprocess_input``, run through the
 backbone without its classifier, and its last feature map is pooled (average,
-max or generalised mean) into one L2-normalised vector.
+max, generalised mean or R-MAC regions: :mod:`cbir.features.pooling`) into
+one L2-normalised vector. With several ``scales`` the image runs at each side
+``input_size * scale`` and the normalised vectors are averaged (multi-scale).
+
+A network without its classifier runs at any input side, so one converted
+model serves every scale: each side gets its own engine instance, planned for
+that shape (LiteRT resizes the input tensor, OpenVINO reshapes the model).
 
 The runtimes give the same vectors (cosine >= 0.9999998 here):
 
@@ -46,12 +52,12 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError, WeightsError
 from cbir.features.base import Extractor, l2_normalize
+from cbir.features.pooling import POOLINGS, RMAC_LEVELS, check_rmac_map, combine_scales, global_pool
 from cbir.features.keras_backbones import BACKBONES, MIN_INPUT_SIZE, build_backbone, fetch_imagenet_weights
-from cbir.features.runtimes import NETWORKS, convert_to_tflite, openvino_available, runs_without_tensorflow
+from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite, openvino_available, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic, write_json_atomic
 from cbir.images import resize_image
 
-POOLINGS = ("avg", "max", "gem")
 RESIZE_MODES = ("squash", "crop", "pad")
 RUNTIMES = ("auto", "tflite", "openvino", "keras")
 #: What ``runtime="auto"`` runs each backbone with: the faster of LiteRT and
@@ -70,9 +76,13 @@ PAD_RGB = (124, 116, 104)
 _STATE_FILE = "cnn.json"
 _TFLITE_FILE = "model.tflite"
 _STATE_VERSION = 1
-# GeM is defined on positive activations; EfficientNet's last one (swish) can
-# be slightly negative, so activations are clamped to this floor first.
-_GEM_EPS = 1e-6
+#: Most scales of one image (each one a forward pass).
+MAX_SCALES = 5
+#: Largest input side any scale may give.
+MAX_INPUT_SIDE = 2048
+#: Output stride of every backbone: a side of ``s`` pixels gives a feature
+#: map of about ``s / 32`` cells (at least ``floor(s / 32)``).
+NETWORK_STRIDE = 32
 
 
 class CNNExtractor(Extractor):
@@ -90,13 +100,19 @@ class CNNExtractor(Extractor):
         ``"none"``: random initialisation from ``seed`` (tests, throughput);
         otherwise the path of a ``.h5`` or ``.weights.h5`` file for the same
         architecture.
-    pooling : {"avg", "max", "gem"}
-        Global pooling of the last feature map. ``avg`` is the default: on
-        Corel-1k it beats GeM and max (docs/cnn.md).
+    pooling : {"avg", "max", "gem", "rmac"}
+        Pooling of the last feature map: global average, max or generalised
+        mean, or ``rmac``, the sum of max-pooled regions on a 3-level grid
+        (needs a feature map of at least 3 x 3, an input side of 96 or more).
+        ``avg`` is the default (docs/cnn.md).
     gem_p : float
         Exponent of generalised-mean pooling (1 is average, large is max).
     input_size : int
         Side of the square network input, at least 32.
+    scales : sequence of float
+        The image runs at each side ``round(input_size * scale)`` and the
+        L2-normalised pooled vectors are averaged (``(1,)``: one scale; the
+        meaning of configs that do not record scales).
     resize : {"squash", "crop", "pad"}
         How an image becomes square: ``squash`` scales both sides to
         ``input_size`` (aspect ratio lost, nothing cut off); ``crop`` scales
@@ -137,6 +153,7 @@ class CNNExtractor(Extractor):
         pooling: str = "avg",
         gem_p: float = 3.0,
         input_size: int = 224,
+        scales: Sequence[float] = (1.0,),
         resize: str = "squash",
         runtime: str = "auto",
         batch_size: int = 32,
@@ -147,6 +164,7 @@ class CNNExtractor(Extractor):
         self.pooling = pooling
         self.gem_p = gem_p
         self.input_size = input_size
+        self.scales = scales
         self.resize = resize
         self.runtime = runtime
         self.batch_size = batch_size
@@ -182,10 +200,47 @@ class CNNExtractor(Extractor):
             raise UsageError(f"seed must be an integer, got {self.seed!r}")
         if isinstance(self.gem_p, bool) or not isinstance(self.gem_p, (int, float)) or not self.gem_p > 0:
             raise UsageError(f"GeM exponent must be a positive number, got {self.gem_p!r}")
+        self._check_scales()
+        if self.pooling == "rmac":
+            side = min(self.input_sides) // NETWORK_STRIDE
+            try:
+                check_rmac_map(side, side, RMAC_LEVELS)
+            except UsageError:
+                smallest = RMAC_LEVELS * NETWORK_STRIDE
+                raise UsageError(
+                    f"rmac pooling needs a feature map of at least {RMAC_LEVELS} x {RMAC_LEVELS}: {self.backbone} gives "
+                    f"{side} x {side} at input side {min(self.input_sides)}; use input sides of at least {smallest} "
+                    f"(--input-size, --scales) or another --pooling"
+                ) from None
+
+    def _check_scales(self) -> None:
+        scales = self.scales
+        if (
+            isinstance(scales, (str, bytes))
+            or not isinstance(scales, Sequence)
+            or not scales
+            or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x) and x > 0 for x in scales)
+        ):
+            raise UsageError(f"scales must be a list of positive numbers such as 1,0.7071,1.4142; got {scales!r}")
+        if len(scales) > MAX_SCALES:
+            raise UsageError(f"at most {MAX_SCALES} scales (each one runs the network again), got {len(scales)}")
+        sides = [round(float(self.input_size) * float(x)) for x in scales]
+        if len(set(sides)) != len(sides):
+            raise UsageError(f"scales {list(scales)} give the same input side twice at input size {self.input_size}: {sides}")
+        if not MIN_INPUT_SIZE <= min(sides) or max(sides) > MAX_INPUT_SIDE:
+            raise UsageError(
+                f"scales {list(scales)} give input sides {sides} at input size {self.input_size}; "
+                f"each must be from {MIN_INPUT_SIZE} to {MAX_INPUT_SIDE} pixels"
+            )
+
+    @property
+    def input_sides(self) -> list[int]:
+        """The network input side of each scale, in the order of ``scales``."""
+        return [round(float(self.input_size) * float(scale)) for scale in self.scales]
 
     @property
     def decode_min_side(self) -> int:
-        return int(self.input_size)
+        return max(self.input_sides)
 
     @property
     def dim(self) -> int:
@@ -194,7 +249,7 @@ class CNNExtractor(Extractor):
     @property
     def is_loaded(self) -> bool:
         """Whether the network is built (it is built on first use otherwise)."""
-        return hasattr(self, "network_") or hasattr(self, "model_")
+        return hasattr(self, "networks_")
 
     @property
     def embeds_in_workers(self) -> bool:
@@ -225,36 +280,30 @@ class CNNExtractor(Extractor):
         return self
 
     # -- embedding ---------------------------------------------------------
-    def prepare(self, image: np.ndarray) -> np.ndarray:
-        """Resize an RGB uint8 image to ``(input_size, input_size, 3)`` uint8."""
-        return resize_image(image, int(self.input_size), self.resize, fill=PAD_RGB)
+    def prepare(self, image: np.ndarray) -> np.ndarray | tuple[np.ndarray, ...]:
+        """An RGB uint8 image resized to ``(side, side, 3)`` uint8, one per scale
+        (a tuple with several scales; each from the decoded image, not from another scale)."""
+        resized = tuple(resize_image(image, side, self.resize, fill=PAD_RGB) for side in self.input_sides)
+        return resized[0] if len(resized) == 1 else resized
 
-    def _transform_prepared(self, items: Sequence[np.ndarray]) -> np.ndarray:
+    def _transform_prepared(self, items: Sequence[np.ndarray | tuple[np.ndarray, ...]]) -> np.ndarray:
         self._ensure_loaded()
-        pooled = []
-        for start in range(0, len(items), self.batch_size):
-            # uint8 in: preprocess_input runs inside the network.
-            batch = np.stack(items[start : start + self.batch_size])
-            pooled.append(self._pool(self._forward(batch)))
-        return l2_normalize(np.concatenate(pooled))
-
-    def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """Last feature map ``(n, h, w, channels)`` of a uint8 RGB batch."""
-        if not hasattr(self, "network_"):  # the Keras runtime
-            return self.model_.predict(batch, batch_size=len(batch), verbose=0)
-        return self.network_(batch)
+        sides = self.input_sides
+        per_scale = []
+        for scale, side in enumerate(sides):
+            pooled = []
+            for start in range(0, len(items), self.batch_size):
+                chunk = items[start : start + self.batch_size]
+                # uint8 in: preprocess_input runs inside the network.
+                batch = np.stack(chunk if len(sides) == 1 else [item[scale] for item in chunk])
+                pooled.append(self._pool(self.networks_[side](batch)))
+            per_scale.append(np.concatenate(pooled))
+        return l2_normalize(combine_scales(per_scale))
 
     def _pool(self, feature_map: np.ndarray) -> np.ndarray:
-        if self.pooling == "avg":
-            return feature_map.mean(axis=(1, 2))
-        if self.pooling == "max":
-            return feature_map.max(axis=(1, 2))
-        # Generalised mean, computed relative to each channel's peak so that
-        # x ** p cannot overflow float32 for large p.
-        p = float(self.gem_p)
-        positive = np.maximum(feature_map, _GEM_EPS)
-        peak = positive.max(axis=(1, 2), keepdims=True)
-        return peak[:, 0, 0, :] * np.power(np.power(positive / peak, p).mean(axis=(1, 2)), 1.0 / p)
+        if self.pooling == "rmac":
+            check_rmac_map(feature_map.shape[1], feature_map.shape[2], RMAC_LEVELS)
+        return global_pool(feature_map, self.pooling, float(self.gem_p))
 
     # -- building the network ----------------------------------------------
     def _ensure_loaded(self) -> None:
@@ -263,15 +312,24 @@ class CNNExtractor(Extractor):
         self.check_params()
         model = self._build_keras_model()
         if self.engine == "keras":
-            self.model_ = model
+            self._set_keras_model(model)
         else:
             self._set_converted_model(convert_to_tflite(model))
 
-    def _build_keras_model(self):
-        """The backbone with the requested weights; sets ``weights_sha256_``."""
+    def _build_keras_model(self, side: int | None = None):
+        """The backbone with the requested weights (for input ``side``); sets ``weights_sha256_``."""
         weights_file = None if self.weights == "none" else self._weights_file()
-        model, self.weights_sha256_ = build_backbone(self.backbone, int(self.input_size), weights_file, int(self.seed))
+        side = int(self.input_size) if side is None else side
+        model, self.weights_sha256_ = build_backbone(self.backbone, side, weights_file, int(self.seed))
         return model
+
+    def _set_keras_model(self, model) -> None:
+        """The reference runtime: a Keras model has a fixed input side, so one per scale."""
+        self.model_ = model
+        self.networks_ = {
+            side: KerasNetwork(model if side == int(self.input_size) else self._build_keras_model(side))
+            for side in self.input_sides
+        }
 
     def _weights_file(self) -> Path:
         """The weights file, fetched into Keras' cache first for ``imagenet``."""
@@ -283,7 +341,9 @@ class CNNExtractor(Extractor):
         return path
 
     def _set_converted_model(self, model_bytes: bytes) -> None:
-        self.network_ = NETWORKS[self.engine](model_bytes, int(self.input_size))
+        # One engine per side, all running the same converted model.
+        self.networks_ = {side: NETWORKS[self.engine](model_bytes, side) for side in self.input_sides}
+        self.network_ = self.networks_.get(int(self.input_size)) or next(iter(self.networks_.values()))
         self.tflite_model_ = model_bytes
 
     # -- persistence -------------------------------------------------------
@@ -351,7 +411,7 @@ class CNNExtractor(Extractor):
                 f"(SHA-256 {self.weights_sha256_[:12]}... vs {record['weights_sha256'][:12]}...); rebuild the index"
             )
         if self.engine == "keras":
-            self.model_ = model
+            self._set_keras_model(model)
         else:
             self._set_converted_model(convert_to_tflite(model))
             self._converted_on_load = True
