@@ -5,8 +5,8 @@ leave-one-out) and an instance-level one (``instance``: 4 augmented copies of
 each Corel-1k photo, see ``_datasets.py``; N-S score too), every setting
 searched with the default re-ranking (DBA-2 + αQE-2, alpha 3) and without.
 
-Stage 1 runs the network once per image and input side in :data:`SIDES` (a
-ladder of sqrt(2) steps around 224) and keeps each pooling of each side
+Stage 1 runs the network once per image and input side in :data:`SIDES` (steps of
+about sqrt(2) around 224, multiples of 32) and keeps each pooling of each side
 (``avg``, ``gem``, ``max``, ``rmac``: :mod:`cbir.features.pooling`) as
 ``.npy`` under ``$CBIR_BENCH_CACHE/descriptors``; its time per side is the
 cost of that side. Stage 2 builds every setting from those arrays in NumPy
@@ -40,35 +40,28 @@ from cbir.features.pca import PCAReduction  # noqa: E402
 from cbir.features.pooling import combine_scales, global_pool  # noqa: E402
 from cbir.rerank import augment_database, expand_queries  # noqa: E402
 
-SIDES = (158, 224, 317, 448)
+SIDES = (160, 224, 320, 448)
 POOLS = ("avg", "gem", "max", "rmac")
 #: name -> (pooling, sides); multi-scale settings average their sides.
 DESCRIPTORS = {
     "avg 224": ("avg", (224,)),
-    "gem 224": ("gem", (224,)),
-    "rmac 224": ("rmac", (224,)),
-    "avg 317": ("avg", (317,)),
-    "gem 317": ("gem", (317,)),
-    "rmac 317": ("rmac", (317,)),
+    "avg 320": ("avg", (320,)),
     "avg 448": ("avg", (448,)),
-    "rmac 448": ("rmac", (448,)),
-    "avg MS 224": ("avg", (158, 224, 317)),
-    "gem MS 224": ("gem", (158, 224, 317)),
-    "rmac MS 224": ("rmac", (158, 224, 317)),
-    "avg MS 317": ("avg", (224, 317, 448)),
-    "gem MS 317": ("gem", (224, 317, 448)),
-    "rmac MS 317": ("rmac", (224, 317, 448)),
+    "avg MS 224": ("avg", (160, 224, 320)),
+    "avg MS 320": ("avg", (224, 320, 448)),
+    "avg MS4": ("avg", (160, 224, 320, 448)),
+    "gem 224": ("gem", (224,)),
+    "gem MS 224": ("gem", (160, 224, 320)),
+    "rmac 224": ("rmac", (224,)),
+    "rmac MS 224": ("rmac", (160, 224, 320)),
+    "rmac MS 320": ("rmac", (224, 320, 448)),
 }
-#: name -> PCAReduction parameters (None: no PCA).
+#: name -> PCAReduction parameters (None: no PCA), each fitted on the collection.
 POST = {
     "": None,
-    "PCA256": {"n_components": 256},
-    "PCAw256": {"n_components": 256, "whiten": True},
+    "PCA32": {"n_components": 32},
     "PCAw256 s0.5": {"n_components": 256, "whiten": True, "shrinkage": 0.5},
-    "PCAw256 s0.8": {"n_components": 256, "whiten": True, "shrinkage": 0.8},
     "PCAw256 s0.5 p0.5": {"n_components": 256, "whiten": True, "shrinkage": 0.5, "power": 0.5},
-    "PCAw512 s0.5": {"n_components": 512, "whiten": True, "shrinkage": 0.5},
-    "PCAw128 s0.5": {"n_components": 128, "whiten": True, "shrinkage": 0.5},
 }
 RERANK = (2, 2, 3.0)  # DBA k, αQE n, alpha: cbir's defaults
 #: Settings built as real indexes with --index: (name, index_folder options).
@@ -88,39 +81,41 @@ def collection(set_name: str) -> tuple[list[Path], list[str]]:
 
 
 def pooled_vectors(set_name: str, files: list[Path]) -> tuple[dict[tuple[int, str], np.ndarray], dict[int, float]]:
-    """``{(side, pooling): (n, 1024) array}`` (cached), and the network's seconds per image at each side."""
+    """``{(side, pooling): (n, 1024) array}`` and the network's seconds per image at each side.
+
+    Cached per side: only sides missing from the cache run the network.
+    """
     folder = CACHE / "descriptors"
     folder.mkdir(parents=True, exist_ok=True)
     path = lambda side, pool: folder / f"{set_name}-{len(files)}-{side}-{pool}.npy"  # noqa: E731
     timing_file = folder / f"{set_name}-{len(files)}-seconds.json"
-    if all(path(s, p).exists() for s in SIDES for p in POOLS) and timing_file.exists():
-        seconds = {int(k): v for k, v in json.loads(timing_file.read_text()).items()}
-        return {(s, p): np.load(path(s, p)) for s in SIDES for p in POOLS}, seconds
-    from cbir.features.cnn import PAD_RGB, CNNExtractor
-    from cbir.features.runtimes import NETWORKS
-    from cbir.images import read_image, resize_image
+    seconds = {int(k): v for k, v in json.loads(timing_file.read_text()).items()} if timing_file.exists() else {}
+    missing = [side for side in SIDES if side not in seconds or not all(path(side, p).exists() for p in POOLS)]
+    if missing:
+        from cbir.features.cnn import PAD_RGB, CNNExtractor
+        from cbir.features.runtimes import NETWORKS
+        from cbir.images import read_image, resize_image
 
-    extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS)).build()
-    networks = {side: NETWORKS[extractor.engine](extractor.tflite_model_, side) for side in SIDES}
-    pooled = {(s, p): [] for s in SIDES for p in POOLS}
-    seconds = dict.fromkeys(SIDES, 0.0)
-    for start in range(0, len(files), 32):
-        images = [read_image(f, min_side=max(SIDES)) for f in files[start : start + 32]]
-        for side in SIDES:
-            batch = np.stack([resize_image(image, side, "squash", fill=PAD_RGB) for image in images])
-            begin = time.perf_counter()
-            maps = networks[side](batch)
-            seconds[side] += time.perf_counter() - begin
-            for pool in POOLS:
-                pooled[side, pool].append(global_pool(maps, pool))
-        print(f"  {set_name}: {start + len(images)}/{len(files)}", file=sys.stderr, flush=True)
-    result = {}
-    for key, parts in pooled.items():
-        result[key] = np.concatenate(parts).astype(np.float32)
-        np.save(path(*key), result[key])
-    seconds = {side: value / len(files) for side, value in seconds.items()}
-    timing_file.write_text(json.dumps(seconds))
-    return result, seconds
+        extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS)).build()
+        # One converted model runs every side, as the extractor's --scales does.
+        networks = {side: NETWORKS[extractor.engine](extractor.tflite_model_, side) for side in missing}
+        pooled = {(s, p): [] for s in missing for p in POOLS}
+        spent = dict.fromkeys(missing, 0.0)
+        for start in range(0, len(files), 32):
+            images = [read_image(f, min_side=max(SIDES)) for f in files[start : start + 32]]
+            for side in missing:
+                batch = np.stack([resize_image(image, side, "squash", fill=PAD_RGB) for image in images])
+                begin = time.perf_counter()
+                maps = networks[side](batch)
+                spent[side] += time.perf_counter() - begin
+                for pool in POOLS:
+                    pooled[side, pool].append(global_pool(maps, pool))
+            print(f"  {set_name}: {start + len(images)}/{len(files)}", file=sys.stderr, flush=True)
+        for key, parts in pooled.items():
+            np.save(path(*key), np.concatenate(parts).astype(np.float32))
+        seconds.update({side: value / len(files) for side, value in spent.items()})
+        timing_file.write_text(json.dumps(seconds))
+    return {(s, p): np.load(path(s, p)) for s in SIDES for p in POOLS}, seconds
 
 
 def descriptor(pooled: dict, pooling: str, sides: tuple[int, ...]) -> np.ndarray:

@@ -121,13 +121,15 @@ def test_config_and_dims_come_without_building_a_network():
             "pooling": "avg",
             "gem_p": 3.0,
             "input_size": 160,
+            "scales": [1.0, 0.7071, 1.4142],
             "resize": "squash",
             "runtime": "auto",
             "batch_size": 32,
             "seed": 0,
         },
     }
-    assert extractor.dim == 2048 and extractor.decode_min_side == 160 and not extractor.is_loaded
+    # Multi-scale by default: 160, 128 and 224 px, so decoded for 224.
+    assert extractor.dim == 2048 and extractor.decode_min_side == 224 and not extractor.is_loaded
     assert extractor.fit([]) is extractor and not extractor.is_loaded  # fit learns nothing and loads nothing
 
 

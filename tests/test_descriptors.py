@@ -145,17 +145,26 @@ def test_scales_round_trip_through_the_config_and_set_the_decoded_side():
     extractor = make_extractor("cnn", input_size=224, scales=[1.0, 0.7071, 1.4142], pooling="rmac")
     config = json.loads(json.dumps(extractor.get_config()))
     rebuilt = extractor_from_config(config)
-    assert rebuilt.get_params() == extractor.get_params() and rebuilt.input_sides == [224, 158, 317]
-    assert rebuilt.decode_min_side == 317  # decoded large enough for the largest scale
+    # Rounded to multiples of the stride, 32 (see CNNExtractor.input_sides).
+    assert rebuilt.get_params() == extractor.get_params() and rebuilt.input_sides == [224, 160, 320]
+    assert rebuilt.decode_min_side == 320  # decoded large enough for the largest scale
 
 
-def test_a_cnn_config_of_before_scales_means_one_scale():
+def test_new_indexes_are_multi_scale_and_a_config_of_before_scales_means_one_scale():
+    assert make_extractor("cnn").input_sides == [224, 160, 320]  # the default for a new index
     old = make_extractor("cnn", weights="none").get_config()
     del old["params"]["scales"]
     extractor = extractor_from_config(old)
     assert extractor.input_sides == [224] and extractor.pooling == "avg"
     embedder = Embedder(make_extractor("cnn", weights="none", scales=[1.0]))
     assert embedder.differences({"extractor": old, "pca": None}) == {}
+    # Asking an old index for the new default is a difference (it would need re-embedding).
+    assert set(Embedder(make_extractor("cnn", weights="none")).differences({"extractor": old, "pca": None})) == {"scales"}
+
+
+def test_scales_that_round_to_one_side_run_it_once():
+    assert make_extractor("cnn", input_size=32).input_sides == [32]
+    assert make_extractor("cnn", input_size=64, scales=[1, 1.05, 2]).input_sides == [64, 128]
 
 
 @pytest.mark.parametrize(
@@ -164,10 +173,12 @@ def test_a_cnn_config_of_before_scales_means_one_scale():
         ({"scales": []}, "scales must be a list of positive numbers"),
         ({"scales": [1, -0.5]}, "scales must be a list of positive numbers"),
         ({"scales": "1,2"}, "scales must be a list of positive numbers"),
-        ({"scales": [1, 1.001]}, "the same input side twice"),
-        ({"scales": [1, 0.1]}, "each must be from 32 to 2048"),
+        ({"scales": [1, 0.05]}, "each must be from 32 to 2048"),
+        ({"scales": [1, 10]}, "each must be from 32 to 2048"),
+        ({"scales": [1, 2], "input_size": 200}, "need an input size that is a multiple of 32"),
+        ({"input_size": 200}, "got 200; or use --scales 1"),  # the default scales too
         ({"scales": [1, 2, 3, 4, 5, 6]}, "at most 5 scales"),
-        ({"pooling": "rmac", "input_size": 64}, "rmac pooling needs a feature map of at least 3 x 3: mobilenet gives 2 x 2 at input side 64"),
+        ({"pooling": "rmac", "input_size": 64, "scales": [1]}, "rmac pooling needs a feature map of at least 3 x 3: mobilenet gives 2 x 2 at input side 64"),
         ({"pooling": "rmac", "input_size": 128, "scales": [1, 0.5]}, "at input side 64"),
     ],
 )
@@ -180,11 +191,11 @@ def test_bad_scales_and_unusable_rmac_are_refused_before_building(params, messag
 def test_multi_scale_gives_the_normalised_mean_of_the_single_scale_vectors():
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(40, 60), (70, 50), (64, 64)]]
-    # One converted model (at 32 px) runs at 48 px too; each single scale is converted at its own side.
-    multi = CNNExtractor(weights="none", input_size=32, scales=[1.0, 1.5]).transform(images)
-    singles = [CNNExtractor(weights="none", input_size=side).transform(images) for side in (32, 48)]
+    # One converted model (at 32 px) runs at 64 px too; each single scale is converted at its own side.
+    multi = CNNExtractor(weights="none", input_size=32, scales=[1.0, 2.0]).transform(images)
+    singles = [CNNExtractor(weights="none", input_size=side, scales=[1]).transform(images) for side in (32, 64)]
     np.testing.assert_allclose(multi, _unit(np.mean(singles, axis=0)), atol=2e-5)
-    keras = CNNExtractor(weights="none", input_size=32, scales=[1.0, 1.5], runtime="keras").transform(images)
+    keras = CNNExtractor(weights="none", input_size=32, scales=[1.0, 2.0], runtime="keras").transform(images)
     assert (multi * keras).sum(axis=1).min() > 0.9999
 
 
@@ -203,12 +214,12 @@ def test_index_options_are_stored_and_a_query_is_embedded_the_same_way(tmp_path)
     make_collection(photos, per_class=4)
     created = _invoke(
         "index", photos, "--name", "ms", "--index-dir", indexes, "--backbone", "mobilenet", "--weights", "none",
-        "--input-size", "96", "--scales", "1,1.5", "--pooling", "rmac",
+        "--input-size", "96", "--scales", "1,1.34", "--pooling", "rmac",
         "--pca", "8", "--pca-whiten", "--pca-shrinkage", "0.5", "--pca-power", "0.5", "--no-dba", "--json",
     )
     assert created.exit_code == 0, created.stderr
     embedder = json.loads((indexes / "ms" / "manifest.json").read_text())["embedder"]
-    assert embedder["extractor"]["params"]["scales"] == [1.0, 1.5] and embedder["extractor"]["params"]["pooling"] == "rmac"
+    assert embedder["extractor"]["params"]["scales"] == [1.0, 1.34] and embedder["extractor"]["params"]["pooling"] == "rmac"
     assert embedder["pca"] == {"n_components": 8, "whiten": True, "shrinkage": 0.5, "power": 0.5}
     # An indexed image, queried from its file, finds itself with a cosine of 1: embedded exactly as indexed.
     query = photos / "green" / "green-1.jpg"
@@ -221,7 +232,7 @@ def test_index_options_are_stored_and_a_query_is_embedded_the_same_way(tmp_path)
     [
         (["--scales", "1,x"], "error: --scales must look like 1,0.7071,1.4142"),
         (["--scales", "1,0"], "error: scales must be a list of positive numbers"),
-        (["--pooling", "rmac", "--input-size", "64"], "error: rmac pooling needs a feature map of at least 3 x 3"),
+        (["--pooling", "rmac", "--input-size", "64", "--scales", "1"], "error: rmac pooling needs a feature map of at least 3 x 3"),
         (["--pca-shrinkage", "0.5"], "error: --pca-shrinkage needs --pca"),
         (["--pca", "4", "--pca-shrinkage", "0.5"], "error: whitening shrinkage needs whitening (--pca-whiten)"),
         (["--pca", "4", "--pca-power", "3"], "error: power normalisation exponent must be above 0 and at most 1"),
@@ -240,3 +251,23 @@ def test_options_for_an_existing_index_change_only_what_they_name():
     resolved = EmbedderOptions.from_mapping({"pca_shrinkage": 0.5}).resolve(stored)
     assert resolved.get_config()["pca"] == {"n_components": 8, "whiten": True, "shrinkage": 0.5}
     assert resolved.differences(stored) == {"pca": ("8 whitened", "8 whitened (shrinkage 0.5)")}
+
+
+@needs_tensorflow
+def test_an_index_built_before_scales_existed_still_queries_as_it_did(tmp_path):
+    """A manifest without ``scales`` (every index built before them) means one scale, at query and update time."""
+    photos, indexes = tmp_path / "photos", tmp_path / "indexes"
+    make_collection(photos, per_class=3)
+    built = _invoke("index", photos, "--name", "old", "--index-dir", indexes, "--backbone", "mobilenet", "--weights", "none",
+                    "--input-size", "32", "--no-dba")
+    assert built.exit_code == 0, built.stderr
+    query = photos / "red" / "red-1.jpg"
+    before = json.loads(_invoke("query", query, "--name", "old", "--index-dir", indexes, "-k", "3", "--json").stdout)
+    manifest_path = indexes / "old" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["embedder"]["extractor"]["params"]["scales"]
+    manifest_path.write_text(json.dumps(manifest))
+    after = json.loads(_invoke("query", query, "--name", "old", "--index-dir", indexes, "-k", "3", "--json").stdout)
+    assert after["results"] == before["results"]
+    updated = _invoke("index", photos, "--name", "old", "--index-dir", indexes, "--json")
+    assert updated.exit_code == 0 and json.loads(updated.stdout)["unchanged"] == 9, updated.stderr

@@ -34,7 +34,7 @@ TINY = {
 CASES = {
     **{name: (name, params) for name, params in TINY.items()},
     # R-MAC needs a 3 x 3 feature map: 96 px at the smallest scale.
-    "cnn-multiscale-rmac": ("cnn", {**TINY["cnn"], "input_size": 96, "scales": [1.0, 1.5], "pooling": "rmac"}),
+    "cnn-multiscale-rmac": ("cnn", {**TINY["cnn"], "input_size": 96, "scales": [1.0, 1.34], "pooling": "rmac"}),
 }
 DEEP = {"cnn", "autoencoder"}
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")

@@ -38,7 +38,8 @@ def test_a_weights_file_is_stored_by_absolute_path(tmp_path, monkeypatch):
 
 def test_differences_name_each_option_that_would_embed_differently():
     embedder = EmbedderOptions.from_mapping({"extractor": "cnn", "backbone": "mobilenet", "weights": "none", "pca": 8}).resolve(None)
-    assert set(embedder.differences(RESNET)) == {"backbone", "pca"}
+    # RESNET records no scales (an index of before them: one scale); a new cnn index is multi-scale.
+    assert set(embedder.differences(RESNET)) == {"backbone", "pca", "scales"}
 
 
 def test_pca_whiten_without_pca_is_refused():
