@@ -32,12 +32,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL, COREL_LABELS, corel_files  # noqa: E402
 
-from cbir.evaluate import evaluate_index, evaluate_vectors  # noqa: E402
-from cbir.features.autoencoder import AutoencoderExtractor, train_autoencoder  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index, evaluate_vectors  # noqa: E402
+from cbir.features.autoencoder import AutoencoderExtractor  # noqa: E402
+from cbir.indexing.train import train_autoencoder  # noqa: E402
 from cbir.features.base import l2_normalize, make_extractor  # noqa: E402
 from cbir.features.pipeline import Embedder  # noqa: E402
-from cbir.images import read_image  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.images.decode import read_image  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 
 
 def raw_pixel_vectors(images: list[np.ndarray], side: int) -> np.ndarray:

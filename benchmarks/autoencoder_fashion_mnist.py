@@ -35,11 +35,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _fashion_mnist import CLASSES, FILES, dataset_folder, read_idx  # noqa: E402,F401
 
-from cbir.evaluate import evaluate_index, evaluate_vectors  # noqa: E402
-from cbir.features.autoencoder import AutoencoderExtractor, train_autoencoder  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index, evaluate_vectors  # noqa: E402
+from cbir.features.autoencoder import AutoencoderExtractor  # noqa: E402
+from cbir.indexing.train import train_autoencoder  # noqa: E402
 from cbir.features.base import l2_normalize  # noqa: E402
 from cbir.features.pipeline import Embedder  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 
 #: Extractor parameters for 28 x 28 greyscale images: 32 px input so three
 #: stride-2 blocks divide it evenly.

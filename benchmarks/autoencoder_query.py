@@ -26,10 +26,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import REPO, corel_files  # noqa: E402
 
-from cbir.features.autoencoder import train_autoencoder  # noqa: E402
+from cbir.indexing.train import train_autoencoder  # noqa: E402
 from cbir.features.base import make_extractor  # noqa: E402
 from cbir.features.pipeline import Embedder  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 
 _PROBE = """
 import runpy, sys

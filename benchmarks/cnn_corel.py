@@ -47,14 +47,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL_LABELS, MOBILENET_WEIGHTS, corel_files  # noqa: E402
 
-from cbir.evaluate import evaluate_index, evaluate_vectors  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index, evaluate_vectors  # noqa: E402
 from cbir.features.cnn import CNNExtractor, POOLINGS, RESIZE_MODES  # noqa: E402
 from cbir.features.pca import PCAReduction  # noqa: E402
 from cbir.features.pipeline import Embedder  # noqa: E402
 from cbir.features.runtimes import openvino_available  # noqa: E402
-from cbir.images import read_image  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
-from cbir.search import Searcher  # noqa: E402
+from cbir.images.decode import read_image  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
+from cbir.retrieval.search import Searcher  # noqa: E402
 
 BATCH = 32
 PCA_DIMS = (32, 64, 128, 256)
@@ -228,8 +228,8 @@ def main() -> None:
         # The MobileNet index built above holds the vectors of record.
         figures["quality"] = {"none": report_quality(evaluate_index("mobilenet0", work, labels=COREL_LABELS, ks=(10, 20)))}
         with Searcher.open("mobilenet0", work) as searcher:
-            rows = searcher.store.catalogue.image_rows()
-            vectors = searcher.store.catalogue.vectors_for_ids([row.id for row in rows], searcher.store.dim)
+            rows = searcher.image_rows()
+            vectors = searcher.original_vectors([row.id for row in rows])
         row_labels = [int(Path(row.path).stem) // 100 for row in rows]
         for dims in PCA_DIMS:
             for whiten in (False, True):

@@ -36,10 +36,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL_LABELS, MOBILENET_WEIGHTS, corel_files  # noqa: E402
 from _datasets import CACHE, instance_set  # noqa: E402
 
-from cbir.evaluate import leave_one_out  # noqa: E402
+from cbir.evaluation.protocols import leave_one_out  # noqa: E402
 from cbir.features.pca import PCAReduction  # noqa: E402
 from cbir.features.pooling import combine_scales, global_pool  # noqa: E402
-from cbir.rerank import augment_database, expand_queries  # noqa: E402
+from cbir.ann.rerank import augment_database, expand_queries  # noqa: E402
 
 SIDES = (160, 224, 320, 448)
 POOLS = ("avg", "gem", "max", "rmac")
@@ -96,7 +96,7 @@ def pooled_vectors(set_name: str, files: list[Path]) -> tuple[dict[tuple[int, st
     if missing:
         from cbir.features.cnn import PAD_RGB, CNNExtractor
         from cbir.features.runtimes import NETWORKS
-        from cbir.images import read_image, resize_image
+        from cbir.images.decode import read_image, resize_image
 
         extractor = CNNExtractor(weights=str(MOBILENET_WEIGHTS)).build()
         # One converted model runs every side, as the extractor's --scales does.
@@ -188,8 +188,8 @@ def indexed(set_name: str, index_dir: Path) -> dict:
     Index time is from files to a stored index with the default DBA, the
     network built (and converted) inside it: what ``cbir index`` takes.
     """
-    from cbir.evaluate import evaluate_index
-    from cbir.indexer import index_folder
+    from cbir.evaluation.protocols import evaluate_index
+    from cbir.indexing.run import index_folder
 
     files, _labels = collection(set_name)
     folder = files[0].parent if set_name == "corel" else files[0].parent.parent

@@ -24,9 +24,9 @@ import cv2
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL, COREL_LABELS, corel_files  # noqa: E402
 
-from cbir.evaluate import evaluate_index  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
-from cbir.search import Searcher  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
+from cbir.retrieval.search import Searcher  # noqa: E402
 
 
 def imread_loop(files: list[Path]) -> float:

@@ -63,7 +63,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cbir.features.color import ColorHistogram  # noqa: E402
-from cbir.loading import usable_cores  # noqa: E402
+from cbir.cpus import usable_cores  # noqa: E402
 from cbir.progress import Progress  # noqa: E402
 
 _TRANSFORMS = [
@@ -116,7 +116,7 @@ def imread_loop(files: list[Path]) -> float:
 
 
 def _reduced_decode(job: tuple[str, int]) -> int:
-    from cbir.images import read_image
+    from cbir.images.decode import read_image
 
     path, min_side = job
     return int(read_image(path, min_side=min_side) is not None)
@@ -148,7 +148,7 @@ class _FirstBatchClock(Progress):
 
 def index_speed(folder: Path, work: Path, name: str, steady: dict | None = None, **options) -> float:
     """Images/s of a new index end to end; with ``steady``, also after the first batch (start-up excluded)."""
-    from cbir.indexer import index_folder
+    from cbir.indexing.run import index_folder
 
     clock = _FirstBatchClock()
     cpu = time.process_time()  # this process: the indexer's parent, all its threads
@@ -166,7 +166,7 @@ def index_speed(folder: Path, work: Path, name: str, steady: dict | None = None,
 # VmHWM, not ru_maxrss: ru_maxrss survives exec, so it would count the benchmark's own memory.
 _MEMORY_SCRIPT = """
 import json, resource, sys
-from cbir.indexer import index_folder
+from cbir.indexing.run import index_folder
 index_folder(sys.argv[1], "memory", sys.argv[2], workers=int(sys.argv[3]))
 hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
 print(json.dumps({"parent_mib": hwm / 1024,
@@ -186,8 +186,8 @@ def peak_memory(folder: Path, work: Path, workers: int) -> dict[str, float]:
 
 def dba_growth(index: Path, colour_speed: float) -> dict:
     """Seconds of DBA's neighbour search over the index's vectors, x1, x2 and x4 (noisy copies), and extrapolated."""
-    from cbir.rerank import DEFAULT_DBA, nearest_neighbours
-    from cbir.store import IndexStore
+    from cbir.ann.rerank import DEFAULT_DBA, nearest_neighbours
+    from cbir.store.directory import IndexStore
 
     with IndexStore.open(index) as store:
         vectors = np.concatenate([block for _, block in store.catalogue.iter_vectors(store.dim)])
@@ -211,7 +211,7 @@ def cnn_figures(files: list[Path], work: Path, cores: int, ray: bool) -> dict[st
     from cbir.features import runtimes
     from cbir.features.cnn import CNNExtractor
     from cbir.features.pipeline import Embedder
-    from cbir.images import read_image
+    from cbir.images.decode import read_image
 
     folder = work / "cnn-images"
     folder.mkdir()

@@ -14,7 +14,7 @@ For each collection and extractor (``color``; ``mobilenet`` with the shared
 ImageNet weights) the collection is embedded once (a flat index, no DBA);
 every grid setting then only changes the DBA snapshot (``index_folder(dba=...)``,
 no re-embedding: its time is reported as ``dba s``) and the query expansion
-of :func:`cbir.evaluate.evaluate_index`. Protocol: leave-one-out over the
+of :func:`cbir.evaluation.protocols.evaluate_index`. Protocol: leave-one-out over the
 stored index, searched as queries are (expansion leaves the query itself out
 of its own neighbours); AP over the full ranking.
 
@@ -44,10 +44,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL_LABELS, MOBILENET_WEIGHTS, corel_files  # noqa: E402
 from _datasets import CACHE, fashion_mnist_set, instance_set  # noqa: E402
 
-from cbir.evaluate import evaluate_index  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
-from cbir.rerank import DEFAULT_ALPHA, DEFAULT_DBA, DEFAULT_EXPAND  # noqa: E402
-from cbir.search import Searcher  # noqa: E402
+from cbir.evaluation.protocols import evaluate_index  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
+from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_DBA, DEFAULT_EXPAND  # noqa: E402
+from cbir.retrieval.search import Searcher  # noqa: E402
 
 #: (DBA k, αQE n, alpha); 0 = off.
 GRID = [
@@ -106,9 +106,9 @@ def bench(set_name: str, extractor: str, grid, index_dir: Path) -> dict:
         with Searcher.open(name, index_dir, expand=expand or None, alpha=alpha) as searcher, Searcher.open(
             name, index_dir, expand=None
         ) as plain:
-            ids = np.array([row.id for row in searcher.store.catalogue.image_rows()])
+            ids = np.array([row.id for row in searcher.image_rows()])
             sample = ids[:: max(1, len(ids) // 200)][:200]
-            vectors = searcher.store.catalogue.vectors_for_ids(sample.tolist(), searcher.store.dim)
+            vectors = searcher.original_vectors(sample.tolist())
             latency, plain_latency = search_latency(searcher, plain, vectors)
         rows.append(
             {
@@ -150,9 +150,9 @@ def latency_only(set_name: str, extractor: str, index_dir: Path, n_queries: int 
     name = f"{set_name}-{extractor}"
     index_folder(folder, name, index_dir, options=EXTRACTORS[extractor], labels=labels, dba=DEFAULT_DBA)
     with Searcher.open(name, index_dir, expand=DEFAULT_EXPAND) as searcher, Searcher.open(name, index_dir, expand=None) as plain:
-        ids = np.array([row.id for row in searcher.store.catalogue.image_rows()])
+        ids = np.array([row.id for row in searcher.image_rows()])
         sample = ids[:: max(1, len(ids) // n_queries)][:n_queries]
-        vectors = searcher.store.catalogue.vectors_for_ids(sample.tolist(), searcher.store.dim)
+        vectors = searcher.original_vectors(sample.tolist())
         latency, plain_latency = search_latency(searcher, plain, vectors)
     return {
         "set": set_name,

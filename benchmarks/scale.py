@@ -1,7 +1,7 @@
 """Index types at scale: build time, memory, single-query latency, recall@10 against exact search.
 
 Two haystacks, every index type built at its defaults (as ``cbir index
---index-type TYPE`` would, through :func:`cbir.vectors.build_vector_index`):
+--index-type TYPE`` would, through :func:`cbir.ann.vectors.build_vector_index`):
 
 - synthetic: ``--n`` vectors (default 1,000,000 of dimension 256), clustered
   in a low-dimensional subspace like image features, with the real Corel-1k
@@ -43,10 +43,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import COREL_LABELS, corel_files  # noqa: E402
 
-from cbir.catalogue import Catalogue, NewImage  # noqa: E402
-from cbir.evaluate import evaluate_rankings  # noqa: E402
+from cbir.store.catalogue import Catalogue, NewImage  # noqa: E402
+from cbir.evaluation.metrics import evaluate_rankings  # noqa: E402
 from cbir.features.base import l2_normalize  # noqa: E402
-from cbir.vectors import VectorIndex, build_vector_index, resolve_index_type  # noqa: E402
+from cbir.ann.vectors import VectorIndex, build_vector_index, resolve_index_type  # noqa: E402
 
 SWEEPS = {"nprobe": [8, 16, 32, 64, 128], "ef_search": [16, 32, 64, 128, 256, 512]}
 
@@ -79,8 +79,8 @@ def corel_vectors(dim: int) -> tuple[np.ndarray, list[str]]:
     """Colour-histogram vectors of Corel-1k, PCA-reduced to ``dim``, and their labels."""
     from cbir.features.color import ColorHistogram
     from cbir.features.pca import PCAReduction
-    from cbir.images import read_image
-    from cbir.labels import read_labels_csv
+    from cbir.images.decode import read_image
+    from cbir.images.labels import read_labels_csv
 
     extractor = ColorHistogram()
     files = corel_files()
@@ -113,7 +113,7 @@ def real_descriptors(n: int, n_queries: int, dim: int, seed: int = 0) -> tuple[n
 
     from cbir.features.color import ColorHistogram
     from cbir.features.pca import PCAReduction
-    from cbir.images import read_image
+    from cbir.images.decode import read_image
 
     photos = [read_image(p, 128) for p in corel_files()]
     rng = np.random.default_rng(seed)

@@ -35,7 +35,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import MOBILENET_WEIGHTS, REPO, corel_files  # noqa: E402
 
-from cbir.search import Searcher  # noqa: E402
+from cbir.retrieval.search import Searcher  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 BOUNDARY = "cbir-load-boundary"

@@ -23,8 +23,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _corel import corel_files  # noqa: E402
 
-import cbir.images  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
+import cbir.images.decode  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 
 
 def main() -> None:
@@ -33,13 +33,13 @@ def main() -> None:
     args = parser.parse_args()
 
     decodes = []
-    real_decode = cbir.images.decode_image
+    real_decode = cbir.images.decode.decode_image
 
     def counting_decode(data, min_side=None):
         decodes.append(1)
         return real_decode(data, min_side)
 
-    cbir.images.decode_image = counting_decode
+    cbir.images.decode.decode_image = counting_decode
     with tempfile.TemporaryDirectory() as work:
         folder = Path(work) / "photos"
         folder.mkdir()

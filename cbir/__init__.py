@@ -14,25 +14,25 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-__version__ = "0.1.0"
+from cbir._version import __version__
 
 _EXPORTS = {
-    "index_folder": "cbir.indexer",
-    "IndexSummary": "cbir.indexer",
-    "Searcher": "cbir.search",
-    "QueryResult": "cbir.search",
-    "Match": "cbir.search",
-    "evaluate_index": "cbir.evaluate",
-    "evaluate_vectors": "cbir.evaluate",
-    "EvaluationReport": "cbir.evaluate",
-    "IndexStore": "cbir.store",
+    "index_folder": "cbir.indexing.run",
+    "IndexSummary": "cbir.indexing.run",
+    "Searcher": "cbir.retrieval.search",
+    "QueryResult": "cbir.retrieval.search",
+    "Match": "cbir.retrieval.search",
+    "evaluate_index": "cbir.evaluation.protocols",
+    "evaluate_vectors": "cbir.evaluation.protocols",
+    "EvaluationReport": "cbir.evaluation.protocols",
+    "IndexStore": "cbir.store.directory",
     "Embedder": "cbir.features.pipeline",
     "PCAReduction": "cbir.features.pca",
     "make_extractor": "cbir.features.base",
     "available_extractors": "cbir.features.base",
-    "find_images": "cbir.images",
-    "read_image": "cbir.images",
-    "write_montage": "cbir.montage",
+    "find_images": "cbir.images.decode",
+    "read_image": "cbir.images.decode",
+    "write_montage": "cbir.render.montage",
     "CbirError": "cbir.errors",
 }
 

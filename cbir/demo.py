@@ -91,11 +91,11 @@ def _variant(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def run_demo(out: str | os.PathLike, index_dir=None, progress: Progress = SILENT) -> str:
     """Build, index, query and evaluate the demo collection; returns a printable report."""
-    from cbir.evaluate import evaluate_index
-    from cbir.indexer import index_folder
-    from cbir.montage import write_montage
-    from cbir.search import Searcher
-    from cbir.store import index_path
+    from cbir.evaluation.protocols import evaluate_index
+    from cbir.indexing.run import index_folder
+    from cbir.render.montage import write_montage
+    from cbir.retrieval.search import Searcher
+    from cbir.store.locations import index_path
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,10 @@ class NotInIndexError(CbirError):
     """An image id the index does not hold."""
 
 
+class IndexedFileError(NotInIndexError):
+    """An indexed image whose file is gone, changed since it was indexed, or now lies outside the indexed folders."""
+
+
 class ConfigMismatchError(CbirError):
     """The requested extractor config differs from the one the index was built with."""
 

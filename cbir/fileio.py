@@ -18,7 +18,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, BinaryIO, Iterator
 
 _BLOCK = 1 << 20
 
@@ -30,10 +30,15 @@ def sha256_bytes(data: bytes | memoryview) -> str:
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(_BLOCK), b""):
-            digest.update(block)
+        return stream_sha256(f)
+
+
+def stream_sha256(file: BinaryIO) -> str:
+    """Hex SHA-256 of what is left to read in an open binary file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    for block in iter(lambda: file.read(_BLOCK), b""):
+        digest.update(block)
     return digest.hexdigest()
 
 

@@ -141,7 +141,7 @@ def test_delete_asks_at_a_terminal(indexed, index_dir, monkeypatch):
 
 
 def test_delete_takes_the_write_lock(indexed, index_dir):
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     lock = WriteLock(index_dir / "photos")
     try:
@@ -273,7 +273,7 @@ def test_montage_keeps_aspect_ratio_and_shows_the_parent_folder(tmp_path, index_
     import cv2
     import numpy as np
 
-    from cbir.montage import _tile, short_name
+    from cbir.render.montage import _tile, short_name
 
     wide = tmp_path / "trip" / "wide.png"
     wide.parent.mkdir()
@@ -362,7 +362,7 @@ def loopback(indexed):
 
 
 def test_query_by_url_on_a_loopback_server(indexed, index_dir, loopback, monkeypatch):
-    import cbir.sources
+    import cbir.images.sources
 
     url = f"{loopback}/blue/blue-3.jpg"
     data = json.loads(run("query", url, "--name", "photos", "--index-dir", index_dir, "-k", "1", "--json").stdout)
@@ -370,7 +370,7 @@ def test_query_by_url_on_a_loopback_server(indexed, index_dir, loopback, monkeyp
     assert data["results"][0]["path"] == str(indexed / "blue" / "blue-3.jpg")
     message = fails("query", f"{loopback}/nope.jpg", "--name", "photos", "--index-dir", index_dir)
     assert "HTTP 404" in message and f"{loopback}/nope.jpg" in message
-    monkeypatch.setattr(cbir.sources, "MAX_QUERY_BYTES", 100)
+    monkeypatch.setattr(cbir.images.sources, "MAX_QUERY_BYTES", 100)
     assert "larger than" in fails("query", url, "--name", "photos", "--index-dir", index_dir)
     # Another scheme is not fetched; the message quotes it as given (no "ftp:/example.org").
     assert "ftp://example.org/x.jpg" in fails("query", "ftp://example.org/x.jpg", "--name", "photos", "--index-dir", index_dir)
@@ -379,13 +379,13 @@ def test_query_by_url_on_a_loopback_server(indexed, index_dir, loopback, monkeyp
 def test_a_url_that_does_not_answer_times_out(indexed, index_dir, monkeypatch):
     import socket
 
-    import cbir.sources
+    import cbir.images.sources
 
     silent = socket.socket()
     silent.bind(("127.0.0.1", 0))
     silent.listen(1)  # accepts the connection, never answers
     try:
-        monkeypatch.setattr(cbir.sources, "URL_TIMEOUT", 0.5)
+        monkeypatch.setattr(cbir.images.sources, "URL_TIMEOUT", 0.5)
         url = f"http://127.0.0.1:{silent.getsockname()[1]}/x.jpg"
         message = fails("query", url, "--name", "photos", "--index-dir", index_dir)
         assert message.startswith(f"error: cannot fetch {url}") and "timed out" in message
@@ -487,7 +487,7 @@ def test_more_formats_are_read_where_opencv_can(tmp_path, index_dir, suffix):
     import cv2
     import numpy as np
 
-    from cbir.images import readable_extensions
+    from cbir.images.scan import readable_extensions
     from conftest import coloured_image
 
     if suffix not in readable_extensions():

@@ -1,4 +1,4 @@
-"""HNSW entry points (cbir.entrypoints): a group of vectors unlike the rest stays reachable."""
+"""HNSW entry points (cbir.ann.hnsw_seeds): a group of vectors unlike the rest stays reachable."""
 
 import logging
 import shutil
@@ -7,13 +7,15 @@ import faiss
 import numpy as np
 import pytest
 
-import cbir.vectors as vectors_module
-from cbir.entrypoints import entry_file, merge_results
+import cbir.ann.vectors as vectors_module
+from cbir.ann.hnsw_seeds import entry_file, merge_results
 from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
-from cbir.indexer import index_folder
-from cbir.store import IndexStore, index_path
-from cbir.vectors import VectorIndex
+from cbir.indexing.run import index_folder
+from cbir.store.directory import IndexStore
+from cbir.store.locations import index_path
+from cbir.ann.vectors import VectorIndex
+from cbir.store.snapshots import load_vectors
 from conftest import CLASS_COLOURS, coloured_image, write_image
 
 DIM = 64
@@ -132,7 +134,7 @@ def test_snapshots_keep_one_entry_file_for_the_file_in_force(tmp_path, index_dir
     folder = index_path("graph", index_dir)
     with IndexStore.open(folder) as store:
         in_force = folder / store.catalogue.get_meta("vectors_file")
-        loaded = store.load_vectors().index
+        loaded = load_vectors(store).index
     assert [p.name for p in folder.glob("*.entry.npz")] == [entry_file(in_force).name]
     assert loaded.entry_points is not None and loaded.ntotal == 31
 

@@ -4,9 +4,12 @@ import cv2
 import numpy as np
 import pytest
 
-import cbir.images as images
+import cbir.compute.work as file_work
+import cbir.images.decode as images
 from cbir.errors import ImageError, UsageError
-from cbir.images import decode_image, find_images, image_size, load_file, read_image
+from cbir.images.decode import decode_image, image_size, read_image
+from cbir.images.scan import find_images
+from cbir.compute.work import load_file
 from conftest import add_broken_files, coloured_image, jpeg_with_orientation, write_image
 
 
@@ -113,7 +116,7 @@ def test_permission_denied_is_a_reason_not_a_crash(tmp_path, monkeypatch):
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(images, "open", refuse, raising=False)
+    monkeypatch.setattr(file_work, "open", refuse, raising=False)
     loaded = load_file(path)
     assert loaded.image is None and "permission denied" in loaded.error
 
@@ -122,7 +125,7 @@ def test_load_file_skips_decoding_when_content_hash_matches(tmp_path, monkeypatc
     path = write_image(tmp_path / "a.png", coloured_image((9, 9, 9), 0))
     first = load_file(path)
     calls = []
-    monkeypatch.setattr(images, "decode_image", lambda *a, **k: calls.append(a) or first.image)
+    monkeypatch.setattr(file_work, "decode_image", lambda *a, **k: calls.append(a) or first.image)
     again = load_file(path, known_sha256=first.sha256)
     assert again.unchanged and again.image is None and calls == []
     changed = load_file(path, known_sha256="0" * 64)
@@ -130,7 +133,7 @@ def test_load_file_skips_decoding_when_content_hash_matches(tmp_path, monkeypatc
 
 
 def test_resize_reduce_keeps_the_aspect_ratio_and_a_minimum_shorter_side():
-    from cbir.images import resize_image
+    from cbir.images.decode import resize_image
 
     image = np.zeros((300, 500, 3), np.uint8)
     assert resize_image(image, 100, "reduce").shape == (100, 166, 3)  # factor 3

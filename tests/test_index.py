@@ -7,14 +7,15 @@ import shutil
 import numpy as np
 import pytest
 
-import cbir.images as images
+import cbir.compute.work as file_work
 from cbir.errors import ConfigMismatchError, IndexCorruptError, IndexNotFoundError, NoImagesError, UsageError
 from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
-from cbir.indexer import index_folder
-from cbir.search import Searcher
-from cbir.store import IndexStore, index_path
-from cbir.vectors import VectorIndex
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.locations import index_path
+from cbir.ann.vectors import VectorIndex
 from conftest import add_broken_files, coloured_image, write_image
 
 
@@ -73,8 +74,8 @@ def test_empty_and_missing_folders_are_refused(tmp_path, index_dir):
 def test_update_embeds_only_new_and_changed_files(collection, index_dir, monkeypatch):
     index_folder(collection, "photos", index_dir)
     decoded = []
-    real_decode = images.decode_image
-    monkeypatch.setattr(images, "decode_image", lambda data, min_side=None: decoded.append(1) or real_decode(data, min_side))
+    real_decode = file_work.decode_image
+    monkeypatch.setattr(file_work, "decode_image", lambda data, min_side=None: decoded.append(1) or real_decode(data, min_side))
 
     new = write_image(collection / "red" / "red-new.jpg", coloured_image((40, 40, 210), seed=999))
     changed = collection / "blue" / "blue-0.jpg"
@@ -152,13 +153,13 @@ def test_changed_model_file_is_refused(tmp_path, index_dir, collection):
 
 def test_opening_an_index_hashes_no_model_file(collection, index_dir, monkeypatch):
     """``cbir list``/``info`` open the store only: model files are hashed when the embedder loads, once each."""
-    import cbir.store
+    import cbir.store.directory
     from cbir.features.pca import PCAReduction
 
     index_folder(collection, "pca", index_dir, embedder=Embedder(make_extractor("color"), PCAReduction(4)))
     hashed = []
-    real = cbir.store.file_sha256
-    monkeypatch.setattr(cbir.store, "file_sha256", lambda path: hashed.append(path) or real(path))
+    real = cbir.store.directory.file_sha256
+    monkeypatch.setattr(cbir.store.directory, "file_sha256", lambda path: hashed.append(path) or real(path))
     with IndexStore.open(index_dir / "pca") as store:
         assert store.dim == 4 and hashed == []
         store.embedder()

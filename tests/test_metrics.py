@@ -1,14 +1,8 @@
 import numpy as np
 import pytest
 
-from cbir.evaluate import (
-    average_precision,
-    evaluate_rankings,
-    evaluate_vectors,
-    leave_one_out,
-    precision_at_k,
-    recall_at_k,
-)
+from cbir.evaluation.metrics import average_precision, evaluate_rankings, precision_at_k, recall_at_k
+from cbir.evaluation.protocols import evaluate_vectors, leave_one_out
 
 # Ranking R N R N N R with 4 relevant items in the collection (one never retrieved).
 RANKING = [True, False, True, False, False, True]

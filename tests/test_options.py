@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from cbir.cli import app
 from cbir.errors import ConfigMismatchError, UsageError
 from cbir.features.pipeline import EmbedderOptions
-from cbir.indexer import index_folder
+from cbir.indexing.run import index_folder
 
 RESNET = {"extractor": {"name": "cnn", "params": {"backbone": "resnet50", "weights": "none", "runtime": "openvino"}}, "pca": None}
 

@@ -16,11 +16,13 @@ from typer.testing import CliRunner
 
 from cbir.cli import app
 from cbir.errors import CbirError
-from cbir.indexer import index_folder
-from cbir.loading import WorkerError, usable_cores
+from cbir.indexing.run import index_folder
+from cbir.compute.work import EmbedderRef, WorkerError
+from cbir.cpus import usable_cores
 from cbir.progress import Progress
-from cbir.search import Searcher
-from cbir.store import IndexStore
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.snapshot_record import vectors_are_current
 
 from conftest import coloured_image, make_collection, write_image
 
@@ -62,43 +64,36 @@ def test_one_and_two_workers_give_identical_vectors_after_pca(tmp_path, index_di
     assert_same_vectors(index_dir / "one", index_dir / "two", 70)
 
 
-def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch):
+def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch, tiny_cnn):
     """A converted CNN runs in each worker (one engine per worker): same vectors, no network step in the parent."""
-    from cbir.features.cnn import CNNExtractor
     from cbir.features.pipeline import Embedder
 
-    def tiny_cnn() -> Embedder:
-        return Embedder(CNNExtractor(weights="none", input_size=32, batch_size=4, runtime="tflite"))
-
-    index_folder(collection, "one", index_dir, embedder=tiny_cnn(), workers=1)
+    assert tiny_cnn.engine == "tflite" and tiny_cnn.is_loaded  # converted before the parent's transform step is patched out
+    index_folder(collection, "one", index_dir, embedder=Embedder(tiny_cnn), workers=1)
 
     def not_in_the_parent(self, items):
         raise AssertionError("the parent ran the network; the workers should have")
 
-    embedder = tiny_cnn()
-    embedder.extractor.build()  # converted before the parent's transform step is patched out
+    embedder = Embedder(tiny_cnn)
     monkeypatch.setattr(Embedder, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
     summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2, batch_size=4)
     assert summary.added == 15
     assert_same_vectors(index_dir / "one", index_dir / "two", 15)
 
 
-def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, monkeypatch):
+def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, monkeypatch, tiny_cnn):
     """A first CNN + PCA build embeds its sample to fit the PCA: that is most of the work, in the workers too."""
     from cbir.features.cnn import CNNExtractor
     from cbir.features.pca import PCAReduction
     from cbir.features.pipeline import Embedder
 
-    def tiny_cnn_pca() -> Embedder:
-        return Embedder(CNNExtractor(weights="none", input_size=32, batch_size=4, runtime="tflite"), PCAReduction(4))
-
-    index_folder(collection, "one", index_dir, embedder=tiny_cnn_pca(), workers=1)
+    assert tiny_cnn.engine == "tflite" and tiny_cnn.is_loaded
+    index_folder(collection, "one", index_dir, embedder=Embedder(tiny_cnn, PCAReduction(4)), workers=1)
 
     def not_in_the_parent(self, items):
         raise AssertionError("the parent ran the network; the workers should have")
 
-    embedder = tiny_cnn_pca()
-    embedder.extractor.build()
+    embedder = Embedder(tiny_cnn, PCAReduction(4))
     monkeypatch.setattr(CNNExtractor, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
     summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2)
     assert summary.added == 15
@@ -111,7 +106,8 @@ def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
     from cbir.features.base import make_extractor
     from cbir.features.pca import PCAReduction
     from cbir.features.pipeline import Embedder
-    from cbir.loading import PrepareSpec, load_prepared
+    from cbir.compute.work import PrepareSpec
+    from cbir.compute.loader import load_prepared
 
     rng = np.random.default_rng(0)
     files = [write_image(tmp_path / "photos" / f"{i}.png", rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)) for i in range(40)]
@@ -119,7 +115,7 @@ def test_a_worker_that_cannot_build_its_embedder_reports_why(tmp_path, capfd):
     embedder.pca.fit(rng.random((20, embedder.extractor.dim)).astype(np.float32))
     embedder.save(tmp_path / "model")
     (tmp_path / "model" / "pca.npz").write_bytes(b"not an npz")  # damaged after the parent loaded it
-    spec = PrepareSpec.for_embedder(embedder, tmp_path / "model", workers=2)
+    spec = PrepareSpec.for_embedder(embedder, EmbedderRef.for_embedder(embedder, tmp_path / "model", copies=2))
     with pytest.raises(IndexCorruptError, match="cannot read PCA state"):
         list(load_prepared(files, spec, workers=2, processes=True))
     assert "Traceback" not in capfd.readouterr().err
@@ -184,7 +180,7 @@ def test_a_killed_worker_gives_one_error_and_keeps_every_committed_batch(tmp_pat
     with Searcher.open("many", index_dir) as searcher:  # a consistent index with what was committed
         committed = searcher.size
         assert 8 <= committed < 300 and committed % 8 == 0
-        assert searcher.store.vectors_are_current()
+        assert vectors_are_current(searcher.store)
         assert searcher.query(root / "000.jpg", k=1).results[0].score > 0.99
     summary = index_folder(root, "many", index_dir, workers=2, batch_size=8)
     assert summary.unchanged == committed and summary.total == 300
@@ -316,7 +312,7 @@ def test_ray_flag_before_the_folder_means_auto(collection, index_dir, monkeypatc
         seen.update(folder=folder, ray=options["ray"])
         raise CbirError("stop here")
 
-    monkeypatch.setattr("cbir.indexer.index_folder", fake_index_folder)
+    monkeypatch.setattr("cbir.indexing.run.index_folder", fake_index_folder)
     runner.invoke(app, ["index", "--ray", str(collection), "--index-dir", str(index_dir)])
     assert seen == {"folder": collection, "ray": "auto"}
     runner.invoke(app, ["index", str(collection), "--ray", "ray://head:10001"])
@@ -330,7 +326,7 @@ def test_wait_and_queries_while_an_index_is_first_built(collection, index_dir):
     import threading
 
     from cbir.errors import IndexLockedError
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     folder = index_dir / "photos"
     folder.mkdir(parents=True)
@@ -407,7 +403,7 @@ def test_a_script_without_a_main_guard_can_use_workers(collection, index_dir, tm
 
 
 def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_filesystem(collection):
-    from cbir.distributed import _unpack
+    from cbir.compute.ray_cluster import _unpack
 
     readable_here = str(collection / "red" / "red-0.jpg")
     batch = {
@@ -418,12 +414,12 @@ def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_file
         "error": np.array(["no such file or directory"], dtype=object),
         "unchanged": np.array([False]),
         "reusable": np.array([False]),
-        "embedded": np.array([False]),
-        "vector": np.zeros((1, 4), np.float32),
+        "has_item": np.array([False]),
+        "item": np.zeros((1, 4), np.float32),
         "node": np.array(["10.0.0.7"], dtype=object),
     }
-    ok, vectors, without = _unpack(batch)
-    assert ok == [] and len(vectors) == 0
+    ok, items, without = _unpack(batch)
+    assert ok == [] and len(items) == 0
     assert without[0].error == (
         "no such file or directory (on Ray node 10.0.0.7; every node must read the files at the same paths)"
     )
@@ -439,7 +435,7 @@ def test_index_help_explains_workers_and_ray():
 def test_cli_query_and_wait_during_a_first_build(collection, index_dir):
     import threading
 
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     folder = index_dir / "photos"
     folder.mkdir(parents=True)
@@ -464,7 +460,7 @@ def test_waiting_for_a_first_build_that_fails_and_removes_its_folder(collection,
     import threading
 
     from cbir.errors import IndexLockedError
-    from cbir.store import WriteLock
+    from cbir.store.directory import WriteLock
 
     folder = index_dir / "photos"
     folder.mkdir(parents=True)
@@ -504,7 +500,7 @@ def test_a_dead_worker_ends_the_wait_for_a_result_the_pool_never_reports():
     from concurrent.futures import Future
     from concurrent.futures.process import BrokenProcessPool
 
-    from cbir.workerpool import _result
+    from cbir.compute.processes import _result
 
     class DeadWorker:
         exitcode = -signal.SIGKILL
@@ -531,7 +527,7 @@ def die_while_sending():
     os._exit(9)
 
 if __name__ == "__main__":
-    from cbir.workerpool import _result, _stop_pool
+    from cbir.compute.processes import _result, _stop_pool
     pool = ProcessPoolExecutor(2, multiprocessing.get_context("spawn"))
     future = pool.submit(die_while_sending)
     pool.submit(time.sleep, 30)
@@ -553,7 +549,8 @@ def test_a_worker_killed_while_sending_its_result_neither_hangs_the_run_nor_the_
 def test_worker_processes_give_the_same_loaded_files_as_threads(tmp_path):
     """Every field of each file survives the round trip to a worker (paths go as strings, fields come back)."""
     from cbir.features.base import make_extractor
-    from cbir.loading import KnownContent, PrepareSpec, load_prepared
+    from cbir.compute.work import KnownContent, PrepareSpec
+    from cbir.compute.loader import load_prepared
 
     rng = np.random.default_rng(3)
     files = [write_image(tmp_path / f"{i}.png", rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)) for i in range(20)]

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from cbir.errors import LabelsError, UsageError
-from cbir.evaluate import evaluate_index, evaluate_indexes, first_of_group, read_ground_truth
-from cbir.indexer import index_folder
-from cbir.metrics import RECALL_LEVELS, Accumulator, interpolated_precision, ns_score
+from cbir.evaluation.protocols import evaluate_index, evaluate_indexes, first_of_group
+from cbir.evaluation.groundtruth import read_ground_truth
+from cbir.indexing.run import index_folder
+from cbir.evaluation.metrics import RECALL_LEVELS, Accumulator, interpolated_precision, ns_score
 from conftest import coloured_image, write_image
 
 

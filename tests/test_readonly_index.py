@@ -18,9 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from cbir.indexer import index_folder
-from cbir.search import Searcher
-from cbir.store import IndexStore, index_path
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.locations import index_path
 from conftest import read_only_prefix
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,16 +1,18 @@
 """Re-ranking: αQE and DBA as pure functions, and DBA kept with a stored index under add/remove."""
 
+import logging
 import shutil
 
 import numpy as np
 import pytest
 
 from cbir.errors import UsageError
-from cbir.indexer import index_folder, remove_paths
+from cbir.indexing.run import index_folder, remove_paths
 from cbir.progress import Progress
-from cbir.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights, top_k
-from cbir.search import Searcher
-from cbir.store import IndexStore, index_path
+from cbir.ann.rerank import augment_database, expand_queries, nearest_neighbours, neighbour_weights, top_k
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.locations import index_path
 
 
 def _unit(rows):
@@ -163,7 +165,7 @@ def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_d
     index_folder(collection, "photos", index_dir)
     newcomer = collection / "red" / "red-new.jpg"
     shutil.copy(collection / "blue" / "blue-0.jpg", newcomer)
-    with caplog.at_level("INFO", logger="cbir.augmentation"):
+    with caplog.at_level("INFO", logger="cbir.store.dba"):
         index_folder(collection, "photos", index_dir)
     counts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")]
     averaged, total = (int(w) for w in counts[-1].split()[1:4:2])
@@ -171,7 +173,7 @@ def test_a_small_change_averages_only_the_vectors_it_touches(collection, index_d
     _augmented_matches_catalogue(index_dir, "photos", 2)
     newcomer.unlink()
     caplog.clear()
-    with caplog.at_level("INFO", logger="cbir.augmentation"):
+    with caplog.at_level("INFO", logger="cbir.store.dba"):
         index_folder(collection, "photos", index_dir)
     averaged = int([r.getMessage() for r in caplog.records if r.getMessage().startswith("DBA:")][-1].split()[1])
     assert averaged < 15
@@ -212,7 +214,7 @@ class _Recorder(Progress):
 
 def test_indexing_shows_dba_neighbour_search_on_its_progress_bar(collection, index_dir, monkeypatch):
     # A collection of 100,000 spends minutes here after the last file: the bar must not sit at 100% meanwhile.
-    monkeypatch.setattr("cbir.augmentation._tile", lambda: 4)  # several tiles for 15 images
+    monkeypatch.setattr("cbir.store.dba._tile", lambda: 4)  # several tiles for 15 images
     first = _Recorder()
     index_folder(collection, "photos", index_dir, progress=first)
     [dba] = first.phase("DBA")
@@ -230,3 +232,19 @@ def test_indexing_shows_dba_neighbour_search_on_its_progress_bar(collection, ind
     [dba] = removal.phase("DBA")  # the images that lost a neighbour are searched again
     assert dba[2] == 15 and dba[3] == 15 and removal.events[-1] == ["stop"]
     _augmented_matches_catalogue(index_dir, "photos", 2)
+
+
+@pytest.mark.parametrize("index_type, exact", [("flat", True), ("hnsw", False)])
+def test_a_missing_augmented_file_is_a_warning_naming_it_and_the_repair(collection, index_dir, caplog, index_type, exact):
+    """It used to be an INFO line, and re-ranking quietly used the original vectors."""
+    index_folder(collection, "photos", index_dir, index_type=index_type, dba=2)
+    (index_dir / "photos" / "augmented-1.npy").unlink()
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        with Searcher.open("photos", index_dir) as searcher:
+            assert searcher.augmented is exact
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "augmented-1.npy" in warnings[0] and "run `cbir index`" in warnings[0]
+    if exact:  # a flat snapshot holds the augmented vectors themselves: results as with the file
+        _augmented_matches_catalogue(index_dir, "photos", 2)
+    else:
+        assert "use the original vectors" in warnings[0]

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cbir.errors import ImageError, NotInIndexError
-from cbir.indexer import index_folder
-from cbir.search import Searcher
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
 
 
 @pytest.fixture
@@ -81,6 +81,9 @@ def test_query_by_id_uses_the_stored_vector(searcher, collection):
     assert by_id.query == str(query) and _paths(by_id) == _paths(searcher.query(query, k=5))
     with pytest.raises(NotInIndexError, match="no image with id 999999"):
         searcher.query_id(999999, k=1)
+    for beyond_sqlite in (2**63, -(2**63) - 1, 10**40):  # not an OverflowError from SQLite
+        with pytest.raises(NotInIndexError, match="no image with id"):
+            searcher.query_id(beyond_sqlite, k=1)
 
 
 def test_many_threads_at_once_get_the_same_answers_as_one(searcher, collection):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import struct
 import sys
 import threading
@@ -18,7 +19,7 @@ from fastapi.testclient import TestClient  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from cbir.cli import app as cli_app  # noqa: E402
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 from cbir.server import Limits, create_app  # noqa: E402
 from conftest import coloured_image, write_image  # noqa: E402
 
@@ -136,6 +137,77 @@ def test_missing_original_file_is_a_404(served, collection):
         assert response.status_code == 404 and "green-0.jpg" in response.json()["error"]
 
 
+def image_id_of(client, path: Path) -> int:
+    return upload(client, path.read_bytes(), k=1).json()["results"][0]["id"]
+
+
+def test_a_file_put_in_an_indexed_photos_place_is_not_served(served, collection, tmp_path):
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"root:$6$not-for-the-web\n")
+    photo = collection / "red" / "red-3.jpg"
+    image_id = image_id_of(served, photo)
+    photo.unlink()
+    photo.symlink_to(secret)
+    for kind in ("images", "thumbnails"):
+        response = served.get(f"/api/indexes/photos/{kind}/{image_id}")
+        assert response.status_code == 404 and b"not-for-the-web" not in response.content, kind
+        assert "red-3.jpg" in response.json()["error"]
+
+
+def test_a_copy_outside_the_indexed_folders_is_not_served_even_with_the_same_stat(served, collection, tmp_path):
+    photo = collection / "blue" / "blue-1.jpg"
+    image_id = image_id_of(served, photo)
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(photo.read_bytes())
+    info = photo.stat()
+    os.utime(outside, ns=(info.st_atime_ns, info.st_mtime_ns))
+    photo.unlink()
+    photo.symlink_to(outside)
+    response = served.get(f"/api/indexes/photos/images/{image_id}")
+    assert response.status_code == 404 and "outside the indexed folders" in response.json()["error"]
+
+
+def test_a_changed_file_is_not_served_but_a_touched_one_is(served, collection):
+    touched, changed = collection / "green" / "green-1.jpg", collection / "green" / "green-2.jpg"
+    touched_id, changed_id = image_id_of(served, touched), image_id_of(served, changed)
+    os.utime(touched, ns=(0, 1_000_000_000))  # same bytes, another time: still the indexed file
+    changed.write_bytes((collection / "red" / "red-0.jpg").read_bytes())
+    response = served.get(f"/api/indexes/photos/images/{touched_id}")
+    assert response.status_code == 200 and response.content == touched.read_bytes()
+    assert int(response.headers["content-length"]) == touched.stat().st_size
+    for kind in ("images", "thumbnails"):
+        response = served.get(f"/api/indexes/photos/{kind}/{changed_id}")
+        assert response.status_code == 404 and "changed since it was indexed" in response.json()["error"], kind
+
+
+def test_a_fifo_in_a_photos_place_is_refused_at_once(served, collection):
+    photo = collection / "red" / "red-4.jpg"
+    image_id = image_id_of(served, photo)
+    photo.unlink()
+    os.mkfifo(photo)
+    response = served.get(f"/api/indexes/photos/images/{image_id}")  # would hang on open without O_NONBLOCK
+    assert response.status_code == 404 and "no longer a regular file" in response.json()["error"]
+
+
+def test_an_index_without_recorded_folders_serves_only_below_its_images_folders(collection, index_dir, tmp_path):
+    index_folder(collection, "photos", index_dir)
+    from cbir.store.directory import IndexStore
+
+    with IndexStore.open(index_dir / "photos", writable=True) as store:
+        assert store.indexed_roots() == [str(collection)]
+        store.catalogue._db.execute("DELETE FROM meta WHERE key = 'indexed_roots'")  # as an index built before they were recorded
+        assert store.indexed_roots() == [str(collection / c) for c in ("blue", "green", "red")]
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"secret")
+    with TestClient(create_app(index_dir, refresh_interval=0), raise_server_exceptions=False) as client:
+        kept, replaced = collection / "red" / "red-0.jpg", collection / "red" / "red-1.jpg"
+        kept_id, replaced_id = image_id_of(client, kept), image_id_of(client, replaced)
+        replaced.unlink()
+        replaced.symlink_to(secret)
+        assert client.get(f"/api/indexes/photos/images/{kept_id}").content == kept.read_bytes()
+        assert client.get(f"/api/indexes/photos/images/{replaced_id}").status_code == 404
+
+
 # -- bad input -------------------------------------------------------------------
 def bad_requests(client, collection):
     """Every bad request the issue lists, with the status each must get."""
@@ -153,6 +225,12 @@ def bad_requests(client, collection):
     yield "unknown id", by_id(client, {"id": 987654}), 404
     yield "id not a number", by_id(client, {"id": "5"}), 422
     yield "id a boolean", by_id(client, {"id": True}), 422
+    yield "id beyond 64 bits", by_id(client, {"id": 2**63}), 422
+    yield "id far beyond 64 bits", by_id(client, {"id": 10**40, "k": 2**64}), 422
+    yield "negative id beyond 64 bits", by_id(client, {"id": -(2**63) - 1}), 422
+    yield "k beyond 64 bits (JSON)", by_id(client, {"id": 1, "k": 2**70}), 422
+    deep = b'{"id": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    yield "deeply nested JSON", client.post("/api/indexes/photos/search", content=deep, headers={"content-type": "application/json"}), 400
     yield "unknown JSON field", by_id(client, {"id": 1, "path": "/etc/passwd"}), 422
     yield "JSON not an object", by_id(client, [1, 2]), 422
     yield "malformed JSON", client.post("/api/indexes/photos/search", content=b'{"id": ', headers={"content-type": "application/json"}), 400
@@ -238,6 +316,90 @@ def test_an_index_created_while_serving_is_added(served, collection, index_dir):
     assert upload(served, (collection / "red" / "red-0.jpg").read_bytes(), index="reds", k=2).status_code == 200
 
 
+def mapped_files_under(folder: Path) -> list[str]:
+    """Files below ``folder`` this process has memory-mapped (Linux), deleted ones included."""
+    maps = Path("/proc/self/maps")
+    if not maps.exists():
+        pytest.skip("needs /proc/self/maps")
+    return [line.split(None, 5)[-1] for line in maps.read_text().splitlines() if str(folder) in line]
+
+
+@pytest.fixture
+def manual(collection, index_dir):
+    """A client whose indexes are refreshed only when the test says so."""
+    index_folder(collection, "photos", index_dir)
+    with TestClient(create_app(index_dir, refresh_interval=0), raise_server_exceptions=False) as client:
+        yield client, client.app.state.pool
+
+
+def test_requests_in_flight_on_a_deleted_index_finish_or_get_a_404(manual, collection, index_dir, monkeypatch):
+    from cbir.indexing.maintenance import delete_index
+    from cbir.retrieval.search import Searcher
+
+    client, pool = manual
+    image_id = image_id_of(client, collection / "red" / "red-0.jpg")
+    entered, release = threading.Semaphore(0), threading.Event()
+    search_vectors = Searcher.search_vectors
+
+    def held(self, vectors, k):
+        entered.release()
+        release.wait(20)
+        return search_vectors(self, vectors, k)
+
+    monkeypatch.setattr(Searcher, "search_vectors", held)
+    jpeg = (collection / "blue" / "blue-0.jpg").read_bytes()
+    with ThreadPoolExecutor(4) as threads:
+        in_flight = [threads.submit(by_id, client, {"id": image_id, "k": 3}) for _ in range(2)]
+        in_flight.append(threads.submit(upload, client, jpeg, "q.jpg", 3))  # one: uploads may share a search
+        for _ in in_flight:
+            assert entered.acquire(timeout=20)  # every request is inside a search
+        delete_index("photos", index_dir)
+        pool.refresh()
+        assert client.get("/api/health").json()["indexes"] == []
+        release.set()
+        statuses = [future.result().status_code for future in in_flight]
+    assert set(statuses) <= {200, 404, 503}, [f.result().text for f in in_flight]
+    after = by_id(client, {"id": image_id})
+    assert after.status_code == 404 and "photos" in after.json()["error"]
+
+
+def test_a_deleted_or_replaced_snapshot_is_unmapped_at_once(manual, collection, index_dir):
+    import gc
+
+    from cbir.indexing.maintenance import delete_index
+
+    client, pool = manual
+    assert any("augmented-" in line for line in mapped_files_under(index_dir))  # DBA vectors are mapped
+    gc.disable()  # what is released must not wait for a garbage collection
+    try:
+        write_image(collection / "yellow" / "yellow-0.jpg", coloured_image((20, 220, 230), seed=9))
+        index_folder(collection, "photos", index_dir)  # a new snapshot replaces the old one
+        pool.refresh()
+        assert client.get("/api/indexes").json()["indexes"][0]["size"] == 16
+        mapped = mapped_files_under(index_dir)
+        assert mapped and not any("(deleted)" in line for line in mapped), mapped
+        delete_index("photos", index_dir)
+        pool.refresh()
+        assert mapped_files_under(index_dir) == []
+    finally:
+        gc.enable()
+
+
+def test_a_named_index_deleted_while_served_is_let_go_and_comes_back_when_rebuilt(collection, index_dir):
+    from cbir.indexing.maintenance import delete_index
+
+    index_folder(collection, "photos", index_dir)
+    with TestClient(create_app(index_dir, ["photos"], refresh_interval=0), raise_server_exceptions=False) as client:
+        pool = client.app.state.pool
+        delete_index("photos", index_dir)
+        pool.refresh()
+        assert mapped_files_under(index_dir) == [] and client.get("/api/health").json()["indexes"] == []
+        assert upload(client, (collection / "red" / "red-0.jpg").read_bytes()).status_code == 404
+        index_folder(collection / "red", "photos", index_dir)
+        pool.refresh()
+        assert client.get("/api/indexes").json()["indexes"][0]["size"] == 5
+
+
 # -- the command ---------------------------------------------------------------------
 def test_serve_refuses_in_one_line(collection, index_dir, tmp_path):
     runner = CliRunner()
@@ -254,7 +416,11 @@ def test_serve_refuses_in_one_line(collection, index_dir, tmp_path):
         port = taken.getsockname()[1]
         busy = runner.invoke(cli_app, ["serve", "--index-dir", str(index_dir), "--port", str(port)])
     assert busy.exit_code != 0 and busy.stderr.startswith(f"error: cannot listen on 127.0.0.1:{port}")
-    for result in (empty, missing, busy):
+    bad_token = runner.invoke(cli_app, ["serve", "--index-dir", str(index_dir), "--token", "a b"])
+    assert bad_token.exit_code != 0 and bad_token.stderr.startswith("error: a token must be")
+    both = runner.invoke(cli_app, ["serve", "--index-dir", str(index_dir), "--token", "abcdefgh12", "--no-token"])
+    assert both.exit_code != 0 and both.stderr.startswith("error: give --token or --no-token")
+    for result in (empty, missing, busy, bad_token, both):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from cbir.errors import UsageError
-from cbir.indexer import index_folder
-from cbir.search import Searcher
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
 from cbir.server.batching import SearchBatcher
 
 

@@ -18,7 +18,7 @@ import pytest
 pytest.importorskip("fastapi", reason="the serve extra (FastAPI) is not installed")
 pytest.importorskip("uvicorn", reason="the serve extra (uvicorn) is not installed")
 
-from cbir.indexer import index_folder  # noqa: E402
+from cbir.indexing.run import index_folder  # noqa: E402
 from conftest import read_only_prefix  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -48,9 +48,12 @@ class Server:
         if address is None or self.process.poll() is not None:
             self.stop()
             raise AssertionError("cbir serve did not start: " + "".join(self.lines))
+        address, _, self.login = address.partition("?")  # ?token=... when the server needs one
         self.url = address.rstrip("/")
         self.host, port = address[len("http://") :].rstrip("/").rsplit(":", 1)
         self.port = int(port)
+        if self.host in ("0.0.0.0", "[::]"):  # every address: this machine's own will do
+            self.host = "127.0.0.1"
 
     def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
         connection = http.client.HTTPConnection(self.host, self.port, timeout=30)
@@ -108,18 +111,19 @@ def server(collection, index_dir):
 
 def test_server_survives_clients_that_abuse_the_connection(server, collection):
     query = collection / "red" / "red-1.jpg"
+    host = b"Host: 127.0.0.1:%d\r\n" % server.port
     # A client that disconnects mid-upload.
     for _ in range(3):
         with socket.create_connection((server.host, server.port)) as raw:
             raw.sendall(
-                b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"POST /api/indexes/photos/search HTTP/1.1\r\n" + host + b"Content-Type: multipart/form-data; boundary=b\r\n"
                 b"Content-Length: 1000000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.jpg\"\r\n\r\n"
                 + b"\xff\xd8\xff" + b"\x00" * 5000
             )
     # 200 MB announced: refused at once, before the body is sent.
     with socket.create_connection((server.host, server.port), timeout=30) as raw:
         raw.sendall(
-            b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"POST /api/indexes/photos/search HTTP/1.1\r\n" + host + b"Content-Type: multipart/form-data; boundary=b\r\n"
             + f"Content-Length: {200 * 2**20}\r\n\r\n".encode()
         )
         reply = read_reply(raw)
@@ -128,7 +132,7 @@ def test_server_survives_clients_that_abuse_the_connection(server, collection):
     refused = None
     with socket.create_connection((server.host, server.port), timeout=30) as raw:
         raw.sendall(
-            b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"POST /api/indexes/photos/search HTTP/1.1\r\n" + host + b"Content-Type: multipart/form-data; boundary=b\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n"
         )
         preamble = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.jpg"\r\n\r\n'
@@ -260,4 +264,89 @@ def test_upload_caps_come_from_the_command_line(collection, index_dir):
         status, raw = server.request("POST", "/api/indexes/photos/search", big, headers)
         assert status == 413 and "0.05 MB" in json.loads(raw)["error"]
     finally:
+        server.stop()
+
+
+# -- limits of the HTTP server itself ------------------------------------------------
+def test_late_headers_and_late_bodies_are_cut_off(collection, index_dir):
+    import time
+
+    index_folder(collection, "photos", index_dir)
+    server = Server(index_dir, extra=["--header-timeout", "1", "--body-timeout", "1"])
+    try:
+        started = time.monotonic()
+        with socket.create_connection((server.host, server.port), timeout=10) as raw:
+            raw.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # headers never finished
+            assert read_reply(raw) == b""  # closed without an answer...
+        assert time.monotonic() - started < 5  # ...after about a second, not never
+        with socket.create_connection((server.host, server.port), timeout=10) as raw:
+            raw.sendall(
+                b"POST /api/indexes/photos/search HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n--b\r\n" % server.port
+            )
+            reply = read_reply(raw)
+        assert reply.startswith(b"HTTP/1.1 408") and b"did not arrive within 1 s" in reply
+        assert search(server, collection / "red" / "red-1.jpg")[0] == 200  # and it keeps serving
+    finally:
+        server.stop()
+    assert "Traceback" not in "".join(server.lines)
+
+
+def test_a_host_other_than_loopback_needs_a_token_and_gets_safe_limits(collection, index_dir):
+    from test_server_api import png_bomb
+
+    index_folder(collection, "photos", index_dir)
+    server = Server(index_dir, extra=["--host", "0.0.0.0"])
+    try:
+        assert server.login.startswith("token=")
+        token = server.login[len("token=") :]
+        status, _ = server.request("GET", "/api/indexes")
+        assert status == 401
+        auth = {"Authorization": f"Bearer {token}"}
+        status, raw = server.request("GET", "/api/indexes", headers=auth)
+        assert status == 200
+        # 20 megapixels: under the loopback cap (50), over the one for other machines (16).
+        body, headers = multipart(png_bomb(5000, 4000), "big.png")
+        status, raw = server.request("POST", "/api/indexes/photos/search", body, {**headers, **auth})
+        assert status == 422 and "too large" in json.loads(raw)["error"]
+    finally:
+        server.stop()
+    assert any("warning: listening on 0.0.0.0" in line for line in server.lines)
+
+
+def test_loopback_refuses_other_host_names(server):
+    status, raw = server.request("GET", "/api/indexes", headers={"Host": f"rebound.example:{server.port}"})
+    assert status == 400 and "does not answer to the host" in json.loads(raw)["error"]
+    assert server.request("GET", "/api/indexes", headers={"Host": f"localhost:{server.port}"})[0] == 200
+
+
+def test_browser_asks_for_the_token_once(collection, index_dir, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    index_folder(collection, "photos", index_dir)
+    browser = _browser()
+    server = Server(index_dir, extra=["--token", "token-for-the-page-test"])
+    try:
+        wait = WebDriverWait(browser, 30)
+        browser.get(server.url + "/")
+        wait.until(lambda b: b.find_element(By.ID, "token-form").is_displayed())
+        assert "needs its token" in browser.find_element(By.ID, "status").text
+        browser.save_screenshot(str(tmp_path / "token-asked.png"))
+        browser.find_element(By.ID, "token").send_keys("token-for-the-page-test")
+        browser.find_element(By.CSS_SELECTOR, "#token-form button").click()
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
+        assert browser.current_url == server.url + "/"  # the token is not left in the address
+        assert not browser.find_element(By.ID, "token-form").is_displayed()
+        browser.find_element(By.ID, "file").send_keys(str(collection / "red" / "red-0.jpg"))
+        wait.until(lambda b: len(_grid(b)) >= 3)
+        wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        browser.get(server.url + "/")  # asked once: the cookie is kept
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
+        assert not browser.find_element(By.ID, "token-form").is_displayed()
+        assert browser.save_screenshot(str(tmp_path / "token-kept.png"))
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+        assert errors == []
+    finally:
+        browser.quit()
         server.stop()

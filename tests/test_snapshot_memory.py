@@ -6,14 +6,16 @@ import faiss
 import numpy as np
 import pytest
 
-from cbir import augmentation
-from cbir.catalogue import NewImage
+from cbir.store import dba as dba_snapshots
+from cbir.store.dba import dba_config
+from cbir.store.catalogue import NewImage
 from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
-from cbir.rerank import augment_database
-from cbir.store import IndexStore
-from cbir.vectors import VectorIndex, build_vector_index
-from cbir.writer import open_writer
+from cbir.ann.rerank import augment_database
+from cbir.store.directory import IndexStore
+from cbir.ann.vectors import VectorIndex, build_vector_index
+from cbir.store.writer import open_writer
+from cbir.store.snapshots import load_vectors
 
 
 def _unit_vectors(n, dim, seed=0):
@@ -22,11 +24,10 @@ def _unit_vectors(n, dim, seed=0):
 
 
 def _index_vectors(path, vectors, dba=2, index_type="flat", first=0):
-    """Commit ``vectors`` as images (in batches, as the indexer does); the snapshot is written on exit."""
+    """Commit ``vectors`` as images (in batches, as the indexer does), then finish (the snapshot)."""
     with open_writer(path) as writer:
         if writer.created:
-            writer.create(Embedder(make_extractor("color", bins=[4, 4, 2])), index_type, len(vectors))
-            augmentation.configure(writer.store, dba, 3.0, True, len(vectors))
+            writer.create(Embedder(make_extractor("color", bins=[4, 4, 2])), index_type, len(vectors), dba=dba_config(dba, 3.0))
         for start in range(0, len(vectors), 256):
             writer.add(
                 [
@@ -34,11 +35,12 @@ def _index_vectors(path, vectors, dba=2, index_type="flat", first=0):
                     for i in range(start, min(start + 256, len(vectors)))
                 ]
             )
+        writer.finish()
 
 
 def _snapshot_arrays(path):
     with IndexStore.open(path) as store:
-        loaded = store.load_vectors().index.index
+        loaded = load_vectors(store).index.index
         files = {p.name.split("-", 1)[1]: np.load(p) for p in sorted(path.glob("augmented-*.npy"))}
     return faiss.rev_swig_ptr(faiss.downcast_index(loaded.index).get_xb(), loaded.ntotal * loaded.d).reshape(loaded.ntotal, loaded.d).copy(), files
 
@@ -60,7 +62,7 @@ def test_a_flat_index_is_filled_into_storage_sized_once(monkeypatch):
 
 
 def test_snapshot_with_dba_holds_no_copy_of_the_vectors(tmp_path, monkeypatch):
-    monkeypatch.setattr(augmentation, "_BLOCK_BYTES", 64 << 10)
+    monkeypatch.setattr(dba_snapshots, "_BLOCK_BYTES", 64 << 10)
     vectors = _unit_vectors(8000, 160)  # 5 MB
     tracemalloc.start()
     try:
@@ -80,7 +82,7 @@ def test_in_place_snapshot_equals_the_general_path_also_when_updated(tmp_path, m
     more = _unit_vectors(50, 160, seed=2)
     _index_vectors(tmp_path / "in-place", vectors, dba)
     _index_vectors(tmp_path / "in-place", more, dba, first=600)  # incremental DBA
-    monkeypatch.setattr(augmentation, "_flat_snapshot", augmentation._other_snapshot)
+    monkeypatch.setattr(dba_snapshots, "_flat_snapshot", dba_snapshots._other_snapshot)
     _index_vectors(tmp_path / "general", vectors, dba)
     _index_vectors(tmp_path / "general", more, dba, first=600)
     in_place, in_place_files = _snapshot_arrays(tmp_path / "in-place")

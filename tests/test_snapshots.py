@@ -11,17 +11,19 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-import cbir.images as images
-from cbir.catalogue import Catalogue
+import cbir.compute.work as file_work
+from cbir.store.catalogue import Catalogue
 from cbir.cli import app
-from cbir.duplicates import find_duplicates
+from cbir.retrieval.duplicates import find_duplicates
 from cbir.features.base import make_extractor
 from cbir.features.pca import PCAReduction
 from cbir.features.pipeline import Embedder
-from cbir.indexer import index_folder
-from cbir.search import Searcher
-from cbir.store import IndexStore, index_path
-from cbir.vectors import VectorIndex, resolve_index_type
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
+from cbir.store.directory import IndexStore
+from cbir.store.locations import index_path
+from cbir.ann.vectors import VectorIndex, resolve_index_type
+from cbir.store.snapshot_record import snapshot_factory as recorded_factory
 from conftest import CLASS_COLOURS, coloured_image, make_collection, write_image
 
 runner = CliRunner()
@@ -39,7 +41,7 @@ def add_images(root, start, count, size=(24, 32)):
 
 def snapshot_factory(index_dir, name):
     with IndexStore.open(index_path(name, index_dir)) as store:
-        return store.snapshot_factory(), store.factory
+        return recorded_factory(store), store.factory
 
 
 def search_warnings(caplog):
@@ -54,8 +56,8 @@ def test_ivf_lists_are_retuned_when_the_collection_grows_without_re_embedding(tm
     assert snapshot_factory(index_dir, "grow") == ("IVF2,Flat", "IVF2,Flat")
     add_images(root, 80, 250)  # 330 images: more than 4x, the rule now gives 8 lists
     decoded = []
-    original = images.decode_image
-    monkeypatch.setattr(images, "decode_image", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    original = file_work.decode_image
+    monkeypatch.setattr(file_work, "decode_image", lambda *a, **k: decoded.append(1) or original(*a, **k))
     summary = index_folder(root, "grow", index_dir)
     assert len(decoded) == 250 and summary.added == 250  # only the new files were embedded
     assert snapshot_factory(index_dir, "grow") == ("IVF8,Flat", "IVF8,Flat")

@@ -19,30 +19,53 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # -- help layout -------------------------------------------------------------
-def tidy_help() -> None:
+def _tidy_params(command, ctx) -> None:
     """One look for every command's help: no type beside flags, defaults written one way.
 
     Typer's rich help asks each option for ``display_type_rich``, which (unlike
     click's plain help) does not skip flags, so every flag, ``--help`` included,
     showed ``<bool>``. Defaults Typer fills in are written like the ones in
-    help texts, ``(default: ...)``, instead of ``[default: ...]``.
+    help texts, ``(default: ...)``, instead of ``[default: ...]``. Only this
+    command's own parameter objects change: Typer itself is left as it is.
     """
-    from typer import core, rich_utils
+    from typer.core import TyperArgument, TyperOption
 
-    if getattr(core.TyperOption.display_type_rich, "_cbir_tidy", False):
-        return
-    original = core.TyperOption.display_type_rich
+    for param in command.get_params(ctx):
+        if getattr(param, "_cbir_tidy", False):
+            continue
+        param._cbir_tidy = True
+        if getattr(param, "is_flag", False):
+            param.display_type_rich = lambda ctx: None
+        if not isinstance(param, (TyperOption, TyperArgument)) or isinstance(param.show_default, str):
+            continue
+        default = param._extract_default_help_str(ctx=ctx)
+        if default is None or not (param.show_default or ctx.show_default):
+            continue
+        text = param._get_default_string(ctx=ctx, show_default_is_str=False, default_value=default)
+        if text:
+            param.help = f"{param.help or ''} (default: {text})".strip()
+        param.show_default = False
 
-    def display_type_rich(self, ctx):
-        return None if getattr(self, "is_flag", False) else original(self, ctx)
 
-    display_type_rich._cbir_tidy = True
-    core.TyperOption.display_type_rich = display_type_rich
-    rich_utils.DEFAULT_STRING = "(default: {})"
+class TidyCommand(TyperCommand):
+    """A command whose help has the one look of :func:`_tidy_params`."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _tidy_params(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+class TidyGroup(TyperGroup):
+    """The ``cbir`` group, its help tidied like its commands'."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _tidy_params(self, ctx)
+        return super().format_help(ctx, formatter)
 
 
 # -- shared options ----------------------------------------------------------
@@ -227,19 +250,13 @@ LabelColumnOption = Annotated[
 
 def read_labels(path: Path | None, path_column: str | None, label_column: str | None) -> dict[str, str] | None:
     from cbir.errors import UsageError
-    from cbir.labels import read_labels_csv
+    from cbir.images.labels import read_labels_csv
 
     if path is None:
         if path_column or label_column:
             raise UsageError("--path-column and --label-column need --labels")
         return None
     return read_labels_csv(path, path_column, label_column)
-
-
-_COLOR = "Colour histogram (--extractor color)"
-_CNN = "CNN (--extractor cnn)"
-_AE = "Autoencoder (--extractor autoencoder)"
-
 
 
 # -- an index name given as NAME or --name ------------------------------------
@@ -263,7 +280,7 @@ def pick_name(positional: str | None, option: str | None, required: bool = True)
     return name
 
 
-# -- re-ranking (cbir.rerank) -------------------------------------------------
+# -- re-ranking (cbir.ann.rerank) -------------------------------------------------
 ExpandOption = Annotated[
     Optional[int],
     typer.Option(
@@ -287,7 +304,7 @@ AlphaOption = Annotated[
 def expand_setting(expand: int | None, no_expand: bool) -> int | None:
     """``--expand`` / ``--no-expand`` as the library's ``expand`` argument (``None`` = off)."""
     from cbir.errors import UsageError
-    from cbir.rerank import DEFAULT_EXPAND, check_expand
+    from cbir.ann.rerank import DEFAULT_EXPAND, check_expand
 
     if no_expand and expand is not None:
         raise UsageError("--expand and --no-expand contradict each other")
@@ -298,7 +315,7 @@ def expand_setting(expand: int | None, no_expand: bool) -> int | None:
 
 
 def alpha_setting(alpha: float | None) -> float:
-    from cbir.rerank import DEFAULT_ALPHA, check_alpha
+    from cbir.ann.rerank import DEFAULT_ALPHA, check_alpha
 
     alpha = DEFAULT_ALPHA if alpha is None else alpha
     check_alpha(alpha)

@@ -44,17 +44,17 @@ def benchmark(
     backbone, bins, pca, index_type, dba...) and expand/alpha for queries;
     "dba": null or "expand": null turns that re-ranking off.
     """
-    from cbir.benchmark import load_spec, run_benchmark
+    from cbir.evaluation.benchmark import load_spec, run_benchmark
 
     if plot is not None:
-        from cbir.plots import check_plot_path
+        from cbir.render.plots import check_plot_path
 
         check_plot_path(plot)
     checked = load_spec(spec)
     with tempfile.TemporaryDirectory(prefix="cbir-benchmark-") as temporary:
         rows = run_benchmark(checked, index_dir or temporary, progress=progress_bar())
     if plot is not None:
-        from cbir.plots import plot_reports
+        from cbir.render.plots import plot_reports
 
         plot_reports({row.name: row.report for row in rows}, plot, title=f"{Path(checked['folder']).name}")
         stderr.print(f"figure written to {plot}", markup=False)

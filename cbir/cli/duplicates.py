@@ -39,16 +39,16 @@ def duplicates(
     Pairs at or above the threshold are joined into groups (connected
     components); --json gives [{"size", "min_score", "paths"}], largest first.
     """
-    from cbir.duplicates import find_duplicates
+    from cbir.retrieval.duplicates import find_duplicates
 
     groups = find_duplicates(name, threshold, index_dir, progress=progress_bar())
     if montage is not None:
-        from cbir.montage import make_duplicates_montage, write_image
+        from cbir.render.montage import make_duplicates_montage, write_image
 
         write_image(make_duplicates_montage(groups), montage)
         stderr.print(f"montage written to {montage}", markup=False)
     if html is not None:
-        from cbir.gallery import duplicates_page, write_html
+        from cbir.render.gallery import duplicates_page, write_html
 
         write_html(duplicates_page(groups, threshold), html)
         stderr.print(f"gallery written to {html}", markup=False)

@@ -99,10 +99,10 @@ def evaluate(
     expansion included). Queries with no other relevant image are skipped and
     counted. Several --name options give one comparison table (and one figure).
     """
-    from cbir.evaluate import evaluate_indexes
+    from cbir.evaluation.protocols import evaluate_indexes
 
     if plot is not None:
-        from cbir.plots import check_plot_path
+        from cbir.render.plots import check_plot_path
 
         check_plot_path(plot)  # fail now, not after a long evaluation
     table = read_labels(labels, path_column, label_column)
@@ -119,7 +119,7 @@ def evaluate(
     )
     reports, notes = evaluate_indexes(names, index_dir, **options)
     if plot is not None:
-        from cbir.plots import plot_reports
+        from cbir.render.plots import plot_reports
 
         plot_reports(reports, plot)
         stderr.print(f"figure written to {plot}", markup=False)

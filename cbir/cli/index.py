@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
 
+from cbir.cli._extractor_options import with_extractor_options
 from cbir.cli._common import (
+    TidyCommand,
     AlphaOption,
     IndexDirOption,
     JsonOption,
@@ -23,16 +24,12 @@ from cbir.cli._common import (
     show_training_epochs,
 )
 
-_COLOR = "Colour histogram (--extractor color)"
-_CNN = "CNN (--extractor cnn)"
-_AE = "Autoencoder (--extractor autoencoder)"
-
-
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
     """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
-    from cbir.augmentation import KEEP, dba_config
+    from cbir.indexing.plan import KEEP
+    from cbir.store.dba import dba_config
     from cbir.errors import UsageError
-    from cbir.rerank import DEFAULT_ALPHA
+    from cbir.ann.rerank import DEFAULT_ALPHA
 
     if no_dba and dba is not None:
         raise UsageError("--dba and --no-dba contradict each other")
@@ -41,25 +38,6 @@ def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[s
     if chosen not in (None, KEEP):
         dba_config(chosen, alpha)  # one clean error for --dba 0 or a bad --alpha, before any work
     return {"dba": chosen, "dba_alpha": alpha}
-
-
-def _parse_bins(text: str) -> list[int]:
-    from cbir.errors import UsageError
-
-    parts = text.replace("x", ",").split(",")
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
-
-
-def _parse_scales(text: str) -> list[float]:
-    from cbir.errors import UsageError
-
-    try:
-        return [float(part) for part in text.split(",")]
-    except ValueError:
-        raise UsageError(f"--scales must look like 1,0.7071,1.4142 (positive numbers), got {text!r}") from None
 
 
 def _parse_workers(text: str | None) -> int | None:
@@ -79,7 +57,7 @@ def _parse_workers(text: str | None) -> int | None:
 _RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
 
 
-class IndexCommand(TyperCommand):
+class IndexCommand(TidyCommand):
     """``--ray`` takes an optional address: without one (or before the folder) it means ``auto``."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
@@ -93,8 +71,7 @@ class IndexCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-@handle_errors
-def index(
+def _index(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", show_default=False)],
     name: Annotated[
         Optional[str], typer.Option("--name", "-n", help="Name of the index. (default: the folder's name)", show_default=False)
@@ -105,68 +82,13 @@ def index(
         typer.Option(
             "--extractor",
             "-e",
-            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. (default: color)",
+            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. "
+            "(default: color, or the one the options given belong to)",
             show_default=False,
         ),
     ] = None,
-    bins: Annotated[
-        Optional[str],
-        typer.Option("--bins", help="Hue,saturation,value bins per region. (default: 8,12,3)", show_default=False, rich_help_panel=_COLOR),
-    ] = None,
-    backbone: Annotated[
-        Optional[str],
-        typer.Option(
-            "--backbone",
-            help="mobilenet, mobilenetv2, efficientnetb0, resnet50 or vgg16. (default: mobilenet)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(
-            "--weights",
-            help="imagenet (Keras' cache, downloaded if missing), none (random), or a .h5 / .weights.h5 FILE. (default: imagenet)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
-    pooling: Annotated[
-        Optional[str], typer.Option(
-            "--pooling", help="avg, max, gem, or rmac (max-pooled regions). (default: avg)", show_default=False, rich_help_panel=_CNN
-        )
-    ] = None,
-    gem_p: Annotated[
-        Optional[float], typer.Option("--gem-p", help="Exponent of gem pooling. (default: 3)", show_default=False, rich_help_panel=_CNN)
-    ] = None,
-    resize: Annotated[
-        Optional[str],
-        typer.Option("--resize", help="squash, crop or pad to a square. (default: squash)", show_default=False, rich_help_panel=_CNN),
-    ] = None,
-    runtime: Annotated[
-        Optional[str],
-        typer.Option(
-            "--runtime",
-            help="auto (the faster of tflite and openvino for the backbone), tflite (LiteRT), openvino, or keras (reference); same vectors. (default: auto)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
-    input_size: Annotated[
-        Optional[int],
-        typer.Option(
-            "--input-size", help="Network input side in pixels. (default: 224 for cnn, 64 for autoencoder)", show_default=False, rich_help_panel=_CNN
-        ),
-    ] = None,
-    scales: Annotated[
-        Optional[str],
-        typer.Option(
-            "--scales",
-            help="Run the network at each input side (--input-size x scale) and average the vectors, e.g. 1,0.7071,1.4142. (default: 1)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
+    # Replaced by an option per declared extractor parameter, and --param (see _extractor_options.py).
+    extractor_params: Optional[dict[str, Any]] = None,
     model: Annotated[
         Optional[Path],
         typer.Option(
@@ -174,24 +96,8 @@ def index(
             help="A model from 'cbir train-autoencoder' (model.keras or its folder); without it the autoencoder trains on the collection.",
             exists=True,
             show_default=False,
-            rich_help_panel=_AE,
+            rich_help_panel="Autoencoder (--extractor autoencoder)",
         ),
-    ] = None,
-    embedding: Annotated[
-        Optional[str],
-        typer.Option(
-            "--embedding",
-            help="pool (multi-scale pooled encoder activations) or flatten (the bottleneck; for centred, aligned objects). (default: pool)",
-            show_default=False,
-            rich_help_panel=_AE,
-        ),
-    ] = None,
-    epochs: Annotated[
-        Optional[int], typer.Option("--epochs", min=1, help="Most training epochs. (default: 40)", show_default=False, rich_help_panel=_AE)
-    ] = None,
-    grey: Annotated[Optional[bool], typer.Option("--grey", help="Train on greyscale images.", show_default=False, rich_help_panel=_AE)] = None,
-    seed: Annotated[
-        Optional[int], typer.Option("--seed", help="Random seed of training (and of cnn --weights none). (default: 0)", show_default=False)
     ] = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
@@ -283,30 +189,11 @@ def index(
     unreadable files are skipped with a warning and recorded. Interrupting is
     safe: run the same command again to continue.
     """
-    from cbir.indexer import index_folder
+    from cbir.indexing.run import index_folder
 
     show_training_epochs()
-    options = {
-        "extractor": extractor,
-        "model": model,
-        "pca": pca,
-        "pca_whiten": pca_whiten or None,
-        "pca_shrinkage": pca_shrinkage,
-        "pca_power": pca_power,
-        "bins": _parse_bins(bins) if bins is not None else None,
-        "backbone": backbone,
-        "weights": weights,
-        "pooling": pooling,
-        "gem_p": gem_p,
-        "resize": resize,
-        "runtime": runtime,
-        "input_size": input_size,
-        "scales": _parse_scales(scales) if scales is not None else None,
-        "embedding": embedding,
-        "epochs": epochs,
-        "channels": 1 if grey else None,
-        "seed": seed,
-    }
+    options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None,
+               "pca_shrinkage": pca_shrinkage, "pca_power": pca_power, **(extractor_params or {})}
     summary = index_folder(
         folder,
         name,
@@ -340,6 +227,23 @@ def index(
     if summary.unsupported:
         counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
         print(f"not indexed, formats cbir cannot read: {counts}")
+    if summary.unlisted:
+        shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
+        print(
+            f"{len(summary.unlisted)} folder(s) could not be listed ({shown}): "
+            f"{summary.kept_unlisted} indexed image(s) under them kept, not removed; run again once they are back"
+        )
+    if summary.retried:
+        print(f"{summary.retried} file(s) skipped earlier for a reason that may have passed (permission, I/O) were tried again")
+
+
+def index_command():
+    """``cbir index`` with an option for each parameter the registered extractors declare now."""
+    return handle_errors(with_extractor_options(_index))
+
+
+index = index_command()
+
 
 @handle_errors
 def remove(
@@ -355,7 +259,7 @@ def remove(
     index, nothing is removed. Removals are remembered: indexing a folder
     above them again leaves them out (--include-removed adds them back).
     """
-    from cbir.indexer import remove_paths
+    from cbir.indexing.run import remove_paths
 
     removed = remove_paths(paths, name, index_dir, wait=wait, progress=progress_bar())
     if as_json:

@@ -27,7 +27,8 @@ def info(
     as_json: JsonOption = False,
 ) -> None:
     """Describe an index: extractor config, dimension, index type, counts, versions."""
-    from cbir.store import IndexStore, index_path
+    from cbir.store.directory import IndexStore
+    from cbir.store.locations import index_path
 
     name = pick_name(name_argument, name)
     with IndexStore.open(index_path(name, index_dir)) as store:
@@ -64,7 +65,8 @@ def list_command(
 ) -> None:
     """List the indexes in the index directory (or just the one named)."""
     from cbir.errors import CbirError, IndexNotFoundError
-    from cbir.store import IndexStore, index_path, list_indexes, not_found_message, resolve_index_dir
+    from cbir.store.directory import IndexStore, list_indexes, not_found_message
+    from cbir.store.locations import index_path, resolve_index_dir
 
     name = pick_name(name_argument, name, required=False)
     paths = list_indexes(index_dir)

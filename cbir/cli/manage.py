@@ -40,7 +40,7 @@ def prune(
     The files still on disk are not touched and not re-read. --json gives
     {"name", "removed": [paths], "dry_run"}.
     """
-    from cbir.maintenance import prune_missing
+    from cbir.indexing.maintenance import prune_missing
 
     name = pick_name(name_argument, name)
     gone = prune_missing(name, index_dir, wait=wait, dry_run=dry_run, progress=progress_bar())
@@ -63,8 +63,9 @@ def delete(
 ) -> None:
     """Delete an index: its folder, catalogue and vectors (the images are not touched)."""
     from cbir.errors import UsageError
-    from cbir.maintenance import delete_index
-    from cbir.store import index_path, is_index
+    from cbir.indexing.maintenance import delete_index
+    from cbir.store.locations import index_path
+    from cbir.store.directory import is_index
 
     name = pick_name(name_argument, name)
     path = index_path(name, index_dir)

@@ -64,9 +64,9 @@ def query(
     "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder.
     """
     from cbir.errors import UsageError
-    from cbir.images import find_images
-    from cbir.search import Searcher
-    from cbir.sources import STDIN, is_url
+    from cbir.images.scan import find_images
+    from cbir.retrieval.search import Searcher
+    from cbir.images.sources import STDIN, is_url
 
     if sum([as_json, paths_only, null]) > 1:
         raise UsageError("choose one of --json, --paths and -0")
@@ -87,12 +87,12 @@ def query(
         search = searcher.query_excluding_self if exclude_self else searcher.query_many
         results = search(images, k, on_error=on_error, names=names)
     if montage is not None:
-        from cbir.montage import write_montage
+        from cbir.render.montage import write_montage
 
         write_montage(results[0], montage)
         stderr.print(f"montage written to {montage}", markup=False)
     if html is not None:
-        from cbir.gallery import results_page, write_html
+        from cbir.render.gallery import results_page, write_html
 
         write_html(results_page(results, f"cbir: {len(results)} quer{'y' if len(results) == 1 else 'ies'} on index {name!r}"), html)
         stderr.print(f"gallery written to {html}", markup=False)
@@ -121,7 +121,7 @@ def _read_source(source: str) -> tuple[list[bytes], list[str]]:
     import sys
 
     from cbir.errors import ImageError
-    from cbir.sources import STDIN, fetch_url, read_stream
+    from cbir.images.sources import STDIN, fetch_url, read_stream
 
     label = "<stdin>" if source == STDIN else source
     data = read_stream(sys.stdin.buffer, "standard input") if source == STDIN else fetch_url(source)

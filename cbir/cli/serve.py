@@ -18,13 +18,64 @@ def serve(
         typer.Option("--name", "-n", help="Serve only this index (repeatable). (default: every index in --index-dir)", show_default=False),
     ] = None,
     host: Annotated[
-        str, typer.Option("--host", help="Address to listen on; 0.0.0.0 lets other machines in (and see your images).")
+        str,
+        typer.Option(
+            "--host",
+            help="Address to listen on. Any other than loopback (e.g. 0.0.0.0) lets other machines in: "
+            "a token is then required and the safe limits below apply.",
+        ),
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", "-p", min=0, max=65535, help="TCP port; 0 picks a free one.")] = 8000,
+    token: Annotated[
+        Optional[str],
+        typer.Option(
+            "--token",
+            envvar="CBIR_TOKEN",
+            help="Require this token on every request (header 'Authorization: Bearer TOKEN' or 'X-CBIR-Token', "
+            "or the page's cookie). (default: none on loopback; a random one, printed, on any other address)",
+            show_default=False,
+        ),
+    ] = None,
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="Serve a non-loopback address without a token (e.g. behind a proxy that authenticates).")
+    ] = False,
+    allowed_hosts: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--allowed-host",
+            help="Also answer requests for this Host name, optionally NAME:PORT (repeatable; e.g. a reverse proxy's name). "
+            "(default: the loopback names on loopback, the address itself on another one, any on 0.0.0.0)",
+            show_default=False,
+        ),
+    ] = None,
+    hide_paths: Annotated[
+        bool,
+        typer.Option("--hide-paths", help="Show no absolute server path even on loopback (e.g. behind a reverse proxy). (default: hidden on any other address)"),
+    ] = False,
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", min=0.01, help="Largest accepted upload, in MB.")] = 20.0,
     max_megapixels: Annotated[
-        float, typer.Option("--max-megapixels", min=0.001, max=180, help="Largest accepted upload, in decoded megapixels.")
-    ] = 50.0,
+        Optional[float],
+        typer.Option(
+            "--max-megapixels", min=0.001, max=180, help="Largest accepted upload, in decoded megapixels. (default: 50 on loopback, 16 elsewhere)",
+            show_default=False,
+        ),
+    ] = None,
+    max_connections: Annotated[
+        Optional[int],
+        typer.Option("--max-connections", min=1, help="Connections at once; more get 503. (default: 1000 on loopback, 100 elsewhere)", show_default=False),
+    ] = None,
+    header_timeout: Annotated[
+        Optional[float],
+        typer.Option("--header-timeout", min=0.1, help="Seconds a request's headers may take; the connection is closed after. (default: 60 on loopback, 10 elsewhere)", show_default=False),
+    ] = None,
+    body_timeout: Annotated[
+        Optional[float],
+        typer.Option("--body-timeout", min=0.1, help="Seconds a whole upload may take; 408 after. (default: 600 on loopback, 60 elsewhere)", show_default=False),
+    ] = None,
+    keep_alive_timeout: Annotated[
+        Optional[float],
+        typer.Option("--keep-alive-timeout", min=0.1, help="Seconds an idle connection stays open. (default: 30 on loopback, 5 elsewhere)", show_default=False),
+    ] = None,
     access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
 ) -> None:
     """Serve a search page and an HTTP API (docs at /docs) for the indexes in --index-dir.
@@ -32,19 +83,36 @@ def serve(
     Open the printed address in a browser: pick an index, drop or paste an
     image, click a result for more like it. Indexes updated by 'cbir index'
     while serving are picked up without a restart; nothing is written to the
-    index folder. Stop with Ctrl-C.
+    index folder. Stop with Ctrl-C. Serving other machines, and a reverse
+    proxy in front: docs/serve.md.
     """
 
     try:
         import uvicorn
+        from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
         from cbir.server.app import Limits, create_app
     except ImportError as exc:
         from cbir.extras import missing_extra
 
         raise missing_extra(exc.name or "FastAPI", "serve", "cbir serve") from None
+    from cbir.errors import UsageError
+    from cbir.server.access import Access, allowed_hosts_for, check_token, is_loopback, new_token
     from cbir.server.live import IndexPool
+    from cbir.server.transport import ServeSettings, header_deadline_protocol
 
+    loopback = is_loopback(host)
+    if token is not None and no_token:
+        raise UsageError("give --token or --no-token, not both")
+    token = check_token(token) if token is not None else (new_token() if not loopback and not no_token else None)
+    defaults = ServeSettings.default(loopback)
+    settings = ServeSettings(
+        header_timeout=header_timeout or defaults.header_timeout,
+        body_timeout=body_timeout or defaults.body_timeout,
+        keep_alive_timeout=keep_alive_timeout or defaults.keep_alive_timeout,
+        max_connections=max_connections or defaults.max_connections,
+        max_megapixels=max_megapixels or defaults.max_megapixels,
+    )
     pool = IndexPool(index_dir, names).open()
     try:
         listener = _listen(host, port)
@@ -52,18 +120,33 @@ def serve(
         pool.close()
         raise
     try:
-        limits = Limits(max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=int(max_megapixels * 1_000_000))
-        app = create_app(pool=pool, limits=limits)
         bound_host, bound_port = listener.getsockname()[:2]
+        access = Access(allowed_hosts_for(host, bound_port, allowed_hosts or ()), token=token, show_paths=loopback and not hide_paths)
+        limits = Limits(
+            max_upload_bytes=int(max_upload_mb * 2**20),
+            max_pixels=int(settings.max_megapixels * 1_000_000),
+            body_timeout=settings.body_timeout,
+        )
+        app = create_app(pool=pool, limits=limits, access=access)
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+        login = f"?token={token}" if token else ""
         stderr.print(
             f"serving {len(pool.names_served())} index(es) ({', '.join(pool.names_served())}) "
-            f"on http://{shown}:{bound_port}/ (Ctrl-C to stop)",
+            f"on http://{shown}:{bound_port}/{login} (Ctrl-C to stop)",
             markup=False,
         )
-        if host not in ("127.0.0.1", "localhost", "::1"):
-            stderr.print(f"warning: listening on {host}: anyone who can reach it can search and download the indexed images", markup=False)
-        config = uvicorn.Config(app, log_level="warning", access_log=access_log, timeout_graceful_shutdown=5)
+        if not loopback:
+            guard = "anyone with the token" if token else "anyone (no token)"
+            stderr.print(f"warning: listening on {host}: {guard} who can reach it can search and download the indexed images", markup=False)
+        config = uvicorn.Config(
+            app,
+            log_level="warning",
+            access_log=access_log,
+            timeout_graceful_shutdown=5,
+            http=header_deadline_protocol(AutoHTTPProtocol, settings.header_timeout),
+            timeout_keep_alive=settings.keep_alive_timeout,
+            limit_concurrency=settings.max_connections,
+        )
         uvicorn.Server(config).run(sockets=[listener])
     finally:
         pool.close()

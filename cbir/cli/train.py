@@ -48,8 +48,8 @@ def train_autoencoder_command(
         HISTORY_FILE,
         LOSS_PLOT_FILE,
         MODEL_FILE,
-        train_autoencoder,
     )
+    from cbir.indexing.train import train_autoencoder
 
     show_training_epochs()
     try:

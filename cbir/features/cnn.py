@@ -51,13 +51,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from cbir.errors import IndexCorruptError, UsageError, WeightsError
-from cbir.features.base import Extractor, l2_normalize
-from cbir.features.cnn_params import POOLINGS, RESIZE_MODES, RUNTIMES, check_cnn_params, input_sides  # noqa: F401
+from cbir.features.base import Extractor, Param, l2_normalize
+from cbir.features.cnn_params import POOLINGS, RESIZE_MODES, RUNTIMES, check_cnn_params, input_sides
+from cbir.features.keras_backbones import BACKBONES, MIN_INPUT_SIZE, build_backbone, fetch_imagenet_weights
 from cbir.features.pooling import RMAC_LEVELS, check_rmac_map, combine_scales, global_pool
-from cbir.features.keras_backbones import BACKBONES, build_backbone, fetch_imagenet_weights
 from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite, openvino_available, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic, write_json_atomic
-from cbir.images import resize_image
+from cbir.images.decode import resize_image
 
 #: What ``runtime="auto"`` runs each backbone with: the faster of LiteRT and
 #: OpenVINO on 2 AVX2 cores (measured in docs/cnn.md).
@@ -117,7 +117,7 @@ class CNNExtractor(Extractor):
         How an image becomes square: ``squash`` scales both sides to
         ``input_size`` (aspect ratio lost, nothing cut off); ``crop`` scales
         the shorter side and keeps the centre; ``pad`` scales the longer side
-        and pads with the ImageNet mean colour (see :func:`cbir.images.resize_image`).
+        and pads with the ImageNet mean colour (see :func:`cbir.images.decode.resize_image`).
         ``squash`` is the default: it ranks as well as ``crop`` and better
         than ``pad`` while keeping the whole picture (docs/cnn.md).
     runtime : {"auto", "tflite", "openvino", "keras"}
@@ -143,10 +143,36 @@ class CNNExtractor(Extractor):
     """
 
     name = "cnn"
+    title = "CNN"
     runtime_params = ("runtime", "batch_size")
     # Indexes built before multi-scale input ran one scale.
     absent_params = {"scales": [1.0]}
     transform_uses_every_core = True
+    parameters = (
+        Param("backbone", str, "mobilenet", "Network from keras.applications, without its classifier.", tuple(BACKBONES), option=True),
+        Param(
+            "weights", str, "imagenet",
+            "imagenet: Keras' cache, downloaded if missing; none: random; or a .h5 / .weights.h5 FILE.",
+            ("imagenet", "none"), path=True, option=True,
+        ),
+        Param("pooling", str, "avg", "Pooling of the last feature map (rmac: max-pooled regions).", POOLINGS, option=True),
+        Param("gem_p", float, 3.0, "Exponent of gem pooling (1 is avg, large is max).", option=True),
+        Param("input_size", int, 224, f"Network input side in pixels (at least {MIN_INPUT_SIZE}).", option=True),
+        Param(
+            "scales", list, DEFAULT_SCALES,
+            "Run the network at each side input size x scale (multiples of 32) and average the vectors; 1 for one scale.",
+            option=True, item=float,
+        ),
+        Param("resize", str, "squash", "How an image becomes a square.", RESIZE_MODES, option=True),
+        Param(
+            "runtime", str, "auto",
+            "What runs the network, same vectors: auto is the faster of tflite (LiteRT) and openvino for the backbone, "
+            "keras the reference.",
+            RUNTIMES, option=True,
+        ),
+        Param("batch_size", int, 32, "Images per forward pass (bounds memory)."),
+        Param("seed", int, 0, "Seed of the random weights (--weights none).", option=True),
+    )
 
     def __init__(
         self,
@@ -328,7 +354,7 @@ class CNNExtractor(Extractor):
 
         With LiteRT or OpenVINO the cached ``model.tflite`` is loaded as is
         (no Keras model, no conversion, the weights file is not needed; its
-        integrity is the index's to check, see :class:`cbir.store.IndexStore`).
+        integrity is the index's to check, see :class:`cbir.store.directory.IndexStore`).
         Otherwise the network is rebuilt and its weights must have the
         recorded SHA-256.
 

@@ -10,7 +10,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from cbir.errors import UsageError
-from cbir.features.base import Extractor, extractor_class, extractor_for_params, extractor_from_config, make_extractor
+from cbir.features.base import (
+    Extractor,
+    declared_parameters,
+    extractor_class,
+    extractor_for_params,
+    extractor_from_config,
+    make_extractor,
+)
 from cbir.features.pca import PCAReduction
 
 _PCA_FILE = "pca.npz"
@@ -154,6 +161,7 @@ def _describe_pca(config: dict[str, Any] | None) -> str:
     return text
 
 
+#: The options of the embedder as a whole; every other key is an extractor parameter.
 _OPTION_KEYS = ("extractor", "model", "pca", "pca_whiten", "pca_shrinkage", "pca_power")
 
 
@@ -176,11 +184,24 @@ class EmbedderOptions:
     pca_shrinkage: float | None = None
     pca_power: float | None = None
 
+    @staticmethod
+    def keys() -> tuple[str, ...]:
+        """Every key :meth:`from_mapping` takes: the embedder's own and each registered extractor's parameters."""
+        return (*_OPTION_KEYS, *declared_parameters())
+
     @classmethod
     def from_mapping(cls, options: Mapping[str, Any]) -> "EmbedderOptions":
-        """``{"extractor": ..., "model": ..., "pca": ..., "pca_whiten": ..., **extractor params}``; ``None`` values are unset."""
+        """``{"extractor": ..., "model": ..., "pca": ..., "pca_whiten": ..., **extractor params}``; ``None`` values are unset.
+
+        A key no registered extractor declares is refused, naming the ones there are.
+        """
         given = {key: value for key, value in options.items() if value is not None}
         params = {key: value for key, value in given.items() if key not in _OPTION_KEYS}
+        unknown = sorted(set(params) - set(declared_parameters()))
+        if unknown:
+            raise UsageError(
+                f"unknown option {', '.join(map(repr, unknown))}; options are {', '.join(sorted(cls.keys()))}"
+            )
         return cls(
             extractor=given.get("extractor"),
             params=params,

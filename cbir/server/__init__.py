@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["create_app", "Limits"]
+__all__ = ["create_app", "Limits", "Access"]
 
 
 def __getattr__(name: str) -> Any:

@@ -1,8 +1,9 @@
-"""The HTTP API and web page of ``cbir serve``: a thin FastAPI layer over :mod:`cbir.search`.
+"""The HTTP API and web page of ``cbir serve``: a thin FastAPI layer over :mod:`cbir.retrieval.search`.
 
 Indexes are opened once, in the app's lifespan, and shared by every request
 (see :mod:`cbir.server.live`). Decoding and the model run in the thread pool,
-never on the event loop. Files are served only by catalogue id. Every bad
+never on the event loop. Files are served only by catalogue id, and only while
+they are still the files that were indexed (:mod:`cbir.indexed_files`). Every bad
 input gets a JSON error ``{"error": "..."}`` with a 4xx status.
 """
 
@@ -23,18 +24,20 @@ from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
-from cbir import __version__
+from cbir._version import __version__
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
-from cbir.images import decode_image
-from cbir.loading import usable_cores
+from cbir.images.decode import decode_image
+from cbir.cpus import usable_cores
+from cbir.server.access import Access, AccessGuard, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+from cbir.server.transport import BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +62,8 @@ class Limits:
     default_k: int = 10
     #: Requests decoding and searching at once; default: three per usable core (at most 32).
     search_threads: int | None = None
+    #: Seconds a request body may take to arrive, all of it (``None``: no limit): 408 after.
+    body_timeout: float | None = None
 
 
 class ApiError(Exception):
@@ -86,11 +91,14 @@ def create_app(
     pool: IndexPool | None = None,
     limits: Limits = Limits(),
     refresh_interval: float = 1.0,
+    access: Access = Access(),
 ) -> FastAPI:
     """The ASGI app serving the indexes in ``index_dir`` (all of them, or only ``names``).
 
     Pass an already opened ``pool`` to open the indexes before the server
     starts (as ``cbir serve`` does, to report a bad index in one line).
+    ``access`` says which ``Host`` headers it answers, whether it needs a
+    token and whether it may show absolute paths (:mod:`cbir.server.access`).
     """
     pool = pool or IndexPool(index_dir, names, refresh_interval)
     thumbnails = ThumbnailCache()
@@ -120,15 +128,28 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.pool = pool
-    app.add_middleware(_UploadLimit, max_bytes=limits.max_upload_bytes)
+    app.add_middleware(BodyLimits, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
+    app.add_middleware(AccessGuard, access=access)  # outermost: before any body is read
+
+    def shown(request: Request, message: str) -> str:
+        """An error message as this server may show it (no absolute paths unless allowed)."""
+        if access.show_paths:
+            return message
+        roots: list[str] = []
+        try:
+            with pool.get(request.path_params.get("name", "")).use() as searcher:
+                roots = searcher.indexed_roots()
+        except CbirError:
+            pass  # no such index (any more): every path is shortened to its last part
+        return public_text(message, roots)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": shown(request, str(exc))}, status_code=exc.status)
 
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError):
-        return JSONResponse({"error": str(exc)}, status_code=_status_of(exc))
+        return JSONResponse({"error": shown(request, str(exc))}, status_code=_status_of(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -154,9 +175,13 @@ def create_app(
         described = []
         for name in pool.names_served():
             try:
-                described.append(pool.get(name).describe())
+                with pool.get(name).use() as searcher:
+                    description = searcher.describe()
+                    if not access.show_paths:
+                        description = public_description(description, searcher.indexed_roots())
             except IndexNotFoundError:  # dropped since the listing
                 continue
+            described.append(description)
         return {"indexes": described}
 
     @app.post(
@@ -173,12 +198,12 @@ def create_app(
             if content_type == "multipart/form-data":
                 data, filename, k_value = await _read_upload(request, limits)
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                body = await in_search_thread(_search_upload, live, data, filename, k, limits)
+                body = await in_search_thread(_search_upload, live, data, filename, k, limits, access.show_paths)
                 return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
             if content_type == "application/json":
                 image_id, k_value = _parse_json(await request.body())
                 k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return JSONResponse(await in_search_thread(_search_id, live, image_id, k))
+                return JSONResponse(await in_search_thread(_search_id, live, image_id, k, access.show_paths))
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
         raise ApiError(
@@ -188,22 +213,21 @@ def create_app(
         )
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
-    def original(name: str, image_id: str) -> FileResponse:
-        row = _row(pool.get(name), image_id)
-        if not os.path.isfile(row.path):
-            raise ApiError(404, f"the file of image {row.id} is no longer there: {row.path}")
-        if not os.access(row.path, os.R_OK):
-            raise ApiError(404, f"the file of image {row.id} cannot be read by the server: {row.path}")
+    def original(name: str, image_id: str) -> Response:
+        row, file = _open_file(pool.get(name), image_id)
+        size = os.fstat(file.fileno()).st_size
         media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
-        return FileResponse(row.path, media_type=media_type, headers={"X-Content-Type-Options": "nosniff"})
+        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
+        return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
 
     @app.get("/api/indexes/{name}/thumbnails/{image_id}", tags=["api"], summary="A small JPEG of an indexed image")
     def thumbnail(name: str, image_id: str) -> Response:
-        row = _row(pool.get(name), image_id)
+        live = pool.get(name)
+        number = _image_id(image_id)
         try:
-            data = thumbnails.get(name, row.id, row.path)
+            data = thumbnails.get(name, number, lambda: _open_file(live, image_id))
         except ImageError as exc:
-            raise ApiError(404, f"no thumbnail for image {row.id}: {exc}") from None
+            raise ApiError(404, f"no thumbnail for image {number}: {exc}") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     # -- the page --------------------------------------------------------------
@@ -235,6 +259,8 @@ def _parse_json(body: bytes) -> tuple[int, Any]:
         payload = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "malformed JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise ApiError(422, 'the JSON body must be an object: {"id": <image id>, "k": <number>}')
     unknown = sorted(set(payload) - {"id", "k"})
@@ -243,6 +269,8 @@ def _parse_json(body: bytes) -> tuple[int, Any]:
     image_id = payload.get("id")
     if isinstance(image_id, bool) or not isinstance(image_id, int):
         raise ApiError(422, "'id' must be the whole-number id of an indexed image")
+    if not -(2**63) <= image_id < 2**63:  # SQLite's integers: anything wider cannot be an id
+        raise ApiError(422, f"'id' must be a 64-bit whole number, got {str(image_id)[:40]}")
     k = payload.get("k")
     if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
         raise ApiError(422, "'k' must be a whole number")
@@ -260,16 +288,30 @@ def _parse_k(value: str | None, limits: Limits) -> int:
     return k
 
 
-def _row(live: LiveIndex, image_id: str):
+def _image_id(image_id: str) -> int:
     # Only digits: '..', encoded dots, absolute paths and NUL bytes never get near the filesystem.
     if not _ID.fullmatch(image_id):
         raise ApiError(422, f"an image id is a whole number, got {image_id[:40]!r}")
+    return int(image_id)
+
+
+def _open_file(live: LiveIndex, image_id: str):
+    """The row of an image and its file, opened only while it is still the file that was indexed."""
+    number = _image_id(image_id)
     with live.use() as searcher:
-        return searcher.image_row(int(image_id))
+        return searcher.open_image_file(number)
+
+
+def _chunks(file, size: int, block: int = 1 << 16):
+    """The first ``size`` bytes of an open file (what was checked), then the file closed."""
+    with file:
+        while size > 0 and (data := file.read(min(block, size))):
+            size -= len(data)
+            yield data
 
 
 # -- searching (in the thread pool) ---------------------------------------------
-def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits) -> dict[str, Any]:
+def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool) -> dict[str, Any]:
     with live.use() as searcher:
         with live.batcher.preparing(searcher):
             try:
@@ -277,18 +319,19 @@ def _search_upload(live: LiveIndex, data: bytes, filename: str, k: int, limits: 
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
             item = searcher.prepare(image)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k, show_paths)
 
 
-def _search_id(live: LiveIndex, image_id: int, k: int) -> dict[str, Any]:
+def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool) -> dict[str, Any]:
     with live.use() as searcher:
-        searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k)
+        row = searcher.image_row(image_id)  # 404 before anything else
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k, show_paths)
         body["query_id"] = image_id
+        body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
         return body
 
 
-def _results(live: LiveIndex, searcher, run, k: int) -> dict[str, Any]:
+def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True) -> dict[str, Any]:
     # k beyond the collection returns the whole collection, as a correct answer should.
     effective = min(k, searcher.size)
     if effective == 0:
@@ -296,60 +339,14 @@ def _results(live: LiveIndex, searcher, run, k: int) -> dict[str, Any]:
     result = run(effective)
     base = f"/api/indexes/{live.name}"
     body = result.to_dict()
+    roots = None if show_paths else searcher.indexed_roots()
     for item, match in zip(body["results"], result.results):
         item["id"] = match.id
+        if roots is not None:
+            item["path"] = public_path(match.path, roots)
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
     return {"index": live.name, "k": effective, **body}
-
-
-# -- upload size cap -------------------------------------------------------------
-class _BodyTooLarge(Exception):
-    pass
-
-
-class _UploadLimit:
-    """Refuse request bodies over ``max_bytes`` with 413, before or while they arrive (pure ASGI)."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._refuse(send)
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise _BodyTooLarge()
-            return message
-
-        async def tracking_send(message):
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge:
-            if not started:
-                await self._refuse(send)
-
-    async def _refuse(self, send) -> None:
-        limit_mb = self.max_bytes / 2**20
-        body = json.dumps({"error": f"request body larger than the {limit_mb:.3g} MB upload limit"}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
 
 
 _K_PARAMETER = {

@@ -28,7 +28,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from cbir.search import QueryResult, Searcher
+from cbir.retrieval.search import QueryResult, Searcher
 
 
 @dataclass(eq=False)

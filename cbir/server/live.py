@@ -1,6 +1,6 @@
 """Indexes kept open for a server: opened once, shared by every request, refreshed in place.
 
-A :class:`LiveIndex` holds one :class:`~cbir.search.Searcher`. A background
+A :class:`LiveIndex` holds one :class:`~cbir.retrieval.search.Searcher`. A background
 thread of the :class:`IndexPool` watches each index (SQLite's
 ``data_version``, the manifest's and catalogue's identity on disk) and, when
 ``cbir index`` or ``cbir remove`` has committed something, opens a fresh
@@ -17,17 +17,19 @@ import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
-from cbir.catalogue import Catalogue
+from cbir.store.catalogue import Catalogue
 from cbir.errors import CbirError, ImageError, IndexNotFoundError
-from cbir.images import decode_image
-from cbir.search import Searcher
+from cbir.images.decode import decode_image
+from cbir.retrieval.search import Searcher
 from cbir.server.batching import SearchBatcher
-from cbir.store import CATALOGUE_FILE, MANIFEST_FILE, default_index_dir, index_path, is_index, list_indexes
+from cbir.store.directory import CATALOGUE_FILE, is_index, list_indexes
+from cbir.store.manifest import MANIFEST_FILE
+from cbir.store.locations import default_index_dir, index_path
 
 logger = logging.getLogger(__name__)
 
@@ -57,9 +59,15 @@ class LiveIndex:
     # -- requests ----------------------------------------------------------
     @contextmanager
     def use(self) -> Iterator[Searcher]:
-        """The current ``Searcher``, kept open until the ``with`` block ends."""
+        """The current ``Searcher``, kept open until the ``with`` block ends.
+
+        :class:`~cbir.errors.IndexNotFoundError` once the index is no longer
+        served (deleted): a request then gets a 404, never a closed searcher.
+        """
         with self._lock:
             searcher = self._searcher
+            if searcher is None:
+                raise IndexNotFoundError(f"index {self.name!r} is no longer served (it was deleted)")
             self._users[id(searcher)] = self._users.get(id(searcher), 0) + 1
         try:
             yield searcher
@@ -67,10 +75,6 @@ class LiveIndex:
             with self._lock:
                 self._users[id(searcher)] -= 1
                 self._close_if_unused(searcher)
-
-    def describe(self) -> dict[str, Any]:
-        with self.use() as searcher:
-            return searcher.describe()
 
     # -- refreshing --------------------------------------------------------
     def _disk_identity(self) -> tuple:
@@ -92,6 +96,8 @@ class LiveIndex:
 
     def changed(self) -> bool:
         """Whether the index on disk has committed something since the current ``Searcher`` was opened."""
+        if self._watch is None:  # retired
+            return False
         identity = self._disk_identity()
         if identity != self._identity:
             return True
@@ -121,13 +127,32 @@ class LiveIndex:
             del self._retired[key], self._users[key]
             searcher.close()
 
+    def retire(self) -> None:
+        """Stop serving: new requests get a 404; each ``Searcher`` closes when its last request is done.
+
+        Closing releases its files (the catalogue, the memory-mapped DBA
+        vectors), so a deleted index frees its disk while the server runs.
+        """
+        with self._lock:
+            if self._searcher is not None:
+                old, self._searcher = self._searcher, None
+                self._retired[id(old)] = old
+                self._close_if_unused(old)
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
+
     def close(self) -> None:
+        """Close everything now (the server is stopping)."""
         with self._lock:
             for searcher in [self._searcher, *self._retired.values()]:
-                searcher.close()
+                if searcher is not None:
+                    searcher.close()
+            self._searcher = None
             self._retired.clear()
             if self._watch is not None:
                 self._watch.close()
+                self._watch = None
 
 
 class IndexPool:
@@ -193,8 +218,7 @@ class IndexPool:
 
     def refresh(self) -> None:
         """Pick up new commits, new and deleted indexes (what the refresher thread runs)."""
-        if self.names is None:
-            self._scan()
+        self._scan()
         with self._lock:
             indexes = list(self._indexes.values())
         for live in indexes:
@@ -208,11 +232,16 @@ class IndexPool:
                 self._failed.pop(live.name, None)
 
     def _scan(self) -> None:
-        present = {path.name: path for path in list_indexes(self.index_dir)}
+        if self.names is None:
+            present = {path.name: path for path in list_indexes(self.index_dir)}
+        else:  # named indexes: dropped while deleted, served again once rebuilt
+            present = {name: path for name in self.names if is_index(path := index_path(name, self.index_dir))}
         with self._lock:
             gone = [name for name in self._indexes if name not in present and not is_index(self.index_dir / name)]
-            for name in gone:
-                self._indexes.pop(name).close()
+            dropped = [self._indexes.pop(name) for name in gone]
+        for live in dropped:
+            live.retire()  # requests in flight finish on it first
+            logger.info("index %r is no longer served: it was deleted", live.name)
         for name, path in present.items():
             if name in self._indexes:
                 continue
@@ -245,13 +274,20 @@ class ThumbnailCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
-    def get(self, index_name: str, image_id: int, path: str) -> bytes:
+    def get(self, index_name: str, image_id: int, open_file: Callable[[], tuple[Any, BinaryIO]]) -> bytes:
+        """The thumbnail of an image; ``open_file()`` gives ``(row, open file)`` when it must be made."""
         key = (index_name, image_id)
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
                 return self._items[key]
-        data = self._make(path)
+        row, file = open_file()
+        with file:
+            try:
+                encoded = file.read()
+            except OSError as exc:
+                raise ImageError(f"cannot read {row.path}: {exc.strerror or exc}") from None
+        data = self._make(encoded, row.path)
         with self._lock:
             if key not in self._items:
                 self._items[key] = data
@@ -261,12 +297,7 @@ class ThumbnailCache:
                     self._bytes -= len(dropped)
         return data
 
-    def _make(self, path: str) -> bytes:
-        try:
-            with open(path, "rb") as f:
-                encoded = f.read()
-        except OSError as exc:
-            raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
+    def _make(self, encoded: bytes, path: str) -> bytes:
         rgb = decode_image(encoded, min_side=self.side)
         h, w = rgb.shape[:2]
         scale = self.side / max(h, w)
@@ -276,4 +307,3 @@ class ThumbnailCache:
         if not ok:
             raise ImageError(f"cannot make a thumbnail of {path}")
         return jpeg.tobytes()
-

@@ -1,7 +1,8 @@
 """Convolutional denoising autoencoder: features learned from the collection itself.
 
 One job per module: :mod:`.model` (the network and its files),
-:mod:`.training` (the resumable training loop, training on a folder),
+:mod:`.training` (the resumable training loop; training on a folder is
+:mod:`cbir.indexing.train`),
 :mod:`.history` (the training record and loss plot) and :mod:`.extractor`
 (the extractor the registry names). Importing this package imports no
 TensorFlow.
@@ -10,7 +11,7 @@ TensorFlow.
 from cbir.features.autoencoder.extractor import AutoencoderExtractor
 from cbir.features.autoencoder.params import EMBEDDINGS, RUNTIMES
 from cbir.features.autoencoder.history import HISTORY_FILE, LOSS_PLOT_FILE, plot_losses
-from cbir.features.autoencoder.training import CHECKPOINT_DIR, MODEL_FILE, train_autoencoder
+from cbir.features.autoencoder.training import CHECKPOINT_DIR, MODEL_FILE
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -21,5 +22,4 @@ __all__ = [
     "RUNTIMES",
     "AutoencoderExtractor",
     "plot_losses",
-    "train_autoencoder",
 ]

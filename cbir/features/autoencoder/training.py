@@ -1,4 +1,7 @@
-"""Training the autoencoder: the resumable training loop, its batches, and training on a folder.
+"""Training the autoencoder: the resumable training loop and its batches.
+
+Training on a folder of image files (which needs the loader) is
+:func:`cbir.indexing.train.train_autoencoder`.
 
 Denoising: the input gets Gaussian noise of standard deviation ``noise``
 (clipped to [0, 1]) and the target is the clean image. Augmentation
@@ -16,20 +19,19 @@ training the folder holds: same training parameters, same images.
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
-from cbir.errors import NoImagesError, UsageError
+from cbir.errors import UsageError
 from cbir.features._tensorflow import import_keras
 from cbir.features.autoencoder.history import HISTORY_FILE, HISTORY_VERSION, LOSS_PLOT_FILE, read_history, write_history
 from cbir.features.autoencoder.model import build_autoencoder, save_model
 from cbir.fileio import sha256_bytes
-from cbir.progress import SILENT, Progress
+from cbir.progress import Progress
 
 if TYPE_CHECKING:
     from cbir.features.autoencoder.extractor import AutoencoderExtractor
@@ -50,75 +52,6 @@ NOT_TRAINING_PARAMS = ("epochs", "embedding", "model_path", "runtime")
 _TRAINING_FILES = (MODEL_FILE, HISTORY_FILE, LOSS_PLOT_FILE, CHECKPOINT_DIR)
 
 
-def train_autoencoder(
-    source: str | os.PathLike | Sequence[np.ndarray],
-    out_dir: str | os.PathLike,
-    *,
-    progress: Progress | None = None,
-    workers: int | None = None,
-    overwrite: bool = False,
-    **params: Any,
-) -> "AutoencoderExtractor":
-    """Train an autoencoder on a folder (or decoded images) and store it in ``out_dir``.
-
-    ``out_dir`` receives ``model.keras``, ``history.json``, ``loss.png`` and a
-    ``checkpoints`` folder. Run again with the same images and training
-    parameters after an interruption, it resumes from the last completed
-    epoch; run again after training finished, it returns the stored model at
-    once (with more ``epochs``, it trains on).
-
-    Parameters
-    ----------
-    source : path-like or sequence of arrays
-        A folder of images (searched recursively; unreadable files are
-        skipped with a warning), or decoded RGB uint8 images.
-    out_dir : path-like
-        Training folder, created if needed.
-    progress : cbir.progress.Progress, optional
-        Told about decoding (one step per file) and training (one per epoch).
-    workers : int, optional
-        Decoding threads; defaults to the number of CPUs.
-    overwrite : bool
-        Replace whatever training ``out_dir`` holds instead of refusing it.
-    **params
-        :class:`AutoencoderExtractor` parameters (not ``model_path``).
-
-    Returns
-    -------
-    AutoencoderExtractor
-        Trained, with ``model_path`` pointing at ``out_dir/model.keras``, so
-        its config rebuilds an extractor that uses this very model.
-
-    Raises
-    ------
-    UsageError
-        ``out_dir`` holds a model trained with other parameters or on other
-        images, or a model this function did not write (unless ``overwrite``).
-    """
-    from cbir.features.autoencoder.extractor import AutoencoderExtractor
-
-    if "model_path" in params:
-        raise UsageError("train_autoencoder trains a new model: model_path is not accepted")
-    extractor = AutoencoderExtractor(**params)
-    extractor.check_params()
-    out_dir = Path(out_dir)
-    progress = progress or SILENT
-    folder = Path(os.path.abspath(source)) if isinstance(source, (str, os.PathLike)) else None
-    if overwrite:
-        clear_training(out_dir)
-    else:
-        _check_same_training(out_dir, extractor, folder)
-    if folder is not None:
-        pixels = prepare_folder(extractor, folder, workers, progress)
-    else:
-        if len(source) == 0:
-            raise NoImagesError("the autoencoder needs at least one image to train on")
-        pixels = np.stack([extractor.prepare(image) for image in source])
-    extractor._fit_pixels(pixels, out_dir, progress, source=folder, strict=True)
-    extractor.save(out_dir)
-    return extractor._trained_copy(out_dir / MODEL_FILE)
-
-
 def clear_training(out_dir: Path) -> None:
     """Remove what a training run wrote into ``out_dir`` (and nothing else)."""
     for name in _TRAINING_FILES:
@@ -127,22 +60,6 @@ def clear_training(out_dir: Path) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-
-
-def _check_same_training(out_dir: Path, extractor: "AutoencoderExtractor", folder: Path | None) -> None:
-    """Refuse, before decoding anything, an ``out_dir`` that holds another training."""
-    record = read_history(out_dir / HISTORY_FILE)
-    hint = "use another --out, or --overwrite to replace it"
-    if record is None:
-        if (out_dir / MODEL_FILE).exists() or (out_dir / CHECKPOINT_DIR).exists():
-            raise UsageError(f"{out_dir} holds a model without its training history; {hint}")
-        return
-    differences = _differences(record.get("params", {}), extractor.get_params())
-    if differences:
-        raise UsageError(f"{out_dir} holds a model trained with other options ({differences}); {hint}")
-    trained_on = record.get("source")
-    if folder is not None and trained_on is not None and trained_on != str(folder):
-        raise UsageError(f"{out_dir} holds a model trained on {trained_on}, not {folder}; {hint}")
 
 
 def _differences(recorded: dict[str, Any], params: dict[str, Any]) -> str:
@@ -206,7 +123,6 @@ def train(
     record["data_sha256"] = digest
     record["source"] = str(source) if source is not None else record.get("source")
 
-    keras.utils.set_random_seed(int(extractor.seed))
     rng = np.random.default_rng(int(extractor.seed))
     order = rng.permutation(len(pixels))
     n_val = 0
@@ -223,7 +139,7 @@ def train(
         patience_left = extractor.patience - (done - record["best_epoch"])
         logger.info("resuming autoencoder training after epoch %d from %s", done, last_path)
     else:
-        model = build_autoencoder(**extractor._architecture())
+        model = build_autoencoder(**extractor._architecture(), seed=int(extractor.seed))
         model.compile(optimizer=keras.optimizers.Adam(float(extractor.learning_rate)), loss="mse")
         best, patience_left = None, extractor.patience
 
@@ -355,38 +271,3 @@ def _flip_and_shift(batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     padded = np.pad(batch, ((0, 0), (margin, margin), (margin, margin), (0, 0)), mode="reflect")
     dy, dx = rng.integers(0, 2 * margin + 1, size=(2, n))
     return np.stack([padded[i, dy[i] : dy[i] + size, dx[i] : dx[i] + size] for i in range(n)])
-
-
-def prepare_folder(
-    extractor: "AutoencoderExtractor", folder: Path, workers: int | None, progress: Progress, max_images: int = 20_000
-) -> np.ndarray:
-    """Decode and prepare images under ``folder`` (a fixed random sample of ``max_images`` at most).
-
-    Through the one loader: each image is prepared (resized to the network's
-    input) as it is decoded, so memory holds small inputs, never photos.
-    Unreadable files are skipped with a warning.
-    """
-    from cbir.images import find_images
-    from cbir.loading import PrepareSpec, check_workers, load_prepared
-
-    paths = find_images(folder)
-    if not paths:
-        raise NoImagesError(f"no image files under {folder}")
-    if len(paths) > max_images:
-        chosen = np.random.default_rng(0).choice(len(paths), size=max_images, replace=False)
-        paths = [paths[i] for i in sorted(chosen)]
-    prepared = []
-    progress.start("decoding images to train the autoencoder", len(paths))
-    try:
-        spec = PrepareSpec.for_extractor(extractor)
-        for loaded, pixels in load_prepared(paths, spec, workers=check_workers(workers), prepare=extractor.prepare):
-            progress.advance(1)
-            if pixels is None:
-                logger.warning("skipping %s: %s", loaded.path, loaded.error)
-            else:
-                prepared.append(pixels)
-    finally:
-        progress.stop()
-    if not prepared:
-        raise NoImagesError(f"none of the {len(paths)} image files under {folder} could be read")
-    return np.stack(prepared)

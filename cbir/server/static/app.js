@@ -22,6 +22,10 @@ function indexName() {
 async function loadIndexes() {
   try {
     const response = await fetch("/api/indexes");
+    if (response.status === 401) {
+      askForToken();
+      return;
+    }
     const body = await response.json();
     if (!response.ok) throw new Error(body.error || response.statusText);
     state.indexes = body.indexes;
@@ -33,6 +37,20 @@ async function loadIndexes() {
   select.replaceChildren(...state.indexes.map((index) => new Option(`${index.name} (${index.size} images)`, index.name)));
   if (state.indexes.length === 0) setStatus("No index is served. Build one with: cbir index FOLDER --name NAME", true);
   describeIndex();
+}
+
+// A server others can reach needs its token: asked once, then kept by the browser as a cookie
+// (the server sets it on /?token=..., so thumbnails and originals carry it too).
+function askForToken() {
+  const form = $("token-form");
+  form.hidden = false;
+  setStatus("This server needs its token: the one cbir serve printed (after ?token= in its address).", true);
+  $("token").focus();
+  form.addEventListener("submit", (event) => {
+    event.preventDefault();
+    const token = $("token").value.trim();
+    if (token) window.location.assign(`/?token=${encodeURIComponent(token)}`);
+  });
 }
 
 function describeIndex() {

@@ -1,0 +1,1 @@
+"""FAISS index types, HNSW seed nodes, re-ranking maths."""

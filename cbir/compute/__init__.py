@@ -1,0 +1,1 @@
+"""Per-file work in this process, worker processes or on Ray."""

@@ -1,0 +1,1 @@
+"""Walk folders, decode safely (temporary home, split next)."""

@@ -1,0 +1,148 @@
+"""Finding image files: the folder walk (recursive, sorted, safe against symlink loops, globs, hidden files)
+and which suffixes are images cbir can read.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+
+from cbir.errors import UsageError
+from cbir.images.decode import OPTIONAL_EXTENSIONS, readable_extensions
+
+logger = logging.getLogger(__name__)
+
+
+#: Image formats cbir cannot read with any OpenCV: counted in an indexing summary, not silently ignored.
+FOREIGN_IMAGE_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".jxl", ".svg", ".psd", ".xcf", ".ico", ".raw", ".dng", ".cr2", ".cr3", ".nef",
+     ".arw", ".orf", ".rw2", ".raf", ".srw", ".pef", ".exr"}
+)
+
+
+
+def is_image_path(path: str | os.PathLike) -> bool:
+    """Whether the file name has a suffix cbir reads (:func:`readable_extensions`, any letter case)."""
+    return os.path.splitext(os.fspath(path))[1].lower() in readable_extensions()
+
+
+
+def normalize_path(path: str | os.PathLike) -> Path:
+    """The one spelling of a path that cbir stores and compares.
+
+    Absolute, ``~`` expanded, with symbolic links resolved in the folders
+    above it (a folder given itself is fully resolved) while a file keeps its
+    own name. So a collection reached through a symlinked folder, a labels CSV
+    beside it and a query all name the same file the same way; folders below
+    an indexed root keep the names the walk saw them under.
+    """
+    absolute = os.path.abspath(os.path.expanduser(os.fspath(path)))
+    if os.path.isdir(absolute):
+        return Path(os.path.realpath(absolute))
+    head, tail = os.path.split(absolute)
+    return Path(os.path.realpath(head), tail)
+
+
+
+@dataclass
+class FolderScan:
+    """What a folder walk found: the images to read, and image files cbir cannot read, by suffix."""
+
+    images: list[Path]
+    unsupported: dict[str, int]
+    #: Folders that could not be listed (an unmounted share, a permission): what lies below is unknown, not gone.
+    unlisted: list[str] = field(default_factory=list)
+
+
+
+def find_images(root: str | os.PathLike, **options) -> list[Path]:
+    """The image files of :func:`scan_folder` (same arguments)."""
+    return scan_folder(root, **options).images
+
+
+
+def scan_folder(
+    root: str | os.PathLike,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    skip: Sequence[str | os.PathLike] = (),
+) -> FolderScan:
+    """All image files under ``root``, recursively, as absolute paths in sorted order.
+
+    Files and folders whose name starts with ``.`` are left out unless
+    ``include_hidden``. ``exclude`` holds glob patterns (``*.png``,
+    ``raw/*``, ``*/thumbnails``) matched against each file's or folder's
+    path relative to ``root`` and against its name; a matching folder is not
+    entered. ``skip`` holds absolute paths (files or folders) to leave out.
+    Image files of formats cbir cannot read (HEIC, RAW...) are counted by
+    suffix in ``unsupported``.
+
+    Symbolic links to folders are followed once: a folder already visited (by
+    device and inode) is not entered again, so link loops end. Folders that
+    cannot be listed are skipped with a warning. A ``root`` that is itself an
+    image file gives a one-element list.
+
+    Raises
+    ------
+    UsageError
+        If ``root`` does not exist or is neither a folder nor an image file.
+    """
+    root = normalize_path(root)
+    if root.is_file():
+        if not is_image_path(root):
+            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(readable_extensions()))})")
+        return FolderScan([root], {})
+    if not root.is_dir():
+        raise UsageError(f"folder does not exist: {root}")
+
+    skipped_roots = [os.path.abspath(os.fspath(p)) for p in skip]
+
+    def left_out(path: str, name: str) -> bool:
+        if not include_hidden and name.startswith("."):
+            return True
+        if exclude:  # relpath costs more than the rest of a file's scan
+            relative = os.path.relpath(path, root)
+            if any(fnmatch.fnmatchcase(relative, g) or fnmatch.fnmatchcase(name, g) for g in exclude):
+                return True
+        return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in skipped_roots)
+
+    found: list[Path] = []
+    unsupported: dict[str, int] = {}
+    visited: set[tuple[int, int]] = set()
+    readable = readable_extensions()
+
+    unlisted: list[str] = []
+
+    def on_error(error: OSError) -> None:
+        logger.warning("cannot list %s: %s", error.filename, error.strerror or error)
+        if error.filename is not None:
+            unlisted.append(os.path.abspath(os.fsdecode(error.filename)))
+
+    for folder, subfolders, files in os.walk(root, followlinks=True, onerror=on_error):
+        try:
+            stat = os.stat(folder)
+        except OSError:
+            subfolders[:] = []
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key in visited:
+            subfolders[:] = []
+            continue
+        visited.add(key)
+        subfolders[:] = sorted(d for d in subfolders if not left_out(os.path.join(folder, d), d))
+        for name in sorted(files):
+            suffix = os.path.splitext(name)[1].lower()
+            if suffix not in readable and suffix not in FOREIGN_IMAGE_EXTENSIONS and suffix not in OPTIONAL_EXTENSIONS:
+                continue
+            if left_out(os.path.join(folder, name), name):
+                continue
+            if suffix in readable:
+                found.append(Path(folder, name))
+            else:
+                unsupported[suffix] = unsupported.get(suffix, 0) + 1
+    return FolderScan(found, dict(sorted(unsupported.items())), sorted(set(unlisted)))

@@ -1,0 +1,62 @@
+"""Query images that are not files: standard input and http(s) URLs.
+
+Both arrive as bytes, which :meth:`cbir.retrieval.search.Searcher.query` decodes with the
+same safe decoder as indexing (pixel cap, EXIF orientation). Downloads are
+capped in size and time.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import BinaryIO
+
+from cbir.errors import ImageError, UsageError
+
+logger = logging.getLogger(__name__)
+
+#: Largest query image accepted from a URL or standard input.
+MAX_QUERY_BYTES = 50 * 1024 * 1024
+#: Seconds to wait for a server (to connect, and between reads).
+URL_TIMEOUT = 20.0
+STDIN = "-"
+
+
+def is_url(text: str) -> bool:
+    return text.lower().startswith(("http://", "https://"))
+
+
+def read_stream(stream: BinaryIO, what: str, max_bytes: int | None = None) -> bytes:
+    """At most ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) from ``stream``; :class:`ImageError` if there is more, or nothing."""
+    max_bytes = MAX_QUERY_BYTES if max_bytes is None else max_bytes
+    data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageError(f"{what} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
+    if not data:
+        raise ImageError(f"{what} is empty")
+    return data
+
+
+def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
+    """The body of an http(s) URL, capped at ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) and
+    ``timeout`` seconds per network operation (default :data:`URL_TIMEOUT`); :class:`ImageError` says why it failed."""
+    import urllib.error
+    import urllib.request
+
+    max_bytes = MAX_QUERY_BYTES if max_bytes is None else max_bytes
+    timeout = URL_TIMEOUT if timeout is None else timeout
+
+    if not is_url(url):
+        raise UsageError(f"only http:// and https:// URLs can be queried: {url}")
+    request = urllib.request.Request(url, headers={"User-Agent": "cbir"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            length = response.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > max_bytes:
+                raise ImageError(f"{url} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
+            return read_stream(response, url, max_bytes)
+    except urllib.error.HTTPError as exc:
+        raise ImageError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
+    except urllib.error.URLError as exc:
+        raise ImageError(f"cannot fetch {url}: {exc.reason}") from None
+    except (TimeoutError, OSError) as exc:
+        raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None

@@ -1,0 +1,1 @@
+"""Folder -> plan -> fit -> embed -> commit -> finish."""

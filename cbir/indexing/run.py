@@ -1,0 +1,390 @@
+"""Folder -> plan -> fit -> embed -> commit -> finish: :func:`index_folder`, incrementally.
+
+Each stage is entered once. The plan compares the folder with the catalogue
+(mark and sweep: new, changed, unchanged, gone; :mod:`cbir.indexing.plan`);
+only new or changed files are embedded, and every batch of vectors is
+committed together with its catalogue rows, so a run that is interrupted or
+killed keeps all committed work and the next run carries on from there.
+
+Reading, hashing, decoding and embedding go through one loader
+(:class:`cbir.compute.loader.Loader`): in this process, in worker processes
+on every usable core, or on a Ray cluster; every write stays in this
+process, through the index's one writer (:mod:`cbir.store.writer`), which
+takes values and finishes explicitly. Memory stays bounded however large
+the folder.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from cbir.ann.rerank import DEFAULT_ALPHA
+from cbir.ann.vectors import resolve_index_type
+from cbir.compute.loader import Loader
+from cbir.compute.work import Batch, KnownContent, LoadedFile, WorkerError, check_workers
+from cbir.errors import ConfigMismatchError, NoImagesError, UsageError
+from cbir.features.pipeline import Embedder, EmbedderOptions
+from cbir.images.labels import as_label_table, assign_labels, folder_label
+from cbir.images.scan import normalize_path, scan_folder
+from cbir.indexing.fit import fit_new_embedder
+from cbir.indexing.plan import KEEP, IndexPlan, dba_setting, honour_removed, plan_update, stat_files
+from cbir.indexing.summary import IndexSummary
+from cbir.progress import SILENT, Progress
+from cbir.store.catalogue import NewImage
+from cbir.store.locations import index_path, name_for_folder
+from cbir.store.writer import IndexWriter, Restat, SkippedFile, open_writer
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 64
+
+#: At most this many images are decoded to fit a learning extractor or a PCA.
+DEFAULT_FIT_SAMPLE = 20_000
+
+
+def index_folder(
+    folder: str | os.PathLike,
+    name: str | None = None,
+    index_dir: str | os.PathLike | None = None,
+    *,
+    embedder: Embedder | None = None,
+    options: EmbedderOptions | Mapping[str, Any] | None = None,
+    index_type: str | None = None,
+    labels: Mapping[str, str] | str | os.PathLike | None = None,
+    pca_train_folder: str | os.PathLike | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    ray: str | bool | None = None,
+    fit_sample: int = DEFAULT_FIT_SAMPLE,
+    wait: bool = False,
+    progress: Progress = SILENT,
+    exclude: Sequence[str] = (),
+    include_hidden: bool = False,
+    include_removed: bool = False,
+    dba: int | None | str = KEEP,
+    dba_alpha: float = DEFAULT_ALPHA,
+) -> IndexSummary:
+    """Create or update the index ``name`` with the images under ``folder``.
+
+    Parameters
+    ----------
+    folder : path
+        Searched recursively for images. On an existing index, rows under this
+        folder whose files are gone are removed; rows elsewhere are kept.
+    name, index_dir : str, path
+        The index lives in ``index_dir / name`` (default folder: :func:`cbir.store.directory.resolve_index_dir`);
+        ``name`` defaults to the folder's name (see :func:`cbir.store.directory.name_for_folder`).
+    embedder : Embedder, optional
+        Extractor (+ PCA) for a new index; default: colour histograms. On an
+        existing index it must embed as the index's own config does, or be ``None``.
+    options : EmbedderOptions or mapping, optional
+        Instead of ``embedder``: only what to change, as the CLI's options do
+        (e.g. ``{"backbone": "resnet50", "pca": 64}`` for a new index, or
+        ``{"runtime": "tflite"}`` on an existing one, which keeps the rest of
+        its config). See :class:`~cbir.features.pipeline.EmbedderOptions`.
+    index_type : str, optional
+        ``flat`` (the default for new indexes), ``hnsw``, ``ivf``, ``ivfpq`` or
+        a FAISS factory string. Changing it on an existing index rebuilds only
+        the FAISS index from the stored vectors; nothing is re-embedded.
+    labels : mapping or path, optional
+        ``{path: label}``, or a labels CSV (see :func:`cbir.images.labels.read_labels_csv`),
+        stored with the images; by default an image's label is its folder name.
+    pca_train_folder : path, optional
+        Fit the PCA on these images instead of on the collection.
+    batch_size : int
+        Images per commit, and per model call where this process runs the
+        network (workers embed their chunks of 16 files).
+    workers : int, optional
+        Worker processes that read, decode and prepare images (default: the
+        usable cores; small folders are then read in this process, where
+        starting workers would cost more than they save). Workers embed too,
+        each with its own engine on a share of the cores (the Keras runtime
+        runs here); this process stays the only writer.
+    ray : bool or str, optional
+        Read and embed on a Ray cluster instead: ``True`` or ``"auto"``
+        (``ray.init()``: an existing local cluster, else a new one), or an
+        address (``host:port``, ``ray://host:port``). Workers read the files
+        by the same paths: they must be on a filesystem every node shares.
+    fit_sample : int
+        At most this many images are used to fit a learning extractor or PCA.
+    wait : bool
+        Wait for another writer (a first build included) to finish instead of failing.
+    progress : Progress
+        Receives progress events.
+    exclude, include_hidden : sequence of str, bool
+        Glob patterns of files and folders to leave out, and whether to walk
+        hidden ones (see :func:`cbir.images.decode.scan_folder`). Rows of files left
+        out are dropped like those of deleted files.
+    include_removed : bool
+        Add back files under ``folder`` that ``cbir remove`` took out (they
+        are otherwise left out; indexing a removed folder itself adds it back).
+    dba, dba_alpha : int or None, float
+        Database-side augmentation with this many neighbours (``None``: off;
+        default: :data:`cbir.ann.rerank.DEFAULT_DBA` for a new index, unchanged
+        for an existing one), see :mod:`cbir.store.dba`.
+
+    The run is one pass: plan (a pure function over the scan and the
+    catalogue rows, :mod:`cbir.indexing.plan`) -> fit (a new index's
+    extractor and PCA) -> embed (one backend: this process, worker processes
+    or Ray) -> commit (batch by batch) -> finish (removals, labels, one
+    manifest write, retune, DBA, the FAISS snapshot).
+
+    Raises
+    ------
+    UsageError, NoImagesError, ConfigMismatchError, IndexLockedError, IndexCorruptError
+    WorkerError
+        If a worker process dies; everything committed before is kept.
+    KeyboardInterrupt
+        After committing everything embedded so far; run again to continue.
+    """
+    started = time.perf_counter()
+    if batch_size < 1:
+        raise UsageError("batch size must be at least 1")
+    if embedder is not None and options is not None:
+        raise UsageError("give either an embedder or options, not both")
+    if options is not None and not isinstance(options, EmbedderOptions):
+        options = EmbedderOptions.from_mapping(options)
+    loader = Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
+    folder = normalize_path(folder)
+    name = name if name is not None else name_for_folder(folder)
+    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
+    if not scan.images:
+        raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
+    labels = _labels_for(scan.images, labels)
+    if ray not in (None, False):
+        from cbir.compute.ray_cluster import RayRunner
+
+        # Before anything is written: an unreachable cluster leaves no trace.
+        loader.ray = RayRunner.connect(None if ray is True else ray, actors=workers)
+
+    with open_writer(index_path(name, index_dir), wait=wait, progress=progress) as writer:
+        summary = IndexSummary(name=name, path=str(writer.path), created=writer.created, unsupported=scan.unsupported)
+        summary.unlisted = list(scan.unlisted)
+        files = scan.images
+        # -- plan ----------------------------------------------------------------
+        if writer.created:
+            embedder = _new_embedder(options.resolve(None) if options is not None else embedder)
+            if index_type is not None:  # every extractor knows its dimension from its checked parameters
+                resolve_index_type(index_type, embedder.dim, len(files))  # a bad type fails before any training
+            dba_config = dba_setting(dba, dba_alpha, True, len(files))
+            plan = plan_update(stat_files(files), {}, {}, scan.unlisted)
+            known = None
+        else:
+            embedder = options.resolve(writer.embedder_config) if options is not None else embedder
+            runtime_overrides = _check_same_config(writer, embedder)
+            if index_type is not None:
+                resolve_index_type(index_type, writer.dim, len(files))  # a bad type fails before any embedding
+            removed = honour_removed(writer.removed_paths(), folder, files, include_removed)
+            files = removed.files
+            if removed.record is not None:
+                writer.set_removed_paths(removed.record)
+            dba_config = dba_setting(dba, dba_alpha, False, max(len(files), writer.count_images()))
+            writer.configure(dba=None if dba_config == KEEP else (dba_config or False))
+            plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
+            known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
+            embedder = writer.embedder(runtime_overrides)
+            writer.record_indexed_root(str(folder))
+        summary.unchanged, summary.skipped = plan.unchanged, plan.still_skipped
+        summary.kept_unlisted, summary.retried = plan.kept_unlisted, plan.retried
+        # -- fit (a new index only) ----------------------------------------------
+        precomputed: list[Batch] = []
+        if writer.created:
+            precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
+            writer.create(embedder, index_type or "flat", len(files), dba=dba_config)
+            writer.record_indexed_root(str(folder))
+        # -- embed and commit ---------------------------------------------------------
+        try:
+            _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress)
+        except (KeyboardInterrupt, WorkerError):
+            writer.finish()  # what was committed becomes the snapshot, searchable as it is; then stop
+            raise
+        # -- finish ------------------------------------------------------------------
+        if plan.removed_ids or plan.removed_skipped:
+            summary.removed = writer.remove(plan.removed_ids, plan.removed_skipped)
+        if labels is not None:
+            writer.set_labels({str(p): label for p, label in labels.items()})
+        summary.total = writer.count_images()
+        if writer.created and summary.total == 0:
+            raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
+        if not writer.created and index_type is not None:
+            writer.configure(index_type=index_type)  # its parameters chosen for the collection as it now is
+        summary.vectors_rebuilt = writer.finish()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _unsupported_note(unsupported: dict[str, int]) -> str:
+    if not unsupported:
+        return ""
+    return " (files of formats cbir cannot read: " + ", ".join(f"{n} {ext}" for ext, n in unsupported.items()) + ")"
+
+
+def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
+    if labels is None:
+        return None
+    assigned = assign_labels(as_label_table(labels), [str(p) for p in files])
+    return {p: label for p, label in zip(files, assigned)}
+
+
+def _new_embedder(embedder: Embedder | None) -> Embedder:
+    if embedder is None:
+        from cbir.features.base import make_extractor
+
+        embedder = Embedder(make_extractor("color"))
+    embedder.extractor.check_params()
+    if embedder.pca is not None:
+        embedder.pca.check_params()
+    return embedder
+
+
+def _check_same_config(writer: IndexWriter, embedder: Embedder | None) -> dict[str, Any]:
+    """Refuse a config that would embed differently; return runtime-only parameters that differ."""
+    if embedder is None:
+        return {}
+    built = writer.embedder_config
+    differences = embedder.differences(built)
+    if differences:
+        listed = ", ".join(f"{key} {stored!r} (asked: {asked!r})" for key, (stored, asked) in differences.items())
+        raise ConfigMismatchError(
+            f"index {writer.path.name!r} was built with other options: {listed}; "
+            f"leave them out to update it, or choose another --name"
+        )
+    return embedder.runtime_overrides(built)
+
+
+def _embed_and_commit(
+    writer: IndexWriter,
+    embedder: Embedder,
+    plan: IndexPlan,
+    known: KnownContent | None,
+    precomputed: list[Batch],
+    labels: dict[Path, str] | None,
+    loader: Loader,
+    summary: IndexSummary,
+    progress: Progress,
+) -> None:
+    if not plan.todo:
+        return
+    done = {loaded.path for ok, _, failed in precomputed for loaded in ok + failed}
+    remaining = [path for path in plan.todo if path not in done]
+    progress.start(f"indexing into {writer.path.name!r}", len(plan.todo))
+    progress.advance(len(plan.todo) - len(remaining))
+    fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir)
+    label_of = _labeller(labels)
+    try:
+        for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
+            ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded)
+            images = []
+            for loaded, vector in zip(ok, vectors):
+                key = str(loaded.path)
+                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector))
+            writer.add(
+                images,
+                skipped=[
+                    SkippedFile(str(f.path), f.size, f.mtime_ns, f.error or "unreadable")
+                    for f in not_embedded
+                    if not f.unchanged
+                ],
+                restat=[Restat(str(f.path), f.size, f.mtime_ns) for f in not_embedded if f.unchanged],
+            )
+            _count(summary, plan, ok, not_embedded, reused)
+    finally:
+        progress.stop()
+
+
+def _labeller(labels: dict[Path, str] | None):
+    """``label(path, str(path))``: from the labels given, else the folder's name (looked up once per folder)."""
+    if labels is not None:
+        return lambda path, key: labels.get(path)
+    by_folder: dict[str, str] = {}
+
+    def label(path: Path, key: str) -> str:
+        folder = os.path.dirname(key)
+        found = by_folder.get(folder)
+        if found is None:
+            found = by_folder[folder] = folder_label(path)
+        return found
+
+    return label
+
+
+def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_embedded: list[LoadedFile], reused: int) -> None:
+    updated = sum(1 for loaded in ok if loaded.path in plan.known_sha256) if plan.known_sha256 else 0
+    summary.updated += updated
+    summary.added += len(ok) - updated
+    for loaded in not_embedded:
+        if loaded.unchanged:
+            summary.unchanged += 1
+        else:
+            summary.skipped += 1
+            summary.skipped_files.append((str(loaded.path), loaded.error or "unreadable"))
+            logger.warning("skipped %s: %s", loaded.path, loaded.error)
+    summary.embedded += len(ok) - reused
+    summary.reused += reused
+
+
+def _reuse_vectors(
+    writer: IndexWriter, embedder: Embedder, known: KnownContent | None, ok: list, vectors: np.ndarray, not_embedded: list
+) -> tuple[list[LoadedFile], np.ndarray, list[LoadedFile], int]:
+    """Give files whose content the index already holds that content's stored vector (no decoding, no model)."""
+    reusable = [f for f in not_embedded if f.reusable]
+    if not reusable:
+        return ok, vectors, not_embedded, 0
+    candidates = sorted({i for f in reusable for i in known.candidate_ids(f.sha256)})
+    by_hash = {row.sha256: row.id for row in writer.rows_by_id(candidates)}
+    found = [f for f in reusable if f.sha256 in by_hash]
+    stored = writer.stored_vectors([by_hash[f.sha256] for f in found])
+    extra_ok, extra_vectors = list(found), [stored]
+    rest = [f for f in not_embedded if not f.reusable]
+    collided = [f.path for f in reusable if f.sha256 not in by_hash]
+    if collided:  # a 64-bit prefix that matched another hash: rare; embed those files here, the same way
+        for batch in Loader(1, explicit=True, batch_size=len(collided)).embed_batches(collided, embedder):
+            extra_ok.extend(batch.embedded)
+            extra_vectors.append(batch.vectors)
+            rest.extend(batch.not_embedded)
+    all_vectors = np.concatenate([vectors.reshape(-1, writer.dim), *(v.reshape(-1, writer.dim) for v in extra_vectors)])
+    return ok + extra_ok, all_vectors, rest, len(found)
+
+
+def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> str:
+    example = f" (e.g. {skipped[0][0]}: {skipped[0][1]})" if skipped else ""
+    return f"none of the image files under {folder} could be read{example}"
+
+
+def remove_paths(
+    paths: Sequence[str | os.PathLike],
+    name: str,
+    index_dir: str | os.PathLike | None = None,
+    wait: bool = False,
+    progress: Progress = SILENT,
+) -> int:
+    """Remove images from the index ``name``; a folder removes everything indexed under it.
+
+    All or nothing: if any path matches nothing in the index, nothing is
+    removed and :class:`~cbir.errors.UsageError` names it. Returns the number
+    of images removed. ``progress`` follows the snapshot's update (DBA's
+    neighbours of the images that lost one).
+    """
+    with open_writer(index_path(name, index_dir), wait=wait, create=False, progress=progress) as writer:
+        ids: set[int] = set()
+        skipped_paths: list[str] = []
+        for raw in paths:
+            key = str(normalize_path(raw))
+            rows = writer.rows_under(key)
+            skipped = writer.skipped_under(key)
+            if not rows and not skipped:
+                raise UsageError(f"not in index {name!r}: {key}")
+            ids.update(row.id for row in rows.values())
+            skipped_paths.extend(skipped)
+        # Remembered, so that indexing a folder above them does not bring them back.
+        remembered = [*writer.removed_paths(), *(str(normalize_path(p)) for p in paths)]
+        removed = writer.remove(sorted(ids), skipped_paths, removed_paths=remembered)
+        writer.finish()
+        return removed

@@ -1,0 +1,1 @@
+"""Montages, HTML galleries and plots of results."""

@@ -1,0 +1,124 @@
+"""Results as one self-contained HTML page: thumbnails embedded, nothing else to copy along.
+
+One section per query (the query, then its matches with rank and score) or per
+group of near-duplicates. Each thumbnail is a JPEG inside the page as a
+``data:`` URI and links to the original file; a file gone since it was indexed
+is shown as a marked placeholder.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+
+from cbir.errors import ImageError, UsageError
+from cbir.fileio import write_bytes_atomic
+from cbir.images.decode import read_image
+from cbir.render.montage import fit_in_square, short_name
+from cbir.retrieval.search import QueryResult
+
+THUMBNAIL_SIDE = 200
+
+
+@dataclass(frozen=True)
+class Card:
+    """One picture of the page."""
+
+    path: str
+    caption: str
+    is_query: bool = False
+
+
+def results_page(results: Sequence[QueryResult], title: str = "cbir results") -> str:
+    """The page for one or many queries."""
+    sections = []
+    for result in results:
+        cards = [Card(result.query, "query", is_query=True)]
+        cards += [Card(m.path, f"#{m.rank} &middot; {m.score:.3f}") for m in result.results]
+        sections.append((f"query: {result.query}", cards))
+    return _page(title, sections)
+
+
+def duplicates_page(groups, threshold: float, title: str = "cbir near-duplicates") -> str:
+    """The page for groups of near-duplicates (:class:`cbir.retrieval.duplicates.DuplicateGroup`)."""
+    sections = [
+        (f"group {n}: {len(g.paths)} images, lowest similarity {g.min_score:.3f}", [Card(p, "") for p in g.paths])
+        for n, g in enumerate(groups, start=1)
+    ]
+    if not sections:
+        sections = [(f"no near-duplicates at similarity >= {threshold}", [])]
+    return _page(f"{title} (similarity >= {threshold})", sections)
+
+
+def write_html(page: str, out_path: str | os.PathLike) -> Path:
+    """Write a page atomically; the folder must exist."""
+    out_path = Path(out_path)
+    if out_path.suffix.lower() not in (".html", ".htm"):
+        raise UsageError(f"an HTML gallery file must end in .html: {out_path}")
+    if not out_path.parent.is_dir():
+        raise UsageError(f"folder for the gallery does not exist: {out_path.parent}")
+    try:
+        write_bytes_atomic(out_path, page.encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot write {out_path}: {exc.strerror or exc}") from None
+    return out_path
+
+
+def thumbnail_uri(path: str, side: int = THUMBNAIL_SIDE) -> str | None:
+    """A JPEG thumbnail (aspect ratio kept) as a ``data:`` URI, or ``None`` for a file that cannot be read."""
+    try:
+        image = read_image(path, min_side=side)
+    except ImageError:
+        return None
+    ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(fit_in_square(image, side), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }
+h2 { font-size: 1em; font-weight: 600; margin: 1.5em 0 .5em; word-break: break-all; }
+.row { display: flex; flex-wrap: wrap; gap: 10px; }
+figure { margin: 0; width: 210px; }
+figure .frame { width: 204px; height: 204px; display: flex; align-items: center; justify-content: center;
+  background: #f3f3f3; border: 3px solid transparent; }
+figure.query .frame { border-color: #2a5bd7; }
+figure.missing .frame { border-color: #c81e1e; color: #c81e1e; font-weight: 600; }
+img { max-width: 200px; max-height: 200px; }
+figcaption { font-size: .8em; line-height: 1.3; word-break: break-all; }
+"""
+
+
+def _page(title: str, sections: list[tuple[str, list[Card]]]) -> str:
+    body = []
+    for heading, cards in sections:
+        body.append(f"<section><h2>{html.escape(heading)}</h2><div class='row'>")
+        body.extend(_card(card) for card in cards)
+        body.append("</div></section>")
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
+        f"<body><h1>{html.escape(title)}</h1>{''.join(body)}</body></html>\n"
+    )
+
+
+def _card(card: Card) -> str:
+    uri = thumbnail_uri(card.path)
+    classes = ["query"] if card.is_query else []
+    if uri is None:
+        classes.append("missing")
+        state = "missing" if not os.path.exists(card.path) else "unreadable"
+        picture = f"<span>{state}</span>"
+    else:
+        picture = f"<img src='{uri}' alt='{html.escape(short_name(card.path), quote=True)}'>"
+    link = html.escape(Path(os.path.abspath(card.path)).as_uri(), quote=True)
+    caption = (card.caption + "<br>" if card.caption else "") + html.escape(short_name(card.path))
+    return (
+        f"<figure class='{' '.join(classes)}' title='{html.escape(card.path, quote=True)}'>"
+        f"<a class='frame' href='{link}'>{picture}</a><figcaption>{caption}</figcaption></figure>"
+    )

@@ -1,0 +1,1 @@
+"""Query inputs -> vectors -> results; near-duplicates."""

@@ -1,0 +1,560 @@
+"""Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
+
+Longer than most modules (~530 lines) because :class:`Searcher` is one
+object that a server shares between threads: the query inputs it accepts,
+re-ranking, the exclusion of the query itself and its locks belong together.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
+
+import numpy as np
+
+from cbir.store.dba import AugmentedVectors
+from cbir.errors import ImageError, NotInIndexError, UsageError
+from cbir.fileio import file_sha256, sha256_bytes
+from cbir.images.decode import decode_image, read_image
+from cbir.images.scan import normalize_path
+from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
+from cbir.store.directory import IndexStore
+from cbir.store.snapshots import load_vectors
+from cbir.store.locations import index_path
+from cbir.store.catalogue import ImageRow
+from cbir.retrieval.indexed_files import open_indexed_file
+
+logger = logging.getLogger(__name__)
+
+#: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
+QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Match:
+    """One search result."""
+
+    rank: int
+    path: str
+    score: float
+    id: int
+    label: str | None = None
+    #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
+    exists: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    """The ranked matches of one query image."""
+
+    query: str
+    results: list[Match]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"query": self.query, "results": [m.to_dict() for m in self.results]}
+
+
+class Searcher:
+    """An index opened for queries: embedder loaded and FAISS index in memory.
+
+    Opening costs a model load (and for deep extractors a TensorFlow import);
+    each query after that costs one embedding and one search, so keep a
+    ``Searcher`` open to answer many queries. One ``Searcher`` may serve many
+    threads at once: images are decoded and prepared in parallel, the model
+    and the catalogue are used by one thread at a time, FAISS searches run in
+    parallel.
+    It never writes to the index directory (a read-only one works).
+
+    Parameters
+    ----------
+    store : IndexStore
+        An index opened for reading (see :meth:`open`).
+    nprobe, ef_search : int, optional
+        Search-time knobs of IVF and HNSW indexes; the index's defaults otherwise.
+    expand, alpha : int or None, float
+        Alpha query expansion (:mod:`cbir.ann.rerank`): each query is searched
+        again as the weighted mean of itself and its top ``expand`` results
+        (``None``: one plain search). Scores are then similarities to the
+        expanded query.
+    """
+
+    def __init__(
+        self,
+        store: IndexStore,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
+        expand: int | None = DEFAULT_EXPAND,
+        alpha: float = DEFAULT_ALPHA,
+    ):
+        check_expand(expand)
+        check_alpha(alpha)
+        self.store = store
+        self.expand = expand
+        self.alpha = alpha
+        loaded = load_vectors(store)
+        self.vectors = loaded.index
+        self.stale_ids = loaded.stale_ids
+        self._search_params = {"nprobe": nprobe, "ef_search": ef_search}
+        params = dict(store.manifest.get("search_params") or {})
+        params.update({k: v for k, v in self._search_params.items() if v is not None})
+        self.vectors.set_search_params(params)
+        self._embedder = None
+        self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
+        self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
+        self._augmented = AugmentedVectors.load(store, self.vectors)
+        if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
+            self.vectors.exact_vectors = self._exact_vectors
+
+    @classmethod
+    def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
+        """Open the index ``name`` in ``index_dir`` (default: :func:`cbir.store.directory.resolve_index_dir`)."""
+        return cls._open_path(index_path(name, index_dir), search_params)
+
+    @classmethod
+    def _open_path(cls, path: Path, search_params: dict) -> "Searcher":
+        store = IndexStore.open(path)
+        try:
+            return cls(store, **search_params)
+        except BaseException:
+            store.close()
+            raise
+
+    def reopened(self) -> "Searcher":
+        """A new ``Searcher`` on what the index holds now (what ``cbir index`` committed since).
+
+        The loaded model is reused when the index was re-embedded with the
+        same extractor and model files, so this costs a reload of the vectors
+        only. This ``Searcher`` is left open and unchanged.
+        """
+        fresh = self._open_path(self.store.path, {k: v for k, v in self._search_params.items() if v is not None})
+        if self._embedder is not None and _same_model(self.store.manifest, fresh.store.manifest):
+            fresh._embedder = self._embedder
+            fresh._model_lock = self._model_lock
+        return fresh
+
+    def close(self) -> None:
+        """Close the catalogue and let go of the vectors, so a deleted or replaced snapshot frees its disk now.
+
+        The DBA vectors are memory-mapped, and the FAISS index refers back to
+        this object (re-ranking), so without this they would stay mapped until
+        a garbage collection.
+        """
+        self.store.close()
+        if self.vectors is not None:
+            self.vectors.exact_vectors = None
+        self.vectors = self._augmented = None
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def name(self) -> str:
+        return self.store.name
+
+    @property
+    def size(self) -> int:
+        """Number of images a query can return."""
+        return self.vectors.ntotal - self.stale_ids
+
+    @property
+    def augmented(self) -> bool:
+        """Whether the index searches DBA-augmented vectors (:mod:`cbir.store.dba`)."""
+        return self._augmented is not None
+
+    def plain_vectors(self):
+        """A new FAISS index of the original vectors, built from the catalogue (for exact-similarity work).
+
+        The catalogue is held for the whole build: other threads' queries wait.
+        """
+        from cbir.ann.vectors import build_vector_index
+
+        store = self.store
+        with self._catalogue_lock:
+            ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
+            sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
+            return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+
+    # -- the catalogue for other modules: one SQLite connection, used under the lock
+    def image_rows(self, ids: Sequence[int] | None = None) -> list:
+        """Catalogue rows of ``ids`` in that order (missing ones left out), or every row by id."""
+        with self._catalogue_lock:
+            return self.store.catalogue.image_rows(None if ids is None else [int(i) for i in ids])
+
+    def original_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The catalogue's vectors of ``ids`` (never the DBA-augmented ones); every id must exist."""
+        with self._catalogue_lock:
+            return self.store.catalogue.vectors_for_ids(ids, self.store.dim)
+
+    def iter_original_vectors(self, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` blocks of the catalogue's vectors in id order; each block read under the lock."""
+        with self._catalogue_lock:
+            blocks = self.store.catalogue.iter_vectors(self.store.dim, batch_size=batch_size)
+        while True:
+            with self._catalogue_lock:
+                block = next(blocks, None)
+            if block is None:
+                return
+            yield block
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the files indexing skipped, by path."""
+        with self._catalogue_lock:
+            return self.store.catalogue.skipped()
+
+    @property
+    def embedder(self):
+        if self._embedder is not None:  # loaded once, never replaced: no lock on every query
+            return self._embedder
+        with self._model_lock:
+            if self._embedder is None:
+                self._embedder = self.store.embedder()
+            return self._embedder
+
+    def _exact_vectors(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, their vectors)`` for re-ranking: the catalogue's, or the augmented ones under DBA."""
+        with self._catalogue_lock:
+            found, vectors = self.store.catalogue.vectors_by_id(ids, self.store.dim)
+        if self._augmented is not None and len(found):
+            augmented, hit = self._augmented.lookup(found)
+            vectors = np.where(hit[:, None], augmented, vectors)
+        return found, vectors
+
+    def stored_vectors(self, ids: np.ndarray) -> np.ndarray:
+        """The vectors the index searches for catalogue ``ids`` (augmented ones under DBA), -1 giving zeros."""
+        ids = np.asarray(ids, dtype=np.int64)
+        out = np.zeros((*ids.shape, self.store.dim), np.float32)
+        found = np.zeros(ids.shape, bool)
+        if self._augmented is not None:
+            out, found = self._augmented.lookup(ids)
+        wanted = (ids >= 0) & ~found
+        if wanted.any():
+            unique, inverse = np.unique(ids[wanted], return_inverse=True)
+            with self._catalogue_lock:
+                found_vectors = self.store.catalogue.vectors_for_ids(unique.tolist(), self.store.dim)
+            out[wanted] = found_vectors[inverse]
+        return out
+
+    def expand_queries(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
+        """αQE: each vector replaced by the weighted mean of itself and its top ``expand`` results.
+
+        ``exclude_ids`` (one per vector, -1 for none) are left out of the
+        neighbours: a query's own entry when evaluating leave-one-out.
+        """
+        if not self.expand:
+            return vectors
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        extra = self.stale_ids + (1 if exclude_ids is not None else 0)
+        scores, ids = self.vectors.search(vectors, self.expand + extra)
+        if self.stale_ids:
+            with self._catalogue_lock:
+                live = {row.id for row in self.store.catalogue.image_rows(np.unique(ids[ids >= 0]).tolist())}
+            ids = np.where(np.isin(ids, list(live)), ids, -1)
+        if exclude_ids is not None:
+            ids = np.where(ids == np.asarray(exclude_ids)[:, None], -1, ids)
+        order = np.argsort(ids < 0, axis=1, kind="stable")[:, : self.expand]  # first `expand` real results
+        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return expand_queries(vectors, self.stored_vectors(ids), scores, self.alpha, valid=ids >= 0)
+
+    def search_vectors(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
+        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on)."""
+        k = self._effective_k(k)
+        if k == 0:
+            return [[] for _ in range(len(vectors))]
+        vectors = self.expand_queries(vectors)
+        scores, ids = self.vectors.search(vectors, k + self.stale_ids)
+        wanted = np.unique(ids[ids >= 0]).tolist()
+        with self._catalogue_lock:
+            rows = {row.id: row for row in self.store.catalogue.image_rows(wanted)}
+        results = []
+        for score_row, id_row in zip(scores, ids):
+            matches: list[Match] = []
+            for score, image_id in zip(score_row, id_row):
+                row = rows.get(int(image_id))
+                if row is None:  # -1 padding, or removed since the FAISS file was written
+                    continue
+                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path)))
+                if len(matches) == k:
+                    break
+            results.append(matches)
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        """:meth:`IndexStore.describe <cbir.store.directory.IndexStore.describe>`, plus ``size``: the images a query can return."""
+        with self._catalogue_lock:
+            return {**self.store.describe(), "size": self.size}
+
+    def image_row(self, image_id: int):
+        """The catalogue row of ``image_id``; :class:`~cbir.errors.NotInIndexError` if there is none."""
+        with self._catalogue_lock:
+            rows = self.store.catalogue.image_rows([int(image_id)])
+        if not rows:
+            raise NotInIndexError(f"index {self.name!r} holds no image with id {image_id}")
+        return rows[0]
+
+    def open_image_file(self, image_id: int) -> tuple[ImageRow, BinaryIO]:
+        """The row of ``image_id`` and its file, opened only while it is still the file that was indexed.
+
+        See :func:`cbir.indexed_files.open_indexed_file`; raises
+        :class:`~cbir.errors.NotInIndexError` (or its subclass
+        :class:`~cbir.errors.IndexedFileError`) otherwise.
+        """
+        row = self.image_row(image_id)
+        return row, open_indexed_file(row, self.indexed_roots())
+
+    def indexed_roots(self) -> list[str]:
+        """The folders indexed into this index (:meth:`IndexStore.indexed_roots <cbir.store.IndexStore.indexed_roots>`)."""
+        with self._catalogue_lock:
+            return self.store.indexed_roots()
+
+    def query_id(self, image_id: int, k: int = 10) -> QueryResult:
+        """Search with an image already in the index, by its catalogue id (its stored vector, no decoding)."""
+        self._check_k(k)
+        row = self.image_row(image_id)
+        with self._catalogue_lock:
+            vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
+        return QueryResult(row.path, self.search_vectors(vector, k)[0])
+
+    def query(
+        self,
+        image: QueryImage,
+        k: int = 10,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        name: str | None = None,
+    ) -> QueryResult:
+        """Search with one image.
+
+        Parameters
+        ----------
+        image : str, os.PathLike, bytes or numpy.ndarray
+            An image file's path; the encoded bytes of an image file (JPEG,
+            PNG...: decoded by the same safe decoder as indexing); or a decoded
+            ``uint8`` array of shape ``(h, w)``, ``(h, w, 3)`` or ``(h, w, 4)``
+            whose channel order ``channels`` gives.
+        k : int
+            Number of results.
+        channels : "RGB" or "BGR"
+            Channel order of an array: ``"RGB"`` (Pillow, Matplotlib, imageio)
+            or ``"BGR"`` (``cv2.imread``). Ignored for paths and bytes.
+        name : str, optional
+            What :attr:`QueryResult.query` says; the path for a file, else
+            ``"<bytes>"`` or ``"<array>"``.
+
+        Raises
+        ------
+        TypeError
+            For any other kind of ``image``.
+        ImageError
+            For a file or bytes that cannot be decoded, or an array that is not an image.
+        """
+        return self.query_many([image], k, channels=channels, names=None if name is None else [name])[0]
+
+    def query_many(
+        self,
+        images: Sequence[QueryImage],
+        k: int = 10,
+        on_error: Callable[[str, ImageError], None] | None = None,
+        batch_size: int = 32,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        names: Sequence[str] | None = None,
+    ) -> list[QueryResult]:
+        """Search with several images (paths, bytes or arrays, see :meth:`query`), batch by batch.
+
+        Returns one result per readable image, in order. An image that cannot
+        be read raises :class:`~cbir.errors.ImageError`, unless
+        ``on_error(name, error)`` is given: then it is reported there and left out.
+        """
+        self._check_k(k)
+        if channels not in ("RGB", "BGR"):
+            raise UsageError(f"channels must be 'RGB' or 'BGR', got {channels!r}")
+        if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)):
+            raise TypeError("Searcher.query_many takes a sequence of images; use Searcher.query for one image")
+        images = list(images)
+        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        if len(labels) != len(images):
+            raise UsageError(f"{len(labels)} names for {len(images)} images")
+        results = []
+        for start in range(0, len(images), batch_size):
+            readable, prepared = [], []
+            batch = images[start : start + batch_size]
+            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, self.embedder)):
+                if error is not None:
+                    if on_error is None:
+                        raise error
+                    on_error(label, error)
+                    continue
+                prepared.append(item)
+                readable.append(label)
+            if prepared:
+                results.extend(self.query_prepared(prepared, k, readable))
+        return results
+
+    def prepare(self, image: QueryImage, *, channels: Literal["RGB", "BGR"] = "RGB") -> Any:
+        """The per-image half of a query: ``image`` (see :meth:`query`) decoded and made ready for the model.
+
+        Safe to run in many threads at once; :meth:`query_prepared` then
+        embeds and searches several prepared images in one batch.
+        Raises :class:`~cbir.errors.ImageError` for an unreadable image.
+        """
+        item, error = _prepare_batch([image], channels, self.embedder)[0]
+        if error is not None:
+            raise error
+        return item
+
+    def query_prepared(self, items: Sequence[Any], k: int = 10, names: Sequence[str] | None = None) -> list[QueryResult]:
+        """The batched half of a query: items from :meth:`prepare`, embedded in one model call and searched together."""
+        names = ["<prepared>"] * len(items) if names is None else list(names)
+        embedder = self.embedder  # outside the lock, which loading the model takes
+        with self._model_lock:
+            vectors = embedder.transform_prepared(list(items))
+        return [QueryResult(name, found) for name, found in zip(names, self.search_vectors(vectors, k))]
+
+    def _check_k(self, k: int) -> None:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise TypeError(f"k must be an integer, got {type(k).__name__}")
+        if k < 1:
+            raise UsageError(f"k must be at least 1, got {k}")
+
+    def _effective_k(self, k: int) -> int:
+        """``k``, or the whole collection when ``k`` is larger (said once per ``Searcher``)."""
+        self._check_k(k)
+        if k <= self.size:
+            return k
+        if not getattr(self, "_said_k", False):
+            self._said_k = True
+            logger.warning("k=%d is larger than index %r, which holds %d images: returning all of them", k, self.store.name, self.size)
+        return self.size
+
+    def query_excluding_self(
+        self,
+        images: Sequence[QueryImage],
+        k: int = 10,
+        on_error: Callable[[str, ImageError], None] | None = None,
+        *,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        names: Sequence[str] | None = None,
+    ) -> list[QueryResult]:
+        """:meth:`query_many`, leaving out each query's own file and byte-identical copies of it.
+
+        A query file that is in the index would otherwise come back first with
+        score 1.0, as would its copies; the ``k`` results are the next ones.
+        Copies are found by content hash: of the file for a path, of the bytes
+        for encoded bytes (an array has no file: only an equal path is left out).
+        """
+        self._effective_k(k)  # says so if k exceeds the collection
+        images = list(images)
+        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
+        margin = 8
+        while True:
+            wanted = min(k + margin, self.size)
+            results = self.query_many(images, wanted, on_error=on_error, channels=channels, names=labels)
+            ids = sorted({m.id for result in results for m in result.results})
+            with self._catalogue_lock:
+                sha_of = {row.id: row.sha256 for row in self.store.catalogue.image_rows(ids)}
+            kept = [
+                [m for m in r.results if m.path != r.query and (digest_of.get(r.query) is None or sha_of.get(m.id) != digest_of[r.query])]
+                for r in results
+            ]
+            # Too many copies of a query ate the margin: search again, deeper.
+            if wanted >= self.size or all(len(found) >= k for found in kept):
+                break
+            margin *= 4
+            on_error = None if on_error is None else (lambda label, exc: None)  # reported once already
+        return [
+            QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
+            for result, found in zip(results, kept)
+        ]
+
+
+def _content_digest(image: Any) -> str | None:
+    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return sha256_bytes(bytes(image))
+    if isinstance(image, (str, os.PathLike)):
+        try:
+            return file_sha256(image)
+        except OSError:
+            return None  # query_many reports the unreadable file
+    return None
+
+
+def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
+
+
+def _default_name(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return str(normalize_path(image))
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return "<bytes>"
+    if isinstance(image, np.ndarray):
+        return "<array>"
+    raise _wrong_type(image)
+
+
+def _wrong_type(image: Any) -> TypeError:
+    return TypeError(
+        "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
+        f"or a decoded uint8 NumPy array; got {type(image).__name__}"
+    )
+
+
+def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
+    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
+
+    Files go through the one loader (read, decode and ``prepare`` in threads);
+    bytes and arrays are decoded or checked here.
+    """
+    from cbir.compute.work import PrepareSpec
+    from cbir.cpus import usable_cores
+    from cbir.compute.loader import load_prepared
+
+    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
+    # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
+    workers = max(1, min(usable_cores(), len(paths))) if paths else 1
+    from_files = load_prepared(paths, PrepareSpec(embedder.decode_min_side), workers=workers, prepare=embedder.prepare)
+    out: list[tuple[Any, ImageError | None]] = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            file, item = next(from_files)
+            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
+            continue
+        try:
+            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
+        except ImageError as exc:
+            out.append((None, exc))
+    return out
+
+
+def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:
+    """Any accepted query image as the RGB uint8 array extractors take."""
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(os.fspath(image), min_side=min_side)
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        return decode_image(bytes(image), min_side=min_side)
+    if not isinstance(image, np.ndarray):
+        raise _wrong_type(image)
+    if image.dtype != np.uint8:
+        raise ImageError(f"an image array must be uint8 (0-255), got {image.dtype}")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
+        raise ImageError(f"an image array must have shape (h, w), (h, w, 3) or (h, w, 4); got {image.shape}")
+    image = image[:, :, :3]
+    if channels == "BGR":
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)

@@ -1,0 +1,1 @@
+"""An index folder: catalogue, manifest, snapshot, DBA, the writer."""

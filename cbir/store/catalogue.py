@@ -1,0 +1,382 @@
+"""The catalogue: which file each vector came from. The only module that speaks SQL.
+
+One SQLite database per index holds, for every indexed image, its path, size,
+modification time, content hash, label and vector, and for every file that
+could not be read, the reason. Vectors live here too, so every batch of
+embeddings is committed together with its rows in one transaction: a run
+killed at any point keeps exactly what was committed, and the FAISS file can
+always be rebuilt from the catalogue.
+
+Ids are never reused (``AUTOINCREMENT``), so an id in an older FAISS file can
+never point at a different image. Ids removed since the FAISS file was last
+written are listed in ``pending_removals`` until it is written again.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import urllib.parse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+
+from cbir.errors import IndexCorruptError
+
+SCHEMA_VERSION = 1
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
+
+# Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE images (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        label TEXT,
+        vector BLOB NOT NULL
+    );
+    CREATE TABLE skipped (
+        path TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        reason TEXT NOT NULL
+    );
+    CREATE TABLE pending_removals (id INTEGER PRIMARY KEY);
+    """,
+]
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One indexed image (without its vector)."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    label: str | None
+
+
+@dataclass(frozen=True)
+class NewImage:
+    """What the indexer commits for one embedded file."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+    label: str | None
+    vector: np.ndarray
+
+
+class Catalogue:
+    """SQLite catalogue of one index. Use as a context manager or call :meth:`close`.
+
+    Parameters
+    ----------
+    path : Path
+        The database file.
+    create : bool
+        Create the file and its schema if missing; otherwise a missing file
+        is an :class:`~cbir.errors.IndexCorruptError`.
+    read_only : bool
+        Open for reading only: SQLite refuses every write through this
+        connection. In a folder this process cannot write (a read-only mount,
+        an archive, another user's index) the database is opened as immutable,
+        since SQLite cannot create the ``-shm`` file WAL readers need there.
+    check_same_thread : bool
+        ``False`` lets several threads share the connection; the caller then
+        serialises its use (see :class:`cbir.retrieval.search.Searcher`).
+    """
+
+    def __init__(self, path: Path, create: bool = False, read_only: bool = False, check_same_thread: bool = True):
+        self.path = Path(path)
+        self.read_only = read_only
+        if not create and not self.path.is_file():
+            raise IndexCorruptError(f"catalogue {self.path} is missing")
+        if create and read_only:
+            raise ValueError("a catalogue cannot be created read-only")
+        try:
+            if read_only:
+                self._db = self._connect_read_only(check_same_thread)
+            else:
+                self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=check_same_thread)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise IndexCorruptError(f"catalogue {self.path} is unreadable: {exc}") from None
+
+    def _connect_read_only(self, check_same_thread: bool) -> sqlite3.Connection:
+        uri = "file:" + urllib.parse.quote(str(self.path.absolute())) + "?mode=ro"
+        db = sqlite3.connect(uri, uri=True, timeout=30, isolation_level=None, check_same_thread=check_same_thread)
+        try:
+            db.execute("PRAGMA user_version").fetchone()
+            return db
+        except sqlite3.OperationalError:
+            db.close()
+            if os.access(self.path.parent, os.W_OK):
+                raise
+        # A WAL database in a folder this process cannot write: SQLite cannot
+        # create the -shm file readers share, so read the file as immutable
+        # (no -shm, no locks). A writer closing cleanly checkpoints everything
+        # into the file, so an archived or shared index reads complete.
+        return sqlite3.connect(uri + "&immutable=1", uri=True, isolation_level=None, check_same_thread=check_same_thread)
+
+    # -- lifecycle ---------------------------------------------------------
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> "Catalogue":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise IndexCorruptError(
+                f"catalogue {self.path} has schema version {version}, newer than this cbir understands "
+                f"({SCHEMA_VERSION}); upgrade cbir"
+            )
+        if version < SCHEMA_VERSION and self.read_only:
+            raise IndexCorruptError(
+                f"catalogue {self.path} has schema version {version}, older than this cbir's ({SCHEMA_VERSION}); "
+                "run cbir index on it once (with write access) to upgrade it"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            # executescript commits whatever is open first, so the script carries its own transaction.
+            self._db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
+
+    def transaction(self) -> "_Transaction":
+        """``with catalogue.transaction():`` groups writes into one atomic commit."""
+        return _Transaction(self._db, "BEGIN IMMEDIATE")
+
+    def snapshot(self) -> "_Transaction":
+        """``with catalogue.snapshot():`` reads see one committed state, without blocking writers.
+
+        Inside another transaction or snapshot it joins that one.
+        """
+        return _Transaction(self._db, "BEGIN DEFERRED", join=True)
+
+    def data_version(self) -> int:
+        """A number that changes whenever another connection commits to the database."""
+        return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    # -- meta --------------------------------------------------------------
+    def get_meta(self, key: str, default: str | None = None) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else default
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, str(value)))
+
+    # -- images ------------------------------------------------------------
+    def count_images(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+
+    def count_skipped(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM skipped").fetchone()[0]
+
+    def add_images(self, images: Sequence[NewImage], dim: int) -> None:
+        """Insert embedded images, replacing rows of the same path (which get new ids)."""
+        rows = []
+        for image in images:
+            vector = np.ascontiguousarray(image.vector, dtype=np.float32)
+            if vector.shape != (dim,):
+                raise ValueError(f"vector of shape {vector.shape} for an index of dimension {dim}")
+            rows.append((image.path, image.size, image.mtime_ns, image.sha256, image.label, vector.tobytes()))
+        paths = [image.path for image in images]
+        self.remove_ids(self._ids_of_paths(paths))
+        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+        self._db.executemany(
+            "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
+        )
+
+    def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
+        ids = []
+        for start in range(0, len(paths), 500):
+            chunk = paths[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            ids.extend(r[0] for r in self._db.execute(f"SELECT id FROM images WHERE path IN ({marks})", chunk))
+        return ids
+
+    def _remove_path(self, path: str) -> None:
+        self.remove_ids(self._ids_of_paths([path]))
+
+    def remove_ids(self, ids: Iterable[int]) -> int:
+        """Delete images by id, remembering the ids for the next FAISS sync; returns how many."""
+        rows = [(int(i),) for i in ids]
+        before = self._db.total_changes
+        self._db.executemany("DELETE FROM images WHERE id = ?", rows)
+        removed = self._db.total_changes - before
+        self._db.executemany("INSERT OR IGNORE INTO pending_removals (id) VALUES (?)", rows)
+        return removed
+
+    def update_stat(self, path: str, size: int, mtime_ns: int) -> None:
+        """Record a new size/mtime for a file whose content hash did not change."""
+        self._db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+
+    def set_labels(self, labels: dict[str, str]) -> None:
+        self._db.executemany("UPDATE images SET label = ? WHERE path = ?", [(v, k) for k, v in labels.items()])
+
+    def images_under(self, root: str) -> dict[str, ImageRow]:
+        """Rows whose path is ``root`` or lies below it, by path."""
+        return {row.path: row for row in self._select_images(*_prefix_clause(root))}
+
+    def image_rows(self, ids: Sequence[int] | None = None) -> list[ImageRow]:
+        """Rows for ``ids`` in that order (missing ids are left out), or all rows by id."""
+        if ids is None:
+            return list(self._select_images("", ()))
+        found: dict[int, ImageRow] = {}
+        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]  # SQLite raises OverflowError beyond
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._select_images(f"WHERE id IN ({marks})", chunk):
+                found[row.id] = row
+        return [found[i] for i in id_list if i in found]
+
+    def _select_images(self, where: str, args: Sequence) -> Iterator[ImageRow]:
+        query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
+        for row in self._db.execute(query, tuple(args)):
+            yield ImageRow(*row)
+
+    def image_folders(self) -> list[str]:
+        """The distinct folders that directly hold an indexed image (each with its trailing separator)."""
+        # rtrim by every character but the separator: the path up to its last separator.
+        query = "SELECT DISTINCT rtrim(path, replace(path, ?, '')) FROM images"
+        return [row[0] for row in self._db.execute(query, (os.sep,))]
+
+    def content_hashes(self) -> Iterator[tuple[int, str]]:
+        """``(id, sha256)`` of every image."""
+        yield from self._db.execute("SELECT id, sha256 FROM images")
+
+    def row_for_path(self, path: str) -> ImageRow | None:
+        rows = list(self._select_images("WHERE path = ?", (path,)))
+        return rows[0] if rows else None
+
+    def iter_vectors(self, dim: int, batch_size: int | None = None, min_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` blocks in id order, for ids greater than ``min_id``.
+
+        Blocks hold about 4 MB of vectors by default: building a FAISS index
+        then needs little more memory than the index itself.
+        """
+        if batch_size is None:
+            batch_size = max(256, (4 << 20) // (4 * max(1, dim)))
+        cursor = self._db.execute("SELECT id, vector FROM images WHERE id > ? ORDER BY id", (min_id,))
+        while True:
+            rows = cursor.fetchmany(batch_size)
+            if not rows:
+                return
+            ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            blob = b"".join(r[1] for r in rows)
+            if len(blob) != len(rows) * dim * 4:
+                raise IndexCorruptError(f"catalogue {self.path} holds vectors of the wrong size")
+            yield ids, np.frombuffer(blob, dtype=np.float32).reshape(len(rows), dim)
+
+    def vectors_for_ids(self, ids: Sequence[int], dim: int) -> np.ndarray:
+        """Vectors of ``ids`` in that order (an id may repeat); every id must exist."""
+        wanted = np.asarray(ids, dtype=np.int64).reshape(-1)
+        unique, positions = np.unique(wanted, return_inverse=True)
+        found = np.empty((len(unique), dim), dtype=np.float32)
+        filled = np.zeros(len(unique), dtype=bool)
+        row_of = {int(i): n for n, i in enumerate(unique)}
+        id_list = list(row_of)
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
+                found[row_of[image_id]] = np.frombuffer(blob, dtype=np.float32)
+                filled[row_of[image_id]] = True
+        if not filled.all():
+            raise KeyError(f"no image with id {int(unique[~filled][0])}")
+        return found[positions]
+
+    def vectors_by_id(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids found, their vectors)`` for ``ids``; ids no longer in the catalogue are left out."""
+        id_list = [int(i) for i in ids]
+        found, blobs = [], []
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
+                found.append(image_id)
+                blobs.append(blob)
+        vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(found), dim)
+        return np.array(found, dtype=np.int64), vectors
+
+    def max_id(self) -> int:
+        return self._db.execute("SELECT COALESCE(MAX(id), 0) FROM images").fetchone()[0]
+
+    def count_ids_up_to(self, max_id: int) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM images WHERE id <= ?", (max_id,)).fetchone()[0]
+
+    # -- pending removals --------------------------------------------------
+    def pending_removals(self) -> np.ndarray:
+        rows = self._db.execute("SELECT id FROM pending_removals ORDER BY id").fetchall()
+        return np.array([r[0] for r in rows], dtype=np.int64)
+
+    def clear_pending_removals(self, up_to_id: int) -> None:
+        self._db.execute("DELETE FROM pending_removals WHERE id <= ?", (up_to_id,))
+
+    # -- skipped files -----------------------------------------------------
+    def set_skipped(self, path: str, size: int, mtime_ns: int, reason: str) -> None:
+        self._remove_path(path)
+        self._db.execute(
+            "INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
+            (path, size, mtime_ns, reason),
+        )
+
+    def skipped_under(self, root: str) -> dict[str, tuple[int, int, str]]:
+        """``{path: (size, mtime_ns, reason)}`` for skipped files at or below ``root``."""
+        where, args = _prefix_clause(root)
+        rows = self._db.execute(f"SELECT path, size, mtime_ns, reason FROM skipped {where}", args)
+        return {path: (size, mtime_ns, reason) for path, size, mtime_ns, reason in rows}
+
+    def remove_skipped(self, paths: Iterable[str]) -> None:
+        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+
+    def skipped(self, limit: int | None = None) -> list[tuple[str, str]]:
+        """``(path, reason)`` of skipped files, sorted by path."""
+        query = "SELECT path, reason FROM skipped ORDER BY path"
+        if limit is not None:
+            query += f" LIMIT {int(limit)}"
+        return [tuple(row) for row in self._db.execute(query)]
+
+
+def _prefix_clause(root: str) -> tuple[str, tuple]:
+    # A range on the path keeps the UNIQUE index usable and needs no LIKE escaping.
+    root = root.rstrip("/\\") or root
+    prefix = root + "/"
+    return "WHERE path = ? OR (path >= ? AND path < ?)", (root, prefix, root + "0")
+
+
+class _Transaction:
+    def __init__(self, db: sqlite3.Connection, begin: str, join: bool = False):
+        self._db = db
+        self._begin = begin
+        self._join = join
+        self._joined = False
+
+    def __enter__(self) -> None:
+        self._joined = self._join and self._db.in_transaction
+        if not self._joined:
+            self._db.execute(self._begin)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._joined:
+            return False
+        if exc_type is None:
+            self._db.execute("COMMIT")
+        else:
+            self._db.execute("ROLLBACK")
+        return False
