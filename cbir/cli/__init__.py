@@ -81,5 +81,7 @@ def _settle_process() -> None:
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "180000000")  # cbir.images.decode.MAX_IMAGE_PIXELS
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault(QUIET_ENGINES_ENV, "1")
-    for name in ("tensorflow", "absl"):
+    # Ray's warnings are notes for Ray developers here (token authentication on
+    # the local cluster it starts, progress bars turned off); errors still show.
+    for name in ("tensorflow", "absl", "ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -107,16 +107,35 @@ def handle_errors(command: Callable) -> Callable:
             _drop_stdout()
             raise typer.Exit(code=0) from None
         except CbirError as exc:
-            from rich.markup import escape
-
-            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
-            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+            _print_error(str(exc))
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
             raise typer.Exit(code=130) from None
+        except Exception as exc:
+            # A full disk the library did not see coming: most often stdout itself (> /dev/full).
+            from cbir.errors import is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            _drop_stdout()  # or Python's final flush of stdout fails again, with a traceback
+            if isinstance(exc, OSError):
+                _print_error(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}")
+            else:
+                _print_error(f"no space left on the device: {exc}; free some space and run the same command again")
+            raise typer.Exit(code=1) from None
 
     return wrapper
+
+
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    from cbir.display import display_path
+
+    # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path),
+    # and a file name's undecodable bytes or newline (one message, one line).
+    stderr.print(f"[bold red]error:[/] {escape(display_path(message))}", markup=True)
 
 
 def _drop_stdout() -> None:
@@ -133,8 +152,10 @@ class _ConsoleLogHandler(logging.Handler):
     """Warnings from the library as one ``warning: ...`` line each, above any progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from cbir.display import display_path
+
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        stderr.print(f"{prefix}{record.getMessage()}", markup=False)
+        stderr.print(f"{prefix}{display_path(record.getMessage())}", markup=False)
 
 
 def show_training_epochs() -> None:
@@ -232,7 +253,28 @@ class _RichProgress:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """``data`` as indented JSON on stdout; file names' undecodable bytes written as ``\\xNN``."""
+    sys.stdout.write(json.dumps(_json_safe(data), indent=2, ensure_ascii=False) + "\n")
+
+
+def _json_safe(data: Any) -> Any:
+    # JSON text is Unicode: a name's undecodable bytes (surrogate escapes) cannot be written as they are.
+    from cbir.display import display_path
+
+    if isinstance(data, str):
+        return display_path(data, controls=False)
+    if isinstance(data, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(v) for v in data]
+    return data
+
+
+def show(path: str) -> str:
+    """A file name as one printable line (:func:`cbir.display.display_path`)."""
+    from cbir.display import display_path
+
+    return display_path(path)
 
 
 PathColumnOption = Annotated[

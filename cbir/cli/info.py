@@ -14,6 +14,7 @@ from cbir.cli._common import (
     handle_errors,
     pick_name,
     print_json,
+    show,
     stderr,
 )
 
@@ -53,7 +54,7 @@ def info(
     if data["removed_paths"]:
         print(f"removed     {len(data['removed_paths'])} path(s) left out of updates (cbir index --include-removed adds them back)")
     for entry in data["skipped_files"]:
-        print(f"  skipped: {entry['path']}: {entry['reason']}")
+        print(f"  skipped: {show(entry['path'])}: {show(entry['reason'])}")
 
 
 @handle_errors

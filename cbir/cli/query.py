@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +22,7 @@ from cbir.cli._common import (
     NprobeOption,
     handle_errors,
     print_json,
+    show,
     stderr,
 )
 
@@ -103,17 +106,22 @@ def query(
         print_json([r.to_dict() for r in results] if is_folder else results[0].to_dict())
         return
     if paths_only or null:
-        end = "\0" if null else "\n"
+        # -0 is for programs (xargs -0): the exact bytes of each name. --paths is
+        # one line per name: escaped, so a newline in a name cannot split it.
+        out = sys.stdout.buffer if null else None
         for result in results:
             for match in result.results:
-                typer.echo(match.path + end, nl=False)
+                if out is not None:
+                    out.write(os.fsencode(match.path) + b"\0")
+                else:
+                    print(show(match.path))
         return
     for n, result in enumerate(results):
         if is_folder:
-            print(("\n" if n else "") + f"query: {result.query}")
+            print(("\n" if n else "") + f"query: {show(result.query)}")
         for match in result.results:
             note = "" if match.exists else "  (missing)"
-            print(f"{match.rank:>4}  {match.score:.4f}  {match.path}{note}")
+            print(f"{match.rank:>4}  {match.score:.4f}  {show(match.path)}{note}")
 
 
 def _read_source(source: str) -> tuple[list[bytes], list[str]]:

@@ -56,10 +56,6 @@ def import_ray():
         import ray.data  # noqa: F401  (Ray Data needs extra packages of its own)
     except ImportError:
         raise UsageError(f"--ray needs Ray, which is not installed: {EXTRA_HINT}") from None
-    # Ray's warnings are notes for Ray developers here (token authentication on
-    # the local cluster it starts, progress bars we turned off); errors still show.
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     return ray
 
 

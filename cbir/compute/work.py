@@ -65,11 +65,35 @@ class Batch(NamedTuple):
     not_embedded: list[LoadedFile]
 
 
+#: Files larger than this are not read (``$CBIR_MAX_FILE_MB`` changes it): a 3 GB file named
+#: ``.jpg`` would otherwise be read whole into memory, in each worker at once, before any
+#: decoder can refuse it. The largest camera JPEGs and PNG panoramas are far below it.
+DEFAULT_MAX_FILE_MB = 256
+ENV_MAX_FILE_MB = "CBIR_MAX_FILE_MB"
+
+
+def max_file_bytes() -> int:
+    """The cap on the size of an image file read: ``$CBIR_MAX_FILE_MB`` megabytes, else :data:`DEFAULT_MAX_FILE_MB`."""
+    value = os.environ.get(ENV_MAX_FILE_MB, "")
+    try:
+        megabytes = float(value) if value.strip() else DEFAULT_MAX_FILE_MB
+    except ValueError:
+        raise UsageError(f"${ENV_MAX_FILE_MB} must be a number of megabytes, got {value!r}") from None
+    if not megabytes > 0:
+        raise UsageError(f"${ENV_MAX_FILE_MB} must be more than 0, got {value!r}")
+    return int(megabytes * 2**20)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"too large ({size / 2**20:,.0f} MB, limit {limit / 2**20:,.0f} MB; ${ENV_MAX_FILE_MB} raises it)"
+
+
 def load_file(
     path: Path,
     min_side: int | None = None,
     known_sha256: str | None = None,
     reusable: Callable[[str], bool] | None = None,
+    max_bytes: int | None = None,
 ) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
@@ -78,15 +102,20 @@ def load_file(
     decode. Likewise when ``reusable(hash)`` is true (``reusable`` is set):
     the caller has a vector for this content already. Never raises for a
     bad file: ``error`` holds a short reason instead (unreadable, permission denied, empty, truncated, not an image,
-    too large).
+    too large). ``max_bytes`` (default :func:`max_file_bytes`): a larger file is not read at all.
     """
+    limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
         # Non-blocking open: a FIFO or device named like an image must not hang the run.
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             stat = os.fstat(f.fileno())
             if not S_ISREG(stat.st_mode):
                 return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error="not a regular file")
-            data = f.read()
+            if stat.st_size > limit:
+                return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error=_too_large(stat.st_size, limit))
+            data = f.read(limit + 1)  # a file that grew since the stat is still cut off at the cap
+            if len(data) > limit:
+                return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error=_too_large(len(data), limit))
     except OSError as exc:
         try:
             stat = os.stat(path)

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cbir.errors import ImageError, LabelsError, UsageError
+from cbir.errors import ImageError, LabelsError, NoImagesError, UsageError
 from cbir.evaluation.groundtruth import GroundTruth, read_ground_truth
 from cbir.evaluation.metrics import (
     DEFAULT_KS,
@@ -151,6 +151,8 @@ def evaluate_index(
     progress = progress or SILENT
     with Searcher.open(name, index_dir, expand=expand, alpha=alpha, **search_params) as searcher:
         ranker = _Ranker(searcher)
+        if not len(ranker.paths):
+            raise NoImagesError(f"index {name!r} is empty: there is nothing to evaluate (cbir index FOLDER adds images)")
         if ground_truth is not None:
             truth = ground_truth if isinstance(ground_truth, GroundTruth) else read_ground_truth(ground_truth)
             return _evaluate_ground_truth(ranker, truth, ks, progress)

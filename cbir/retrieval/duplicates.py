@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from cbir.ann.vectors import VectorIndex
+from cbir.display import display_path
 from cbir.errors import UsageError
 from cbir.progress import SILENT, Progress
 from cbir.retrieval.search import Searcher
@@ -36,7 +37,7 @@ class DuplicateGroup:
     min_score: float
 
     def to_dict(self) -> dict:
-        return {"size": len(self.paths), "min_score": self.min_score, "paths": self.paths}
+        return {"size": len(self.paths), "min_score": self.min_score, "paths": [display_path(p, controls=False) for p in self.paths]}
 
 
 def find_duplicates(

@@ -1,6 +1,6 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~530 lines) because :class:`Searcher` is one
+Longer than most modules (~490 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
 re-ranking, the exclusion of the query itself and its locks belong together.
 """
@@ -12,26 +12,22 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from cbir.store.dba import AugmentedVectors
+from cbir.store.dba import AugmentedVectors, searched_without_dba
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256, sha256_bytes
-from cbir.images.decode import decode_image, read_image
-from cbir.images.scan import normalize_path
+from cbir.display import display_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
-from cbir.store.directory import IndexStore
+from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageRow
+from cbir.retrieval.query_inputs import QueryImage, content_digest, default_name, prepare_batch
 from cbir.retrieval.indexed_files import open_indexed_file
 
 logger = logging.getLogger(__name__)
-
-#: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
-QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -47,7 +43,8 @@ class Match:
     exists: bool = True
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
+        # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
+        return {"rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists}
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class QueryResult:
     results: list[Match]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "results": [m.to_dict() for m in self.results]}
+        return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}
 
 
 class Searcher:
@@ -109,6 +106,14 @@ class Searcher:
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
         self._augmented = AugmentedVectors.load(store, self.vectors)
+        unaugmented = searched_without_dba(store)
+        if unaugmented and lock_holder(store.path) is None:  # while a writer runs, this is its work in progress
+            logger.warning(
+                "index %r: %d image(s) committed after its last vector snapshot are searched without DBA "
+                "(an interrupted or failed run); run cbir index on it again to finish",
+                store.name,
+                unaugmented,
+            )
         if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
             self.vectors.exact_vectors = self._exact_vectors
 
@@ -381,14 +386,14 @@ class Searcher:
         if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)):
             raise TypeError("Searcher.query_many takes a sequence of images; use Searcher.query for one image")
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
         if len(labels) != len(images):
             raise UsageError(f"{len(labels)} names for {len(images)} images")
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
             batch = images[start : start + batch_size]
-            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, self.embedder)):
+            for label, (item, error) in zip(labels[start : start + batch_size], prepare_batch(batch, channels, self.embedder)):
                 if error is not None:
                     if on_error is None:
                         raise error
@@ -407,7 +412,7 @@ class Searcher:
         embeds and searches several prepared images in one batch.
         Raises :class:`~cbir.errors.ImageError` for an unreadable image.
         """
-        item, error = _prepare_batch([image], channels, self.embedder)[0]
+        item, error = prepare_batch([image], channels, self.embedder)[0]
         if error is not None:
             raise error
         return item
@@ -454,8 +459,8 @@ class Searcher:
         """
         self._effective_k(k)  # says so if k exceeds the collection
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
-        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (content_digest(image) for image in images)))
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
@@ -478,83 +483,7 @@ class Searcher:
         ]
 
 
-def _content_digest(image: Any) -> str | None:
-    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return sha256_bytes(bytes(image))
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return file_sha256(image)
-        except OSError:
-            return None  # query_many reports the unreadable file
-    return None
-
-
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 
 
-def _default_name(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return str(normalize_path(image))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    if isinstance(image, np.ndarray):
-        return "<array>"
-    raise _wrong_type(image)
-
-
-def _wrong_type(image: Any) -> TypeError:
-    return TypeError(
-        "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
-        f"or a decoded uint8 NumPy array; got {type(image).__name__}"
-    )
-
-
-def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
-    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
-
-    Files go through the one loader (read, decode and ``prepare`` in threads);
-    bytes and arrays are decoded or checked here.
-    """
-    from cbir.compute.work import PrepareSpec
-    from cbir.cpus import usable_cores
-    from cbir.compute.loader import load_prepared
-
-    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
-    # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
-    workers = max(1, min(usable_cores(), len(paths))) if paths else 1
-    from_files = load_prepared(paths, PrepareSpec(embedder.decode_min_side), workers=workers, prepare=embedder.prepare)
-    out: list[tuple[Any, ImageError | None]] = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            file, item = next(from_files)
-            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
-            continue
-        try:
-            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
-        except ImageError as exc:
-            out.append((None, exc))
-    return out
-
-
-def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:
-    """Any accepted query image as the RGB uint8 array extractors take."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(os.fspath(image), min_side=min_side)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(image), min_side=min_side)
-    if not isinstance(image, np.ndarray):
-        raise _wrong_type(image)
-    if image.dtype != np.uint8:
-        raise ImageError(f"an image array must be uint8 (0-255), got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
-        raise ImageError(f"an image array must have shape (h, w), (h, w, 3) or (h, w, 4); got {image.shape}")
-    image = image[:, :, :3]
-    if channels == "BGR":
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)

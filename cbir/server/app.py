@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cbir._version import __version__
+from cbir.display import display_path
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
@@ -133,6 +134,7 @@ def create_app(
 
     def shown(request: Request, message: str) -> str:
         """An error message as this server may show it (no absolute paths unless allowed)."""
+        message = display_path(message, controls=False)  # a file name's undecodable bytes as \xNN
         if access.show_paths:
             return message
         roots: list[str] = []

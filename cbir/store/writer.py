@@ -269,7 +269,8 @@ class IndexWriter:
         """Commit embedded images with their vectors, skipped files and new stats of unchanged files, at once."""
         store = self._open_store()
         with store.catalogue.transaction():
-            store.catalogue.add_images(images, store.dim)
+            # A new index's first run meets each path once: nothing to replace.
+            store.catalogue.add_images(images, store.dim, replace=not self.created)
             for file in skipped:
                 store.catalogue.set_skipped(file.path, file.size, file.mtime_ns, file.reason)
             for file in restat:
