@@ -118,6 +118,14 @@ def _index(
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
     ] = None,
     pca_whiten: Annotated[bool, typer.Option("--pca-whiten", help="Whiten the PCA components.")] = False,
+    pca_shrinkage: Annotated[
+        Optional[float],
+        typer.Option("--pca-shrinkage", help="With --pca-whiten: shrink the variances towards their mean by this fraction, 0 to 1. (default: 0)", show_default=False),
+    ] = None,
+    pca_power: Annotated[
+        Optional[float],
+        typer.Option("--pca-power", help="Signed power of each PCA coordinate, above 0 and at most 1. (default: 1, none)", show_default=False),
+    ] = None,
     pca_train: Annotated[
         Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
     ] = None,
@@ -201,7 +209,8 @@ def _index(
     show_training_epochs()
     if ray:
         _quiet_ray()
-    options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None, **(extractor_params or {})}
+    options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None,
+               "pca_shrinkage": pca_shrinkage, "pca_power": pca_power, **(extractor_params or {})}
     summary = index_folder(
         folder,
         name,
