@@ -148,7 +148,7 @@ def test_a_damaged_faiss_file_is_rebuilt_from_the_catalogue(tmp_path, index_dir,
     result = runner.invoke(app, ["query", str(query), "--name", "photos", "--index-dir", str(index_dir), "-k", "15"])
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: ") and "rebuilt from the catalogue" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "searching a copy rebuilt from" in lines[0]
     assert str(query) in result.stdout.splitlines()[0] and result.stdout.count(".jpg") == 15
     # The next write repairs the file on disk, re-embedding nothing.
     summary = index_folder(root, "photos", index_dir)

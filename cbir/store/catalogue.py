@@ -234,6 +234,11 @@ class Catalogue:
                 f"({SCHEMA_VERSION}); upgrade cbir"
             )
         self.schema_version = version
+        if version == 0 and self.read_only:
+            raise IndexCorruptError(
+                f"catalogue {self.path} holds no tables: a copy of an index made while a run was writing "
+                f"needs its {self.path.name}-wal file too (see README); otherwise run cbir index again"
+            )
         if version < SCHEMA_VERSION and self.read_only:
             if version >= _OLDEST_READABLE:
                 return  # read as it is: what later versions add (metadata) is simply absent

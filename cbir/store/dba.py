@@ -423,6 +423,10 @@ class AugmentedVectors:
         self.vectors = vectors
         self.rows = rows
 
+    def sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)``, row ``i`` the vector of ``ids[i]`` (what an index is built from)."""
+        return self.ids, (self.vectors if self.rows is None else self.vectors[self.rows])
+
     @classmethod
     def load(cls, store, vector_index: VectorIndex | None = None) -> "AugmentedVectors | None":
         """The store's augmented vectors, or ``None`` if its snapshot is not augmented.
