@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import faiss
+from faiss.contrib import ivf_tools
 import numpy as np
 
 #: Exact search while ``q * v / (q + v)`` (``q`` queries against ``v``
@@ -43,7 +45,9 @@ PROJECTED_DIM = 128
 #: Rows and bytes bounding the work on one block of queries (the candidates' gather).
 _BLOCK_BYTES = 16 << 20
 _SAMPLE = 10_000
-_POINTS_PER_LIST = 39  # FAISS's own minimum of training points per centroid
+_POINTS_PER_LIST = 39  # FAISS's own minimum of training points per centroid, for nlist
+_TRAINING_POINTS_PER_LIST = 16
+_SEARCH_ROWS = 8192  # queries per FAISS call (smaller calls cost more in overhead)
 
 
 @dataclass(frozen=True)
@@ -95,22 +99,31 @@ def approximate_top_k(
     if rule is None or not rule.approximate:
         rule = approximate_rule(len(vectors), k)
     projection = _projection(vectors)
-    index = _ivf_index(vectors, projection, rule)
-    index.nprobe = rule.nprobe
+    index, probes = _ivf_index(vectors, projection, rule, probe_self=queries is vectors)
     taken = min(rule.candidates + (own_rows is not None), len(vectors))
     rows = np.full((len(queries), k), -1, dtype=np.int64)
     scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
     own = None if own_rows is None else np.asarray(own_rows, dtype=np.int64)
-    step = max(1, _BLOCK_BYTES // (4 * taken * vectors.shape[1]))
-    for start in range(0, len(queries), step):
-        stop = min(start + step, len(queries))
-        block = np.ascontiguousarray(queries[start:stop])
-        _, candidates = index.search(_project(block, projection), taken)
-        if own is not None:
-            candidates[candidates == own[start:stop, None]] = -1
-        rows[start:stop], scores[start:stop] = _rescore(block, vectors, candidates, k)
-        if report is not None:
-            report(stop / len(queries))
+    step = max(1, _BLOCK_BYTES // (4 * taken * vectors.shape[1]))  # rows re-scored at once
+    threads = max(1, faiss.omp_get_max_threads())
+
+    def rescore(start: int, candidates: np.ndarray) -> None:
+        stop = start + len(candidates)
+        rows[start:stop], scores[start:stop] = _rescore(queries[start:stop], vectors, candidates, k)
+
+    with ThreadPoolExecutor(threads) as pool:  # the gather and products release the GIL
+        for start in range(0, len(queries), _SEARCH_ROWS):
+            stop = min(start + _SEARCH_ROWS, len(queries))
+            projected = _project(queries[start:stop], projection)
+            if probes is None:
+                _, candidates = index.search(projected, taken)
+            else:  # a collection against itself: its lists were found when it was added
+                _, candidates = ivf_tools.search_preassigned(index, projected, taken, probes[start:stop].astype(np.int64))
+            if own is not None:
+                candidates[candidates == own[start:stop, None]] = -1
+            list(pool.map(rescore, range(start, stop, step), [candidates[i : i + step] for i in range(0, stop - start, step)]))
+            if report is not None:
+                report(stop / len(queries))
     return rows, scores
 
 
@@ -156,16 +169,30 @@ def _project(rows: np.ndarray, projection: np.ndarray | None) -> np.ndarray:
     return np.ascontiguousarray(rows if projection is None else rows @ projection, dtype=np.float32)
 
 
-def _ivf_index(vectors: np.ndarray, projection: np.ndarray | None, rule: SearchRule):
-    """IVF (inner product) over the projected ``vectors``, trained on a fixed sample, filled in blocks."""
+def _ivf_index(vectors: np.ndarray, projection: np.ndarray | None, rule: SearchRule, probe_self: bool):
+    """IVF (inner product) over the projected ``vectors``, trained on a fixed sample, filled in blocks.
+
+    With ``probe_self``, also each vector's ``nprobe`` nearest lists (int32),
+    found once for adding it and kept for searching with it.
+    """
     dim = vectors.shape[1] if projection is None else projection.shape[1]
     nlist = max(1, min(rule.nlist, len(vectors)))
     index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
+    index.nprobe = min(rule.nprobe, nlist)
     index.cp.seed = 1234  # FAISS's default, said: the same lists on a rerun
-    index.cp.niter = 10  # a coarse partition is enough: nprobe lists and exact re-scoring do the rest
-    training = vectors[_sample_rows(len(vectors), max(nlist * _POINTS_PER_LIST, 1000))]
-    index.train(_project(training, projection))
+    # A coarse partition is enough (nprobe lists and exact re-scoring do the
+    # rest): few k-means rounds on few points, the training's cost ~ n, not n^1.5.
+    index.cp.niter = 10
+    index.cp.min_points_per_centroid = _TRAINING_POINTS_PER_LIST
+    index.train(_project(vectors[_sample_rows(len(vectors), max(nlist * _TRAINING_POINTS_PER_LIST, 1000))], projection))
+    probes = np.empty((len(vectors), index.nprobe), np.int32) if probe_self else None
     step = max(1, _BLOCK_BYTES // (4 * vectors.shape[1]))
     for start in range(0, len(vectors), step):
-        index.add(_project(vectors[start : start + step], projection))
-    return index
+        block = _project(vectors[start : start + step], projection)
+        if probes is None:
+            index.add(block)
+            continue
+        _, lists = index.quantizer.search(block, index.nprobe)
+        probes[start : start + len(block)] = lists
+        ivf_tools.add_preassigned(index, block, np.ascontiguousarray(lists[:, 0]))
+    return index, probes
