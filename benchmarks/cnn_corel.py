@@ -228,8 +228,8 @@ def main() -> None:
         # The MobileNet index built above holds the vectors of record.
         figures["quality"] = {"none": report_quality(evaluate_index("mobilenet0", work, labels=COREL_LABELS, ks=(10, 20)))}
         with Searcher.open("mobilenet0", work) as searcher:
-            rows = searcher.store.catalogue.image_rows()
-            vectors = searcher.store.catalogue.vectors_for_ids([row.id for row in rows], searcher.store.dim)
+            rows = searcher.image_rows()
+            vectors = searcher.original_vectors([row.id for row in rows])
         row_labels = [int(Path(row.path).stem) // 100 for row in rows]
         for dims in PCA_DIMS:
             for whiten in (False, True):

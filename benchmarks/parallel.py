@@ -65,7 +65,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cbir.features.color import ColorHistogram  # noqa: E402
-from cbir.compute.work import usable_cores  # noqa: E402
+from cbir.cpus import usable_cores  # noqa: E402
 from cbir.progress import Progress  # noqa: E402
 
 _TRANSFORMS = [

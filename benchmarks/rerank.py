@@ -107,9 +107,9 @@ def bench(set_name: str, extractor: str, grid, index_dir: Path) -> dict:
         with Searcher.open(name, index_dir, expand=expand or None, alpha=alpha) as searcher, Searcher.open(
             name, index_dir, expand=None
         ) as plain:
-            ids = np.array([row.id for row in searcher.store.catalogue.image_rows()])
+            ids = np.array([row.id for row in searcher.image_rows()])
             sample = ids[:: max(1, len(ids) // 200)][:200]
-            vectors = searcher.store.catalogue.vectors_for_ids(sample.tolist(), searcher.store.dim)
+            vectors = searcher.original_vectors(sample.tolist())
             latency, plain_latency = search_latency(searcher, plain, vectors)
         rows.append(
             {
@@ -151,9 +151,9 @@ def latency_only(set_name: str, extractor: str, index_dir: Path, n_queries: int 
     name = f"{set_name}-{extractor}"
     index_folder(folder, name, index_dir, options=EXTRACTORS[extractor], labels=labels, dba=DEFAULT_DBA)
     with Searcher.open(name, index_dir, expand=DEFAULT_EXPAND) as searcher, Searcher.open(name, index_dir, expand=None) as plain:
-        ids = np.array([row.id for row in searcher.store.catalogue.image_rows()])
+        ids = np.array([row.id for row in searcher.image_rows()])
         sample = ids[:: max(1, len(ids) // n_queries)][:n_queries]
-        vectors = searcher.store.catalogue.vectors_for_ids(sample.tolist(), searcher.store.dim)
+        vectors = searcher.original_vectors(sample.tolist())
         latency, plain_latency = search_latency(searcher, plain, vectors)
     return {
         "set": set_name,

@@ -65,3 +65,28 @@ class WeightsError(CbirError):
 
 class MissingExtraError(CbirError):
     """An optional part of cbir whose packages are not installed (see :mod:`cbir.extras`)."""
+
+
+class DiskFullError(CbirError):
+    """No space left (or quota reached) where cbir writes; what was committed before is kept."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk is full: ``ENOSPC``/``EDQUOT``, SQLite's ``SQLITE_FULL``, FAISS's write error."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if getattr(exc, "sqlite_errorcode", None) == 13:  # SQLITE_FULL
+        return True
+    text = str(exc)
+    # SQLite's message when no error code is attached; FAISS's C++ writers report errno as text.
+    return "database or disk is full" in text or "No space left on device" in text or "Disk quota exceeded" in text
+
+
+def disk_full_error(where: str) -> DiskFullError:
+    """The one message for a full disk: where, and that a rerun finishes the work."""
+    return DiskFullError(
+        f"no space left on the device for {where}; free some space and run the same command again "
+        "(what was committed before is kept)"
+    )

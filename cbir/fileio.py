@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any, BinaryIO, Iterator
 
+from cbir.errors import disk_full_error, is_disk_full
+
 _BLOCK = 1 << 20
 
 
@@ -55,6 +57,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     format by it). After the block the file is fsynced and renamed over
     ``path`` with :func:`os.replace`; if the block raises, or the library did
     not write the file, the temporary file is removed and ``path`` is untouched.
+    A full disk becomes :class:`~cbir.errors.DiskFullError` (one line for the CLI).
     """
     path = Path(path)
     temporary = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
@@ -66,6 +69,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(temporary, path)
         _fsync_folder(path.parent)
+    except (OSError, RuntimeError) as exc:  # RuntimeError: FAISS's writers
+        if is_disk_full(exc):
+            raise disk_full_error(str(path)) from None
+        raise
     finally:
         temporary.unlink(missing_ok=True)
 

@@ -1,7 +1,12 @@
-"""Images the tests make themselves: small, coloured, one folder per class."""
+"""Images the tests make themselves, and the tiny models they share.
+
+The tiny CNN and autoencoder are built once per test run (session fixtures):
+TensorFlow's import and a training are paid once, by whichever test asks first.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import struct
@@ -11,6 +16,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+
+# The test run is an application like the cbir command: it keeps TensorFlow's C++ logs
+# (read once, when TensorFlow is imported) out of the tests' output. The library sets none.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 #: Class name -> base BGR colour of its images.
 CLASS_COLOURS = {
@@ -75,6 +84,75 @@ def add_broken_files(folder: Path) -> dict[str, Path]:
     broken["truncated"].write_bytes(data[: len(data) // 2])
     broken["text"].write_text("this is not an image\n")
     return broken
+
+
+def photo_like(seed: int, size=(96, 128)) -> np.ndarray:
+    """An RGB image with some of a photo's structure: a graded sky, blurred shapes, texture.
+
+    Distinct seeds give distinct palettes and layouts, so near-copies of one
+    should rank above the others for any extractor worth the name.
+    """
+    rng = np.random.default_rng(seed)
+    h, w = size
+    top, bottom = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    ramp = np.linspace(0, 1, h)[:, None, None]
+    image = np.ascontiguousarray(np.broadcast_to(top * (1 - ramp) + bottom * ramp, (h, w, 3)), dtype=np.float32)
+    for _ in range(6):
+        colour = [float(c) for c in rng.integers(0, 256, 3)]
+        centre = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+        if rng.random() < 0.5:
+            axes = (int(rng.integers(w // 10, w // 3)), int(rng.integers(h // 10, h // 3)))
+            cv2.ellipse(image, centre, axes, float(rng.integers(0, 180)), 0, 360, colour, -1)
+        else:
+            corner = (int(rng.integers(0, w)), int(rng.integers(0, h)))
+            cv2.rectangle(image, centre, corner, colour, -1)
+    image = cv2.GaussianBlur(image, (0, 0), 1.5)
+    image += rng.normal(0, 6, image.shape)
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
+#: Small, fast settings of the deep extractors (shared by every test that builds one).
+TINY_CNN = {"backbone": "mobilenet", "weights": "none", "input_size": 32, "batch_size": 4}
+TINY_AUTOENCODER = {"input_size": 16, "filters": (8, 16), "latent_channels": 4, "batch_size": 8, "epochs": 2}
+
+
+def rectangle_images(n: int, seed: int = 0) -> list[np.ndarray]:
+    """Images of varying sizes: a coloured background with a rectangle of another colour."""
+    rng = np.random.default_rng(seed)
+    images = []
+    for _ in range(n):
+        h, w = rng.integers(18, 40, size=2)
+        image = np.empty((h, w, 3), np.uint8)
+        image[:] = rng.integers(0, 256, 3)
+        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
+        image[y : y + h // 2, x : x + w // 2] = rng.integers(0, 256, 3)
+        images.append(image)
+    return images
+
+
+def _skip_without_tensorflow() -> None:
+    # Not importorskip: TensorFlow must be imported the way cbir does (quietened first).
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("TensorFlow is not installed")
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn():
+    """A random MobileNet at 32 px on TFLite, built once (:data:`TINY_CNN`); do not change it."""
+    _skip_without_tensorflow()
+    from cbir.features.cnn import CNNExtractor
+
+    return CNNExtractor(**TINY_CNN).build()
+
+
+@pytest.fixture(scope="session")
+def tiny_autoencoder(tmp_path_factory):
+    """``(extractor, training folder)``: :data:`TINY_AUTOENCODER` trained once on 24 :func:`rectangle_images`."""
+    _skip_without_tensorflow()
+    from cbir.indexing.train import train_autoencoder
+
+    out = tmp_path_factory.mktemp("tiny-autoencoder")
+    return train_autoencoder(rectangle_images(24), out, **TINY_AUTOENCODER), out
 
 
 @pytest.fixture

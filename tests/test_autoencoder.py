@@ -31,21 +31,8 @@ from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
 from cbir.progress import Progress
 
-TINY = dict(input_size=16, filters=(8, 16), latent_channels=4, batch_size=8, epochs=2)
-
-
-def _images(n: int, seed: int = 0) -> list[np.ndarray]:
-    """Images of varying sizes: a coloured background with a rectangle of another colour."""
-    rng = np.random.default_rng(seed)
-    images = []
-    for _ in range(n):
-        h, w = rng.integers(18, 40, size=2)
-        image = np.empty((h, w, 3), np.uint8)
-        image[:] = rng.integers(0, 256, 3)
-        y, x = rng.integers(0, h // 2), rng.integers(0, w // 2)
-        image[y : y + h // 2, x : x + w // 2] = rng.integers(0, 256, 3)
-        images.append(image)
-    return images
+from conftest import TINY_AUTOENCODER as TINY
+from conftest import rectangle_images as _images
 
 
 class _Interrupt(Progress):
@@ -69,10 +56,10 @@ class _Count(Progress):
         self.steps.append(steps)
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ae")
-    return train_autoencoder(_images(24), out, **TINY), out
+@pytest.fixture
+def trained(tiny_autoencoder):
+    """Trained once per test run (tests/conftest.py)."""
+    return tiny_autoencoder
 
 
 # -- without TensorFlow --------------------------------------------------------

@@ -37,10 +37,11 @@ def images():
     return [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
 
 
-@pytest.fixture(scope="module")
-def extractor():
-    """Random MobileNet on TFLite, batches of 4 so 7 images need two sizes."""
-    return CNNExtractor(weights="none", input_size=SIZE, batch_size=4).build()
+@pytest.fixture
+def extractor(tiny_cnn):
+    """Random MobileNet on TFLite, batches of 4 so 7 images need two sizes (built once per run)."""
+    assert (tiny_cnn.input_size, tiny_cnn.batch_size) == (SIZE, 4)
+    return tiny_cnn
 
 
 @pytest.fixture
@@ -121,13 +122,16 @@ def test_config_and_dims_come_without_building_a_network():
             "pooling": "avg",
             "gem_p": 3.0,
             "input_size": 160,
+            "scales": [1.0],
             "resize": "squash",
             "runtime": "auto",
             "batch_size": 32,
             "seed": 0,
         },
     }
+    # One scale by default: decoded for its 160 px; with scales, for the largest side.
     assert extractor.dim == 2048 and extractor.decode_min_side == 160 and not extractor.is_loaded
+    assert make_extractor("cnn", backbone="resnet50", input_size=160, scales=[1, 0.7071, 1.4142]).decode_min_side == 224
     assert extractor.fit([]) is extractor and not extractor.is_loaded  # fit learns nothing and loads nothing
 
 
@@ -222,11 +226,17 @@ def test_random_weights_depend_on_the_seed_only():
 
 
 @needs_tensorflow
-def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatch):
-    """Every plan (and every network's creation) used to take fd 2 from the whole process."""
+@pytest.mark.parametrize("asked", [True, False])
+def test_only_the_first_plan_in_a_process_redirects_stderr_and_only_where_the_application_asks(extractor, monkeypatch, asked):
+    """Every plan (and every network's creation) used to take fd 2 from the whole process; then every
+    first plan did, in any program using the library; now only where the application asks (the ``cbir`` command)."""
     import cbir.features._tensorflow as quieting
     from cbir.features.runtimes import LiteRTNetwork
 
+    if asked:
+        monkeypatch.setenv(quieting.QUIET_ENGINES_ENV, "1")
+    else:
+        monkeypatch.delenv(quieting.QUIET_ENGINES_ENV, raising=False)
     redirections = []
 
     class Counted(quieting.captured_stderr):
@@ -238,7 +248,33 @@ def test_only_the_first_plan_in_a_process_redirects_stderr(extractor, monkeypatc
     monkeypatch.setattr(LiteRTNetwork, "_announced", False)
     for chunk in (4, 1, 4):
         LiteRTNetwork(extractor.tflite_model_, SIZE).plan(chunk)
-    assert len(redirections) == 1
+    assert len(redirections) == (1 if asked else 0)
+
+
+#: Batch sizes as the server's batcher makes them: whatever queued during the previous batch.
+SERVER_BATCH_SIZES = [1, 3, 2, 1, 4, 7, 2, 3, 5, 1, 6, 2]
+
+
+@needs_tensorflow
+@pytest.mark.parametrize("runtime", CONVERTED_RUNTIMES)
+def test_mixed_small_batches_plan_each_shape_once_where_planning_costs(extractor, runtime, monkeypatch):
+    """Each change of batch size below 4 used to plan the network again (OpenVINO: a compile, 0.1-0.2 s for ResNet50)."""
+    from cbir.features.runtimes import NETWORKS
+
+    engine = NETWORKS[runtime]
+    plans = []
+    plan = engine._plan
+    monkeypatch.setattr(engine, "_plan", lambda self, chunk: (plans.append(chunk), plan(self, chunk))[1])
+    network = engine(extractor.tflite_model_, SIZE)
+    rng = np.random.default_rng(5)
+    batches = [rng.integers(0, 256, (n, SIZE, SIZE, 3), dtype=np.uint8) for n in SERVER_BATCH_SIZES]
+    maps = [network(batch) for batch in batches]
+    alone = network(np.concatenate(batches))
+    np.testing.assert_allclose(np.concatenate(maps), alone, rtol=1e-4, atol=1e-4)  # padding changes nothing
+    if runtime == "openvino":  # each shape compiled once, and few of them: batches of 3 are padded to 4
+        assert sorted(plans) == [1, 2, 4]
+    else:  # LiteRT reshapes its XNNPACK runtime in well under a millisecond (docs/cnn.md): exact sizes, no padding
+        assert set(plans) == {1, 2, 3, 4}
 
 
 @needs_tensorflow
@@ -347,8 +383,11 @@ print(json.dumps({{"top": json.loads(result.stdout)["results"][0]["path"],
 
 
 @needs_tensorflow
-def test_index_and_query_through_the_library_quietly(collection, index_dir, capfd):
+def test_index_and_query_through_the_library_quietly_where_the_application_asks(collection, index_dir, capfd, monkeypatch):
+    from cbir.features._tensorflow import QUIET_ENGINES_ENV
     from cbir.features.pipeline import Embedder
+
+    monkeypatch.setenv(QUIET_ENGINES_ENV, "1")  # as the cbir command does
     from cbir.indexing.run import index_folder
     from cbir.retrieval.search import Searcher
 

@@ -22,13 +22,14 @@ import pytest
 from cbir.features.base import EXTRACTORS, Extractor, extractor_class, extractor_from_config, make_extractor
 from cbir.features.pca import PCAReduction
 from cbir.features.pipeline import Embedder
+from conftest import TINY_AUTOENCODER, TINY_CNN, rectangle_images
 
-#: Small, fast parameters of every registered extractor.
-TINY = {
-    "color": {"bins": [4, 4, 2], "min_side": 16},
-    "cnn": {"backbone": "mobilenet", "weights": "none", "input_size": 32, "batch_size": 4},
-    "autoencoder": {"input_size": 16, "filters": [4, 8], "latent_channels": 2, "epochs": 1, "batch_size": 4},
-}
+#: Small, fast parameters of every registered extractor (the deep ones built once per run: tests/conftest.py).
+TINY = {"color": {"bins": [4, 4, 2], "min_side": 16}, "cnn": TINY_CNN, "autoencoder": TINY_AUTOENCODER}
+#: Options that change how an extractor embeds, held to the same contract:
+#: case -> (extractor, parameters). R-MAC needs a 3 x 3 feature map: 96 px.
+VARIANTS = {"cnn-multiscale-rmac": ("cnn", {**TINY_CNN, "input_size": 96, "scales": [1.0, 1.34], "pooling": "rmac"})}
+CASES = {**{name: (name, params) for name, params in TINY.items()}, **VARIANTS}
 DEEP = {"cnn", "autoencoder"}
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 
@@ -43,7 +44,12 @@ def _images(n: int = 6, seed: int = 0) -> list[np.ndarray]:
 
 
 def _params():
-    return [pytest.param(name, marks=needs_tensorflow if name in DEEP else ()) for name in sorted(EXTRACTORS)]
+    return [pytest.param(name, marks=needs_tensorflow if CASES[name][0] in DEEP else ()) for name in sorted(CASES)]
+
+
+def _make(case: str):
+    name, params = CASES[case]
+    return make_extractor(name, **params)
 
 
 def _learned(obj) -> set[str]:
@@ -51,30 +57,44 @@ def _learned(obj) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def fitted(tmp_path_factory):
-    """One fitted extractor per name, and the folder its state was saved to."""
-    made: dict[str, tuple[Extractor, Path]] = {}
+def _fitted_by_name() -> dict[str, tuple[Extractor, Path]]:
+    return {}
 
-    def get(name: str) -> tuple[Extractor, Path]:
-        if name not in made:
-            extractor = make_extractor(name, **TINY[name])
+
+@pytest.fixture
+def fitted(name, request, _fitted_by_name, tmp_path_factory) -> tuple[Extractor, Path]:
+    """The fitted extractor ``name`` (the test's parameter), and the folder its state was saved to.
+
+    The deep ones are the tiny models of the whole test run (tests/conftest.py),
+    trained and built once, in a fixture so their cost shows as setup; ``fit``
+    returning ``self`` is checked for them where it is cheap (test_fit_returns_self).
+    """
+    if name not in _fitted_by_name:
+        if name == "cnn":
+            extractor = request.getfixturevalue("tiny_cnn")
+        elif name == "autoencoder":
+            extractor = request.getfixturevalue("tiny_autoencoder")[0]
+        else:
+            extractor = _make(name)
             assert extractor.fit(_images()) is extractor
-            extractor.build()
-            directory = tmp_path_factory.mktemp(name)
-            extractor.save(directory)
-            made[name] = extractor, directory
-        return made[name]
-
-    return get
+        expected = _make(name).get_params()
+        given = extractor.get_params()
+        assert {k: given[k] for k in expected if k != "model_path"} == {k: v for k, v in expected.items() if k != "model_path"}
+        extractor.build()
+        directory = tmp_path_factory.mktemp(name)
+        extractor.save(directory)
+        _fitted_by_name[name] = extractor, directory
+    return _fitted_by_name[name]
 
 
 # -- configuration, without building anything ----------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(EXTRACTORS))
-def test_init_stores_parameters_unchanged_and_the_config_round_trips(name):
-    extractor = make_extractor(name, **TINY[name])
-    for key, value in TINY[name].items():
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_init_stores_parameters_unchanged_and_the_config_round_trips(case):
+    name, params = CASES[case]
+    extractor = make_extractor(name, **params)
+    for key, value in params.items():
         assert getattr(extractor, key) is value  # stored as given: no copy, no conversion
     config = json.loads(json.dumps(extractor.get_config()))
     assert config["name"] == name == extractor_class(name).name
@@ -85,9 +105,9 @@ def test_init_stores_parameters_unchanged_and_the_config_round_trips(name):
     assert _learned(extractor) == set()  # __init__ learns and loads nothing
 
 
-@pytest.mark.parametrize("name", sorted(EXTRACTORS))
-def test_no_images_give_an_empty_float32_array_without_loading_anything(name):
-    extractor = make_extractor(name, **TINY[name])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_images_give_an_empty_float32_array_without_loading_anything(case):
+    extractor = _make(case)
     for empty in (extractor.transform([]), extractor.transform_prepared([])):
         assert empty.shape == (0, extractor.dim) and empty.dtype == np.float32
     assert _learned(extractor) == set()
@@ -134,7 +154,7 @@ def test_colour_never_imports_tensorflow():
 
 @pytest.mark.parametrize("name", _params())
 def test_vectors_are_l2_normalised_float32_rows_in_input_order(name, fitted):
-    extractor, _ = fitted(name)
+    extractor, _ = fitted
     images = _images(5, seed=1)
     vectors = extractor.transform(images)
     assert vectors.shape == (5, extractor.dim) and vectors.dtype == np.float32 and vectors.flags.c_contiguous
@@ -147,8 +167,20 @@ def test_vectors_are_l2_normalised_float32_rows_in_input_order(name, fitted):
 
 
 @pytest.mark.parametrize("name", _params())
+def test_fit_returns_self(name, fitted, request):
+    """Without training again: the autoencoder is given the model it already trained (``model_path``)."""
+    extractor, _ = fitted
+    if name == "autoencoder":
+        model = request.getfixturevalue("tiny_autoencoder")[1] / "model.keras"
+        extractor = make_extractor(name, **{**TINY[name], "model_path": str(model)})
+    elif CASES[name][0] == "cnn":
+        extractor = _make(name)  # fit learns nothing: it builds nothing either
+    assert extractor.fit(rectangle_images(4)) is extractor and extractor.is_fitted
+
+
+@pytest.mark.parametrize("name", _params())
 def test_learned_attributes_end_in_an_underscore(name, fitted):
-    extractor, _ = fitted(name)
+    extractor, _ = fitted
     params = set(extractor.get_params())
     public = {k for k in vars(extractor) if not k.startswith("_")}
     assert public - params == _learned(extractor)
@@ -157,8 +189,9 @@ def test_learned_attributes_end_in_an_underscore(name, fitted):
 
 @pytest.mark.parametrize("name", _params())
 def test_saved_state_gives_identical_vectors(name, fitted):
-    extractor, directory = fitted(name)
-    loaded = extractor_from_config(extractor.get_config()).load_state(directory)
+    extractor, directory = fitted
+    # Through JSON, as a manifest stores the config.
+    loaded = extractor_from_config(json.loads(json.dumps(extractor.get_config()))).load_state(directory)
     images = _images(4, seed=2)
     np.testing.assert_array_equal(loaded.transform(images), extractor.transform(images))
 
@@ -166,10 +199,17 @@ def test_saved_state_gives_identical_vectors(name, fitted):
 # -- the PCA step and the Embedder -----------------------------------------------
 
 
-def test_pca_keeps_the_same_promises(tmp_path):
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_components": 3, "whiten": True},
+        {"n_components": 3, "whiten": True, "shrinkage": 0.5, "power": 0.5},
+    ],
+)
+def test_pca_keeps_the_same_promises(tmp_path, params):
     vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
-    pca = PCAReduction(3, whiten=True)
-    assert PCAReduction(**pca.get_params()).get_params() == pca.get_params() == {"n_components": 3, "whiten": True}
+    pca = PCAReduction(**params)
+    assert PCAReduction(**json.loads(json.dumps(pca.get_params()))).get_params() == pca.get_params() == params
     assert _learned(pca) == set()
     assert pca.fit(vectors) is pca and _learned(pca) == {"mean_", "components_", "explained_variance_"}
     reduced = pca.transform(vectors)

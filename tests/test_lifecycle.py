@@ -1,6 +1,7 @@
 """An index over time: removal, kills mid-run, one writer at a time, index types, duplicates."""
 
 import json
+import logging
 import os
 import signal
 import sqlite3
@@ -86,7 +87,7 @@ def test_changing_the_index_type_rebuilds_without_re_embedding(tmp_path, index_d
     make_collection(root, per_class=30, size=(24, 32))
     index_folder(root, "many", index_dir)
     decoded = []
-    monkeypatch.setattr(file_work, "decode_image", lambda *a, **k: decoded.append(a))
+    monkeypatch.setattr(file_work, "decode_file", lambda *a, **k: decoded.append(a))
     summary = index_folder(root, "many", index_dir, index_type="hnsw")
     assert decoded == [] and summary.unchanged == 90
     with IndexStore.open(index_path("many", index_dir)) as store:
@@ -225,3 +226,37 @@ def test_duplicates_work_without_range_search(tmp_path, index_dir):
     index_folder(root, "dups", index_dir, index_type="hnsw")  # HNSW has no range search
     groups = find_duplicates("dups", 0.9999, index_dir)
     assert [len(g.paths) for g in groups] == [2]
+
+
+def _range_search_failing(monkeypatch, index_dir, message):
+    with Searcher.open("dups", index_dir) as searcher:
+        index_class = type(searcher.vectors.index)
+
+    def failing(self, *args, **kwargs):
+        raise RuntimeError(message)
+
+    monkeypatch.setattr(index_class, "range_search", failing)
+
+
+def test_duplicates_fall_back_to_neighbours_only_without_range_search_and_say_so(tmp_path, index_dir, monkeypatch, caplog):
+    root = tmp_path / "photos"
+    for n in range(4):
+        write_image(root / f"p{n}.png", patchwork(n))
+    (root / "again.png").write_bytes((root / "p1.png").read_bytes())
+    index_folder(root, "dups", index_dir, dba=None)
+    _range_search_failing(monkeypatch, index_dir, "Error in virtual void faiss::Index::range_search: range search not implemented")
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        groups = find_duplicates("dups", 0.9999, index_dir)
+    assert [len(g.paths) for g in groups] == [2]
+    assert [r.message.count("nearest neighbours only") for r in caplog.records] == [1]
+
+
+def test_other_faiss_errors_in_duplicates_are_errors_not_a_quiet_neighbour_cap(tmp_path, index_dir, monkeypatch):
+    """Any RuntimeError used to become a 32-neighbour search, changing the groups without a word."""
+    root = tmp_path / "photos"
+    for n in range(4):
+        write_image(root / f"p{n}.png", patchwork(n))
+    index_folder(root, "dups", index_dir, dba=None)
+    _range_search_failing(monkeypatch, index_dir, "Error in faiss::RangeSearchResult: std::bad_alloc")
+    with pytest.raises(RuntimeError, match="bad_alloc"):
+        find_duplicates("dups", 0.9, index_dir)

@@ -17,7 +17,8 @@ from typer.testing import CliRunner
 from cbir.cli import app
 from cbir.errors import CbirError
 from cbir.indexing.run import index_folder
-from cbir.compute.work import EmbedderRef, WorkerError, usable_cores
+from cbir.compute.work import EmbedderRef, WorkerError
+from cbir.cpus import usable_cores
 from cbir.progress import Progress
 from cbir.retrieval.search import Searcher
 from cbir.store.directory import IndexStore
@@ -63,43 +64,36 @@ def test_one_and_two_workers_give_identical_vectors_after_pca(tmp_path, index_di
     assert_same_vectors(index_dir / "one", index_dir / "two", 70)
 
 
-def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch):
+def test_workers_run_the_network_themselves_and_give_the_parents_vectors(collection, index_dir, monkeypatch, tiny_cnn):
     """A converted CNN runs in each worker (one engine per worker): same vectors, no network step in the parent."""
-    from cbir.features.cnn import CNNExtractor
     from cbir.features.pipeline import Embedder
 
-    def tiny_cnn() -> Embedder:
-        return Embedder(CNNExtractor(weights="none", input_size=32, batch_size=4, runtime="tflite"))
-
-    index_folder(collection, "one", index_dir, embedder=tiny_cnn(), workers=1)
+    assert tiny_cnn.engine == "tflite" and tiny_cnn.is_loaded  # converted before the parent's transform step is patched out
+    index_folder(collection, "one", index_dir, embedder=Embedder(tiny_cnn), workers=1)
 
     def not_in_the_parent(self, items):
         raise AssertionError("the parent ran the network; the workers should have")
 
-    embedder = tiny_cnn()
-    embedder.extractor.build()  # converted before the parent's transform step is patched out
+    embedder = Embedder(tiny_cnn)
     monkeypatch.setattr(Embedder, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
     summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2, batch_size=4)
     assert summary.added == 15
     assert_same_vectors(index_dir / "one", index_dir / "two", 15)
 
 
-def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, monkeypatch):
+def test_workers_run_the_network_for_the_pca_sample_too(collection, index_dir, monkeypatch, tiny_cnn):
     """A first CNN + PCA build embeds its sample to fit the PCA: that is most of the work, in the workers too."""
     from cbir.features.cnn import CNNExtractor
     from cbir.features.pca import PCAReduction
     from cbir.features.pipeline import Embedder
 
-    def tiny_cnn_pca() -> Embedder:
-        return Embedder(CNNExtractor(weights="none", input_size=32, batch_size=4, runtime="tflite"), PCAReduction(4))
-
-    index_folder(collection, "one", index_dir, embedder=tiny_cnn_pca(), workers=1)
+    assert tiny_cnn.engine == "tflite" and tiny_cnn.is_loaded
+    index_folder(collection, "one", index_dir, embedder=Embedder(tiny_cnn, PCAReduction(4)), workers=1)
 
     def not_in_the_parent(self, items):
         raise AssertionError("the parent ran the network; the workers should have")
 
-    embedder = tiny_cnn_pca()
-    embedder.extractor.build()
+    embedder = Embedder(tiny_cnn, PCAReduction(4))
     monkeypatch.setattr(CNNExtractor, "transform_prepared", not_in_the_parent)  # workers are spawned: unpatched
     summary = index_folder(collection, "two", index_dir, embedder=embedder, workers=2)
     assert summary.added == 15
@@ -424,6 +418,10 @@ def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_file
         "item": np.zeros((1, 4), np.float32),
         "node": np.array(["10.0.0.7"], dtype=object),
     }
+    from cbir.compute.work import CODEC_FIELDS, LoadedFile
+
+    defaults = LoadedFile(Path(readable_here), -1, -1, "").fields()  # the codec's other fields, as a worker sends them
+    batch.update({name: np.array([value], dtype=object) for name, value in zip(CODEC_FIELDS, defaults) if name not in batch})
     ok, items, without = _unpack(batch)
     assert ok == [] and len(items) == 0
     assert without[0].error == (

@@ -10,6 +10,7 @@ import pytest
 ray = pytest.importorskip("ray", reason="the Ray extra is not installed (pip install 'cbir[ray]')")
 pytest.importorskip("ray.data", reason="Ray Data is not installed (pip install 'cbir[ray]')")
 
+from cbir.images.decode import read_image  # noqa: E402
 from cbir.indexing.run import index_folder  # noqa: E402
 
 from test_parallel import vectors_by_path  # noqa: E402
@@ -56,13 +57,33 @@ def test_calls_are_as_large_as_balance_allows():
     assert runner.batch_size(1000, 32) * 2 * CALLS_PER_ACTOR >= 1000
 
 
-def test_actors_limit_their_engine_threads():
-    from cbir.features import runtimes
+def test_an_actor_runs_its_engine_on_its_share_of_the_cores(ray_cluster, tiny_cnn, collection, tmp_path):
+    """A real actor of the class ``RayRunner.embed`` maps with, given what the loader gives it, embeds one file."""
+    import os
 
-    everything = runtimes.cpu_count()
-    try:
-        runtimes.limit_threads(1)
-        assert runtimes.cpu_count() == 1
-    finally:
-        runtimes.limit_threads(None)
-    assert runtimes.cpu_count() == everything
+    from cbir.compute.ray_cluster import RayRunner, _RayWorker
+    from cbir.compute.work import EmbedderRef, PrepareSpec
+    from cbir.features.pipeline import Embedder
+
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU here: an actor limited to one thread looks like one that is not")
+    runner = RayRunner.connect()  # the module's cluster of 2 CPUs: one actor per CPU, one thread each
+    assert (runner.actors, runner.threads) == (2, 1)
+    embedder = Embedder(tiny_cnn)
+    embedder.save(tmp_path)
+    ref = EmbedderRef.for_embedder(embedder, tmp_path, copies=1, cores=runner.threads)  # as cbir.compute.loader does
+    actor = ray.remote(num_cpus=1)(_RayWorker).remote(PrepareSpec.for_embedder(embedder, ref), None)
+    photo = collection / "red" / "red-0.jpg"
+
+    def embed_and_report(self, path):
+        import os
+
+        from cbir.features import runtimes
+
+        out = self({"path": np.array([path], dtype=object), "known": np.array([""], dtype=object)})
+        return out["item"][0], self.embedder.extractor.network_.threads, runtimes.cpu_count(), len(os.sched_getaffinity(0))
+
+    vector, engine_threads, usable, node_cpus = ray.get(actor.__ray_call__.remote(embed_and_report, str(photo)))
+    assert node_cpus >= 2 and engine_threads == usable == 1  # not every core of the node
+    np.testing.assert_allclose(vector, embedder.transform([read_image(photo, embedder.decode_min_side)])[0], atol=1e-6)
+    ray.kill(actor)

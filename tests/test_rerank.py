@@ -1,5 +1,6 @@
 """Re-ranking: αQE and DBA as pure functions, and DBA kept with a stored index under add/remove."""
 
+import logging
 import shutil
 
 import numpy as np
@@ -231,3 +232,19 @@ def test_indexing_shows_dba_neighbour_search_on_its_progress_bar(collection, ind
     [dba] = removal.phase("DBA")  # the images that lost a neighbour are searched again
     assert dba[2] == 15 and dba[3] == 15 and removal.events[-1] == ["stop"]
     _augmented_matches_catalogue(index_dir, "photos", 2)
+
+
+@pytest.mark.parametrize("index_type, exact", [("flat", True), ("hnsw", False)])
+def test_a_missing_augmented_file_is_a_warning_naming_it_and_the_repair(collection, index_dir, caplog, index_type, exact):
+    """It used to be an INFO line, and re-ranking quietly used the original vectors."""
+    index_folder(collection, "photos", index_dir, index_type=index_type, dba=2)
+    (index_dir / "photos" / "augmented-1.npy").unlink()
+    with caplog.at_level(logging.WARNING, logger="cbir"):
+        with Searcher.open("photos", index_dir) as searcher:
+            assert searcher.augmented is exact
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "augmented-1.npy" in warnings[0] and "run `cbir index`" in warnings[0]
+    if exact:  # a flat snapshot holds the augmented vectors themselves: results as with the file
+        _augmented_matches_catalogue(index_dir, "photos", 2)
+    else:
+        assert "use the original vectors" in warnings[0]

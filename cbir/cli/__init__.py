@@ -12,12 +12,11 @@ import typer
 from typing import Annotated
 
 from cbir.cli import benchmark, demo, duplicates, evaluate, index, info, manage, query, serve, train
-from cbir.cli._common import tidy_help
-
-tidy_help()
+from cbir.cli._common import TidyCommand, TidyGroup
 
 app = typer.Typer(
     name="cbir",
+    cls=TidyGroup,
     help="Content-based image retrieval: index image folders, search them by example image, evaluate retrieval.",
     no_args_is_help=True,
     add_completion=False,
@@ -45,19 +44,44 @@ def _options(
 
 
 app.command("index", cls=index.IndexCommand)(index.index)
-app.command("query")(query.query)
-app.command("evaluate")(evaluate.evaluate)
-app.command("info")(info.info)
-app.command("list")(info.list_command)
-app.command("remove")(index.remove)
-app.command("prune")(manage.prune)
-app.command("delete")(manage.delete)
-app.command("duplicates")(duplicates.duplicates)
-app.command("train-autoencoder")(train.train_autoencoder_command)
-app.command("demo")(demo.demo)
-app.command("benchmark")(benchmark.benchmark)
-app.command("serve")(serve.serve)
+app.command("query", cls=TidyCommand)(query.query)
+app.command("evaluate", cls=TidyCommand)(evaluate.evaluate)
+app.command("info", cls=TidyCommand)(info.info)
+app.command("list", cls=TidyCommand)(info.list_command)
+app.command("remove", cls=TidyCommand)(index.remove)
+app.command("prune", cls=TidyCommand)(manage.prune)
+app.command("delete", cls=TidyCommand)(manage.delete)
+app.command("duplicates", cls=TidyCommand)(duplicates.duplicates)
+app.command("train-autoencoder", cls=TidyCommand)(train.train_autoencoder_command)
+app.command("demo", cls=TidyCommand)(demo.demo)
+app.command("benchmark", cls=TidyCommand)(benchmark.benchmark)
+app.command("serve", cls=TidyCommand)(serve.serve)
 
 
 def main() -> None:
+    """The ``cbir`` command: settle this process's own settings, then run the app."""
+    _settle_process()
     app()
+
+
+def _settle_process() -> None:
+    """What the application sets for its process; library code leaves process state alone.
+
+    Before anything imports cv2 or TensorFlow (``import cbir.cli`` imports neither):
+    OpenCV reads its pixel cap at import (it covers the formats whose header
+    :func:`cbir.images.decode.image_size` does not read), TensorFlow its C++
+    log level. Engines' native notices are captured on fd 2
+    (:mod:`cbir.features._tensorflow`); worker processes inherit all three.
+    """
+    import logging
+    import os
+
+    from cbir.features._tensorflow import QUIET_ENGINES_ENV
+
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "180000000")  # cbir.images.decode.MAX_IMAGE_PIXELS
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault(QUIET_ENGINES_ENV, "1")
+    # Ray's warnings are notes for Ray developers here (token authentication on
+    # the local cluster it starts, progress bars turned off); errors still show.
+    for name in ("tensorflow", "absl", "ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)

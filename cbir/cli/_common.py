@@ -19,30 +19,53 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from typer.core import TyperCommand, TyperGroup
 
 stderr = Console(stderr=True, highlight=False, soft_wrap=True)
 
 # -- help layout -------------------------------------------------------------
-def tidy_help() -> None:
+def _tidy_params(command, ctx) -> None:
     """One look for every command's help: no type beside flags, defaults written one way.
 
     Typer's rich help asks each option for ``display_type_rich``, which (unlike
     click's plain help) does not skip flags, so every flag, ``--help`` included,
     showed ``<bool>``. Defaults Typer fills in are written like the ones in
-    help texts, ``(default: ...)``, instead of ``[default: ...]``.
+    help texts, ``(default: ...)``, instead of ``[default: ...]``. Only this
+    command's own parameter objects change: Typer itself is left as it is.
     """
-    from typer import core, rich_utils
+    from typer.core import TyperArgument, TyperOption
 
-    if getattr(core.TyperOption.display_type_rich, "_cbir_tidy", False):
-        return
-    original = core.TyperOption.display_type_rich
+    for param in command.get_params(ctx):
+        if getattr(param, "_cbir_tidy", False):
+            continue
+        param._cbir_tidy = True
+        if getattr(param, "is_flag", False):
+            param.display_type_rich = lambda ctx: None
+        if not isinstance(param, (TyperOption, TyperArgument)) or isinstance(param.show_default, str):
+            continue
+        default = param._extract_default_help_str(ctx=ctx)
+        if default is None or not (param.show_default or ctx.show_default):
+            continue
+        text = param._get_default_string(ctx=ctx, show_default_is_str=False, default_value=default)
+        if text:
+            param.help = f"{param.help or ''} (default: {text})".strip()
+        param.show_default = False
 
-    def display_type_rich(self, ctx):
-        return None if getattr(self, "is_flag", False) else original(self, ctx)
 
-    display_type_rich._cbir_tidy = True
-    core.TyperOption.display_type_rich = display_type_rich
-    rich_utils.DEFAULT_STRING = "(default: {})"
+class TidyCommand(TyperCommand):
+    """A command whose help has the one look of :func:`_tidy_params`."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _tidy_params(self, ctx)
+        return super().format_help(ctx, formatter)
+
+
+class TidyGroup(TyperGroup):
+    """The ``cbir`` group, its help tidied like its commands'."""
+
+    def format_help(self, ctx, formatter) -> None:
+        _tidy_params(self, ctx)
+        return super().format_help(ctx, formatter)
 
 
 # -- shared options ----------------------------------------------------------
@@ -84,16 +107,35 @@ def handle_errors(command: Callable) -> Callable:
             _drop_stdout()
             raise typer.Exit(code=0) from None
         except CbirError as exc:
-            from rich.markup import escape
-
-            # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path).
-            stderr.print(f"[bold red]error:[/] {escape(str(exc))}", markup=True)
+            _print_error(str(exc))
             raise typer.Exit(code=exc.exit_code) from None
         except KeyboardInterrupt:
             stderr.print("interrupted: work committed so far is kept; run the same command again to continue")
             raise typer.Exit(code=130) from None
+        except Exception as exc:
+            # A full disk the library did not see coming: most often stdout itself (> /dev/full).
+            from cbir.errors import is_disk_full
+
+            if not is_disk_full(exc):
+                raise
+            _drop_stdout()  # or Python's final flush of stdout fails again, with a traceback
+            if isinstance(exc, OSError):
+                _print_error(f"cannot write {exc.filename or 'the output'}: {exc.strerror or exc}")
+            else:
+                _print_error(f"no space left on the device: {exc}; free some space and run the same command again")
+            raise typer.Exit(code=1) from None
 
     return wrapper
+
+
+def _print_error(message: str) -> None:
+    from rich.markup import escape
+
+    from cbir.display import display_path
+
+    # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path),
+    # and a file name's undecodable bytes or newline (one message, one line).
+    stderr.print(f"[bold red]error:[/] {escape(display_path(message))}", markup=True)
 
 
 def _drop_stdout() -> None:
@@ -110,8 +152,10 @@ class _ConsoleLogHandler(logging.Handler):
     """Warnings from the library as one ``warning: ...`` line each, above any progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
+        from cbir.display import display_path
+
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        stderr.print(f"{prefix}{record.getMessage()}", markup=False)
+        stderr.print(f"{prefix}{display_path(record.getMessage())}", markup=False)
 
 
 def show_training_epochs() -> None:
@@ -209,7 +253,28 @@ class _RichProgress:
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    """``data`` as indented JSON on stdout; file names' undecodable bytes written as ``\\xNN``."""
+    sys.stdout.write(json.dumps(_json_safe(data), indent=2, ensure_ascii=False) + "\n")
+
+
+def _json_safe(data: Any) -> Any:
+    # JSON text is Unicode: a name's undecodable bytes (surrogate escapes) cannot be written as they are.
+    from cbir.display import display_path
+
+    if isinstance(data, str):
+        return display_path(data, controls=False)
+    if isinstance(data, dict):
+        return {_json_safe(k): _json_safe(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_json_safe(v) for v in data]
+    return data
+
+
+def show(path: str) -> str:
+    """A file name as one printable line (:func:`cbir.display.display_path`)."""
+    from cbir.display import display_path
+
+    return display_path(path)
 
 
 PathColumnOption = Annotated[
@@ -234,12 +299,6 @@ def read_labels(path: Path | None, path_column: str | None, label_column: str | 
             raise UsageError("--path-column and --label-column need --labels")
         return None
     return read_labels_csv(path, path_column, label_column)
-
-
-_COLOR = "Colour histogram (--extractor color)"
-_CNN = "CNN (--extractor cnn)"
-_AE = "Autoencoder (--extractor autoencoder)"
-
 
 
 # -- an index name given as NAME or --name ------------------------------------

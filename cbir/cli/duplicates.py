@@ -13,6 +13,7 @@ from cbir.cli._common import (
     NameOption,
     handle_errors,
     print_json,
+    show,
     progress_bar,
     stderr,
 )
@@ -60,4 +61,4 @@ def duplicates(
     for n, group in enumerate(groups, start=1):
         print(f"group {n}: {len(group.paths)} images, lowest similarity {group.min_score:.4f}")
         for path in group.paths:
-            print(f"  {path}")
+            print(f"  {show(path)}")

@@ -21,6 +21,7 @@ from cbir.cli._common import (
     expand_setting,
     handle_errors,
     print_json,
+    show,
     progress_bar,
     read_labels,
     stderr,
@@ -144,7 +145,7 @@ def _print_one(name, report) -> None:
     if len(report.per_class) <= 50:
         print("per class:  P@10    mAP     n")
         for label, entry in report.per_class.items():
-            print(f"  {label:<10} {entry.get('precision@10', 0):.4f}  {entry['map']:.4f}  {entry['n']}")
+            print(f"  {show(label):<10} {entry.get('precision@10', 0):.4f}  {entry['map']:.4f}  {entry['n']}")
     if report.queries_without_relevant:
         print(f"({report.queries_without_relevant} queries had no relevant image to find and were left out)")
 

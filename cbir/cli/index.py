@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from typer.core import TyperCommand
 
+from cbir.cli._extractor_options import with_extractor_options
 from cbir.cli._common import (
+    TidyCommand,
     AlphaOption,
     IndexDirOption,
     JsonOption,
@@ -22,11 +23,6 @@ from cbir.cli._common import (
     read_labels,
     show_training_epochs,
 )
-
-_COLOR = "Colour histogram (--extractor color)"
-_CNN = "CNN (--extractor cnn)"
-_AE = "Autoencoder (--extractor autoencoder)"
-
 
 def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[str, Any]:
     """``index_folder``'s ``dba`` / ``dba_alpha`` from ``--dba`` / ``--no-dba`` / ``--alpha``."""
@@ -44,17 +40,6 @@ def _dba_arguments(dba: int | None, no_dba: bool, alpha: float | None) -> dict[s
     return {"dba": chosen, "dba_alpha": alpha}
 
 
-def _parse_bins(text: str) -> list[int]:
-    from cbir.errors import UsageError
-
-    parts = text.replace("x", ",").split(",")
-    try:
-        return [int(p) for p in parts]
-    except ValueError:
-        raise UsageError(f"--bins must look like 8,12,3 (hue, saturation, value), got {text!r}") from None
-
-
-
 def _parse_workers(text: str | None) -> int | None:
     from cbir.errors import UsageError
 
@@ -69,10 +54,25 @@ def _parse_workers(text: str | None) -> int | None:
     return workers
 
 
+def _quiet_ray() -> None:
+    """Ray's warnings and notes are for Ray's developers here (progress bars turned off, token
+    authentication on the local cluster it starts); errors still show. Ray sets its loggers'
+    levels when it is imported, so the application sets them after that."""
+    import logging
+
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return  # index_folder says which extra to install
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 _RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
 
 
-class IndexCommand(TyperCommand):
+class IndexCommand(TidyCommand):
     """``--ray`` takes an optional address: without one (or before the folder) it means ``auto``."""
 
     def parse_args(self, ctx, args: list[str]) -> list[str]:
@@ -86,8 +86,7 @@ class IndexCommand(TyperCommand):
         return super().parse_args(ctx, args)
 
 
-@handle_errors
-def index(
+def _index(
     folder: Annotated[Path, typer.Argument(help="Folder of images, searched recursively.", show_default=False)],
     name: Annotated[
         Optional[str], typer.Option("--name", "-n", help="Name of the index. (default: the folder's name)", show_default=False)
@@ -98,57 +97,13 @@ def index(
         typer.Option(
             "--extractor",
             "-e",
-            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. (default: color)",
+            help="Feature extractor for a new index: color, cnn or autoencoder. An existing index keeps its own. "
+            "(default: color, or the one the options given belong to)",
             show_default=False,
         ),
     ] = None,
-    bins: Annotated[
-        Optional[str],
-        typer.Option("--bins", help="Hue,saturation,value bins per region. (default: 8,12,3)", show_default=False, rich_help_panel=_COLOR),
-    ] = None,
-    backbone: Annotated[
-        Optional[str],
-        typer.Option(
-            "--backbone",
-            help="mobilenet, mobilenetv2, efficientnetb0, resnet50 or vgg16. (default: mobilenet)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
-    weights: Annotated[
-        Optional[str],
-        typer.Option(
-            "--weights",
-            help="imagenet (Keras' cache, downloaded if missing), none (random), or a .h5 / .weights.h5 FILE. (default: imagenet)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
-    pooling: Annotated[
-        Optional[str], typer.Option("--pooling", help="avg, max or gem. (default: avg)", show_default=False, rich_help_panel=_CNN)
-    ] = None,
-    gem_p: Annotated[
-        Optional[float], typer.Option("--gem-p", help="Exponent of gem pooling. (default: 3)", show_default=False, rich_help_panel=_CNN)
-    ] = None,
-    resize: Annotated[
-        Optional[str],
-        typer.Option("--resize", help="squash, crop or pad to a square. (default: squash)", show_default=False, rich_help_panel=_CNN),
-    ] = None,
-    runtime: Annotated[
-        Optional[str],
-        typer.Option(
-            "--runtime",
-            help="auto (the faster of tflite and openvino for the backbone), tflite (LiteRT), openvino, or keras (reference); same vectors. (default: auto)",
-            show_default=False,
-            rich_help_panel=_CNN,
-        ),
-    ] = None,
-    input_size: Annotated[
-        Optional[int],
-        typer.Option(
-            "--input-size", help="Network input side in pixels. (default: 224 for cnn, 64 for autoencoder)", show_default=False, rich_help_panel=_CNN
-        ),
-    ] = None,
+    # Replaced by an option per declared extractor parameter, and --param (see _extractor_options.py).
+    extractor_params: Optional[dict[str, Any]] = None,
     model: Annotated[
         Optional[Path],
         typer.Option(
@@ -156,29 +111,21 @@ def index(
             help="A model from 'cbir train-autoencoder' (model.keras or its folder); without it the autoencoder trains on the collection.",
             exists=True,
             show_default=False,
-            rich_help_panel=_AE,
+            rich_help_panel="Autoencoder (--extractor autoencoder)",
         ),
-    ] = None,
-    embedding: Annotated[
-        Optional[str],
-        typer.Option(
-            "--embedding",
-            help="pool (multi-scale pooled encoder activations) or flatten (the bottleneck; for centred, aligned objects). (default: pool)",
-            show_default=False,
-            rich_help_panel=_AE,
-        ),
-    ] = None,
-    epochs: Annotated[
-        Optional[int], typer.Option("--epochs", min=1, help="Most training epochs. (default: 40)", show_default=False, rich_help_panel=_AE)
-    ] = None,
-    grey: Annotated[Optional[bool], typer.Option("--grey", help="Train on greyscale images.", show_default=False, rich_help_panel=_AE)] = None,
-    seed: Annotated[
-        Optional[int], typer.Option("--seed", help="Random seed of training (and of cnn --weights none). (default: 0)", show_default=False)
     ] = None,
     pca: Annotated[
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
     ] = None,
     pca_whiten: Annotated[bool, typer.Option("--pca-whiten", help="Whiten the PCA components.")] = False,
+    pca_shrinkage: Annotated[
+        Optional[float],
+        typer.Option("--pca-shrinkage", help="With --pca-whiten: shrink the variances towards their mean by this fraction, 0 to 1. (default: 0)", show_default=False),
+    ] = None,
+    pca_power: Annotated[
+        Optional[float],
+        typer.Option("--pca-power", help="Signed power of each PCA coordinate, above 0 and at most 1. (default: 1, none)", show_default=False),
+    ] = None,
     pca_train: Annotated[
         Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
     ] = None,
@@ -260,24 +207,10 @@ def index(
     from cbir.indexing.run import index_folder
 
     show_training_epochs()
-    options = {
-        "extractor": extractor,
-        "model": model,
-        "pca": pca,
-        "pca_whiten": pca_whiten or None,
-        "bins": _parse_bins(bins) if bins is not None else None,
-        "backbone": backbone,
-        "weights": weights,
-        "pooling": pooling,
-        "gem_p": gem_p,
-        "resize": resize,
-        "runtime": runtime,
-        "input_size": input_size,
-        "embedding": embedding,
-        "epochs": epochs,
-        "channels": 1 if grey else None,
-        "seed": seed,
-    }
+    if ray:
+        _quiet_ray()
+    options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None,
+               "pca_shrinkage": pca_shrinkage, "pca_power": pca_power, **(extractor_params or {})}
     summary = index_folder(
         folder,
         name,
@@ -309,8 +242,9 @@ def index(
     if summary.vectors_rebuilt:
         print(f"{summary.vectors_rebuilt}; stored vectors reused, nothing re-embedded")
     if summary.unsupported:
-        counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
-        print(f"not indexed, formats cbir cannot read: {counts}")
+        print(f"not indexed: {summary.unsupported_note()}")
+    if summary.raw_note():
+        print(summary.raw_note())
     if summary.unlisted:
         shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
         print(
@@ -319,6 +253,15 @@ def index(
         )
     if summary.retried:
         print(f"{summary.retried} file(s) skipped earlier for a reason that may have passed (permission, I/O) were tried again")
+
+
+def index_command():
+    """``cbir index`` with an option for each parameter the registered extractors declare now."""
+    return handle_errors(with_extractor_options(_index))
+
+
+index = index_command()
+
 
 @handle_errors
 def remove(

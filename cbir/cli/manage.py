@@ -15,6 +15,7 @@ from cbir.cli._common import (
     handle_errors,
     pick_name,
     print_json,
+    show,
     progress_bar,
     stderr,
 )
@@ -48,7 +49,7 @@ def prune(
         print_json({"name": name, "removed": gone, "dry_run": dry_run})
         return
     for path in gone:
-        print(path)
+        print(show(path))
     verb = "would drop" if dry_run else "dropped"
     stderr.print(f"{verb} {len(gone)} missing file(s) from index {name!r}", markup=False)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -20,6 +22,7 @@ from cbir.cli._common import (
     NprobeOption,
     handle_errors,
     print_json,
+    show,
     stderr,
 )
 
@@ -60,8 +63,10 @@ def query(
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
     closer; after query expansion, similarity to the expanded query) and path;
-    a result whose file is gone is marked (missing). --json gives {"query",
-    "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder.
+    then the date taken and the camera where the photo says (the date falls
+    back to the file's time); a result whose file is gone is marked (missing).
+    --json gives {"query", "results": [{"rank", "path", "score", "exists",
+    "taken", "camera"}]}, a list of those for a folder.
     """
     from cbir.errors import UsageError
     from cbir.images.scan import find_images
@@ -103,17 +108,23 @@ def query(
         print_json([r.to_dict() for r in results] if is_folder else results[0].to_dict())
         return
     if paths_only or null:
-        end = "\0" if null else "\n"
+        # -0 is for programs (xargs -0): the exact bytes of each name. --paths is
+        # one line per name: escaped, so a newline in a name cannot split it.
+        out = sys.stdout.buffer if null else None
         for result in results:
             for match in result.results:
-                typer.echo(match.path + end, nl=False)
+                if out is not None:
+                    out.write(os.fsencode(match.path) + b"\0")
+                else:
+                    print(show(match.path))
         return
     for n, result in enumerate(results):
         if is_folder:
-            print(("\n" if n else "") + f"query: {result.query}")
+            print(("\n" if n else "") + f"query: {show(result.query)}")
         for match in result.results:
             note = "" if match.exists else "  (missing)"
-            print(f"{match.rank:>4}  {match.score:.4f}  {match.path}{note}")
+            about = "  ".join(x for x in ((match.taken or "").replace("T", " "), match.camera or "") if x)
+            print(f"{match.rank:>4}  {match.score:.4f}  " + (f"[{about}]  " if about else "") + f"{show(match.path)}{note}")
 
 
 def _read_source(source: str) -> tuple[list[bytes], list[str]]:

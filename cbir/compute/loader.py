@@ -164,13 +164,10 @@ class Loader:
         else:
             spec = PrepareSpec.for_extractor(embedder.extractor)
 
-        def counted():
-            for pair in self.load(files, spec, embedder.prepare, known_sha256, known):
-                if progress is not None:
-                    progress.advance()
-                yield pair
-
-        for ok, items, not_embedded in batched(counted(), self.batch_size):
+        pairs = self.load(files, spec, embedder.prepare, known_sha256, known)
+        for ok, items, not_embedded in batched(pairs, self.batch_size):
+            if progress is not None:
+                progress.advance(len(ok) + len(not_embedded))  # per batch: the writer does no per-file bookkeeping
             yield Batch(ok, embed_items(embedder, items, embedded=in_workers), not_embedded)
 
 

@@ -22,6 +22,8 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+import numpy as np
+
 from cbir.compute.work import LoadedFile
 from cbir.compute.work import KnownContent, PrepareSpec, WorkerError, load_and_embed
 
@@ -196,8 +198,8 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=watch, name="cbir-parent-watch", daemon=True).start()
 
 
-def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list[tuple], list[Any]]:
-    """Each file's :class:`LoadedFile` fields but its path, and its item (see :func:`_loaded_files`)."""
+def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list[tuple], Any]:
+    """Each file's :class:`LoadedFile` fields but its path, and the chunk's items (see :func:`_loaded_files`)."""
     state = _worker_state
     if "failed" in state:
         raise state["failed"]
@@ -206,17 +208,41 @@ def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list
     )
     # ``image`` is the item itself where there is no extractor: a flag, not a second copy.
     fields = [(f.fields(), f.image is not None) for f, _ in loaded]
-    return fields, [item for _, item in loaded]
+    return fields, _pack_items([item for _, item in loaded])
 
 
-def _loaded_files(paths: list[Path], result: tuple[list[tuple], list[Any]]) -> list[tuple[LoadedFile, Any]]:
+def _pack_items(items: list[Any]) -> Any:
+    """Items of one shape and dtype (vectors, prepared inputs) as one array: one pickle, not one per file.
+
+    Returns ``(array, mask of the files that have an item)``, or the list itself
+    where items differ (or there are none).
+    """
+    present = [item for item in items if item is not None]
+    if not present or not all(isinstance(item, np.ndarray) for item in present):
+        return items
+    first = present[0]
+    if any(item.shape != first.shape or item.dtype != first.dtype for item in present):
+        return items
+    return np.stack(present), np.array([item is not None for item in items], dtype=bool)
+
+
+def _unpack_items(packed: Any, count: int) -> list[Any]:
+    if isinstance(packed, list):
+        return packed
+    array, mask = packed
+    rows = iter(array)
+    return [next(rows) if has else None for has in mask.tolist()]
+
+
+def _loaded_files(paths: list[Path], result: tuple[list[tuple], Any]) -> list[tuple[LoadedFile, Any]]:
     """``(loaded file, item)`` pairs of a chunk, with the parent's own path objects.
 
     Paths travel as strings and come back as nothing: a pickled ``Path``
     costs the parent, the only writer, ~10 us to rebuild, a tenth of its
     work per colour image.
     """
-    fields, items = result
+    fields, packed = result
+    items = _unpack_items(packed, len(fields))
     return [
         (LoadedFile.from_fields(path, values, item if image else None), item)
         for path, (values, image), item in zip(paths, fields, items)

@@ -21,7 +21,7 @@ import os
 import socket
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -56,10 +56,6 @@ def import_ray():
         import ray.data  # noqa: F401  (Ray Data needs extra packages of its own)
     except ImportError:
         raise UsageError(f"--ray needs Ray, which is not installed: {EXTRA_HINT}") from None
-    # Ray's warnings are notes for Ray developers here (token authentication on
-    # the local cluster it starts, progress bars we turned off); errors still show.
-    for name in ("ray", "ray.data"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     return ray
 
 
@@ -169,7 +165,9 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
     ok, items, without = [], [], []
     columns = [batch[name] for name in CODEC_FIELDS]
     for i, path in enumerate(batch["path"]):
-        loaded = LoadedFile.from_fields(Path(path), [column[i] for column in columns])
+        # Ray's columns hold NumPy scalars, and "" for no error.
+        loaded = LoadedFile.from_fields(Path(path), [_plain(column[i]) for column in columns])
+        loaded.error = loaded.error or None
         unread = not loaded.sha256  # the worker could not even read the bytes
         if loaded.error is not None and unread and os.access(path, os.R_OK):
             loaded.error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
@@ -179,6 +177,10 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
         else:
             without.append(loaded)
     return ok, items, without
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
 
 
 class _RayWorker:

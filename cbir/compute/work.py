@@ -16,8 +16,9 @@ from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from cbir.cpus import usable_cores
 from cbir.errors import CbirError, ImageError, UsageError
-from cbir.images.decode import decode_image
+from cbir.images.decode import decode_file
 from cbir.fileio import sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -37,6 +38,17 @@ class LoadedFile:
     unchanged: bool = False
     #: True when ``reusable(sha256)`` said the index already holds this content: not decoded.
     reusable: bool = False
+    # What the photo says about itself (cbir.images.metadata.PhotoInfo), read from the same bytes;
+    # flat scalars so that every backend's codec carries them ("" / 0: not known).
+    width: int = 0
+    height: int = 0
+    taken: str = ""
+    camera_make: str = ""
+    camera_model: str = ""
+    #: "latitude,longitude" in decimal degrees (text: Ray's columns turn None into "", and NaN != NaN).
+    gps: str = ""
+    #: For a RAW file: "preview" or "demosaiced" (cbir.images.raw.SOURCES).
+    decoded_from: str = ""
 
     def fields(self) -> tuple:
         """The file's fields but its path and image, in :data:`CODEC_FIELDS` order: the one
@@ -45,18 +57,15 @@ class LoadedFile:
 
     @classmethod
     def from_fields(cls, path: Path, values: Sequence, image: np.ndarray | None = None) -> "LoadedFile":
-        """The inverse of :meth:`fields` (values may be NumPy scalars, as Ray columns hold them)."""
-        loaded = cls(path, image=image, **{name: _plain(value) for name, value in zip(CODEC_FIELDS, values)})
-        loaded.error = loaded.error or None  # Ray's columns hold "" for no error
+        """The inverse of :meth:`fields`. The writer calls it once per file: no per-field work."""
+        loaded = cls.__new__(cls)
+        loaded.__dict__.update(zip(CODEC_FIELDS, values))
+        loaded.path, loaded.image = path, image
         return loaded
 
 
 #: :class:`LoadedFile`'s fields as :meth:`LoadedFile.fields` sends them.
 CODEC_FIELDS = tuple(f.name for f in dataclasses.fields(LoadedFile) if f.name not in ("path", "image"))
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
 
 
 class Batch(NamedTuple):
@@ -67,11 +76,35 @@ class Batch(NamedTuple):
     not_embedded: list[LoadedFile]
 
 
+#: Files larger than this are not read (``$CBIR_MAX_FILE_MB`` changes it): a 3 GB file named
+#: ``.jpg`` would otherwise be read whole into memory, in each worker at once, before any
+#: decoder can refuse it. The largest camera JPEGs and PNG panoramas are far below it.
+DEFAULT_MAX_FILE_MB = 256
+ENV_MAX_FILE_MB = "CBIR_MAX_FILE_MB"
+
+
+def max_file_bytes() -> int:
+    """The cap on the size of an image file read: ``$CBIR_MAX_FILE_MB`` megabytes, else :data:`DEFAULT_MAX_FILE_MB`."""
+    value = os.environ.get(ENV_MAX_FILE_MB, "")
+    try:
+        megabytes = float(value) if value.strip() else DEFAULT_MAX_FILE_MB
+    except ValueError:
+        raise UsageError(f"${ENV_MAX_FILE_MB} must be a number of megabytes, got {value!r}") from None
+    if not megabytes > 0:
+        raise UsageError(f"${ENV_MAX_FILE_MB} must be more than 0, got {value!r}")
+    return int(megabytes * 2**20)
+
+
+def _too_large(size: int, limit: int) -> str:
+    return f"too large ({size / 2**20:,.0f} MB, limit {limit / 2**20:,.0f} MB; ${ENV_MAX_FILE_MB} raises it)"
+
+
 def load_file(
     path: Path,
     min_side: int | None = None,
     known_sha256: str | None = None,
     reusable: Callable[[str], bool] | None = None,
+    max_bytes: int | None = None,
 ) -> LoadedFile:
     """Read ``path`` once: stat, content hash and the decoded image.
 
@@ -80,15 +113,20 @@ def load_file(
     decode. Likewise when ``reusable(hash)`` is true (``reusable`` is set):
     the caller has a vector for this content already. Never raises for a
     bad file: ``error`` holds a short reason instead (unreadable, permission denied, empty, truncated, not an image,
-    too large).
+    too large). ``max_bytes`` (default :func:`max_file_bytes`): a larger file is not read at all.
     """
+    limit = max_file_bytes() if max_bytes is None else max_bytes
     try:
         # Non-blocking open: a FIFO or device named like an image must not hang the run.
         with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:
             stat = os.fstat(f.fileno())
             if not S_ISREG(stat.st_mode):
                 return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error="not a regular file")
-            data = f.read()
+            if stat.st_size > limit:
+                return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error=_too_large(stat.st_size, limit))
+            data = f.read(limit + 1)  # a file that grew since the stat is still cut off at the cap
+            if len(data) > limit:
+                return LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error=_too_large(len(data), limit))
     except OSError as exc:
         try:
             stat = os.stat(path)
@@ -104,9 +142,15 @@ def load_file(
         loaded.reusable = True
         return loaded
     try:
-        loaded.image = decode_image(data, min_side)
+        photo = decode_file(data, path.suffix, min_side)
     except ImageError as exc:
         loaded.error = str(exc)
+        return loaded
+    loaded.image, info = photo.image, photo.info
+    loaded.width, loaded.height, loaded.taken = info.width, info.height, info.taken
+    loaded.camera_make, loaded.camera_model, loaded.decoded_from = info.make, info.model, photo.source
+    if info.gps_lat is not None and info.gps_lon is not None:
+        loaded.gps = f"{info.gps_lat:.7f},{info.gps_lon:.7f}"
     return loaded
 
 
@@ -116,34 +160,6 @@ MIN_FILES_FOR_PROCESSES = 256
 
 class WorkerError(CbirError):
     """A worker process died (killed, out of memory) before returning its files."""
-
-
-def usable_cores() -> int:
-    """CPU cores this process may use: its affinity mask, capped by a cgroup CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    quota = _cgroup_cpu_limit()
-    if quota is not None:
-        cores = min(cores, quota)
-    return max(1, cores)
-
-
-def _cgroup_cpu_limit() -> int | None:
-    try:  # cgroup v2: "max 100000" or "200000 100000"
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            return max(1, int(int(quota) / int(period) + 0.5))
-        return None
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return max(1, int(quota / period + 0.5)) if quota > 0 else None
-    except (OSError, ValueError):
-        return None
 
 
 def check_workers(workers: int | None) -> int:

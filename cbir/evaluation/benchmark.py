@@ -16,8 +16,9 @@ A spec is a JSON file (or the same mapping from Python)::
 
 A config takes the options of ``cbir index`` by their Python names
 (``extractor``, ``backbone``, ``bins``, ``pca``, ``index_type``, ``dba``...;
-see :class:`cbir.features.pipeline.EmbedderOptions`) and ``expand`` /
-``alpha`` for queries; ``"dba": null`` / ``"expand": null`` turn re-ranking
+see :class:`cbir.features.pipeline.EmbedderOptions`, whose keys every
+extractor's declared parameters make) and ``expand`` / ``alpha`` for queries;
+any other key is refused; ``"dba": null`` / ``"expand": null`` turn re-ranking
 off, a missing key keeps the default. Each configuration gets its own index
 under ``work_dir``; quality is measured leave-one-out, query latency as the
 median time of :meth:`cbir.retrieval.search.Searcher.query` (decode, embed, search,
@@ -38,11 +39,13 @@ from typing import Any, Mapping
 
 from cbir.errors import UsageError
 from cbir.evaluation.metrics import EvaluationReport
+from cbir.features.base import declared_parameters
+from cbir.features.pipeline import EmbedderOptions
 from cbir.progress import SILENT, Progress
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND
 
+#: Keys of a config besides the embedder's (:meth:`EmbedderOptions.keys`, derived from the extractors).
 _RUN_KEYS = {"name", "index_type", "dba", "dba_alpha", "expand", "alpha"}
-_PATH_KEYS = ("weights", "model")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -100,14 +103,34 @@ def check_spec(spec: Any, base: Path | None = None) -> dict[str, Any]:
         if config["name"] in names:
             raise UsageError(f"two configs are named {config['name']!r}")
         names.add(config["name"])
+        unknown = set(config) - config_keys()
+        if unknown:
+            raise UsageError(
+                f"config {config['name']!r}: unknown key(s) {', '.join(sorted(unknown))}; "
+                f"a config takes {', '.join(sorted(config_keys()))}"
+            )
         config = dict(config)
-        for key in _PATH_KEYS:
-            if isinstance(config.get(key), str) and config[key] not in ("imagenet", "none"):
+        for key, words in _path_keys().items():
+            if isinstance(config.get(key), str) and config[key] not in words:
                 config[key] = resolve(config[key])
         checked["configs"].append(config)
     if not Path(checked["folder"]).is_dir():
         raise UsageError(f"benchmark folder {checked['folder']} does not exist")
     return checked
+
+
+def config_keys() -> set[str]:
+    """What a config may set: how it runs and the options of :class:`EmbedderOptions`."""
+    return _RUN_KEYS | set(EmbedderOptions.keys())
+
+
+def _path_keys() -> dict[str, tuple]:
+    """Keys holding a file path, resolved against the spec's folder -> the words that are not paths."""
+    keys = {"model": ()}
+    for name, declared in declared_parameters().items():
+        if any(param.path for _, param in declared):
+            keys[name] = tuple(word for _, param in declared for word in param.choices)
+    return keys
 
 
 def run_benchmark(spec: Mapping[str, Any], work_dir: str | os.PathLike, progress: Progress = SILENT) -> list[BenchmarkRow]:
@@ -159,7 +182,7 @@ def run_benchmark(spec: Mapping[str, Any], work_dir: str | os.PathLike, progress
                 begin = time.perf_counter()
                 searcher.query(path, k=10)
                 latencies.append(time.perf_counter() - begin)
-            description = searcher.store.embedder().describe()
+            description = searcher.embedder.describe()
             dba_config = searcher.store.manifest.get("dba")
         description += f", {config.get('index_type') or 'flat'}"
         description += f", DBA-{dba_config['k']}" if dba_config else ""

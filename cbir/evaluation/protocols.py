@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from cbir.errors import ImageError, LabelsError, UsageError
+from cbir.errors import ImageError, LabelsError, NoImagesError, UsageError
 from cbir.evaluation.groundtruth import GroundTruth, read_ground_truth
 from cbir.evaluation.metrics import (
     DEFAULT_KS,
@@ -151,6 +151,8 @@ def evaluate_index(
     progress = progress or SILENT
     with Searcher.open(name, index_dir, expand=expand, alpha=alpha, **search_params) as searcher:
         ranker = _Ranker(searcher)
+        if not len(ranker.paths):
+            raise NoImagesError(f"index {name!r} is empty: there is nothing to evaluate (cbir index FOLDER adds images)")
         if ground_truth is not None:
             truth = ground_truth if isinstance(ground_truth, GroundTruth) else read_ground_truth(ground_truth)
             return _evaluate_ground_truth(ranker, truth, ks, progress)
@@ -214,14 +216,14 @@ class _Ranker:
 
     def __init__(self, searcher):
         self.searcher = searcher
-        self.rows = searcher.store.catalogue.image_rows()
+        self.rows = searcher.image_rows()
         self.paths = [row.path for row in self.rows]
         self.ids = np.array([row.id for row in self.rows], dtype=np.int64)  # ascending: rows come in id order
         self.row_of_path = {path: n for n, path in enumerate(self.paths)}
 
     def stored(self, rows: np.ndarray) -> np.ndarray:
         """The original (catalogue) vectors of ``rows``: an indexed image queries as itself."""
-        return self.searcher.store.catalogue.vectors_for_ids(self.ids[rows].tolist(), self.searcher.store.dim)
+        return self.searcher.original_vectors(self.ids[rows].tolist())
 
     def rank(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
         searcher = self.searcher
@@ -251,7 +253,7 @@ def _index_labels(ranker: _Ranker, labels) -> list[str | None]:
     from cbir.images.labels import as_label_table, assign_labels
 
     if labels is not None:
-        skipped = [path for path, _reason in ranker.searcher.store.catalogue.skipped()]
+        skipped = [path for path, _reason in ranker.searcher.skipped_files()]
         return assign_labels(as_label_table(labels), ranker.paths, skipped)
     found = [row.label for row in ranker.rows]
     unlabelled = sum(label is None for label in found)

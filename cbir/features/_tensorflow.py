@@ -1,20 +1,23 @@
-"""Import TensorFlow/Keras quietly and only when needed; keep engine chatter off the terminal.
+"""Import TensorFlow/Keras only when needed; keep engine chatter off the terminal where the application asks.
 
 TensorFlow's C++ runtime logs through absl before any Python setting can
 reach it (oneDNN and CUDA notices on import), and LiteRT announces its
 XNNPACK delegate once per process. Those lines can only be kept off the
 terminal at the file-descriptor level, which affects every thread of the
-process: :func:`captured_stderr` is therefore used only around the calls
+process, so the library does it only where the application asked, with
+:data:`QUIET_ENGINES_ENV` (the ``cbir`` command does; worker processes
+inherit it): then :func:`captured_stderr` is used only around the calls
 that print, and only the first time (the TensorFlow import, an engine's
-first plan), never around a forward pass. Import time is 4-7 s, which is
-why nothing outside the deep extractors calls :func:`import_tensorflow`.
+first plan), never around a forward pass. Log levels and TensorFlow's
+environment are the application's too (:func:`cbir.cli.main`).
+Import time is 4-7 s, which is why nothing outside the deep extractors
+calls :func:`import_tensorflow`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import os
 import sys
 import tempfile
@@ -28,25 +31,29 @@ from typing import Iterator
 _fd_lock = threading.RLock()
 
 
+#: Set to 1 by an application that wants engines' native logs kept off fd 2 (the ``cbir`` command).
+QUIET_ENGINES_ENV = "CBIR_QUIET_ENGINES"
+
+
+def quiet_engines() -> bool:
+    """Whether this process's application asked for engines' native logs to be captured."""
+    return os.environ.get(QUIET_ENGINES_ENV) == "1"
+
+
 def import_tensorflow() -> ModuleType:
-    """Return the ``tensorflow`` module, imported with its log noise turned off."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    # oneDNN stays on (TensorFlow's default): turning it off to hide its
-    # notice halves Keras' speed (docs/cnn.md).
-    os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    """Return the ``tensorflow`` module (its import's notices captured where :func:`quiet_engines`)."""
     if "tensorflow" not in sys.modules:
-        with captured_stderr() as captured:
+        with captured_stderr() if quiet_engines() else contextlib.nullcontext() as captured:
             try:
                 from cbir.extras import import_optional
 
                 import_optional("tensorflow", "TensorFlow", "cnn", "building a CNN or autoencoder model")
             except Exception:
-                sys.stderr.write(captured.read())
+                if captured is not None:
+                    sys.stderr.write(captured.read())
                 raise
     import tensorflow as tf
 
-    tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("absl").setLevel(logging.ERROR)
     return tf
 
 
@@ -98,9 +105,9 @@ def quiet(native: bool = True) -> Iterator[None]:
 
     Python-level output (the converter's prints, the TFLite deprecation
     warning) is always dropped; with ``native`` the C++ logs too, through
-    :class:`captured_stderr`.
+    :class:`captured_stderr`, where the application asked (:func:`quiet_engines`).
     """
-    captured = captured_stderr() if native else None
+    captured = captured_stderr() if native and quiet_engines() else None
     try:
         with contextlib.ExitStack() as stack:
             if captured is not None:

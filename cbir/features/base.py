@@ -23,6 +23,12 @@ the per-image work, run in decoding threads (resizing, histogramming), and
 ``transform_prepared(items)`` is the batched work, run once per batch (a
 network forward pass, normalisation).
 
+Each extractor declares its hyperparameters once, in ``parameters`` (a tuple
+of :class:`Param`: name, type, default, help, choices; in the spirit of
+scikit-learn's parameter constraints). Everything that offers them is derived
+from that declaration: ``get_params``, :class:`cbir.features.pipeline.EmbedderOptions`,
+the keys of a benchmark spec and the options of ``cbir index``.
+
 Extractors are registered by name with a dotted path and imported only when
 used, so the colour path never imports TensorFlow.
 """
@@ -30,7 +36,7 @@ used, so the colour path never imports TensorFlow.
 from __future__ import annotations
 
 import importlib
-import inspect
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -38,12 +44,69 @@ import numpy as np
 
 from cbir.errors import UsageError
 
-#: name -> "module:Class"; imported lazily by :func:`extractor_class`.
-EXTRACTORS: dict[str, str] = {
+#: name -> "module:Class" (or the class itself); imported lazily by :func:`extractor_class`.
+EXTRACTORS: dict[str, Any] = {
     "color": "cbir.features.color:ColorHistogram",
     "cnn": "cbir.features.cnn:CNNExtractor",
     "autoencoder": "cbir.features.autoencoder:AutoencoderExtractor",
 }
+
+
+_TRUE, _FALSE = ("true", "yes", "on", "1"), ("false", "no", "off", "0")
+
+
+@dataclass(frozen=True)
+class Param:
+    """One hyperparameter of an extractor, declared once.
+
+    ``type`` is ``int``, ``float``, ``str``, ``bool`` or ``list`` (of ``item``
+    values, ``int`` or ``float``, written ``8,12,3`` or ``1,0.71,0.5``).
+    ``choices`` are the accepted values; with
+    ``path`` they are the words accepted instead of a file path (``weights``:
+    ``imagenet``, ``none`` or a file), and a path is resolved where it is
+    given (a benchmark spec's folder). ``option`` makes it a named option of
+    ``cbir index`` (``--input-size``); every parameter is reachable with
+    ``--param NAME=VALUE`` anyway. ``flag``, a pair ``(option, value)``, makes
+    that option a flag meaning the value (``("--grey", 1)``: ``channels=1``).
+    """
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple = ()
+    path: bool = False
+    option: bool = False
+    flag: Any = None
+    item: type = int
+
+    @property
+    def option_name(self) -> str:
+        """The option of ``cbir index`` (``--gem-p``), or the flag's name."""
+        return self.flag[0] if self.flag else "--" + self.name.replace("_", "-")
+
+    def parse(self, text: str, what: str | None = None) -> Any:
+        """The value ``text`` (from a command line) stands for; :class:`UsageError` naming ``what``
+        (default: the parameter) if it cannot."""
+        text = text.strip()
+        if self.path or self.type is str:
+            return None if self.default is None and text.lower() in ("", "null") else text
+        try:
+            if self.type is list:
+                return [self.item(part) for part in text.replace("x", ",").split(",")]
+            if self.type is bool:
+                if text.lower() not in _TRUE + _FALSE:
+                    raise ValueError(text)
+                return text.lower() in _TRUE
+            return self.type(text)
+        except ValueError:
+            raise UsageError(f"{what or self.name} must be {self.describe_type()}, got {text!r}") from None
+
+    def describe_type(self) -> str:
+        if self.type is list:
+            example = ",".join(str(v) for v in self.default) if self.default else "1,2,3"
+            return f"{'integers' if self.item is int else 'numbers'} separated by commas, like {example}"
+        return {int: "a whole number", float: "a number", bool: "true or false"}.get(self.type, "text")
 
 
 class Extractor:
@@ -51,6 +114,11 @@ class Extractor:
 
     #: Registry name, also stored in manifests.
     name: ClassVar[str] = ""
+    #: What ``cbir index --help`` calls this extractor (the title of its options).
+    title: ClassVar[str] = ""
+    #: The hyperparameters, in ``__init__``'s order, with the same defaults
+    #: (the contract test holds them to it).
+    parameters: ClassVar[tuple[Param, ...]] = ()
     #: True when ``fit`` learns something (so an index must fit before embedding).
     requires_fit: ClassVar[bool] = False
     #: Parameters that change how fast vectors are computed, not the vectors
@@ -59,6 +127,10 @@ class Extractor:
     #: True when ``transform_prepared`` runs a network on every core: other work
     #: beside it (a server decoding uploads) preempts its threads and slows both.
     transform_uses_every_core: ClassVar[bool] = False
+    #: What a stored config that lacks a parameter means: the behaviour from
+    #: before the parameter existed, where today's default for a new index
+    #: differs (so an old index keeps embedding queries as it embedded its images).
+    absent_params: ClassVar[dict[str, Any]] = {}
 
     @property
     def embeds_in_workers(self) -> bool:
@@ -73,12 +145,7 @@ class Extractor:
     # -- configuration -----------------------------------------------------
     @classmethod
     def _param_names(cls) -> list[str]:
-        signature = inspect.signature(cls.__init__)
-        return [
-            p.name
-            for p in signature.parameters.values()
-            if p.name != "self" and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)
-        ]
+        return [param.name for param in cls.parameters]
 
     def get_params(self) -> dict[str, Any]:
         """The hyperparameters passed to ``__init__``, as JSON-friendly values."""
@@ -89,7 +156,11 @@ class Extractor:
         return {"name": self.name, "params": self.get_params()}
 
     def check_params(self) -> None:
-        """Raise :class:`~cbir.errors.UsageError` if a hyperparameter cannot work."""
+        """Raise :class:`~cbir.errors.UsageError` if a hyperparameter cannot work.
+
+        Extractors add their own checks (ranges, combinations) in front of
+        the declared ones (:func:`check_declared`).
+        """
 
     @classmethod
     def normalize_params(cls, params: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +270,8 @@ def extractor_class(name: str) -> type[Extractor]:
     except KeyError:
         choices = ", ".join(available_extractors())
         raise UsageError(f"unknown extractor {name!r}; choose one of: {choices}") from None
+    if isinstance(target, type):
+        return target
     module_name, class_name = target.split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
@@ -214,7 +287,58 @@ def make_extractor(name: str, **params: Any) -> Extractor:
         )
     extractor = cls(**params)
     extractor.check_params()
+    check_declared(extractor)
     return extractor
+
+
+def check_declared(extractor: Extractor) -> None:
+    """Refuse a value of the wrong type or outside its declared choices.
+
+    What every extractor gets from its declaration alone; its own
+    ``check_params`` runs first, with the more precise messages.
+    """
+    for param in extractor.parameters:
+        value = getattr(extractor, param.name)
+        if value is None and param.default is None:
+            continue
+        if param.choices and value in param.choices:
+            continue
+        if param.choices and not param.path:
+            choices = ", ".join(str(c) for c in param.choices)
+            raise UsageError(f"{extractor.name} {param.name} must be one of {choices}, got {value!r}")
+        if not _has_type(value, param.type, param.item):
+            raise UsageError(f"{extractor.name} {param.name} must be {param.describe_type()}, got {value!r}")
+
+
+def _has_type(value: Any, kind: type, item: type = int) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+    if kind is list:
+        return isinstance(value, (list, tuple)) and all(_has_type(v, item) for v in value)
+    if kind is str:
+        return isinstance(value, (str, Path))
+    return isinstance(value, kind)
+
+
+def declared_parameters() -> dict[str, list[tuple[str, Param]]]:
+    """Every declared parameter name -> ``[(extractor name, its Param), ...]``, in registry order.
+
+    Imports each registered extractor's module (never TensorFlow). A name
+    shared by several extractors (``input_size``, ``seed``) must have one
+    type everywhere: a value given once (``--seed 3``) means the same to each.
+    """
+    found: dict[str, list[tuple[str, Param]]] = {}
+    for name in EXTRACTORS:
+        for param in extractor_class(name).parameters:
+            found.setdefault(param.name, []).append((name, param))
+    for key, declared in found.items():
+        types = {param.type for _, param in declared}
+        if len(types) > 1:
+            owners = ", ".join(f"{owner} ({param.type.__name__})" for owner, param in declared)
+            raise TypeError(f"extractor parameter {key!r} has different types in {owners}")
+    return found
 
 
 def extractor_for_params(params: Sequence[str]) -> str:
@@ -231,8 +355,10 @@ def extractor_for_params(params: Sequence[str]) -> str:
 
 
 def extractor_from_config(config: dict[str, Any]) -> Extractor:
-    """Inverse of :meth:`Extractor.get_config`."""
-    return make_extractor(config["name"], **config.get("params", {}))
+    """Inverse of :meth:`Extractor.get_config`; a parameter the config lacks
+    means what it meant before it existed (:attr:`Extractor.absent_params`)."""
+    cls = extractor_class(config["name"])
+    return make_extractor(config["name"], **{**cls.absent_params, **config.get("params", {})})
 
 
 def _jsonable(value: Any) -> Any:

@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from cbir.errors import UsageError
-from cbir.features.base import Extractor, l2_normalize
+from cbir.features.base import Extractor, Param, l2_normalize
 from cbir.images.decode import resize_image
 
 
@@ -36,6 +36,11 @@ class ColorHistogram(Extractor):
     """
 
     name = "color"
+    title = "Colour histogram"
+    parameters = (
+        Param("bins", list, (8, 12, 3), "Hue, saturation and value bins per region.", option=True),
+        Param("min_side", int, 128, "Images are histogrammed at a reduced scale down to this shorter side."),
+    )
 
     def __init__(self, bins: Sequence[int] = (8, 12, 3), min_side: int = 128):
         self.bins = bins

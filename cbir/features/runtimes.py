@@ -7,8 +7,8 @@ in a fraction of a second. Neither engine wins everywhere (docs/cnn.md has
 the measurements behind the CNN's choice of engine per backbone).
 
 Images go through in chunks of :data:`CHUNK`, whatever the caller's batch:
-the activations of a few images stay in cache, and planning a new shape
-costs less than with large batches (docs/cnn.md).
+the activations of a few images stay in cache, and there are only a few
+shapes to plan (:class:`ConvertedNetwork`, docs/cnn.md).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from cbir.cpus import usable_cores
 from cbir.features._tensorflow import quiet
 
 #: Images per invocation of the engine.
@@ -46,6 +47,15 @@ def runs_without_tensorflow(engine: str) -> bool:
 class ConvertedNetwork:
     """A TFLite flatbuffer ready to run: ``network(batch)`` -> feature maps.
 
+    Batches go through in chunks of :data:`CHUNK` images; a remainder (or a
+    small batch, as the server's batcher makes all the time) runs at the
+    smallest of :attr:`sizes` that holds it, padded. How an engine plans a
+    shape decides the rest (docs/cnn.md has the measurements): LiteRT
+    reshapes its XNNPACK runtime in well under a millisecond, so it runs
+    every size exactly; OpenVINO compiles a model per shape (50 ms for
+    MobileNet, 0.1-0.2 s for ResNet50), so it keeps one compiled model per
+    size and pads to fewer sizes.
+
     Parameters
     ----------
     model : bytes
@@ -58,6 +68,10 @@ class ConvertedNetwork:
         Channels of the input images (3 for RGB, 1 for greyscale).
     """
 
+    #: Chunk sizes this engine runs, smallest first, the last one :data:`CHUNK`.
+    sizes: tuple[int, ...] = (1, 2, 3, CHUNK)
+    #: Whether a planned size stays planned when another one is planned.
+    keeps_plans = False
     #: Whether this engine has planned a shape in this process: engines
     #: announce themselves (on fd 2) the first time only.
     _announced = False
@@ -66,39 +80,47 @@ class ConvertedNetwork:
         self.input_size = int(input_size)
         self.threads = int(threads or cpu_count())
         self.channels = int(channels)
-        self._planned = None
+        self._plans: dict[int, object] = {}  # chunk size -> what the engine planned for it
         self._load(model)
+
+    def chunk_size(self, batch_size: int) -> int:
+        """The chunk size the first images of a batch of ``batch_size`` run at."""
+        wanted = min(max(1, batch_size), CHUNK)
+        return next(size for size in self.sizes if size >= wanted)
 
     def is_planned_for(self, batch_size: int) -> bool:
         """Whether batches of ``batch_size`` images run without planning first."""
-        return self._planned == min(batch_size, CHUNK)
+        return self.chunk_size(batch_size) in self._plans
 
-    def plan(self, batch_size: int) -> None:
-        """Get ready for batches of ``batch_size`` images (a no-op when ready).
+    def plan(self, batch_size: int) -> int:
+        """Get ready for batches of ``batch_size`` images (a no-op when ready); the chunk size they run at.
 
-        The engine compiles for the chunk size, which only changes between
-        indexing (chunks of 4) and single queries; engines log while they do.
+        Engines log while they plan their first shape in a process.
         """
-        if not self.is_planned_for(batch_size):
+        chunk = self.chunk_size(batch_size)
+        if chunk not in self._plans:
+            if not self.keeps_plans:
+                self._plans.clear()
             if type(self)._announced:
-                self._plan(min(batch_size, CHUNK))
+                self._plans[chunk] = self._plan(chunk)
             else:
                 with quiet():
-                    self._plan(min(batch_size, CHUNK))
+                    self._plans[chunk] = self._plan(chunk)
                 type(self)._announced = True
-            self._planned = min(batch_size, CHUNK)
+        return chunk
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """The last feature map ``(n, h, w, channels)`` float32 of a uint8 batch."""
-        self.plan(len(batch))
-        chunk = self._planned
         maps = []
-        for start in range(0, len(batch), chunk):
+        start = 0
+        while start < len(batch) or not maps:
+            chunk = self.plan(len(batch) - start)
             images = batch[start : start + chunk]
-            if len(images) < chunk:
-                # Padding the last few costs less than planning another shape.
-                images = np.concatenate([images, np.zeros((chunk - len(images), *images.shape[1:]), images.dtype)])
-            maps.append(self._run(np.ascontiguousarray(images))[: len(batch) - start])
+            count = len(images)
+            if count < chunk:
+                images = np.concatenate([images, np.zeros((chunk - count, *images.shape[1:]), images.dtype)])
+            maps.append(self._run(self._plans[chunk], np.ascontiguousarray(images))[:count])
+            start += chunk
         return np.concatenate(maps) if len(maps) > 1 else maps[0]
 
     def _shape(self, chunk: int) -> tuple[int, int, int, int]:
@@ -107,15 +129,15 @@ class ConvertedNetwork:
     def _load(self, model: bytes) -> None:
         raise NotImplementedError
 
-    def _plan(self, chunk: int) -> None:
+    def _plan(self, chunk: int) -> object:
         raise NotImplementedError
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, planned: object, images: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
 class LiteRTNetwork(ConvertedNetwork):
-    """The TFLite interpreter with its default XNNPACK delegate."""
+    """The TFLite interpreter with its default XNNPACK delegate (one interpreter, resized)."""
 
     def _load(self, model: bytes) -> None:
         self._interpreter = tflite_interpreter_class()(model_content=model, num_threads=self.threads)
@@ -123,17 +145,27 @@ class LiteRTNetwork(ConvertedNetwork):
         self._output = self._interpreter.get_output_details()[0]["index"]
 
     def _plan(self, chunk: int) -> None:
-        self._interpreter.resize_tensor_input(self._input, self._shape(chunk), strict=True)
+        # Not strict: the converted model has a fixed side, and a network
+        # without a classifier runs at any other (multi-scale input); LiteRT
+        # propagates the new shape through every layer at allocation.
+        self._interpreter.resize_tensor_input(self._input, self._shape(chunk), strict=False)
         self._interpreter.allocate_tensors()
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
+    def _run(self, planned: None, images: np.ndarray) -> np.ndarray:
         self._interpreter.set_tensor(self._input, images)
         self._interpreter.invoke()
         return self._interpreter.get_tensor(self._output)
 
 
 class OpenVINONetwork(ConvertedNetwork):
-    """OpenVINO's CPU plugin, which reads TFLite flatbuffers directly."""
+    """OpenVINO's CPU plugin, which reads TFLite flatbuffers directly; one compiled model per chunk size.
+
+    A batch of 3 is padded to 4: one compiled model fewer to keep (memory)
+    for a quarter of a chunk's compute.
+    """
+
+    sizes = (1, 2, CHUNK)
+    keeps_plans = True
 
     def _load(self, model: bytes) -> None:
         import openvino
@@ -148,17 +180,17 @@ class OpenVINONetwork(ConvertedNetwork):
         finally:
             os.unlink(path)
 
-    def _plan(self, chunk: int) -> None:
+    def _plan(self, chunk: int):
         self._model.reshape(list(self._shape(chunk)))
         compiled = self._core.compile_model(
             self._model,
             "CPU",
             {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": self.threads},
         )
-        self._request = compiled.create_infer_request()
+        return compiled.create_infer_request()
 
-    def _run(self, images: np.ndarray) -> np.ndarray:
-        return self._request.infer({0: images}, share_outputs=False)[0]
+    def _run(self, planned, images: np.ndarray) -> np.ndarray:
+        return planned.infer({0: images}, share_outputs=False)[0]
 
 
 NETWORKS = {"tflite": LiteRTNetwork, "openvino": OpenVINONetwork}
@@ -219,9 +251,6 @@ def limit_threads(threads: int | None) -> None:
 
 
 def cpu_count() -> int:
-    """CPUs this process may run on (at most the :func:`limit_threads` limit)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    """CPUs this process may use (:func:`cbir.cpus.usable_cores`), at most the :func:`limit_threads` limit."""
+    cpus = usable_cores()
     return cpus if _thread_limit is None else min(cpus, _thread_limit)

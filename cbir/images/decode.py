@@ -3,6 +3,9 @@
 The decoder is OpenCV's, with EXIF orientation applied, a pixel cap against
 decompression bombs and reduced-scale JPEG decoding when the extractor needs
 fewer pixels. Which suffixes this OpenCV build reads is decided here too.
+HEIC and AVIF bytes are recognised by their container and go to
+:mod:`cbir.images.heif`; :func:`decode_file` also reads RAW files
+(:mod:`cbir.images.raw`) and each file's metadata (:mod:`cbir.images.metadata`).
 """
 
 from __future__ import annotations
@@ -12,17 +15,21 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.images import heif, raw
+from cbir.images.metadata import PhotoInfo, read_photo_info
+
+import cv2
 
 #: Above this many pixels an image is refused unread (Pillow uses the same order of magnitude).
+#: JPEG, PNG, BMP, GIF and WebP are refused from their header (:func:`image_size`); other
+#: formats meet OpenCV's own cap first (2**30 pixels unless ``OPENCV_IO_MAX_IMAGE_PIXELS``,
+#: read when cv2 is imported, says less: the ``cbir`` command sets it to this), then this one.
 MAX_IMAGE_PIXELS = 180_000_000
-
-# OpenCV reads its own cap once, at first decode: set it before cv2 is used.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_IMAGE_PIXELS))
-import cv2  # noqa: E402
 
 
 #: Lower-case suffixes treated as images when walking a folder (see also :func:`readable_extensions`).
@@ -46,9 +53,25 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
-@functools.cache
 def readable_extensions() -> frozenset[str]:
-    """:data:`IMAGE_EXTENSIONS` plus those of :data:`OPTIONAL_EXTENSIONS` this OpenCV decodes."""
+    """:data:`IMAGE_EXTENSIONS`, those of :data:`OPTIONAL_EXTENSIONS` this OpenCV decodes, AVIF where
+    Pillow reads it, and HEIF and RAW suffixes where the ``formats`` extra is installed."""
+    readable = _opencv_extensions()
+    if heif.pillow_reads_avif():
+        readable |= heif.AVIF_EXTENSIONS
+    if heif.heif_available():
+        readable |= heif.HEIF_EXTENSIONS
+    if raw.raw_available():
+        readable |= raw.RAW_EXTENSIONS
+    return readable
+
+
+#: Suffixes the ``formats`` extra reads (HEIC/HEIF, camera RAW): without it, counted as needing it.
+FORMATS_EXTRA_EXTENSIONS = heif.HEIF_EXTENSIONS | raw.RAW_EXTENSIONS
+
+
+@functools.cache
+def _opencv_extensions() -> frozenset[str]:
     sample = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
     readable = set(IMAGE_EXTENSIONS)
     for suffix, codec in OPTIONAL_EXTENSIONS.items():
@@ -63,12 +86,34 @@ def readable_extensions() -> frozenset[str]:
 
 
 def image_size(data: bytes) -> tuple[int, int] | None:
-    """``(width, height)`` read from a JPEG or PNG header, or ``None`` if unknown."""
+    """``(width, height)`` read from a JPEG, PNG, BMP, GIF or WebP header, or ``None`` if unknown."""
     if data.startswith(_PNG_MAGIC) and len(data) >= 24:
         width, height = struct.unpack(">II", data[16:24])
         return width, height
     if data.startswith(_JPEG_MAGIC):
         return _jpeg_size(data)
+    if data.startswith(b"BM") and len(data) >= 26:
+        if struct.unpack("<I", data[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER
+            return struct.unpack("<HH", data[18:22])
+        width, height = struct.unpack("<ii", data[18:26])
+        return abs(width), abs(height)  # a negative height is a top-down bitmap
+    if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
+        return struct.unpack("<HH", data[6:10])
+    if data.startswith(b"RIFF") and data[8:12] == b"WEBP" and len(data) >= 30:
+        return _webp_size(data)
+    return None
+
+
+def _webp_size(data: bytes) -> tuple[int, int] | None:
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: 24-bit canvas size minus one
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8L" and data[20] == 0x2F:  # lossless: 14-bit sizes minus one
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":  # lossy: key frame header
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
     return None
 
 
@@ -118,6 +163,13 @@ def decode_image(data: bytes, min_side: int | None = None, max_pixels: int | Non
     if len(data) == 0:
         raise ImageError("empty file")
     limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
+    container = _container_photo(data, min_side, limit)
+    if container is not None:
+        return container.image
+    return _decode_opencv(data, min_side, limit)
+
+
+def _decode_opencv(data: bytes, min_side: int | None, limit: int) -> np.ndarray:
     size = image_size(data)
     flag = cv2.IMREAD_COLOR
     if size is not None:
@@ -146,8 +198,59 @@ def decode_image(data: bytes, min_side: int | None = None, max_pixels: int | Non
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+class Photo(NamedTuple):
+    """A decoded file: its RGB pixels, its metadata, and for a RAW where the pixels came from."""
+
+    image: np.ndarray
+    info: PhotoInfo
+    #: ``"preview"`` or ``"demosaiced"`` for a RAW file (:data:`cbir.images.raw.SOURCES`), else "".
+    source: str = ""
+
+
+def decode_file(data: bytes, suffix: str, min_side: int | None = None, max_pixels: int | None = None) -> Photo:
+    """:func:`decode_image` for a file's bytes, with its metadata; RAW files are told by ``suffix``.
+
+    The metadata comes from the same bytes (no second read). Raises
+    :class:`~cbir.errors.ImageError` as :func:`decode_image` does.
+    """
+    if len(data) == 0:
+        raise ImageError("empty file")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
+    if suffix.lower() in raw.RAW_EXTENSIONS:
+        return _decode_raw(data, min_side, limit)
+    container = _container_photo(data, min_side, limit)
+    if container is not None:
+        return container
+    image = _decode_opencv(data, min_side, limit)
+    size = image_size(data) or (image.shape[1], image.shape[0])
+    return Photo(image, read_photo_info(data, *size))
+
+
+def _container_photo(data: bytes, min_side: int | None, limit: int) -> Photo | None:
+    """HEIF and AVIF (where Pillow reads it; else OpenCV's AVIF codec, if any, is left to try)."""
+    kind = heif.container_kind(data)
+    if kind == "heif":
+        return Photo(*heif.decode_heif(data, min_side, limit))
+    if kind == "avif" and heif.pillow_reads_avif():
+        return Photo(*heif.decode_avif(data, limit))
+    return None
+
+
+def _decode_raw(data: bytes, min_side: int | None, limit: int) -> Photo:
+    found = raw.open_raw(data, min_side, limit, preview_size=image_size)
+    if found.jpeg is not None:
+        try:
+            image = _decode_opencv(found.jpeg, min_side, limit)
+        except ImageError as exc:
+            raise ImageError(f"unreadable RAW preview: {exc}") from None
+        image = np.ascontiguousarray(np.rot90(image, found.turns)) if found.turns else image
+    else:
+        image = found.pixels
+    return Photo(image, found.info, found.source)
+
+
 def read_image(path: str | os.PathLike, min_side: int | None = None) -> np.ndarray:
-    """Read and decode an image file; see :func:`decode_image`.
+    """Read and decode an image file (RAW ones too); see :func:`decode_image`.
 
     Raises
     ------
@@ -159,7 +262,7 @@ def read_image(path: str | os.PathLike, min_side: int | None = None) -> np.ndarr
     except OSError as exc:
         raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        return decode_image(data, min_side)
+        return decode_file(data, Path(path).suffix, min_side).image
     except ImageError as exc:
         raise ImageError(f"cannot read {path}: {exc}") from None
 

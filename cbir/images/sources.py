@@ -16,8 +16,9 @@ logger = logging.getLogger(__name__)
 
 #: Largest query image accepted from a URL or standard input.
 MAX_QUERY_BYTES = 50 * 1024 * 1024
-#: Seconds to wait for a server (to connect, and between reads).
+#: Seconds a download may take in all (connecting, and every read until the last byte).
 URL_TIMEOUT = 20.0
+_CHUNK = 1 << 16
 STDIN = "-"
 
 
@@ -38,7 +39,9 @@ def read_stream(stream: BinaryIO, what: str, max_bytes: int | None = None) -> by
 
 def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = None) -> bytes:
     """The body of an http(s) URL, capped at ``max_bytes`` (default :data:`MAX_QUERY_BYTES`) and
-    ``timeout`` seconds per network operation (default :data:`URL_TIMEOUT`); :class:`ImageError` says why it failed."""
+    ``timeout`` seconds in all (default :data:`URL_TIMEOUT`): a server that trickles a byte at a
+    time cannot hold the query longer. :class:`ImageError` says why it failed, naming the URL."""
+    import time
     import urllib.error
     import urllib.request
 
@@ -48,15 +51,106 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
     if not is_url(url):
         raise UsageError(f"only http:// and https:// URLs can be queried: {url}")
     request = urllib.request.Request(url, headers={"User-Agent": "cbir"})
+    deadline = time.monotonic() + timeout
+    opener, watchdog = _opener_with_deadline(timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with watchdog, opener.open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise ImageError(f"{url} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
-            return read_stream(response, url, max_bytes)
+            return _read_until(response, url, max_bytes, deadline, timeout)
     except urllib.error.HTTPError as exc:
         raise ImageError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
         raise ImageError(f"cannot fetch {url}: {exc.reason}") from None
-    except (TimeoutError, OSError) as exc:
+    except TimeoutError:
+        raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
+    except OSError as exc:
+        if watchdog.fired:
+            raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
         raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None
+    except Exception as exc:  # http.client's own errors when the watchdog cut a header short
+        if watchdog.fired:
+            raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
+        raise ImageError(f"cannot fetch {url}: {exc}") from None
+
+
+class _Watchdog:
+    """Shuts the connection's socket down at the deadline: a server that trickles its status line
+    and headers a byte at a time beats any per-read timeout, not this."""
+
+    def __init__(self, timeout: float):
+        import threading
+
+        self.timeout = timeout
+        self.sockets: list = []
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        import socket
+
+        self.fired = True
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+
+def _opener_with_deadline(timeout: float):
+    """A urllib opener whose connections report their socket to a :class:`_Watchdog`."""
+    import http.client
+    import urllib.request
+
+    watchdog = _Watchdog(timeout)
+
+    def watched(base):
+        class Connection(base):
+            def connect(self):
+                super().connect()
+                watchdog.sockets.append(self.sock)
+
+        return Connection
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler), watchdog
+
+
+def _read_until(response, url: str, max_bytes: int, deadline: float, timeout: float) -> bytes:
+    """The body, read as it arrives (``read1``: a trickle returns each byte) until ``deadline``."""
+    import time
+
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    chunks, received = [], 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise ImageError(f"cannot fetch {url}: timed out (the download did not finish within {timeout:g} s)")
+        if sock is not None:
+            sock.settimeout(remaining)  # no single read outlasts the deadline either
+        chunk = response.read1(_CHUNK)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        received += len(chunk)
+        if received > max_bytes:
+            raise ImageError(f"{url} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
+    if not received:
+        raise ImageError(f"{url} is empty")
+    return b"".join(chunks)

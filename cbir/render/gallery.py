@@ -17,6 +17,7 @@ from typing import Sequence
 
 import cv2
 
+from cbir.display import display_path
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import read_image
@@ -41,7 +42,7 @@ def results_page(results: Sequence[QueryResult], title: str = "cbir results") ->
     for result in results:
         cards = [Card(result.query, "query", is_query=True)]
         cards += [Card(m.path, f"#{m.rank} &middot; {m.score:.3f}") for m in result.results]
-        sections.append((f"query: {result.query}", cards))
+        sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
 
 
@@ -119,6 +120,6 @@ def _card(card: Card) -> str:
     link = html.escape(Path(os.path.abspath(card.path)).as_uri(), quote=True)
     caption = (card.caption + "<br>" if card.caption else "") + html.escape(short_name(card.path))
     return (
-        f"<figure class='{' '.join(classes)}' title='{html.escape(card.path, quote=True)}'>"
+        f"<figure class='{' '.join(classes)}' title='{html.escape(display_path(card.path), quote=True)}'>"
         f"<a class='frame' href='{link}'>{picture}</a><figcaption>{caption}</figcaption></figure>"
     )

@@ -15,6 +15,7 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from cbir.display import display_path
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import read_image
@@ -37,9 +38,9 @@ class Tile:
 
 
 def short_name(path: str | os.PathLike) -> str:
-    """``parent/file.jpg``: enough to tell apart files of the same name in different folders."""
+    """``parent/file.jpg``: enough to tell apart files of the same name in different folders (shown escaped)."""
     path = Path(path)
-    return f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return display_path(f"{path.parent.name}/{path.name}" if path.parent.name else path.name)
 
 
 def result_tiles(result: QueryResult) -> list[Tile]:

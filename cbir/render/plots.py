@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from cbir.display import display_path
 from cbir.errors import UsageError
 from cbir.evaluation.metrics import RECALL_LEVELS, EvaluationReport
 
@@ -86,7 +87,7 @@ def _class_bars(axes, reports: Mapping[str, EvaluationReport], classes: Sequence
         positions = [i + (n - (len(reports) - 1) / 2) * step for i in range(len(shown))]
         axes.bar(positions, [report.per_class.get(c, {}).get("map", 0.0) for c in shown], width=step, label=name)
     axes.set_xticks(range(len(shown)))
-    axes.set_xticklabels(shown, rotation=60 if len(shown) > 6 else 0, ha="right" if len(shown) > 6 else "center", fontsize="small")
+    axes.set_xticklabels([display_path(c) for c in shown], rotation=60 if len(shown) > 6 else 0, ha="right" if len(shown) > 6 else "center", fontsize="small")
     axes.set(ylabel="AP", ylim=(0, 1.02))
     axes.set_title("AP per class" + (f" (first 40 of {len(classes)})" if many else ""))
     axes.grid(axis="y", alpha=0.3)

@@ -7,11 +7,14 @@ memory grows with the number of similar pairs, never with N x N.
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
 import numpy as np
 
+from cbir.ann.vectors import VectorIndex
+from cbir.display import display_path
 from cbir.errors import UsageError
 from cbir.progress import SILENT, Progress
 from cbir.retrieval.search import Searcher
@@ -20,6 +23,10 @@ from cbir.store.locations import index_path
 
 #: Neighbours examined per image when the index type cannot range-search.
 KNN_FALLBACK = 32
+#: What FAISS says of an index type without range search (faiss/Index.cpp).
+RANGE_SEARCH_MISSING = "range search not implemented"
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,7 @@ class DuplicateGroup:
     min_score: float
 
     def to_dict(self) -> dict:
-        return {"size": len(self.paths), "min_score": self.min_score, "paths": self.paths}
+        return {"size": len(self.paths), "min_score": self.min_score, "paths": [display_path(p, controls=False) for p in self.paths]}
 
 
 def find_duplicates(
@@ -65,17 +72,16 @@ def find_duplicates(
 
 
 def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Progress) -> list[DuplicateGroup]:
-    catalogue, dim = searcher.store.catalogue, searcher.store.dim
-    if searcher.augmented:  # DBA moved the indexed vectors: compare the original ones
-        searcher.vectors = searcher.plain_vectors()
-    rows = catalogue.image_rows()
+    # DBA moved the indexed vectors: compare the original ones
+    vectors_index = searcher.plain_vectors() if searcher.augmented else searcher.vectors
+    rows = searcher.image_rows()
     ids = np.array([row.id for row in rows], dtype=np.int64)
     parent = np.arange(len(ids))
     weakest = np.full(len(ids), np.inf)
     progress.start("comparing images", len(ids))
     try:
-        for block_ids, vectors in catalogue.iter_vectors(dim, batch_size=block_size):
-            queries, neighbours, scores = _pairs(searcher, block_ids, vectors, threshold)
+        for block, (block_ids, vectors) in enumerate(searcher.iter_original_vectors(block_size)):
+            queries, neighbours, scores = _pairs(vectors_index, block_ids, vectors, threshold, warn=block == 0)
             a = np.searchsorted(ids, queries)
             b = np.searchsorted(ids, neighbours)
             known = (b < len(ids)) & (ids[np.minimum(b, len(ids) - 1)] == neighbours) & (a != b)
@@ -93,16 +99,32 @@ def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Pro
     return groups
 
 
-def _pairs(searcher: Searcher, block_ids: np.ndarray, vectors: np.ndarray, threshold: float):
-    """``(query ids, neighbour ids, scores)`` of all pairs with score >= threshold."""
-    index = searcher.vectors.index
+def _pairs(vectors_index: VectorIndex, block_ids: np.ndarray, vectors: np.ndarray, threshold: float, warn: bool = True):
+    """``(query ids, neighbour ids, scores)`` of all pairs with score >= threshold.
+
+    An index type without range search (FAISS says so; e.g. ``PQ32x4fs``,
+    ``NSG32``) is searched for the :data:`KNN_FALLBACK` nearest neighbours of
+    each image instead, with a warning (where ``warn``): larger groups may be cut. Any other
+    FAISS error is an error.
+    """
+    index = vectors_index.index
     try:
         # FAISS range search keeps scores strictly above its radius.
         limits, scores, neighbours = index.range_search(vectors, float(np.nextafter(threshold, -np.inf)))
         queries = np.repeat(block_ids, np.diff(limits).astype(np.int64))
-    except RuntimeError:
-        k = min(KNN_FALLBACK, searcher.vectors.ntotal)
-        scores, neighbours = searcher.vectors.search(vectors, k)
+    except RuntimeError as exc:
+        if RANGE_SEARCH_MISSING not in str(exc):
+            raise
+        k = min(KNN_FALLBACK, vectors_index.ntotal)
+        if warn:
+            logger.warning(
+                "index type %s has no range search: comparing each image with its %d nearest neighbours only, "
+                "so a larger group of duplicates may be missed or split (an index built with --index-type flat "
+                "or hnsw finds them all)",
+                vectors_index.factory,
+                k,
+            )
+        scores, neighbours = vectors_index.search(vectors, k)
         queries = np.repeat(block_ids, k)
         scores, neighbours = scores.ravel(), neighbours.ravel()
     keep = (scores >= threshold) & (neighbours >= 0)

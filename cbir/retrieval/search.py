@@ -1,6 +1,6 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~530 lines) because :class:`Searcher` is one
+Longer than most modules (~490 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
 re-ranking, the exclusion of the query itself and its locks belong together.
 """
@@ -12,26 +12,22 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
-from cbir.store.dba import AugmentedVectors
+from cbir.store.dba import AugmentedVectors, searched_without_dba
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256, sha256_bytes
-from cbir.images.decode import decode_image, read_image
-from cbir.images.scan import normalize_path
+from cbir.display import display_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
-from cbir.store.directory import IndexStore
+from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageRow
+from cbir.retrieval.query_inputs import QueryImage, content_digest, default_name, prepare_batch
 from cbir.retrieval.indexed_files import open_indexed_file
 
 logger = logging.getLogger(__name__)
-
-#: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
-QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -45,9 +41,17 @@ class Match:
     label: str | None = None
     #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
     exists: bool = True
+    #: When the photo was taken (ISO 8601 local time; EXIF, else the file's time), if the catalogue knows.
+    taken: str | None = None
+    #: The camera's make and model, if the photo names one.
+    camera: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rank": self.rank, "path": self.path, "score": self.score, "exists": self.exists}
+        # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
+        return {
+            "rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists,
+            "taken": self.taken, "camera": self.camera,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class QueryResult:
     results: list[Match]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"query": self.query, "results": [m.to_dict() for m in self.results]}
+        return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}
 
 
 class Searcher:
@@ -108,7 +112,15 @@ class Searcher:
         self._embedder = None
         self._model_lock = threading.Lock()  # extractor runtimes (LiteRT, OpenVINO) are not thread-safe
         self._catalogue_lock = threading.Lock()  # one SQLite connection, shared
-        self._augmented = AugmentedVectors.load(store)
+        self._augmented = AugmentedVectors.load(store, self.vectors)
+        unaugmented = searched_without_dba(store)
+        if unaugmented and lock_holder(store.path) is None:  # while a writer runs, this is its work in progress
+            logger.warning(
+                "index %r: %d image(s) committed after its last vector snapshot are searched without DBA "
+                "(an interrupted or failed run); run cbir index on it again to finish",
+                store.name,
+                unaugmented,
+            )
         if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
             self.vectors.exact_vectors = self._exact_vectors
 
@@ -172,13 +184,44 @@ class Searcher:
         return self._augmented is not None
 
     def plain_vectors(self):
-        """A FAISS index of the original vectors, built from the catalogue (for exact-similarity work)."""
+        """A new FAISS index of the original vectors, built from the catalogue (for exact-similarity work).
+
+        The catalogue is held for the whole build: other threads' queries wait.
+        """
         from cbir.ann.vectors import build_vector_index
 
         store = self.store
-        ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
-        sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
-        return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+        with self._catalogue_lock:
+            ids = np.array([row.id for row in store.catalogue.image_rows()], dtype=np.int64)
+            sample = lambda n: store.catalogue.vectors_for_ids(ids[:: max(1, len(ids) // max(n, 1))].tolist(), store.dim)  # noqa: E731
+            return build_vector_index(store.factory, store.dim, lambda: store.catalogue.iter_vectors(store.dim), sample)
+
+    # -- the catalogue for other modules: one SQLite connection, used under the lock
+    def image_rows(self, ids: Sequence[int] | None = None) -> list:
+        """Catalogue rows of ``ids`` in that order (missing ones left out), or every row by id."""
+        with self._catalogue_lock:
+            return self.store.catalogue.image_rows(None if ids is None else [int(i) for i in ids])
+
+    def original_vectors(self, ids: Sequence[int]) -> np.ndarray:
+        """The catalogue's vectors of ``ids`` (never the DBA-augmented ones); every id must exist."""
+        with self._catalogue_lock:
+            return self.store.catalogue.vectors_for_ids(ids, self.store.dim)
+
+    def iter_original_vectors(self, batch_size: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """``(ids, vectors)`` blocks of the catalogue's vectors in id order; each block read under the lock."""
+        with self._catalogue_lock:
+            blocks = self.store.catalogue.iter_vectors(self.store.dim, batch_size=batch_size)
+        while True:
+            with self._catalogue_lock:
+                block = next(blocks, None)
+            if block is None:
+                return
+            yield block
+
+    def skipped_files(self) -> list[tuple[str, str]]:
+        """``(path, reason)`` of the files indexing skipped, by path."""
+        with self._catalogue_lock:
+            return self.store.catalogue.skipped()
 
     @property
     def embedder(self):
@@ -244,6 +287,7 @@ class Searcher:
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted)}
+            metadata = self.store.catalogue.metadata(wanted)  # no GPS: results never carry a location
         results = []
         for score_row, id_row in zip(scores, ids):
             matches: list[Match] = []
@@ -251,7 +295,13 @@ class Searcher:
                 row = rows.get(int(image_id))
                 if row is None:  # -1 padding, or removed since the FAISS file was written
                     continue
-                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path)))
+                about = metadata.get(row.id)
+                matches.append(
+                    Match(
+                        len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path),
+                        about.taken if about else None, about.camera if about else None,
+                    )
+                )
                 if len(matches) == k:
                     break
             results.append(matches)
@@ -350,14 +400,14 @@ class Searcher:
         if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)):
             raise TypeError("Searcher.query_many takes a sequence of images; use Searcher.query for one image")
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
         if len(labels) != len(images):
             raise UsageError(f"{len(labels)} names for {len(images)} images")
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
             batch = images[start : start + batch_size]
-            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, self.embedder)):
+            for label, (item, error) in zip(labels[start : start + batch_size], prepare_batch(batch, channels, self.embedder)):
                 if error is not None:
                     if on_error is None:
                         raise error
@@ -376,7 +426,7 @@ class Searcher:
         embeds and searches several prepared images in one batch.
         Raises :class:`~cbir.errors.ImageError` for an unreadable image.
         """
-        item, error = _prepare_batch([image], channels, self.embedder)[0]
+        item, error = prepare_batch([image], channels, self.embedder)[0]
         if error is not None:
             raise error
         return item
@@ -423,8 +473,8 @@ class Searcher:
         """
         self._effective_k(k)  # says so if k exceeds the collection
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
-        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (content_digest(image) for image in images)))
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
@@ -447,82 +497,7 @@ class Searcher:
         ]
 
 
-def _content_digest(image: Any) -> str | None:
-    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return sha256_bytes(bytes(image))
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return file_sha256(image)
-        except OSError:
-            return None  # query_many reports the unreadable file
-    return None
-
-
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 
 
-def _default_name(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return str(normalize_path(image))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    if isinstance(image, np.ndarray):
-        return "<array>"
-    raise _wrong_type(image)
-
-
-def _wrong_type(image: Any) -> TypeError:
-    return TypeError(
-        "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
-        f"or a decoded uint8 NumPy array; got {type(image).__name__}"
-    )
-
-
-def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
-    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
-
-    Files go through the one loader (read, decode and ``prepare`` in threads);
-    bytes and arrays are decoded or checked here.
-    """
-    from cbir.compute.work import PrepareSpec, usable_cores
-    from cbir.compute.loader import load_prepared
-
-    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
-    # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
-    workers = max(1, min(usable_cores(), len(paths))) if paths else 1
-    from_files = load_prepared(paths, PrepareSpec(embedder.decode_min_side), workers=workers, prepare=embedder.prepare)
-    out: list[tuple[Any, ImageError | None]] = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            file, item = next(from_files)
-            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
-            continue
-        try:
-            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
-        except ImageError as exc:
-            out.append((None, exc))
-    return out
-
-
-def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:
-    """Any accepted query image as the RGB uint8 array extractors take."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(os.fspath(image), min_side=min_side)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(image), min_side=min_side)
-    if not isinstance(image, np.ndarray):
-        raise _wrong_type(image)
-    if image.dtype != np.uint8:
-        raise ImageError(f"an image array must be uint8 (0-255), got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
-        raise ImageError(f"an image array must have shape (h, w), (h, w, 3) or (h, w, 4); got {image.shape}")
-    image = image[:, :, :3]
-    if channels == "BGR":
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)

@@ -32,9 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from cbir._version import __version__
+from cbir.display import display_path
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
-from cbir.compute.work import usable_cores
+from cbir.cpus import usable_cores
 from cbir.server.access import Access, AccessGuard, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.transport import BodyLimits
@@ -133,6 +134,7 @@ def create_app(
 
     def shown(request: Request, message: str) -> str:
         """An error message as this server may show it (no absolute paths unless allowed)."""
+        message = display_path(message, controls=False)  # a file name's undecodable bytes as \xNN
         if access.show_paths:
             return message
         roots: list[str] = []

@@ -7,13 +7,25 @@ embeddings is committed together with its rows in one transaction: a run
 killed at any point keeps exactly what was committed, and the FAISS file can
 always be rebuilt from the catalogue.
 
+File names are stored exactly. A name that is valid UTF-8 is ``TEXT``; one
+that is not (``café.jpg`` in Latin-1, which Python hands over with surrogate
+escapes) is stored as a ``BLOB`` of its bytes, so the API takes and returns
+``str`` as :func:`os.fsdecode` gives it and nothing is lost or refused.
+SQLite orders every ``TEXT`` before every ``BLOB``, so a prefix query asks
+both ranges (:func:`_prefix_clause`).
+
 Ids are never reused (``AUTOINCREMENT``), so an id in an older FAISS file can
 never point at a different image. Ids removed since the FAISS file was last
 written are listed in ``pending_removals`` until it is written again.
+
+At ~460 lines it is over the usual size on purpose: it is the one module that
+speaks SQL (rclip's rule), so every statement, its schema and migrations stay
+in one place.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import urllib.parse
@@ -23,9 +35,14 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cbir.errors import IndexCorruptError
+from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+#: A reader (queries, the server) opens a catalogue this old without upgrading it: version 2
+#: only added photo metadata, which such a catalogue has none of. Writers always upgrade.
+_OLDEST_READABLE = 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
@@ -49,6 +66,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE pending_removals (id INTEGER PRIMARY KEY);
     """,
+    # 2: what each photo says about itself, read once at index time. A table of its own: rows
+    # indexed before it have none, and GPS stays out of every query that does not ask for it.
+    """
+    CREATE TABLE image_metadata (
+        id INTEGER PRIMARY KEY,
+        width INTEGER,
+        height INTEGER,
+        taken TEXT,
+        taken_from TEXT,
+        camera_make TEXT,
+        camera_model TEXT,
+        gps_lat REAL,
+        gps_lon REAL
+    );
+    """,
 ]
 
 
@@ -65,6 +97,34 @@ class ImageRow:
 
 
 @dataclass(frozen=True)
+class ImageMetadata:
+    """What a photo says about itself (``None``: not known)."""
+
+    width: int | None = None
+    height: int | None = None
+    #: ISO 8601 local time: the EXIF date taken, else the file's modification time.
+    taken: str | None = None
+    #: ``"exif"`` or ``"mtime"``: where ``taken`` came from.
+    taken_from: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    #: Location, decimal degrees: private, read only by :meth:`Catalogue.metadata` with ``gps=True``.
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+
+    @property
+    def camera(self) -> str | None:
+        """Make and model as one name ("Canon Canon EOS R5" shown as "Canon EOS R5")."""
+        make, model = (self.camera_make or "").strip(), (self.camera_model or "").strip()
+        if make and model.lower().startswith(make.split()[0].lower()):
+            return model
+        return " ".join(p for p in (make, model) if p) or None
+
+
+_METADATA_COLUMNS = ("width", "height", "taken", "taken_from", "camera_make", "camera_model", "gps_lat", "gps_lon")
+
+
+@dataclass(frozen=True)
 class NewImage:
     """What the indexer commits for one embedded file."""
 
@@ -74,6 +134,7 @@ class NewImage:
     sha256: str
     label: str | None
     vector: np.ndarray
+    metadata: ImageMetadata | None = None
 
 
 class Catalogue:
@@ -112,6 +173,8 @@ class Catalogue:
                 self._db.execute("PRAGMA synchronous=NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc):
+                raise disk_full_error(f"the catalogue {self.path}") from None
             raise IndexCorruptError(f"catalogue {self.path} is unreadable: {exc}") from None
 
     def _connect_read_only(self, check_same_thread: bool) -> sqlite3.Connection:
@@ -132,7 +195,30 @@ class Catalogue:
 
     # -- lifecycle ---------------------------------------------------------
     def close(self) -> None:
+        if not self.read_only:
+            self._settle()
         self._db.close()
+
+    def _settle(self) -> None:
+        """At a writer's close: every commit into the database file itself.
+
+        A writer works in WAL mode (readers never block it, nor it them); its
+        commits sit in ``-wal`` until a checkpoint, which SQLite runs by itself
+        only when the last connection closes, never while ``cbir serve`` holds
+        one open. So the writer checkpoints (waiting a little for readers to
+        finish their current read): once no writer runs, ``catalogue.sqlite``
+        alone is complete and a copy without ``-wal`` loses nothing. The
+        database stays in WAL mode: a rollback journal would let one long read
+        (``cbir duplicates``) lock every writer out. Best effort: a failure
+        here loses nothing (the WAL stays, and is replayed).
+        """
+        try:
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            busy, _, _ = self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            if busy:
+                logger.info("catalogue %s: a reader kept the checkpoint from finishing; the -wal file holds the rest", self.path)
+        except sqlite3.Error:
+            pass
 
     def __enter__(self) -> "Catalogue":
         return self
@@ -147,18 +233,22 @@ class Catalogue:
                 f"catalogue {self.path} has schema version {version}, newer than this cbir understands "
                 f"({SCHEMA_VERSION}); upgrade cbir"
             )
+        self.schema_version = version
         if version < SCHEMA_VERSION and self.read_only:
+            if version >= _OLDEST_READABLE:
+                return  # read as it is: what later versions add (metadata) is simply absent
             raise IndexCorruptError(
                 f"catalogue {self.path} has schema version {version}, older than this cbir's ({SCHEMA_VERSION}); "
                 "run cbir index on it once (with write access) to upgrade it"
             )
+        self.schema_version = SCHEMA_VERSION
         for target in range(version, SCHEMA_VERSION):
             # executescript commits whatever is open first, so the script carries its own transaction.
             self._db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
 
     def transaction(self) -> "_Transaction":
         """``with catalogue.transaction():`` groups writes into one atomic commit."""
-        return _Transaction(self._db, "BEGIN IMMEDIATE")
+        return _Transaction(self._db, "BEGIN IMMEDIATE", where=f"the catalogue {self.path}")
 
     def snapshot(self) -> "_Transaction":
         """``with catalogue.snapshot():`` reads see one committed state, without blocking writers.
@@ -186,25 +276,72 @@ class Catalogue:
     def count_skipped(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM skipped").fetchone()[0]
 
-    def add_images(self, images: Sequence[NewImage], dim: int) -> None:
-        """Insert embedded images, replacing rows of the same path (which get new ids)."""
+    def add_images(self, images: Sequence[NewImage], dim: int, replace: bool = True) -> None:
+        """Insert embedded images, replacing rows of the same path (which get new ids).
+
+        ``replace=False``: the caller knows no row or skip record has these
+        paths (a new index's first run), so none is looked for.
+        """
         rows = []
         for image in images:
             vector = np.ascontiguousarray(image.vector, dtype=np.float32)
             if vector.shape != (dim,):
                 raise ValueError(f"vector of shape {vector.shape} for an index of dimension {dim}")
-            rows.append((image.path, image.size, image.mtime_ns, image.sha256, image.label, vector.tobytes()))
-        paths = [image.path for image in images]
-        self.remove_ids(self._ids_of_paths(paths))
-        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+            # The row's own buffer: SQLite copies it once, no bytes object in between.
+            rows.append((_sql(image.path), image.size, image.mtime_ns, image.sha256, _sql(image.label), memoryview(vector)))
+        if replace:
+            paths = [image.path for image in images]
+            self.remove_ids(self._ids_of_paths(paths))
+            self._db.executemany("DELETE FROM skipped WHERE path = ?", [(_sql(p),) for p in paths])
         self._db.executemany(
             "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
+        self._add_metadata([(image.path, image.metadata) for image in images if image.metadata is not None])
+
+    def _add_metadata(self, pairs: Sequence[tuple[str, ImageMetadata]]) -> None:
+        if not pairs:
+            return
+        ids: dict = {}  # by the path as stored (text, or bytes for a name that is not UTF-8)
+        stored = [(_sql(p), m) for p, m in pairs]
+        for start in range(0, len(stored), 500):
+            chunk = [p for p, _ in stored[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            ids.update(self._db.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", chunk))
+        marks = ", ".join("?" * (1 + len(_METADATA_COLUMNS)))
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO image_metadata (id, {', '.join(_METADATA_COLUMNS)}) VALUES ({marks})",
+            [(ids[p], *(getattr(m, c) for c in _METADATA_COLUMNS)) for p, m in stored if p in ids],
+        )
+
+    def metadata(self, ids: Sequence[int], gps: bool = False) -> dict[int, ImageMetadata]:
+        """``{id: metadata}`` for those of ``ids`` that have some; GPS only when asked for (``gps``)."""
+        columns = _METADATA_COLUMNS if gps else _METADATA_COLUMNS[:-2]
+        found: dict[int, ImageMetadata] = {}
+        if self.schema_version < 2:
+            return found
+        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, {', '.join(columns)} FROM image_metadata WHERE id IN ({marks})"
+            for image_id, *values in self._db.execute(query, chunk):
+                found[image_id] = ImageMetadata(**dict(zip(columns, values)))
+        return found
+
+    def metadata_counts(self) -> dict[str, int]:
+        """How many indexed images have metadata, an EXIF date, a camera, a location."""
+        if self.schema_version < 2:
+            return {"with_metadata": 0, "dated_by_exif": 0, "with_camera": 0, "with_location": 0}
+        row = self._db.execute(
+            "SELECT COUNT(*), COUNT(NULLIF(m.taken_from = 'exif', 0)), COUNT(COALESCE(m.camera_make, m.camera_model)), "
+            "COUNT(m.gps_lat) FROM image_metadata m JOIN images i ON i.id = m.id"
+        ).fetchone()
+        return {"with_metadata": row[0], "dated_by_exif": row[1], "with_camera": row[2], "with_location": row[3]}
 
     def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
         ids = []
         for start in range(0, len(paths), 500):
-            chunk = paths[start : start + 500]
+            chunk = [_sql(p) for p in paths[start : start + 500]]
             marks = ",".join("?" * len(chunk))
             ids.extend(r[0] for r in self._db.execute(f"SELECT id FROM images WHERE path IN ({marks})", chunk))
         return ids
@@ -218,15 +355,16 @@ class Catalogue:
         before = self._db.total_changes
         self._db.executemany("DELETE FROM images WHERE id = ?", rows)
         removed = self._db.total_changes - before
+        self._db.executemany("DELETE FROM image_metadata WHERE id = ?", rows)
         self._db.executemany("INSERT OR IGNORE INTO pending_removals (id) VALUES (?)", rows)
         return removed
 
     def update_stat(self, path: str, size: int, mtime_ns: int) -> None:
         """Record a new size/mtime for a file whose content hash did not change."""
-        self._db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
+        self._db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, _sql(path)))
 
     def set_labels(self, labels: dict[str, str]) -> None:
-        self._db.executemany("UPDATE images SET label = ? WHERE path = ?", [(v, k) for k, v in labels.items()])
+        self._db.executemany("UPDATE images SET label = ? WHERE path = ?", [(_sql(v), _sql(k)) for k, v in labels.items()])
 
     def images_under(self, root: str) -> dict[str, ImageRow]:
         """Rows whose path is ``root`` or lies below it, by path."""
@@ -247,8 +385,8 @@ class Catalogue:
 
     def _select_images(self, where: str, args: Sequence) -> Iterator[ImageRow]:
         query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
-        for row in self._db.execute(query, tuple(args)):
-            yield ImageRow(*row)
+        for image_id, path, size, mtime_ns, sha256, label in self._db.execute(query, tuple(args)):
+            yield ImageRow(image_id, _text(path), size, mtime_ns, sha256, _text(label))
 
     def image_folders(self) -> list[str]:
         """The distinct folders that directly hold an indexed image (each with its trailing separator)."""
@@ -261,7 +399,7 @@ class Catalogue:
         yield from self._db.execute("SELECT id, sha256 FROM images")
 
     def row_for_path(self, path: str) -> ImageRow | None:
-        rows = list(self._select_images("WHERE path = ?", (path,)))
+        rows = list(self._select_images("WHERE path = ?", (_sql(path),)))
         return rows[0] if rows else None
 
     def iter_vectors(self, dim: int, batch_size: int | None = None, min_id: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -333,39 +471,66 @@ class Catalogue:
         self._remove_path(path)
         self._db.execute(
             "INSERT OR REPLACE INTO skipped (path, size, mtime_ns, reason) VALUES (?, ?, ?, ?)",
-            (path, size, mtime_ns, reason),
+            (_sql(path), size, mtime_ns, _sql(reason)),
         )
 
     def skipped_under(self, root: str) -> dict[str, tuple[int, int, str]]:
         """``{path: (size, mtime_ns, reason)}`` for skipped files at or below ``root``."""
         where, args = _prefix_clause(root)
         rows = self._db.execute(f"SELECT path, size, mtime_ns, reason FROM skipped {where}", args)
-        return {path: (size, mtime_ns, reason) for path, size, mtime_ns, reason in rows}
+        return {_text(path): (size, mtime_ns, _text(reason)) for path, size, mtime_ns, reason in rows}
 
     def remove_skipped(self, paths: Iterable[str]) -> None:
-        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(p,) for p in paths])
+        self._db.executemany("DELETE FROM skipped WHERE path = ?", [(_sql(p),) for p in paths])
 
     def skipped(self, limit: int | None = None) -> list[tuple[str, str]]:
         """``(path, reason)`` of skipped files, sorted by path."""
         query = "SELECT path, reason FROM skipped ORDER BY path"
         if limit is not None:
             query += f" LIMIT {int(limit)}"
-        return [tuple(row) for row in self._db.execute(query)]
+        return [(_text(path), _text(reason)) for path, reason in self._db.execute(query)]
+
+
+def _sql(value: str | None) -> str | bytes | None:
+    """A name as stored: ``TEXT`` if it is valid UTF-8, else a ``BLOB`` of its bytes (see the module docstring)."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        return value.encode("utf-8", "surrogateescape")
+
+
+def _text(value: str | bytes | None) -> str | None:
+    """A stored name back as ``str`` (surrogate escapes for bytes that are not UTF-8)."""
+    return value.decode("utf-8", "surrogateescape") if isinstance(value, bytes) else value
 
 
 def _prefix_clause(root: str) -> tuple[str, tuple]:
     # A range on the path keeps the UNIQUE index usable and needs no LIKE escaping.
+    # Names below a UTF-8 folder may be BLOBs (not UTF-8 themselves), and
+    # SQLite orders TEXT before BLOB: one range of each.
     root = root.rstrip("/\\") or root
-    prefix = root + "/"
-    return "WHERE path = ? OR (path >= ? AND path < ?)", (root, prefix, root + "0")
+    raw = root.encode("utf-8", "surrogateescape")
+    text = root if _sql(root) is root else None
+    if text is None:  # no TEXT name lies under a folder whose own name is not UTF-8
+        return "WHERE path = ? OR (path >= ? AND path < ?)", (raw, raw + b"/", raw + b"0")
+    return (
+        "WHERE path = ? OR (path >= ? AND path < ?) OR (path >= ? AND path < ?)",
+        (text, text + "/", text + "0", raw + b"/", raw + b"0"),
+    )
 
 
 class _Transaction:
-    def __init__(self, db: sqlite3.Connection, begin: str, join: bool = False):
+    """``BEGIN`` ... ``COMMIT``, or ``ROLLBACK`` on an error; a full disk becomes :class:`~cbir.errors.DiskFullError`."""
+
+    def __init__(self, db: sqlite3.Connection, begin: str, join: bool = False, where: str = "the catalogue"):
         self._db = db
         self._begin = begin
         self._join = join
         self._joined = False
+        self._where = where
 
     def __enter__(self) -> None:
         self._joined = self._join and self._db.in_transaction
@@ -376,7 +541,16 @@ class _Transaction:
         if self._joined:
             return False
         if exc_type is None:
-            self._db.execute("COMMIT")
-        else:
+            try:
+                self._db.execute("COMMIT")
+                return False
+            except sqlite3.OperationalError as failed:
+                exc = failed
+        # SQLite may have rolled back already (a full disk can do that): only roll back what is open.
+        if self._db.in_transaction:
             self._db.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error) and is_disk_full(exc):
+            raise disk_full_error(self._where) from None
+        if exc_type is None:
+            raise exc
         return False

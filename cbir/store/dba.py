@@ -7,7 +7,10 @@ and a copy of them is kept beside it as plain ``.npy`` arrays
 (``augmented-N.npy`` and ``augmented-N.ids.npy``), which query expansion reads
 back. Both files are written under new names and recorded in the catalogue
 in one transaction with the FAISS file, so readers see one consistent
-snapshot whatever happens.
+snapshot whatever happens. The augmented vectors' fingerprints are recorded
+with them (:func:`augmented_problem`): a reader warns of a missing, truncated
+or replaced file instead of silently searching without it, and the next save
+recomputes it.
 
 Augmentation depends on every vector's neighbours, which change whenever
 images come or go, so each save brings it up to date from the catalogue,
@@ -45,13 +48,14 @@ from cbir.fileio import atomic_path
 from cbir.progress import SILENT, Progress, ProportionalBar
 from cbir.ann.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, search_nearest_neighbours, search_top_k
 from cbir.ann.vectors import VectorIndex, build_vector_index
-from cbir.store.snapshot_record import commit_snapshot, next_file_name, read_state, vectors_are_current
+from cbir.store.snapshot_record import commit_snapshot, fingerprint, next_file_name, read_state, vectors_are_current
 
 logger = logging.getLogger(__name__)
 
 MANIFEST_KEY = "dba"
 _META_FILE = "augmented_file"
 _META_CONFIG = "augmented_config"
+_META_FINGERPRINT = "augmented_fingerprint"  # of the vectors and ids files: truncation, replacement
 
 
 def dba_config(k: int | None, alpha: float = DEFAULT_ALPHA) -> dict[str, Any] | None:
@@ -89,6 +93,10 @@ def save_snapshot(store, progress: Progress = SILENT, rebuild: bool = False) -> 
     catalogue = store.catalogue
     wanted = json.dumps(config, sort_keys=True) if config else None
     state = read_state(store)
+    damaged = augmented_problem(store) if config is not None else None
+    if damaged is not None:
+        logger.warning("index %r: %s; recomputing them from the catalogue", store.name, damaged)
+        rebuild = True
     if (
         vectors_are_current(store)
         and not rebuild
@@ -98,13 +106,14 @@ def save_snapshot(store, progress: Progress = SILENT, rebuild: bool = False) -> 
         return
     serial, faiss_name = next_file_name(store)
     previous = None
-    if config is not None and (catalogue.get_meta(_META_CONFIG) or None) == wanted:
+    if config is not None and (catalogue.get_meta(_META_CONFIG) or None) == wanted and damaged is None:
         previous = _Snapshot.load(store)
     build = _flat_snapshot if _flat_storage(VectorIndex.create(store.factory, store.dim)) else _other_snapshot
     vector_index, ids, augmented_files = build(store, config, previous, serial, progress)
     vector_index.write(store.path / faiss_name)
     # "" = no augmented snapshot
-    extra = {_META_FILE: augmented_files[0] if config is not None and augmented_files else "", _META_CONFIG: wanted or ""}
+    augmented = augmented_files[0] if config is not None and augmented_files else ""
+    extra = {_META_FILE: augmented, _META_CONFIG: wanted or "", _META_FINGERPRINT: _fingerprints(store.path, augmented)}
     commit_snapshot(
         store,
         vector_index,
@@ -114,6 +123,49 @@ def save_snapshot(store, progress: Progress = SILENT, rebuild: bool = False) -> 
         extra_meta=extra,
         keep_files=tuple(augmented_files),
     )
+
+
+def _fingerprints(folder: Path, name: str) -> str:
+    """Fingerprints of an augmented snapshot's vectors and ids files ("" for none)."""
+    if not name:
+        return ""
+    return " ".join(fingerprint(folder / file) for file in (name, _ids_name(name)))
+
+
+def _ids_name(name: str) -> str:
+    return name[: -len(".npy")] + ".ids.npy"
+
+
+def augmented_problem(store) -> str | None:
+    """Why the recorded augmented vectors cannot be used (missing, truncated, replaced), or ``None``."""
+    name = store.catalogue.get_meta(_META_FILE)
+    if not name:
+        return None
+    for file in (name, _ids_name(name)):
+        if not (store.path / file).is_file():
+            return f"its augmented vectors {file} are missing"
+    recorded = store.catalogue.get_meta(_META_FINGERPRINT)
+    if recorded and _fingerprints(store.path, name) != recorded:
+        return f"its augmented vectors {name} are not the ones written (truncated or replaced)"
+    return None
+
+
+def searched_without_dba(store) -> int:
+    """How many images a search sees without DBA although the manifest asks for it.
+
+    Images committed after the snapshot (a run interrupted or failed before
+    its save: readers patch them in, not augmented), or every image if no
+    snapshot was augmented with this setting yet.
+    """
+    config = store.manifest.get(MANIFEST_KEY)
+    catalogue = store.catalogue
+    total = catalogue.count_images()
+    if not config or total < 2:
+        return 0
+    state = read_state(store)
+    if state.file is None or (catalogue.get_meta(_META_CONFIG) or None) != json.dumps(config, sort_keys=True):
+        return total
+    return total - catalogue.count_ids_up_to(state.max_id)
 
 
 # Memory: the collection's vectors are held once (in FAISS's own storage for
@@ -363,25 +415,62 @@ def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.nda
 
 
 class AugmentedVectors:
-    """The augmented vectors of a snapshot, memory-mapped, looked up by catalogue id."""
+    """The augmented vectors of a snapshot, memory-mapped, looked up by catalogue id.
 
-    def __init__(self, ids: np.ndarray, vectors: np.ndarray):
+    ``ids`` sorted; row ``rows[i]`` of ``vectors`` (row ``i`` without ``rows``) is that of ``ids[i]``.
+    """
+
+    def __init__(self, ids: np.ndarray, vectors: np.ndarray, rows: np.ndarray | None = None):
         self.ids = ids
         self.vectors = vectors
+        self.rows = rows
 
     @classmethod
-    def load(cls, store) -> "AugmentedVectors | None":
-        """The store's augmented vectors, or ``None`` if its snapshot is not augmented (or was replaced meanwhile)."""
-        name = store.catalogue.get_meta(_META_FILE)
-        if not name:
+    def load(cls, store, vector_index: VectorIndex | None = None) -> "AugmentedVectors | None":
+        """The store's augmented vectors, or ``None`` if its snapshot is not augmented.
+
+        Where the side file is missing, damaged (its fingerprint differs) or
+        unreadable, a warning names it and says how to restore it (``cbir
+        index`` again); meanwhile a flat ``vector_index`` (the snapshot as
+        loaded) gives the augmented vectors exactly, and any other type leaves
+        query expansion and re-ranking on the original vectors, which the
+        warning says too.
+        """
+        problem = None
+        for _attempt in range(2):  # a writer may replace the snapshot between our reads: look again, once
+            with store.catalogue.snapshot():
+                name = store.catalogue.get_meta(_META_FILE)
+                if not name:
+                    return None
+                problem = augmented_problem(store)
+                if problem is None:
+                    try:
+                        vectors = np.load(store.path / name, mmap_mode="r", allow_pickle=False)
+                        ids = np.load(store.path / _ids_name(name), allow_pickle=False)
+                        if vectors.ndim == 2 and ids.shape == (len(vectors),):
+                            return cls(ids, vectors)
+                        problem = f"its augmented vectors {name} do not match their ids"
+                    except (OSError, ValueError) as exc:
+                        problem = f"its augmented vectors {name} are unreadable ({exc})"
+        return cls._from_snapshot(store, problem, vector_index)
+
+    @classmethod
+    def _from_snapshot(cls, store, problem: str, vector_index: VectorIndex | None) -> "AugmentedVectors | None":
+        repair = f"run `cbir index` on the folder of index {store.name!r} again to restore them"
+        storage = _flat_storage(vector_index) if vector_index is not None else None
+        if storage is None:
+            logger.warning(
+                "index %r: %s: query expansion and re-ranking use the original vectors, so results differ "
+                "from what the index was built for; %s",
+                store.name, problem, repair,
+            )
             return None
-        try:
-            vectors = np.load(store.path / name, mmap_mode="r", allow_pickle=False)
-            ids = np.load(store.path / name.replace(".npy", ".ids.npy"), allow_pickle=False)
-        except (OSError, ValueError):
-            logger.info("augmented vectors %s are gone; query expansion uses the original vectors", name)
-            return None
-        return cls(ids, vectors)
+        logger.warning(
+            "index %r: %s: reading the augmented vectors from the FAISS snapshot instead; %s", store.name, problem, repair
+        )
+        ids, vectors = storage
+        order = np.argsort(ids, kind="stable")
+        return cls(ids[order], vectors, order)
 
     def lookup(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``(vectors, found)``: the augmented vector of each id, ``found`` False for ids not in the snapshot."""
@@ -389,5 +478,6 @@ class AugmentedVectors:
         rows = np.searchsorted(self.ids, ids).clip(0, max(len(self.ids) - 1, 0))
         found = (self.ids[rows] == ids) if len(self.ids) else np.zeros(ids.shape, bool)
         out = np.zeros((*ids.shape, self.vectors.shape[1]), np.float32)
-        out[found] = self.vectors[rows[found]]
+        hits = rows[found] if self.rows is None else self.rows[rows[found]]
+        out[found] = self.vectors[hits]
         return out, found

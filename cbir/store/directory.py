@@ -124,7 +124,7 @@ class WriteLock:
                 self._file.close()
 
 
-def _lock_holder(directory: Path) -> str | None:
+def lock_holder(directory: Path) -> str | None:
     """Who holds the write lock on ``directory`` (``None`` if nobody), without taking it."""
     try:
         with open(Path(directory) / LOCK_FILE) as file:
@@ -164,7 +164,7 @@ class IndexStore:
         if not path.is_dir():
             raise IndexNotFoundError(not_found_message(path))
         if not writable and not is_index(path):
-            builder = _lock_holder(path)
+            builder = lock_holder(path)
             if builder is not None:
                 raise IndexLockedError(f"index {path.name!r} is being built by {builder}; query it once that run has finished")
         lock = WriteLock(path, wait=wait) if writable else None

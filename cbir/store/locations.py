@@ -47,10 +47,12 @@ def resolve_index_dir(index_dir: str | os.PathLike | None = None) -> Path:
 
 
 def check_index_name(name: str) -> str:
-    """Return ``name`` if it is a valid index name (letters, digits, ``-``, ``_``), else :class:`UsageError`."""
-    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name):
+    """Return ``name`` if it is a valid index name (letters, digits, ``-``, ``_``; no leading ``-``), else :class:`UsageError`."""
+    # A leading '-' would read as an option in every other command (cbir info -x).
+    if not isinstance(name, str) or not _NAME_PATTERN.fullmatch(name) or name.startswith("-"):
         raise UsageError(
-            f"invalid index name {name!r}: use 1 to 100 letters, digits, '-' or '_' (no spaces, dots or slashes)"
+            f"invalid index name {name!r}: use 1 to 100 letters, digits, '-' or '_', not starting with '-' "
+            "(no spaces, dots or slashes)"
         )
     return name
 

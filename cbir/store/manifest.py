@@ -60,4 +60,37 @@ def read_manifest(path: Path) -> dict[str, Any]:
     missing = [key for key in ("embedder", "dim", "metric", "factory") if key not in manifest]
     if missing:
         raise IndexCorruptError(f"index {name!r} is corrupt: {MANIFEST_FILE} lacks {', '.join(missing)}")
+    problem = _embedder_problem(manifest)
+    if problem is not None:
+        raise IndexCorruptError(
+            f"index {name!r} is corrupt: {file} {problem}; restore that file from a backup or an earlier copy, "
+            f"or delete the index (cbir delete {name} --yes) and build it again"
+        )
     return manifest
+
+
+def _embedder_problem(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's extractor config and dimension (an edited or damaged file), or ``None``.
+
+    Checked on every open, writers included: a run must not report
+    "unchanged" over an index no reader can use, and a wrong ``dim`` is the
+    manifest's fault, not the catalogue's.
+    """
+    from cbir.errors import CbirError
+    from cbir.features.pipeline import Embedder
+
+    dim = manifest["dim"]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        return f"has an invalid dimension {dim!r}"
+    if manifest["metric"] != METRIC:
+        return f"names metric {manifest['metric']!r} (cbir indexes use {METRIC!r})"
+    try:
+        embedder = Embedder.from_config(manifest["embedder"])
+        expected = int(embedder.dim)
+    except CbirError as exc:
+        return f"has an unusable extractor config ({exc})"
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        return f"has a malformed extractor config ({type(exc).__name__}: {exc})"
+    if expected != dim:
+        return f"says dimension {dim}, but its extractor {embedder.describe()} gives {expected}-d vectors"
+    return None

@@ -258,6 +258,10 @@ class IndexWriter:
         store = self._open_store()
         return store.catalogue.vectors_for_ids(ids, store.dim)
 
+    def stored_metadata(self, ids) -> dict:
+        """The catalogue's metadata of ``ids`` (GPS included: it is copied, never shown), by id."""
+        return self._open_store().catalogue.metadata(ids, gps=True)
+
     def all_rows(self) -> list:
         return self._open_store().catalogue.image_rows()
 
@@ -269,7 +273,8 @@ class IndexWriter:
         """Commit embedded images with their vectors, skipped files and new stats of unchanged files, at once."""
         store = self._open_store()
         with store.catalogue.transaction():
-            store.catalogue.add_images(images, store.dim)
+            # A new index's first run meets each path once: nothing to replace.
+            store.catalogue.add_images(images, store.dim, replace=not self.created)
             for file in skipped:
                 store.catalogue.set_skipped(file.path, file.size, file.mtime_ns, file.reason)
             for file in restat:

@@ -21,7 +21,7 @@ Everything is stored in Keras' own ``.keras`` format and loaded in safe mode,
 with JSON for the training history: no pickle anywhere. TensorFlow is
 imported only inside the functions that need it.
 
-At ~420 lines a little over the usual size: the extractor's three states
+At ~450 lines a little over the usual size: the extractor's three states
 (untrained, trained in memory, loaded from an index with a converted
 encoder) share one set of parameters and checks.
 """
@@ -38,10 +38,10 @@ import numpy as np
 
 from cbir.errors import IndexCorruptError, NoImagesError, UsageError, WeightsError
 from cbir.features.autoencoder import model as networks
-from cbir.features.autoencoder.params import check_params
+from cbir.features.autoencoder.params import EMBEDDINGS, RUNTIMES, check_params
 from cbir.features.autoencoder.history import HISTORY_FILE, read_history, write_history
 from cbir.features.autoencoder.training import MODEL_FILE, NOT_TRAINING_PARAMS, train
-from cbir.features.base import Extractor, l2_normalize
+from cbir.features.base import Extractor, Param, l2_normalize
 from cbir.features.runtimes import NETWORKS, KerasNetwork, convert_to_tflite, runs_without_tensorflow
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import resize_image
@@ -113,9 +113,32 @@ class AutoencoderExtractor(Extractor):
     """
 
     name = "autoencoder"
+    title = "Autoencoder"
     requires_fit = True
     runtime_params = ("runtime",)
     transform_uses_every_core = True
+    parameters = (
+        Param("input_size", int, 64, "Images are resized to this square side; divisible by 2 ** len(filters).", option=True),
+        Param("channels", int, 3, "Train on greyscale images.", (3, 1), option=True, flag=("--grey", 1)),
+        Param("filters", list, (32, 64, 128, 256), "Filters of the encoder blocks, each halving the size."),
+        Param("latent_channels", int, 64, "Channels of the bottleneck."),
+        Param("batch_norm", bool, True, "Batch normalisation after each convolution."),
+        Param("noise", float, 0.1, "Gaussian noise on training inputs, in [0, 1] (0: a plain autoencoder)."),
+        Param("augment", bool, True, "Random flips and small shifts while training."),
+        Param("epochs", int, 40, "Most training epochs (early stopping usually ends sooner).", option=True),
+        Param("batch_size", int, 32, "Images per training step."),
+        Param("validation_split", float, 0.1, "Share of images held out to monitor the loss."),
+        Param("patience", int, 5, "Epochs without improvement before stopping."),
+        Param("learning_rate", float, 1e-3, "Adam's learning rate."),
+        Param("seed", int, 0, "Seed of weights, split, noise and augmentation.", option=True),
+        Param(
+            "embedding", str, "pool",
+            "pool: multi-scale pooled encoder activations; flatten: the bottleneck, for centred, aligned objects.",
+            EMBEDDINGS, option=True,
+        ),
+        Param("model_path", str, None, "A trained .keras model instead of training (see --model).", path=True),
+        Param("runtime", str, "auto", "What runs the encoder, same vectors: auto is tflite (LiteRT).", RUNTIMES, option=True),
+    )
 
     def __init__(
         self,
@@ -266,9 +289,9 @@ class AutoencoderExtractor(Extractor):
         With ``model_path`` there is nothing to learn: the given model is
         used as it is (:meth:`build`), ``images`` are ignored.
 
-        Training calls ``keras.utils.set_random_seed(seed)``, which also seeds
-        Python's and NumPy's global generators: on CPU the same images and
-        parameters then give the same model, bit for bit.
+        The initial weights come from ``seed`` and the batches from generators
+        seeded by it, with no global random state set or used: on CPU the
+        same images and parameters give the same model, bit for bit.
         """
         self.check_params()
         if self.model_path is not None:

@@ -30,25 +30,37 @@ def block_name(index: int) -> str:
     return f"encoder_block{index + 1}"
 
 
-def build_autoencoder(*, input_size: int, channels: int, filters: list[int], latent_channels: int, batch_norm: bool):
-    """The autoencoder as one functional model; see the module docstring for the layout."""
+def build_autoencoder(
+    *, input_size: int, channels: int, filters: list[int], latent_channels: int, batch_norm: bool, seed: int = 0
+):
+    """The autoencoder as one functional model; see the module docstring for the layout.
+
+    Kernels are Glorot-uniform from ``seed`` (one seed per layer), so the
+    initial weights depend on ``seed`` alone, without seeding any global
+    generator (Python's, NumPy's, TensorFlow's).
+    """
     keras = import_keras()
     layers = keras.layers
+    seeds = iter(range(int(seed) * 1000, int(seed) * 1000 + 1000))
+
+    def kernel():
+        return keras.initializers.GlorotUniform(seed=next(seeds))
+
     inputs = keras.Input((input_size, input_size, channels), name="image")
     x = inputs
     for i, n_filters in enumerate(filters):
         # Without BatchNorm the convolution needs its bias; with it, BN's beta replaces it.
-        x = layers.Conv2D(n_filters, 3, strides=2, padding="same", use_bias=not batch_norm, name=f"encoder_conv{i + 1}")(x)
+        x = layers.Conv2D(n_filters, 3, strides=2, padding="same", use_bias=not batch_norm, kernel_initializer=kernel(), name=f"encoder_conv{i + 1}")(x)
         if batch_norm:
             x = layers.BatchNormalization(name=f"encoder_bn{i + 1}")(x)
         x = layers.ReLU(name=block_name(i))(x)
-    x = layers.Conv2D(latent_channels, 1, name="latent")(x)
+    x = layers.Conv2D(latent_channels, 1, kernel_initializer=kernel(), name="latent")(x)
     for i, n_filters in enumerate(reversed(filters[:-1])):
-        x = layers.Conv2DTranspose(n_filters, 3, strides=2, padding="same", use_bias=not batch_norm, name=f"decoder_conv{i + 1}")(x)
+        x = layers.Conv2DTranspose(n_filters, 3, strides=2, padding="same", use_bias=not batch_norm, kernel_initializer=kernel(), name=f"decoder_conv{i + 1}")(x)
         if batch_norm:
             x = layers.BatchNormalization(name=f"decoder_bn{i + 1}")(x)
         x = layers.ReLU(name=f"decoder_block{i + 1}")(x)
-    outputs = layers.Conv2DTranspose(channels, 3, strides=2, padding="same", activation="sigmoid", name="reconstruction")(x)
+    outputs = layers.Conv2DTranspose(channels, 3, strides=2, padding="same", activation="sigmoid", kernel_initializer=kernel(), name="reconstruction")(x)
     return keras.Model(inputs, outputs, name="autoencoder")
 
 

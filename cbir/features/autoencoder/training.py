@@ -123,7 +123,6 @@ def train(
     record["data_sha256"] = digest
     record["source"] = str(source) if source is not None else record.get("source")
 
-    keras.utils.set_random_seed(int(extractor.seed))
     rng = np.random.default_rng(int(extractor.seed))
     order = rng.permutation(len(pixels))
     n_val = 0
@@ -140,7 +139,7 @@ def train(
         patience_left = extractor.patience - (done - record["best_epoch"])
         logger.info("resuming autoencoder training after epoch %d from %s", done, last_path)
     else:
-        model = build_autoencoder(**extractor._architecture())
+        model = build_autoencoder(**extractor._architecture(), seed=int(extractor.seed))
         model.compile(optimizer=keras.optimizers.Adam(float(extractor.learning_rate)), loss="mse")
         best, patience_left = None, extractor.patience
 

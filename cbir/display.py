@@ -1,0 +1,43 @@
+"""How a file name is shown: the one helper every output (CLI, JSON, HTML, montage, server) uses.
+
+Names on disk are bytes. Python hands the ones that are not valid UTF-8
+(``café.jpg`` saved in Latin-1) to cbir as ``str`` with surrogate escapes
+(``os.fsdecode``), which no terminal, JSON encoder or HTML page can carry.
+:func:`display_path` writes each such byte as ``\\xe9`` and, for lines read
+by people, control characters as ``\\n``, ``\\t``, ``\\x1b``..., so one name
+is one line. The catalogue keeps the exact name (:mod:`cbir.store.catalogue`);
+only what is shown is escaped.
+"""
+
+from __future__ import annotations
+
+import os
+import unicodedata
+
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+#: Categories that break a line or a terminal: controls and line/paragraph separators.
+_CONTROL_CATEGORIES = ("Cc", "Zl", "Zp")
+
+
+def display_path(path: str | bytes | os.PathLike, *, controls: bool = True) -> str:
+    """``path`` as printable text: undecodable bytes as ``\\xNN``; with ``controls``, control characters too.
+
+    ``controls=False`` is for JSON, whose own escapes carry a newline exactly.
+    """
+    text = os.fspath(path)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    if text.isprintable():  # nearly every name: no copy
+        return text
+    out = []
+    for char in text:
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:  # a byte surrogateescape could not decode
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:
+            out.append(f"\\u{code:04x}")
+        elif controls and unicodedata.category(char) in _CONTROL_CATEGORIES:
+            out.append(_NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"))
+        else:
+            out.append(char)
+    return "".join(out)
