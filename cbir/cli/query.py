@@ -73,9 +73,11 @@ def query(
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
     closer; after query expansion, similarity to the expanded query) and path;
-    a result whose file is gone is marked (missing). --json gives {"query",
-    "results": [{"rank", "path", "score", "exists"}]}, a list of those for a folder;
-    with --verify each result adds "verified" and "inliers".
+    then the date taken and the camera where the photo says (the date falls
+    back to the file's time); a result whose file is gone is marked (missing).
+    --json gives {"query", "results": [{"rank", "path", "score", "exists",
+    "taken", "camera"}]}, a list of those for a folder; with --verify each
+    result adds "verified" and "inliers", and the text says "verified (N inliers)".
     """
     from cbir.errors import UsageError
     from cbir.images.scan import find_images
@@ -142,7 +144,8 @@ def query(
             note = "" if match.exists else "  (missing)"
             if match.verified:
                 note += f"  verified ({match.inliers} inliers)"
-            print(f"{match.rank:>4}  {match.score:.4f}  {show(match.path)}{note}")
+            about = "  ".join(x for x in ((match.taken or "").replace("T", " "), match.camera or "") if x)
+            print(f"{match.rank:>4}  {match.score:.4f}  " + (f"[{about}]  " if about else "") + f"{show(match.path)}{note}")
 
 
 def _read_source(source: str) -> tuple[list[bytes], list[str]]:

@@ -44,6 +44,10 @@ class Match:
     label: str | None = None
     #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
     exists: bool = True
+    #: When the photo was taken (ISO 8601 local time; EXIF, else the file's time), if the catalogue knows.
+    taken: str | None = None
+    #: The camera's make and model, if the photo names one.
+    camera: str | None = None
     #: RANSAC inliers of spatial verification (``verify``); ``None`` where the match was not checked.
     inliers: int | None = None
     #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
@@ -56,7 +60,10 @@ class Match:
 
     def to_dict(self) -> dict[str, Any]:
         # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
-        out = {"rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists}
+        out = {
+            "rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists,
+            "taken": self.taken, "camera": self.camera,
+        }
         if self.inliers is not None:
             out.update(verified=self.verified, inliers=self.inliers)
         return out
@@ -361,6 +368,7 @@ class Searcher:
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted)}
+            metadata = self.store.catalogue.metadata(wanted)  # no GPS: results never carry a location
         results = []
         for score_row, id_row in zip(scores, ids):
             matches: list[Match] = []
@@ -368,7 +376,13 @@ class Searcher:
                 row = rows.get(int(image_id))
                 if row is None:  # -1 padding, or removed since the FAISS file was written
                     continue
-                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path)))
+                about = metadata.get(row.id)
+                matches.append(
+                    Match(
+                        len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path),
+                        about.taken if about else None, about.camera if about else None,
+                    )
+                )
                 if len(matches) == k:
                     break
             results.append(matches)
