@@ -15,7 +15,7 @@ from cbir.cli import app
 from cbir.compute.work import load_file
 from cbir.images.metadata import jpeg_exif_segment
 from cbir.indexing.run import index_folder
-from cbir.store.catalogue import MIGRATIONS, Catalogue, ImageMetadata, NewImage
+from cbir.store.catalogue import MIGRATIONS, SCHEMA_VERSION, Catalogue, ImageMetadata, NewImage
 from cbir.store.directory import IndexStore
 from cbir.store.locations import index_path
 
@@ -103,7 +103,7 @@ def test_a_version_1_catalogue_migrates_and_keeps_its_rows(tmp_path):
             catalogue.add_images([NewImage("/b.jpg", 1, 2, "cd", None, np.ones(4), ImageMetadata(10, 20, "2020-01-01T00:00:00", "exif"))], 4)
         new_id = catalogue.row_for_path("/b.jpg").id
         assert catalogue.metadata([new_id])[new_id].width == 10
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 2
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 def test_a_jpeg_without_exif_costs_only_a_marker_walk():
