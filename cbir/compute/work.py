@@ -157,16 +157,17 @@ def load_file(
     if info.gps_lat is not None and info.gps_lon is not None:
         loaded.gps = f"{info.gps_lat:.7f},{info.gps_lon:.7f}"
     if local is not None:
-        loaded.local_features = _local_features(local, data, path.suffix, loaded.image, min_side)
+        reduced = (loaded.image.shape[1], loaded.image.shape[0]) != (info.width, info.height)
+        loaded.local_features = _local_features(local, data, path.suffix, loaded.image, reduced)
     return loaded
 
 
-def _local_features(local, data: bytes, suffix: str, image: np.ndarray, min_side: int | None) -> bytes | None:
+def _local_features(local, data: bytes, suffix: str, image: np.ndarray, reduced: bool) -> bytes | None:
     """Local features of a decoded file: decoded again where the extractor's reduced decode is too small for them."""
     import cv2
 
     try:
-        if min(image.shape[:2]) < local.decode_min_side and (min_side or 0) < local.decode_min_side:
+        if reduced and min(image.shape[:2]) < local.decode_min_side:
             image = decode_file(data, suffix, local.decode_min_side).image
         return local(image)
     except (ImageError, cv2.error):
