@@ -12,7 +12,7 @@ from cbir.retrieval.examples import Example, combine_examples
 from cbir.retrieval.filtered import AllowedIds, filtered_search
 from cbir.retrieval.search import Searcher
 from cbir.store.catalogue import ImageFilter
-from tests.conftest import coloured_image, make_collection, write_image
+from conftest import coloured_image, make_collection, write_image
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -267,7 +267,7 @@ class Searcher:
             found = self.store.catalogue.image_folders()
         return sorted({folder.rstrip(os.sep) or os.sep for folder in found})
 
-    def _ranked(self, vectors: np.ndarray, n: int, image_filter: ImageFilter | None) -> tuple[np.ndarray, np.ndarray]:
+    def search_ids(self, vectors: np.ndarray, n: int, image_filter: ImageFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)`` of the ``n`` best (allowed) images per vector: the one FAISS call of every search."""
         allowed = self._allowed.get(image_filter)
         if allowed is None:
@@ -325,7 +325,7 @@ class Searcher:
             return vectors
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         extra = self.stale_ids + (1 if exclude_ids is not None else 0)
-        scores, ids = self._ranked(vectors, self.expand + extra, image_filter)
+        scores, ids = self.search_ids(vectors, self.expand + extra, image_filter)
         if self.stale_ids:
             with self._catalogue_lock:
                 live = {row.id for row in self.store.catalogue.image_rows(np.unique(ids[ids >= 0]).tolist())}
@@ -357,7 +357,7 @@ class Searcher:
             return [[] for _ in range(len(vectors))]
         excluded = {int(i) for i in exclude_ids}
         vectors = self.expand_queries(vectors, image_filter=image_filter)
-        scores, ids = self._ranked(vectors, k + self.stale_ids + len(excluded), image_filter)
+        scores, ids = self.search_ids(vectors, k + self.stale_ids + len(excluded), image_filter)
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted) if row.id not in excluded}
