@@ -9,12 +9,15 @@ Corel-1k).
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
 
 from cbir.errors import UsageError
+from cbir.images.scan import normalize_path
+from cbir.retrieval.query_inputs import content_digest, prepare_batch
 
 #: How strongly the negatives' mean is subtracted (Rocchio's beta/alpha, with alpha = 1).
 NEGATIVE_WEIGHT = 0.5
@@ -62,3 +65,30 @@ def combine_examples(
     if not np.isfinite(norm) or norm < 1e-6:
         raise UsageError("the examples cancel each other out: no direction is left to search (fewer or lighter negatives)")
     return (query / norm).astype(np.float32)[None, :]
+
+
+def example_vectors(searcher, examples: Sequence[Example], channels: str = "RGB") -> np.ndarray:
+    """Each example's vector, in order: the catalogue's for ids, one model call for the images."""
+    out = np.zeros((len(examples), searcher.store.dim), np.float32)
+    by_id = [n for n, e in enumerate(examples) if e.is_id]
+    for n in by_id:
+        searcher.image_row(int(examples[n].source))  # NotInIndexError (a 404) for an unknown id
+    if by_id:
+        out[by_id] = searcher.original_vectors([int(examples[n].source) for n in by_id])
+    images = [n for n, e in enumerate(examples) if not e.is_id]
+    if images:
+        prepared = []
+        for item, error in prepare_batch([examples[n].source for n in images], channels, searcher.embedder):
+            if error is not None:
+                raise error
+            prepared.append(item)
+        out[images] = searcher.embed_prepared(prepared)
+    return out
+
+
+def example_ids(searcher, examples: Sequence[Example]) -> list[int]:
+    """Catalogue ids of the examples: ids given, and images of the same path or content as an image example."""
+    ids = {int(e.source) for e in examples if e.is_id}
+    digests = [d for d in (content_digest(e.source) for e in examples if not e.is_id) if d is not None]
+    paths = [str(normalize_path(e.source)) for e in examples if isinstance(e.source, (str, os.PathLike))]
+    return sorted(ids | searcher.image_ids_for(paths, digests))

@@ -1,6 +1,6 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~530 lines) because :class:`Searcher` is one
+Longer than most modules (~490 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
 re-ranking, the exclusion of the query itself and its locks belong together.
 """
@@ -12,29 +12,24 @@ import os
 import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence, Union
+from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence
 
 import numpy as np
 
 from cbir.store.dba import AugmentedVectors, searched_without_dba
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.fileio import file_sha256, sha256_bytes
-from cbir.images.decode import decode_image, read_image
 from cbir.display import display_path
-from cbir.images.scan import normalize_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageFilter, ImageRow
-from cbir.retrieval.examples import NEGATIVE_WEIGHT, Example, check_examples, combine_examples
+from cbir.retrieval.examples import NEGATIVE_WEIGHT, Example, check_examples, combine_examples, example_ids, example_vectors
 from cbir.retrieval.filtered import AllowedCache, filtered_search
+from cbir.retrieval.query_inputs import QueryImage, content_digest, default_name, prepare_batch
 from cbir.retrieval.indexed_files import open_indexed_file
 
 logger = logging.getLogger(__name__)
-
-#: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
-QueryImage = Union[str, "os.PathLike[str]", bytes, bytearray, memoryview, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -433,49 +428,24 @@ class Searcher:
         self._check_k(k)
         check_examples(positives, negatives)
         examples = [*positives, *negatives]
-        vectors = self._example_vectors(examples, channels)
+        vectors = example_vectors(self, examples, channels)
         split = len(positives)
         query = combine_examples(
             vectors[:split], [e.weight for e in positives], vectors[split:], [e.weight for e in negatives], negative_weight
         )
-        excluded = self._example_ids(examples) if exclude_examples else []
+        excluded = example_ids(self, examples) if exclude_examples else []
         label = name if name is not None else " ".join(
-            ("-" if n >= split else "") + (f"id:{e.source}" if e.is_id else _default_name(e.source)) for n, e in enumerate(examples)
+            ("-" if n >= split else "") + (f"id:{e.source}" if e.is_id else default_name(e.source)) for n, e in enumerate(examples)
         )
         return QueryResult(label, self.search_vectors(query, k, image_filter=image_filter, exclude_ids=excluded)[0])
 
-    def _example_vectors(self, examples: Sequence[Example], channels: str) -> np.ndarray:
-        """Each example's vector, in order: stored ones for ids, one model call for the images."""
-        out = np.zeros((len(examples), self.store.dim), np.float32)
-        by_id = [n for n, e in enumerate(examples) if e.is_id]
-        if by_id:
-            for n in by_id:
-                self.image_row(int(examples[n].source))  # a clear 404-style error for an unknown id
-            out[by_id] = self.original_vectors([int(examples[n].source) for n in by_id])
-        images = [n for n, e in enumerate(examples) if not e.is_id]
-        if images:
-            prepared = []
-            for item, error in _prepare_batch([examples[n].source for n in images], channels, self.embedder):
-                if error is not None:
-                    raise error
-                prepared.append(item)
-            out[images] = self.embed_prepared(prepared)
-        return out
-
-    def _example_ids(self, examples: Sequence[Example]) -> list[int]:
-        """Catalogue ids of the examples: ids given, and rows of the same path or content as an image example."""
-        ids = {int(e.source) for e in examples if e.is_id}
-        digests = {d for d in (_content_digest(e.source) for e in examples if not e.is_id) if d is not None}
-        paths = {str(normalize_path(e.source)) for e in examples if isinstance(e.source, (str, os.PathLike))}
+    def image_ids_for(self, paths: Sequence[str] = (), digests: Sequence[str] = ()) -> set[int]:
+        """Ids of the images stored under ``paths`` (as stored) or with one of the content ``digests``."""
+        wanted = set(digests)
         with self._catalogue_lock:
-            for image_id, digest in self.store.catalogue.content_hashes():
-                if digest in digests:
-                    ids.add(image_id)
-            for path in paths:
-                row = self.store.catalogue.row_for_path(path)
-                if row is not None:
-                    ids.add(row.id)
-        return sorted(ids)
+            ids = {image_id for image_id, digest in self.store.catalogue.content_hashes() if digest in wanted} if wanted else set()
+            rows = (self.store.catalogue.row_for_path(path) for path in paths)
+            return ids | {row.id for row in rows if row is not None}
 
     def query(
         self,
@@ -538,14 +508,14 @@ class Searcher:
         if isinstance(images, (str, bytes, bytearray, memoryview, np.ndarray, os.PathLike)):
             raise TypeError("Searcher.query_many takes a sequence of images; use Searcher.query for one image")
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
         if len(labels) != len(images):
             raise UsageError(f"{len(labels)} names for {len(images)} images")
         results = []
         for start in range(0, len(images), batch_size):
             readable, prepared = [], []
             batch = images[start : start + batch_size]
-            for label, (item, error) in zip(labels[start : start + batch_size], _prepare_batch(batch, channels, self.embedder)):
+            for label, (item, error) in zip(labels[start : start + batch_size], prepare_batch(batch, channels, self.embedder)):
                 if error is not None:
                     if on_error is None:
                         raise error
@@ -564,7 +534,7 @@ class Searcher:
         embeds and searches several prepared images in one batch.
         Raises :class:`~cbir.errors.ImageError` for an unreadable image.
         """
-        item, error = _prepare_batch([image], channels, self.embedder)[0]
+        item, error = prepare_batch([image], channels, self.embedder)[0]
         if error is not None:
             raise error
         return item
@@ -618,8 +588,8 @@ class Searcher:
         """
         self._effective_k(k)  # says so if k exceeds the collection
         images = list(images)
-        labels = [_default_name(image) for image in images] if names is None else [str(n) for n in names]
-        digest_of = dict(zip(labels, (_content_digest(image) for image in images)))
+        labels = [default_name(image) for image in images] if names is None else [str(n) for n in names]
+        digest_of = dict(zip(labels, (content_digest(image) for image in images)))
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
@@ -642,83 +612,7 @@ class Searcher:
         ]
 
 
-def _content_digest(image: Any) -> str | None:
-    """The content hash the catalogue keeps, of a query file or encoded bytes; ``None`` for an array."""
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return sha256_bytes(bytes(image))
-    if isinstance(image, (str, os.PathLike)):
-        try:
-            return file_sha256(image)
-        except OSError:
-            return None  # query_many reports the unreadable file
-    return None
-
-
 def _same_model(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return old.get("embedder") == new.get("embedder") and old.get("model_files") == new.get("model_files")
 
 
-def _default_name(image: Any) -> str:
-    if isinstance(image, (str, os.PathLike)):
-        return str(normalize_path(image))
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return "<bytes>"
-    if isinstance(image, np.ndarray):
-        return "<array>"
-    raise _wrong_type(image)
-
-
-def _wrong_type(image: Any) -> TypeError:
-    return TypeError(
-        "a query image must be a file path (str or os.PathLike), the bytes of an encoded image, "
-        f"or a decoded uint8 NumPy array; got {type(image).__name__}"
-    )
-
-
-def _prepare_batch(images: Sequence[QueryImage], channels: str, embedder) -> list[tuple[Any, ImageError | None]]:
-    """``(prepared item, None)`` or ``(None, error)`` per image, in order.
-
-    Files go through the one loader (read, decode and ``prepare`` in threads);
-    bytes and arrays are decoded or checked here.
-    """
-    from cbir.compute.work import PrepareSpec
-    from cbir.cpus import usable_cores
-    from cbir.compute.loader import load_prepared
-
-    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
-    # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
-    workers = max(1, min(usable_cores(), len(paths))) if paths else 1
-    from_files = load_prepared(paths, PrepareSpec(embedder.decode_min_side), workers=workers, prepare=embedder.prepare)
-    out: list[tuple[Any, ImageError | None]] = []
-    for image in images:
-        if isinstance(image, (str, os.PathLike)):
-            file, item = next(from_files)
-            out.append((item, None) if item is not None else (None, ImageError(f"cannot read {file.path}: {file.error}")))
-            continue
-        try:
-            out.append((embedder.prepare(_to_rgb(image, channels, embedder.decode_min_side)), None))
-        except ImageError as exc:
-            out.append((None, exc))
-    return out
-
-
-def _to_rgb(image: QueryImage, channels: str, min_side: int | None) -> np.ndarray:
-    """Any accepted query image as the RGB uint8 array extractors take."""
-    if isinstance(image, (str, os.PathLike)):
-        return read_image(os.fspath(image), min_side=min_side)
-    if isinstance(image, (bytes, bytearray, memoryview)):
-        return decode_image(bytes(image), min_side=min_side)
-    if not isinstance(image, np.ndarray):
-        raise _wrong_type(image)
-    if image.dtype != np.uint8:
-        raise ImageError(f"an image array must be uint8 (0-255), got {image.dtype}")
-    if image.ndim == 3 and image.shape[2] == 1:
-        image = image[:, :, 0]
-    if image.ndim == 2:
-        image = np.repeat(image[:, :, None], 3, axis=2)
-    if image.ndim != 3 or image.shape[2] not in (3, 4) or 0 in image.shape:
-        raise ImageError(f"an image array must have shape (h, w), (h, w, 3) or (h, w, 4); got {image.shape}")
-    image = image[:, :, :3]
-    if channels == "BGR":
-        image = image[:, :, ::-1]
-    return np.ascontiguousarray(image)

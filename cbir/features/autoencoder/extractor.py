@@ -21,7 +21,7 @@ Everything is stored in Keras' own ``.keras`` format and loaded in safe mode,
 with JSON for the training history: no pickle anywhere. TensorFlow is
 imported only inside the functions that need it.
 
-At ~420 lines a little over the usual size: the extractor's three states
+At ~450 lines a little over the usual size: the extractor's three states
 (untrained, trained in memory, loaded from an index with a converted
 encoder) share one set of parameters and checks.
 """
