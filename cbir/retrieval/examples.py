@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from cbir.errors import UsageError
+from cbir.errors import NotInIndexError, UsageError
 from cbir.images.scan import normalize_path
 from cbir.retrieval.query_inputs import content_digest, prepare_batch
 
@@ -71,10 +71,11 @@ def example_vectors(searcher, examples: Sequence[Example], channels: str = "RGB"
     """Each example's vector, in order: the catalogue's for ids, one model call for the images."""
     out = np.zeros((len(examples), searcher.store.dim), np.float32)
     by_id = [n for n, e in enumerate(examples) if e.is_id]
-    for n in by_id:
-        searcher.image_row(int(examples[n].source))  # NotInIndexError (a 404) for an unknown id
     if by_id:
-        out[by_id] = searcher.original_vectors([int(examples[n].source) for n in by_id])
+        try:  # one catalogue read for every id
+            out[by_id] = searcher.original_vectors([int(examples[n].source) for n in by_id])
+        except KeyError as exc:
+            raise NotInIndexError(f"index {searcher.name!r} holds {str(exc).strip(chr(39))}") from None
     images = [n for n, e in enumerate(examples) if not e.is_id]
     if images:
         prepared = []
