@@ -30,11 +30,13 @@ All figures come from one run on one machine, so ratios compare like with like:
   and end to end on Ray;
 * peak memory of a colour run (a new process) over all the images and over
   the first 1,000: the parent's peak RSS and the largest worker's;
-* DBA's neighbour search, the end of a first build (every vector against
-  every other), timed on the colour index's vectors and on 2x and 4x as many
-  (noisy copies): it grows with the square of the collection, so at some
-  size it outlasts reading the files; extrapolated to 100,000 and 1,000,000
-  next to the time the colour run would take to index them.
+* DBA's neighbour search, the end of a first build, timed on the colour
+  index's vectors and on 2x and 4x as many (noisy copies): exact (every
+  vector against every other, growing with the square of the collection)
+  and approximate (the default above a size: IVF over a PCA projection,
+  candidates re-scored exactly) with its recall against exact; extrapolated
+  to 100,000 and 1,000,000 next to the time the colour run would take to
+  index them.
 
     python benchmarks/parallel.py [--json] [--images 8000] [--cnn-images 8000] [--no-ray] [--no-cnn] [--scale 1]
 
@@ -185,24 +187,41 @@ def peak_memory(folder: Path, work: Path, workers: int) -> dict[str, float]:
 
 
 def dba_growth(index: Path, colour_speed: float) -> dict:
-    """Seconds of DBA's neighbour search over the index's vectors, x1, x2 and x4 (noisy copies), and extrapolated."""
+    """Seconds of DBA's neighbour search over the index's vectors, x1, x2 and x4 (noisy copies), and extrapolated.
+
+    Exact (every pair) and approximate (IVF over a PCA projection, the path
+    above :data:`cbir.ann.approximate.APPROXIMATE_FROM`, forced on here at
+    every size) with its recall@K against exact; ``benchmarks/dba_scale.py``
+    measures both on real crops up to 256,000 vectors.
+    """
+    from cbir.ann import approximate
     from cbir.ann.rerank import DEFAULT_DBA, nearest_neighbours
     from cbir.store.directory import IndexStore
 
     with IndexStore.open(index) as store:
         vectors = np.concatenate([block for _, block in store.catalogue.iter_vectors(store.dim)])
     rng = np.random.default_rng(0)
-    seconds = {}
+    seconds, approximate_seconds, recall = {}, {}, {}
     for copies in (1, 2, 4):
         grown = np.concatenate([vectors] + [vectors + rng.normal(0, 0.01, vectors.shape).astype(np.float32) for _ in range(copies - 1)])
         grown /= np.linalg.norm(grown, axis=1, keepdims=True)
         started = time.perf_counter()
-        nearest_neighbours(grown, DEFAULT_DBA)
+        truth, _ = nearest_neighbours(grown, DEFAULT_DBA)
         seconds[len(grown)] = round(time.perf_counter() - started, 2)
+        started = time.perf_counter()
+        rule = approximate.approximate_rule(len(grown), DEFAULT_DBA)
+        found, _ = approximate.approximate_top_k(grown, grown, DEFAULT_DBA, own_rows=np.arange(len(grown)), rule=rule)
+        approximate_seconds[len(grown)] = round(time.perf_counter() - started, 2)
+        recall[len(grown)] = round(float(np.mean([len(set(a) & set(b)) / len(b) for a, b in zip(found.tolist(), truth.tolist())])), 4)
     largest = max(seconds)
-    figures = {"neighbours_s": seconds}
+    figures = {"neighbours_s": seconds, "approximate_s": approximate_seconds, "approximate_recall": recall}
     for n in (100_000, 1_000_000):
-        figures[f"extrapolated_{n}"] = {"dba_s": round(seconds[largest] * (n / largest) ** 2), "indexing_s": round(n / colour_speed)}
+        figures[f"extrapolated_{n}"] = {
+            "dba_s": round(seconds[largest] * (n / largest) ** 2),
+            # n^1.5: the IVF part's growth (nlist ~ 4 sqrt(n), nprobe fixed); an upper bound of the re-scoring's n
+            "approximate_dba_s": round(approximate_seconds[largest] * (n / largest) ** 1.5),
+            "indexing_s": round(n / colour_speed),
+        }
     return figures
 
 
@@ -397,10 +416,19 @@ def main() -> None:
     print(f"  ratio: parent {results['ratio_peak_memory_parent']:.2f}x, worker {results['ratio_peak_memory_worker']:.2f}x (target <= 1.5)")
     growth = results["dba_growth"]
     timed = ", ".join(f"{n:,} vectors {s} s" for n, s in growth["neighbours_s"].items())
-    print(f"  DBA's neighbour search (first build): {timed}")
+    print(f"  DBA's neighbour search (first build), exact: {timed}")
+    timed = ", ".join(f"{n:,} vectors {s} s (recall {growth['approximate_recall'][n]})" for n, s in growth["approximate_s"].items())
+    print(f"  approximate (IVF, the default from {approximate_from():,} vectors): {timed}")
     for n in (100_000, 1_000_000):
         guess = growth[f"extrapolated_{n}"]
-        print(f"    at {n:,} images (x n squared): ~{guess['dba_s']:,} s, against ~{guess['indexing_s']:,} s to index them at the colour rate above")
+        print(f"    at {n:,} images: exact (x n squared) ~{guess['dba_s']:,} s, approximate (x n^1.5) ~{guess['approximate_dba_s']:,} s,"
+              f" against ~{guess['indexing_s']:,} s to index them at the colour rate above")
+
+
+def approximate_from() -> int:
+    from cbir.ann.approximate import APPROXIMATE_FROM
+
+    return APPROXIMATE_FROM
 
 
 if __name__ == "__main__":

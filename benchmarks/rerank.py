@@ -27,6 +27,7 @@ not change the cost of a search: the index holds as many vectors); ``query ms`` 
 
     python benchmarks/rerank.py [--json] [--sets corel,instance,fashion] [--extractors color,mobilenet] [--quick]
     python benchmarks/rerank.py --latency-only      # search latency only, default vs plain, 500 queries
+    python benchmarks/rerank.py --approximate-from 2  # DBA's neighbours by the approximate search (docs/rerank.md)
 """
 
 from __future__ import annotations
@@ -184,7 +185,16 @@ def main() -> None:
     parser.add_argument("--extractors", default="color,mobilenet")
     parser.add_argument("--quick", action="store_true", help="a 5-setting grid")
     parser.add_argument("--latency-only", action="store_true", help="only search latency, default re-ranking vs plain")
+    parser.add_argument(
+        "--approximate-from", type=int, default=None,
+        help="DBA's neighbour search approximate from this many vectors (cbir.ann.approximate.APPROXIMATE_FROM; "
+        "e.g. 2 to measure the approximate path on these small sets)",
+    )
     args = parser.parse_args()
+    if args.approximate_from is not None:
+        from cbir.ann import approximate
+
+        approximate.APPROXIMATE_FROM = args.approximate_from
     index_dir = CACHE / "rerank-indexes"
     if args.latency_only:
         found = [latency_only(s, e, index_dir) for s in args.sets.split(",") for e in args.extractors.split(",")]

@@ -96,14 +96,15 @@ def cache_dir() -> Path:
     return folder
 
 
-def real_descriptors(n: int, n_queries: int, dim: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def real_descriptors(n: int, n_queries: int, dim: int | None, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Colour histograms of random crops, scales and flips of the Corel photos: ``(haystack, queries)``.
 
     Both sides are real descriptors, with the uneven density of real
     collections (many near-copies of one photo, sparse regions between
     subjects), which synthetic Gaussian clusters lack. The queries are other
     random crops, never in the haystack. Reduced by a PCA fitted on a sample
-    to ``dim``; cached in :func:`cache_dir` (a few minutes to generate).
+    to ``dim`` (``None``: the extractor's own 1440-d histograms, as a colour
+    index stores them); cached in :func:`cache_dir` (a few minutes to generate).
     """
     cache = cache_dir() / f"corel-crops-{n}-{n_queries}-{dim}-{seed}.npz"
     if cache.is_file():
@@ -134,10 +135,10 @@ def real_descriptors(n: int, n_queries: int, dim: int, seed: int = 0) -> tuple[n
             out[i] = extractor.prepare(np.ascontiguousarray(crop))
         return out
 
-    pca = PCAReduction(dim).fit(crops(min(20_000, n)))
+    reduce = (lambda rows: rows) if dim is None else PCAReduction(dim).fit(crops(min(20_000, n))).transform
     blocks = []
     for start in range(0, n + n_queries, 20_000):
-        blocks.append(pca.transform(crops(min(20_000, n + n_queries - start))))
+        blocks.append(reduce(crops(min(20_000, n + n_queries - start))))
     vectors = np.concatenate(blocks)
     haystack, queries = vectors[:n], vectors[n:]
     temporary = cache.with_suffix(f".tmp-{os.getpid()}.npz")

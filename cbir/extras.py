@@ -20,6 +20,7 @@ EXTRAS = {
     "autoencoder": "TensorFlow, LiteRT and OpenVINO, to train and use the autoencoder",
     "demo": "scikit-learn's sample photos for cbir demo",
     "serve": "FastAPI and uvicorn, for cbir serve",
+    "formats": "pillow-heif and rawpy, to read HEIC/HEIF and camera RAW files",
     "all": "every optional part",
 }
 

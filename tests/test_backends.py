@@ -20,6 +20,7 @@ from cbir.features.base import make_extractor
 from cbir.features.pipeline import Embedder
 
 from conftest import make_collection
+from photo_files import exif_bytes, write_jpeg
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +39,10 @@ def files(tmp_path):
     paths = sorted(p for group in make_collection(tmp_path / "photos", per_class=4).values() for p in group)
     broken = tmp_path / "photos" / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    return [*paths, broken]
+    # Metadata travels through every codec too: a date, a camera, a location.
+    exif = exif_bytes(make="Nikon", model="Z 6", taken="2022:02:02 08:00:00", gps=(-33.86, 151.21))
+    shot = write_jpeg(tmp_path / "photos" / "shot.jpg", np.full((48, 64, 3), 90, np.uint8), exif=exif)
+    return [*paths, broken, shot]
 
 
 def _loaders(ray_runner=None) -> dict[str, Loader]:
@@ -88,7 +92,8 @@ def test_every_backend_gives_the_same_batches(files, tmp_path, workers_embed, re
     reference = results["this process"]
     assert reference[str(unchanged)][0][CODEC_FIELDS.index("unchanged")] is True
     assert reference[str(reusable)][0][CODEC_FIELDS.index("reusable")] is True
-    assert reference[str(files[-1])][0][CODEC_FIELDS.index("error")]  # the broken file says why
+    assert reference[str(files[-2])][0][CODEC_FIELDS.index("error")]  # the broken file says why
+    assert reference[str(files[-1])][0][CODEC_FIELDS.index("camera_model")] == "Z 6"
     assert sum(embedded for _, embedded, _ in reference.values()) == len(files) - 3
     for name, records in results.items():
         assert records == reference, name

@@ -49,7 +49,7 @@ def test_query_filters_by_folder_and_label(albums):
     top = data["results"][0]
     assert top["folder"].endswith("/blue") and top["size"] > 0 and re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", top["mtime"])
     line = run("query", query, "-n", "photos", "--index-dir", index_dir, "-k", "1").stdout.splitlines()[0]
-    assert re.fullmatch(r"\s+1  [01]\.\d{4}  \d{4}-\d\d-\d\d  +[0-9.]+ kB  red  " + re.escape(str(query)), line), line
+    assert re.fullmatch(r"\s+1  [01]\.\d{4}  +[0-9.]+ kB  red  \[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\]  " + re.escape(str(query)), line), line
 
 
 def test_query_with_several_examples_and_one_to_avoid(albums):

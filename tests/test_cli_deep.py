@@ -37,8 +37,8 @@ def test_cnn_index_query_and_runtime_switch(tmp_path):
     switched = invoke("index", photos, "--name", "deep", "--index-dir", indexes, "--runtime", "keras", "--json")
     assert switched.exit_code == 0, switched.stderr
     assert json.loads(switched.stdout)["unchanged"] == 12
-    other = invoke("index", photos, "--name", "deep", "--index-dir", indexes, "--input-size", "48")
-    assert other.exit_code != 0 and other.stderr.startswith("error: index 'deep' was built with other options: input_size 32 (asked: 48)")
+    other = invoke("index", photos, "--name", "deep", "--index-dir", indexes, "--input-size", "64")
+    assert other.exit_code != 0 and other.stderr.startswith("error: index 'deep' was built with other options: input_size 32 (asked: 64)")
 
 
 def test_options_of_another_extractor_are_refused(tmp_path):

@@ -467,14 +467,20 @@ def test_two_new_copies_of_one_indexed_photo_both_get_its_vector(indexed, index_
     assert len(data["results"]) == 17
 
 
-def test_formats_cbir_cannot_read_are_counted_by_extension(collection, index_dir):
+def test_formats_cbir_cannot_read_are_counted_by_extension(collection, index_dir, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "pillow_heif", None)  # HEIC: readable with the formats extra only
     (collection / "phone").mkdir()
     for n in range(3):
         (collection / "phone" / f"IMG_{n}.HEIC").write_bytes(b"\x00\x00\x00\x18ftypheic")
     (collection / "phone" / "IMG_9.jxl").write_bytes(b"\xff\x0a")
     (collection / "notes.txt").write_text("not an image")
     result = run("index", collection, "--name", "p", "--index-dir", index_dir)
-    assert "not indexed, formats cbir cannot read: 3 .heic, 1 .jxl" in result.stdout
+    assert (
+        "not indexed: 3 file(s) of a format cbir cannot read without pip install 'cbir[formats]' (3 .heic); "
+        "files of formats cbir cannot read: 1 .jxl"
+    ) in result.stdout
     data = json.loads(run("index", collection, "--name", "p", "--index-dir", index_dir, "--json").stdout)
     assert data["unsupported"] == {".heic": 3, ".jxl": 1}
     only_heic = collection / "phone"

@@ -122,13 +122,16 @@ def test_config_and_dims_come_without_building_a_network():
             "pooling": "avg",
             "gem_p": 3.0,
             "input_size": 160,
+            "scales": [1.0],
             "resize": "squash",
             "runtime": "auto",
             "batch_size": 32,
             "seed": 0,
         },
     }
+    # One scale by default: decoded for its 160 px; with scales, for the largest side.
     assert extractor.dim == 2048 and extractor.decode_min_side == 160 and not extractor.is_loaded
+    assert make_extractor("cnn", backbone="resnet50", input_size=160, scales=[1, 0.7071, 1.4142]).decode_min_side == 224
     assert extractor.fit([]) is extractor and not extractor.is_loaded  # fit learns nothing and loads nothing
 
 

@@ -26,6 +26,10 @@ from conftest import TINY_AUTOENCODER, TINY_CNN, rectangle_images
 
 #: Small, fast parameters of every registered extractor (the deep ones built once per run: tests/conftest.py).
 TINY = {"color": {"bins": [4, 4, 2], "min_side": 16}, "cnn": TINY_CNN, "autoencoder": TINY_AUTOENCODER}
+#: Options that change how an extractor embeds, held to the same contract:
+#: case -> (extractor, parameters). R-MAC needs a 3 x 3 feature map: 96 px.
+VARIANTS = {"cnn-multiscale-rmac": ("cnn", {**TINY_CNN, "input_size": 96, "scales": [1.0, 1.34], "pooling": "rmac"})}
+CASES = {**{name: (name, params) for name, params in TINY.items()}, **VARIANTS}
 DEEP = {"cnn", "autoencoder"}
 needs_tensorflow = pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="TensorFlow is not installed")
 
@@ -40,7 +44,12 @@ def _images(n: int = 6, seed: int = 0) -> list[np.ndarray]:
 
 
 def _params():
-    return [pytest.param(name, marks=needs_tensorflow if name in DEEP else ()) for name in sorted(EXTRACTORS)]
+    return [pytest.param(name, marks=needs_tensorflow if CASES[name][0] in DEEP else ()) for name in sorted(CASES)]
+
+
+def _make(case: str):
+    name, params = CASES[case]
+    return make_extractor(name, **params)
 
 
 def _learned(obj) -> set[str]:
@@ -66,9 +75,9 @@ def fitted(name, request, _fitted_by_name, tmp_path_factory) -> tuple[Extractor,
         elif name == "autoencoder":
             extractor = request.getfixturevalue("tiny_autoencoder")[0]
         else:
-            extractor = make_extractor(name, **TINY[name])
+            extractor = _make(name)
             assert extractor.fit(_images()) is extractor
-        expected = make_extractor(name, **TINY[name]).get_params()
+        expected = _make(name).get_params()
         given = extractor.get_params()
         assert {k: given[k] for k in expected if k != "model_path"} == {k: v for k, v in expected.items() if k != "model_path"}
         extractor.build()
@@ -81,10 +90,11 @@ def fitted(name, request, _fitted_by_name, tmp_path_factory) -> tuple[Extractor,
 # -- configuration, without building anything ----------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(EXTRACTORS))
-def test_init_stores_parameters_unchanged_and_the_config_round_trips(name):
-    extractor = make_extractor(name, **TINY[name])
-    for key, value in TINY[name].items():
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_init_stores_parameters_unchanged_and_the_config_round_trips(case):
+    name, params = CASES[case]
+    extractor = make_extractor(name, **params)
+    for key, value in params.items():
         assert getattr(extractor, key) is value  # stored as given: no copy, no conversion
     config = json.loads(json.dumps(extractor.get_config()))
     assert config["name"] == name == extractor_class(name).name
@@ -95,9 +105,9 @@ def test_init_stores_parameters_unchanged_and_the_config_round_trips(name):
     assert _learned(extractor) == set()  # __init__ learns and loads nothing
 
 
-@pytest.mark.parametrize("name", sorted(EXTRACTORS))
-def test_no_images_give_an_empty_float32_array_without_loading_anything(name):
-    extractor = make_extractor(name, **TINY[name])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_no_images_give_an_empty_float32_array_without_loading_anything(case):
+    extractor = _make(case)
     for empty in (extractor.transform([]), extractor.transform_prepared([])):
         assert empty.shape == (0, extractor.dim) and empty.dtype == np.float32
     assert _learned(extractor) == set()
@@ -163,8 +173,8 @@ def test_fit_returns_self(name, fitted, request):
     if name == "autoencoder":
         model = request.getfixturevalue("tiny_autoencoder")[1] / "model.keras"
         extractor = make_extractor(name, **{**TINY[name], "model_path": str(model)})
-    elif name == "cnn":
-        extractor = make_extractor(name, **TINY[name])  # fit learns nothing: it builds nothing either
+    elif CASES[name][0] == "cnn":
+        extractor = _make(name)  # fit learns nothing: it builds nothing either
     assert extractor.fit(rectangle_images(4)) is extractor and extractor.is_fitted
 
 
@@ -180,7 +190,8 @@ def test_learned_attributes_end_in_an_underscore(name, fitted):
 @pytest.mark.parametrize("name", _params())
 def test_saved_state_gives_identical_vectors(name, fitted):
     extractor, directory = fitted
-    loaded = extractor_from_config(extractor.get_config()).load_state(directory)
+    # Through JSON, as a manifest stores the config.
+    loaded = extractor_from_config(json.loads(json.dumps(extractor.get_config()))).load_state(directory)
     images = _images(4, seed=2)
     np.testing.assert_array_equal(loaded.transform(images), extractor.transform(images))
 
@@ -188,10 +199,17 @@ def test_saved_state_gives_identical_vectors(name, fitted):
 # -- the PCA step and the Embedder -----------------------------------------------
 
 
-def test_pca_keeps_the_same_promises(tmp_path):
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_components": 3, "whiten": True},
+        {"n_components": 3, "whiten": True, "shrinkage": 0.5, "power": 0.5},
+    ],
+)
+def test_pca_keeps_the_same_promises(tmp_path, params):
     vectors = np.random.default_rng(0).normal(size=(20, 8)).astype(np.float32)
-    pca = PCAReduction(3, whiten=True)
-    assert PCAReduction(**pca.get_params()).get_params() == pca.get_params() == {"n_components": 3, "whiten": True}
+    pca = PCAReduction(**params)
+    assert PCAReduction(**json.loads(json.dumps(pca.get_params()))).get_params() == pca.get_params() == params
     assert _learned(pca) == set()
     assert pca.fit(vectors) is pca and _learned(pca) == {"mean_", "components_", "explained_variance_"}
     reduced = pca.transform(vectors)

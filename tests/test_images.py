@@ -7,7 +7,8 @@ import pytest
 import cbir.compute.work as file_work
 import cbir.images.decode as images
 from cbir.errors import ImageError, UsageError
-from cbir.images.decode import decode_image, image_size, read_image
+from cbir.images.decode import Photo, decode_image, image_size, read_image
+from cbir.images.metadata import PhotoInfo
 from cbir.images.scan import find_images
 from cbir.compute.work import load_file
 from conftest import add_broken_files, coloured_image, jpeg_with_orientation, write_image
@@ -125,7 +126,7 @@ def test_load_file_skips_decoding_when_content_hash_matches(tmp_path, monkeypatc
     path = write_image(tmp_path / "a.png", coloured_image((9, 9, 9), 0))
     first = load_file(path)
     calls = []
-    monkeypatch.setattr(file_work, "decode_image", lambda *a, **k: calls.append(a) or first.image)
+    monkeypatch.setattr(file_work, "decode_file", lambda *a, **k: calls.append(a) or Photo(first.image, PhotoInfo()))
     again = load_file(path, known_sha256=first.sha256)
     assert again.unchanged and again.image is None and calls == []
     changed = load_file(path, known_sha256="0" * 64)

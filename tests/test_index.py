@@ -74,8 +74,8 @@ def test_empty_and_missing_folders_are_refused(tmp_path, index_dir):
 def test_update_embeds_only_new_and_changed_files(collection, index_dir, monkeypatch):
     index_folder(collection, "photos", index_dir)
     decoded = []
-    real_decode = file_work.decode_image
-    monkeypatch.setattr(file_work, "decode_image", lambda data, min_side=None: decoded.append(1) or real_decode(data, min_side))
+    real_decode = file_work.decode_file
+    monkeypatch.setattr(file_work, "decode_file", lambda data, suffix, min_side=None: decoded.append(1) or real_decode(data, suffix, min_side))
 
     new = write_image(collection / "red" / "red-new.jpg", coloured_image((40, 40, 210), seed=999))
     changed = collection / "blue" / "blue-0.jpg"

@@ -54,9 +54,10 @@ def test_the_cap_setting_is_checked(monkeypatch, tmp_path):
 
 
 # -- 9. a URL that trickles --------------------------------------------------------------------
-@pytest.fixture
-def trickling_server():
-    """An HTTP server that sends its headers, then one body byte every 50 ms (of a claimed 1,000)."""
+@pytest.fixture(params=["body", "headers"])
+def trickling_server(request):
+    """An HTTP server that trickles one byte every 50 ms: of its body (of a claimed 1,000), or of its headers."""
+    headers = b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n"
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(1)
@@ -66,10 +67,17 @@ def trickling_server():
         connection, _ = listener.accept()
         with connection:
             connection.recv(65536)
-            connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n")
+            if request.param == "body":
+                connection.sendall(headers + b"\r\n")
+            trickle = headers + b"X-Padding: " if request.param == "headers" else b""
+            position = 0
             while not stop.is_set():
                 try:
-                    connection.sendall(b"x")
+                    if position < len(trickle):
+                        connection.sendall(trickle[position : position + 1])
+                        position += 1
+                    else:
+                        connection.sendall(b"x")
                 except OSError:
                     return
                 time.sleep(0.05)

@@ -87,7 +87,7 @@ def test_changing_the_index_type_rebuilds_without_re_embedding(tmp_path, index_d
     make_collection(root, per_class=30, size=(24, 32))
     index_folder(root, "many", index_dir)
     decoded = []
-    monkeypatch.setattr(file_work, "decode_image", lambda *a, **k: decoded.append(a))
+    monkeypatch.setattr(file_work, "decode_file", lambda *a, **k: decoded.append(a))
     summary = index_folder(root, "many", index_dir, index_type="hnsw")
     assert decoded == [] and summary.unchanged == 90
     with IndexStore.open(index_path("many", index_dir)) as store:

@@ -38,7 +38,10 @@ def test_a_weights_file_is_stored_by_absolute_path(tmp_path, monkeypatch):
 
 def test_differences_name_each_option_that_would_embed_differently():
     embedder = EmbedderOptions.from_mapping({"extractor": "cnn", "backbone": "mobilenet", "weights": "none", "pca": 8}).resolve(None)
+    # RESNET records no scales (an index of before them: one scale, as a new one).
     assert set(embedder.differences(RESNET)) == {"backbone", "pca"}
+    multi = EmbedderOptions.from_mapping({"extractor": "cnn", "backbone": "resnet50", "scales": [1, 0.7071, 1.4142]}).resolve(None)
+    assert "scales" in multi.differences(RESNET)
 
 
 def test_pca_whiten_without_pca_is_refused():

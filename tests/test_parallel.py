@@ -418,6 +418,10 @@ def test_a_file_only_a_ray_worker_cannot_read_names_the_node_and_the_shared_file
         "item": np.zeros((1, 4), np.float32),
         "node": np.array(["10.0.0.7"], dtype=object),
     }
+    from cbir.compute.work import CODEC_FIELDS, LoadedFile
+
+    defaults = LoadedFile(Path(readable_here), -1, -1, "").fields()  # the codec's other fields, as a worker sends them
+    batch.update({name: np.array([value], dtype=object) for name, value in zip(CODEC_FIELDS, defaults) if name not in batch})
     ok, items, without = _unpack(batch)
     assert ok == [] and len(items) == 0
     assert without[0].error == (

@@ -56,8 +56,8 @@ def test_ivf_lists_are_retuned_when_the_collection_grows_without_re_embedding(tm
     assert snapshot_factory(index_dir, "grow") == ("IVF2,Flat", "IVF2,Flat")
     add_images(root, 80, 250)  # 330 images: more than 4x, the rule now gives 8 lists
     decoded = []
-    original = file_work.decode_image
-    monkeypatch.setattr(file_work, "decode_image", lambda *a, **k: decoded.append(1) or original(*a, **k))
+    original = file_work.decode_file
+    monkeypatch.setattr(file_work, "decode_file", lambda *a, **k: decoded.append(1) or original(*a, **k))
     summary = index_folder(root, "grow", index_dir)
     assert len(decoded) == 250 and summary.added == 250  # only the new files were embedded
     assert snapshot_factory(index_dir, "grow") == ("IVF8,Flat", "IVF8,Flat")
@@ -148,7 +148,7 @@ def test_a_damaged_faiss_file_is_rebuilt_from_the_catalogue(tmp_path, index_dir,
     result = runner.invoke(app, ["query", str(query), "--name", "photos", "--index-dir", str(index_dir), "-k", "15"])
     assert result.exit_code == 0, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("warning: ") and "rebuilt from the catalogue" in lines[0]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "searching a copy rebuilt from" in lines[0]
     assert str(query) in result.stdout.splitlines()[0] and result.stdout.count(".jpg") == 15
     # The next write repairs the file on disk, re-embedding nothing.
     summary = index_folder(root, "photos", index_dir)

@@ -25,6 +25,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from cbir.ann.approximate import approximate_top_k, search_rule
 from cbir.errors import UsageError
 
 #: Defaults, measured on Corel-1k, an instance-level set (4 augmented copies
@@ -162,6 +163,34 @@ def nearest_neighbours(
             if report is not None:
                 report(done / tiles)
     return best.result()
+
+
+def search_nearest_neighbours(
+    vectors: np.ndarray, k: int, tile: int = TILE, report: Callable[[float], None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_neighbours`, exact below :func:`cbir.ann.approximate.search_rule`'s threshold, approximate above."""
+    n = len(vectors)
+    rule = search_rule(n, n, k)
+    if not rule.approximate:
+        return nearest_neighbours(vectors, k, tile, report)
+    if not 1 <= k < n:
+        raise UsageError(f"need 1 <= k < {n} (the number of vectors) for neighbours, got k={k}")
+    return approximate_top_k(vectors, vectors, k, own_rows=np.arange(n), rule=rule, report=report)
+
+
+def search_top_k(
+    queries: np.ndarray,
+    vectors: np.ndarray,
+    k: int,
+    own_rows: np.ndarray | None = None,
+    tile: int = TILE,
+    report: Callable[[float], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`top_k`, exact or approximate by :func:`cbir.ann.approximate.search_rule` for these sizes."""
+    rule = search_rule(len(queries), len(vectors), k)
+    if not rule.approximate:
+        return top_k(queries, vectors, k, own_rows, tile, report)
+    return approximate_top_k(queries, vectors, k, own_rows=own_rows, rule=rule, report=report)
 
 
 class _Best:

@@ -135,7 +135,7 @@ def _print_error(message: str) -> None:
 
     # Escaped: a message may hold brackets (pip install 'cbir[cnn]', a path),
     # and a file name's undecodable bytes or newline (one message, one line).
-    stderr.print(f"[bold red]error:[/] {escape(display_path(message))}", markup=True)
+    stderr.print(f"[bold red]error:[/] {escape(display_path(message, backslashes=False))}", markup=True)
 
 
 def _drop_stdout() -> None:
@@ -155,7 +155,7 @@ class _ConsoleLogHandler(logging.Handler):
         from cbir.display import display_path
 
         prefix = "warning: " if record.levelno >= logging.WARNING else ""
-        stderr.print(f"{prefix}{display_path(record.getMessage())}", markup=False)
+        stderr.print(f"{prefix}{display_path(record.getMessage(), backslashes=False)}", markup=False)
 
 
 def show_training_epochs() -> None:
@@ -261,8 +261,8 @@ def _json_safe(data: Any) -> Any:
     # JSON text is Unicode: a name's undecodable bytes (surrogate escapes) cannot be written as they are.
     from cbir.display import display_path
 
-    if isinstance(data, str):
-        return display_path(data, controls=False)
+    if isinstance(data, str):  # names in it were shown by their to_dict: only what JSON cannot carry
+        return display_path(data, controls=False, backslashes=False)
     if isinstance(data, dict):
         return {_json_safe(k): _json_safe(v) for k, v in data.items()}
     if isinstance(data, (list, tuple)):

@@ -54,6 +54,21 @@ def _parse_workers(text: str | None) -> int | None:
     return workers
 
 
+def _quiet_ray() -> None:
+    """Ray's warnings and notes are for Ray's developers here (progress bars turned off, token
+    authentication on the local cluster it starts); errors still show. Ray sets its loggers'
+    levels when it is imported, so the application sets them after that."""
+    import logging
+
+    try:
+        import ray  # noqa: F401
+        import ray.data  # noqa: F401
+    except ImportError:
+        return  # index_folder says which extra to install
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 _RAY_ADDRESS = re.compile(r"^(auto|ray://.+|[\w.\-]+:\d+|\[[0-9a-fA-F:]+\]:\d+)$")
 
 
@@ -103,6 +118,14 @@ def _index(
         Optional[int], typer.Option("--pca", min=1, help="Reduce vectors to this many dimensions with PCA (new indexes).")
     ] = None,
     pca_whiten: Annotated[bool, typer.Option("--pca-whiten", help="Whiten the PCA components.")] = False,
+    pca_shrinkage: Annotated[
+        Optional[float],
+        typer.Option("--pca-shrinkage", help="With --pca-whiten: shrink the variances towards their mean by this fraction, 0 to 1. (default: 0)", show_default=False),
+    ] = None,
+    pca_power: Annotated[
+        Optional[float],
+        typer.Option("--pca-power", help="Signed power of each PCA coordinate, above 0 and at most 1. (default: 1, none)", show_default=False),
+    ] = None,
     pca_train: Annotated[
         Optional[Path], typer.Option("--pca-train", help="Fit the PCA on this folder instead of the collection.", exists=True, file_okay=False)
     ] = None,
@@ -184,7 +207,10 @@ def _index(
     from cbir.indexing.run import index_folder
 
     show_training_epochs()
-    options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None, **(extractor_params or {})}
+    if ray:
+        _quiet_ray()
+    options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None,
+               "pca_shrinkage": pca_shrinkage, "pca_power": pca_power, **(extractor_params or {})}
     summary = index_folder(
         folder,
         name,
@@ -216,8 +242,9 @@ def _index(
     if summary.vectors_rebuilt:
         print(f"{summary.vectors_rebuilt}; stored vectors reused, nothing re-embedded")
     if summary.unsupported:
-        counts = ", ".join(f"{n} {ext}" for ext, n in summary.unsupported.items())
-        print(f"not indexed, formats cbir cannot read: {counts}")
+        print(f"not indexed: {summary.unsupported_note()}")
+    if summary.raw_note():
+        print(summary.raw_note())
     if summary.unlisted:
         shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
         print(

@@ -35,6 +35,7 @@ def info(
     with IndexStore.open(index_path(name, index_dir)) as store:
         data = store.describe()
         data["skipped_files"] = [{"path": p, "reason": r} for p, r in store.catalogue.skipped(limit=skipped)]
+        data["metadata"] = store.catalogue.metadata_counts()
     if as_json:
         print_json(data)
         return
@@ -47,6 +48,12 @@ def info(
         print(f"note        the vector file in force is a {data['vectors_factory']} index (a rebuild is due, or the collection is still too small to train)")
     print(f"images      {data['images']}")
     print(f"skipped     {data['skipped']}")
+    meta = data["metadata"]
+    print(
+        f"metadata    {meta['dated_by_exif']} dated by EXIF ({meta['with_metadata'] - meta['dated_by_exif']} by file time), "
+        f"{meta['with_camera']} with a camera, {meta['with_location']} with a location"
+        + (f"; {data['images'] - meta['with_metadata']} indexed before metadata was kept" if data["images"] > meta["with_metadata"] else "")
+    )
     print(f"created     {data['created']}")
     print("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     if not data["vectors_current"]:

@@ -72,10 +72,12 @@ def query(
 
     The query is embedded exactly as the collection was (the index's saved
     extractor config). Output: rank, score (cosine similarity, higher is
-    closer; after query expansion, similarity to the expanded query), file
-    date, size, label and path; a result whose file is gone is marked
-    (missing). --json gives {"query", "results": [{"rank", "path", "score",
-    "exists", "label", "folder", "size", "mtime"}]}, a list of those for a folder.
+    closer; after query expansion, similarity to the expanded query), size,
+    label, then the date taken and the camera where the photo says (the date
+    falls back to the file's time), and path; a result whose file is gone is
+    marked (missing). --json gives {"query", "results": [{"rank", "path",
+    "score", "exists", "label", "folder", "size", "mtime", "taken",
+    "camera"}]}, a list of those for a folder.
 
     Several IMAGEs and --not: one search for the weighted mean of the
     examples minus half the mean of those to avoid (--exclude-self leaves
@@ -156,8 +158,8 @@ def _print_results(results, name: str, is_folder: bool, as_json: bool, paths_onl
         width = max((len(show(m.label or "-")) for m in result.results), default=1)
         for match in result.results:
             note = "" if match.exists else "  (missing)"
-            date = (match.mtime or "")[:10]
-            print(f"{match.rank:>4}  {match.score:.4f}  {date}  {_size(match.size):>8}  {show(match.label or '-'):<{width}}  {show(match.path)}{note}")
+            about = "  ".join(x for x in ((match.taken or "").replace("T", " "), match.camera or "") if x)
+            print(f"{match.rank:>4}  {match.score:.4f}  {_size(match.size):>8}  {show(match.label or '-'):<{width}}  " + (f"[{about}]  " if about else "") + f"{show(match.path)}{note}")
 
 
 def _size(size: int | None) -> str:

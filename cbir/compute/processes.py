@@ -126,6 +126,10 @@ def _stop_pool(pool) -> None:
     manager = getattr(pool, "_executor_manager_thread", None)
     writer = getattr(getattr(pool, "_result_queue", None), "_writer", None)
     pool.shutdown(wait=False, cancel_futures=True)
+    # Python 3.11's manager thread then sets a "broken pool" error on every pending future,
+    # cancelled ones too, and dies with InvalidStateError printed on the terminal (fixed in
+    # later versions): nothing waits on these futures any more, so it is given none.
+    getattr(pool, "_pending_work_items", {}).clear()
     for process in processes:
         if process.is_alive():
             process.terminate()

@@ -18,7 +18,7 @@ import numpy as np
 
 from cbir.cpus import usable_cores
 from cbir.errors import CbirError, ImageError, UsageError
-from cbir.images.decode import decode_image
+from cbir.images.decode import decode_file
 from cbir.fileio import sha256_bytes
 
 logger = logging.getLogger(__name__)
@@ -38,6 +38,17 @@ class LoadedFile:
     unchanged: bool = False
     #: True when ``reusable(sha256)`` said the index already holds this content: not decoded.
     reusable: bool = False
+    # What the photo says about itself (cbir.images.metadata.PhotoInfo), read from the same bytes;
+    # flat scalars so that every backend's codec carries them ("" / 0: not known).
+    width: int = 0
+    height: int = 0
+    taken: str = ""
+    camera_make: str = ""
+    camera_model: str = ""
+    #: "latitude,longitude" in decimal degrees (text: Ray's columns turn None into "", and NaN != NaN).
+    gps: str = ""
+    #: For a RAW file: "preview" or "demosaiced" (cbir.images.raw.SOURCES).
+    decoded_from: str = ""
 
     def fields(self) -> tuple:
         """The file's fields but its path and image, in :data:`CODEC_FIELDS` order: the one
@@ -131,9 +142,15 @@ def load_file(
         loaded.reusable = True
         return loaded
     try:
-        loaded.image = decode_image(data, min_side)
+        photo = decode_file(data, path.suffix, min_side)
     except ImageError as exc:
         loaded.error = str(exc)
+        return loaded
+    loaded.image, info = photo.image, photo.info
+    loaded.width, loaded.height, loaded.taken = info.width, info.height, info.taken
+    loaded.camera_make, loaded.camera_model, loaded.decoded_from = info.make, info.model, photo.source
+    if info.gps_lat is not None and info.gps_lon is not None:
+        loaded.gps = f"{info.gps_lat:.7f},{info.gps_lon:.7f}"
     return loaded
 
 

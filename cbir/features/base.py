@@ -127,6 +127,10 @@ class Extractor:
     #: True when ``transform_prepared`` runs a network on every core: other work
     #: beside it (a server decoding uploads) preempts its threads and slows both.
     transform_uses_every_core: ClassVar[bool] = False
+    #: What a stored config that lacks a parameter means: the behaviour from
+    #: before the parameter existed, where today's default for a new index
+    #: differs (so an old index keeps embedding queries as it embedded its images).
+    absent_params: ClassVar[dict[str, Any]] = {}
 
     @property
     def embeds_in_workers(self) -> bool:
@@ -351,8 +355,10 @@ def extractor_for_params(params: Sequence[str]) -> str:
 
 
 def extractor_from_config(config: dict[str, Any]) -> Extractor:
-    """Inverse of :meth:`Extractor.get_config`."""
-    return make_extractor(config["name"], **config.get("params", {}))
+    """Inverse of :meth:`Extractor.get_config`; a parameter the config lacks
+    means what it meant before it existed (:attr:`Extractor.absent_params`)."""
+    cls = extractor_class(config["name"])
+    return make_extractor(config["name"], **{**cls.absent_params, **config.get("params", {})})
 
 
 def _jsonable(value: Any) -> Any:

@@ -153,11 +153,16 @@ class Embedder:
 def _describe_pca(config: dict[str, Any] | None) -> str:
     if not config:
         return "none"
-    return f"{config['n_components']}" + (" whitened" if config.get("whiten") else "")
+    text = f"{config['n_components']}" + (" whitened" if config.get("whiten") else "")
+    if config.get("shrinkage"):
+        text += f" (shrinkage {config['shrinkage']})"
+    if config.get("power", 1) != 1:
+        text += f" power {config['power']}"
+    return text
 
 
 #: The options of the embedder as a whole; every other key is an extractor parameter.
-_OPTION_KEYS = ("extractor", "model", "pca", "pca_whiten")
+_OPTION_KEYS = ("extractor", "model", "pca", "pca_whiten", "pca_shrinkage", "pca_power")
 
 
 @dataclass(frozen=True)
@@ -175,6 +180,9 @@ class EmbedderOptions:
     model: str | os.PathLike | None = None
     pca: int | None = None
     pca_whiten: bool = False
+    #: Whitening shrinkage and signed power of :class:`PCAReduction` (``None``: unset).
+    pca_shrinkage: float | None = None
+    pca_power: float | None = None
 
     @staticmethod
     def keys() -> tuple[str, ...]:
@@ -200,11 +208,19 @@ class EmbedderOptions:
             model=given.get("model"),
             pca=given.get("pca"),
             pca_whiten=bool(given.get("pca_whiten", False)),
+            pca_shrinkage=given.get("pca_shrinkage"),
+            pca_power=given.get("pca_power"),
         )
 
     @property
+    def pca_refinements(self) -> dict[str, Any]:
+        """The PCA parameters beyond the dimension that were given: ``whiten``, ``shrinkage``, ``power``."""
+        given = {"whiten": True if self.pca_whiten else None, "shrinkage": self.pca_shrinkage, "power": self.pca_power}
+        return {key: value for key, value in given.items() if value is not None}
+
+    @property
     def given(self) -> bool:
-        return bool(self.extractor or self.params or self.model is not None or self.pca is not None or self.pca_whiten)
+        return bool(self.extractor or self.params or self.model is not None or self.pca is not None or self.pca_refinements)
 
     def resolve(self, existing: dict[str, Any] | None = None) -> Embedder | None:
         """The embedder these options describe; ``None`` when nothing was asked (keep or default).
@@ -215,8 +231,9 @@ class EmbedderOptions:
         """
         if not self.given:
             return None
-        if self.pca_whiten and self.pca is None and not (existing and existing.get("pca")):
-            raise UsageError("--pca-whiten needs --pca")
+        if self.pca_refinements and self.pca is None and not (existing and existing.get("pca")):
+            flag = {"whiten": "--pca-whiten", "shrinkage": "--pca-shrinkage", "power": "--pca-power"}[next(iter(self.pca_refinements))]
+            raise UsageError(f"{flag} needs --pca")
         keep_existing = existing is not None and self.model is None and self.extractor in (None, existing["extractor"]["name"])
         if keep_existing:
             name = existing["extractor"]["name"]
@@ -241,10 +258,13 @@ class EmbedderOptions:
 
     def _pca_config(self, stored: dict[str, Any] | None) -> dict[str, Any] | None:
         if self.pca is not None:
-            return {"n_components": int(self.pca), "whiten": bool(self.pca_whiten)}
-        if stored and self.pca_whiten:
-            return {**stored, "whiten": True}
-        return stored
+            config = PCAReduction(int(self.pca), **self.pca_refinements)
+        elif stored and self.pca_refinements:
+            config = PCAReduction(**{**stored, **self.pca_refinements})
+        else:
+            return stored
+        config.check_params()  # one clear error before any work
+        return config.get_params()
 
 
 def _pretrained_extractor() -> str:

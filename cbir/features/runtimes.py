@@ -145,7 +145,10 @@ class LiteRTNetwork(ConvertedNetwork):
         self._output = self._interpreter.get_output_details()[0]["index"]
 
     def _plan(self, chunk: int) -> None:
-        self._interpreter.resize_tensor_input(self._input, self._shape(chunk), strict=True)
+        # Not strict: the converted model has a fixed side, and a network
+        # without a classifier runs at any other (multi-scale input); LiteRT
+        # propagates the new shape through every layer at allocation.
+        self._interpreter.resize_tensor_input(self._input, self._shape(chunk), strict=False)
         self._interpreter.allocate_tensors()
 
     def _run(self, planned: None, images: np.ndarray) -> np.ndarray:

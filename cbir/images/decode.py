@@ -3,6 +3,9 @@
 The decoder is OpenCV's, with EXIF orientation applied, a pixel cap against
 decompression bombs and reduced-scale JPEG decoding when the extractor needs
 fewer pixels. Which suffixes this OpenCV build reads is decided here too.
+HEIC and AVIF bytes are recognised by their container and go to
+:mod:`cbir.images.heif`; :func:`decode_file` also reads RAW files
+(:mod:`cbir.images.raw`) and each file's metadata (:mod:`cbir.images.metadata`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ import logging
 import os
 import struct
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from cbir.errors import ImageError, UsageError
+from cbir.images import heif, raw
+from cbir.images.metadata import PhotoInfo, read_photo_info
 
 import cv2
 
@@ -47,9 +53,25 @@ _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _REDUCED_FLAGS = ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4), (2, cv2.IMREAD_REDUCED_COLOR_2))
 
 
-@functools.cache
 def readable_extensions() -> frozenset[str]:
-    """:data:`IMAGE_EXTENSIONS` plus those of :data:`OPTIONAL_EXTENSIONS` this OpenCV decodes."""
+    """:data:`IMAGE_EXTENSIONS`, those of :data:`OPTIONAL_EXTENSIONS` this OpenCV decodes, AVIF where
+    Pillow reads it, and HEIF and RAW suffixes where the ``formats`` extra is installed."""
+    readable = _opencv_extensions()
+    if heif.pillow_reads_avif():
+        readable |= heif.AVIF_EXTENSIONS
+    if heif.heif_available():
+        readable |= heif.HEIF_EXTENSIONS
+    if raw.raw_available():
+        readable |= raw.RAW_EXTENSIONS
+    return readable
+
+
+#: Suffixes the ``formats`` extra reads (HEIC/HEIF, camera RAW): without it, counted as needing it.
+FORMATS_EXTRA_EXTENSIONS = heif.HEIF_EXTENSIONS | raw.RAW_EXTENSIONS
+
+
+@functools.cache
+def _opencv_extensions() -> frozenset[str]:
     sample = np.random.default_rng(0).integers(0, 256, size=(64, 64, 3), dtype=np.uint8)
     readable = set(IMAGE_EXTENSIONS)
     for suffix, codec in OPTIONAL_EXTENSIONS.items():
@@ -141,6 +163,13 @@ def decode_image(data: bytes, min_side: int | None = None, max_pixels: int | Non
     if len(data) == 0:
         raise ImageError("empty file")
     limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
+    container = _container_photo(data, min_side, limit)
+    if container is not None:
+        return container.image
+    return _decode_opencv(data, min_side, limit)
+
+
+def _decode_opencv(data: bytes, min_side: int | None, limit: int) -> np.ndarray:
     size = image_size(data)
     flag = cv2.IMREAD_COLOR
     if size is not None:
@@ -169,8 +198,59 @@ def decode_image(data: bytes, min_side: int | None = None, max_pixels: int | Non
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+class Photo(NamedTuple):
+    """A decoded file: its RGB pixels, its metadata, and for a RAW where the pixels came from."""
+
+    image: np.ndarray
+    info: PhotoInfo
+    #: ``"preview"`` or ``"demosaiced"`` for a RAW file (:data:`cbir.images.raw.SOURCES`), else "".
+    source: str = ""
+
+
+def decode_file(data: bytes, suffix: str, min_side: int | None = None, max_pixels: int | None = None) -> Photo:
+    """:func:`decode_image` for a file's bytes, with its metadata; RAW files are told by ``suffix``.
+
+    The metadata comes from the same bytes (no second read). Raises
+    :class:`~cbir.errors.ImageError` as :func:`decode_image` does.
+    """
+    if len(data) == 0:
+        raise ImageError("empty file")
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else min(max_pixels, MAX_IMAGE_PIXELS)
+    if suffix.lower() in raw.RAW_EXTENSIONS:
+        return _decode_raw(data, min_side, limit)
+    container = _container_photo(data, min_side, limit)
+    if container is not None:
+        return container
+    image = _decode_opencv(data, min_side, limit)
+    size = image_size(data) or (image.shape[1], image.shape[0])
+    return Photo(image, read_photo_info(data, *size))
+
+
+def _container_photo(data: bytes, min_side: int | None, limit: int) -> Photo | None:
+    """HEIF and AVIF (where Pillow reads it; else OpenCV's AVIF codec, if any, is left to try)."""
+    kind = heif.container_kind(data)
+    if kind == "heif":
+        return Photo(*heif.decode_heif(data, min_side, limit))
+    if kind == "avif" and heif.pillow_reads_avif():
+        return Photo(*heif.decode_avif(data, limit))
+    return None
+
+
+def _decode_raw(data: bytes, min_side: int | None, limit: int) -> Photo:
+    found = raw.open_raw(data, min_side, limit, preview_size=image_size)
+    if found.jpeg is not None:
+        try:
+            image = _decode_opencv(found.jpeg, min_side, limit)
+        except ImageError as exc:
+            raise ImageError(f"unreadable RAW preview: {exc}") from None
+        image = np.ascontiguousarray(np.rot90(image, found.turns)) if found.turns else image
+    else:
+        image = found.pixels
+    return Photo(image, found.info, found.source)
+
+
 def read_image(path: str | os.PathLike, min_side: int | None = None) -> np.ndarray:
-    """Read and decode an image file; see :func:`decode_image`.
+    """Read and decode an image file (RAW ones too); see :func:`decode_image`.
 
     Raises
     ------
@@ -182,7 +262,7 @@ def read_image(path: str | os.PathLike, min_side: int | None = None) -> np.ndarr
     except OSError as exc:
         raise ImageError(f"cannot read {path}: {exc.strerror or exc}") from None
     try:
-        return decode_image(data, min_side)
+        return decode_file(data, Path(path).suffix, min_side).image
     except ImageError as exc:
         raise ImageError(f"cannot read {path}: {exc}") from None
 

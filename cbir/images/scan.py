@@ -13,16 +13,18 @@ from typing import Sequence
 
 
 from cbir.errors import UsageError
-from cbir.images.decode import OPTIONAL_EXTENSIONS, readable_extensions
+from cbir.images.decode import FORMATS_EXTRA_EXTENSIONS, OPTIONAL_EXTENSIONS, readable_extensions
+from cbir.images.raw import RAW_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
 
-#: Image formats cbir cannot read with any OpenCV: counted in an indexing summary, not silently ignored.
-FOREIGN_IMAGE_EXTENSIONS = frozenset(
-    {".heic", ".heif", ".jxl", ".svg", ".psd", ".xcf", ".ico", ".raw", ".dng", ".cr2", ".cr3", ".nef",
-     ".arw", ".orf", ".rw2", ".raf", ".srw", ".pef", ".exr"}
-)
+#: Image formats cbir cannot read at all: counted in an indexing summary, not silently ignored.
+FOREIGN_IMAGE_EXTENSIONS = frozenset({".jxl", ".svg", ".psd", ".xcf", ".ico", ".exr"})
+#: Every suffix that names an image, readable here or not.
+_IMAGE_LIKE = FOREIGN_IMAGE_EXTENSIONS | FORMATS_EXTRA_EXTENSIONS | frozenset(OPTIONAL_EXTENSIONS)
+#: A RAW's JPEG sidecar: the camera's own rendering, indexed instead of the RAW.
+_SIDECAR_EXTENSIONS = (".jpg", ".jpeg")
 
 
 
@@ -57,6 +59,8 @@ class FolderScan:
     unsupported: dict[str, int]
     #: Folders that could not be listed (an unmounted share, a permission): what lies below is unknown, not gone.
     unlisted: list[str] = field(default_factory=list)
+    #: RAW files left out because a JPEG with the same stem lies beside them (that JPEG is indexed instead).
+    raw_sidecars: int = 0
 
 
 
@@ -79,8 +83,11 @@ def scan_folder(
     ``raw/*``, ``*/thumbnails``) matched against each file's or folder's
     path relative to ``root`` and against its name; a matching folder is not
     entered. ``skip`` holds absolute paths (files or folders) to leave out.
-    Image files of formats cbir cannot read (HEIC, RAW...) are counted by
-    suffix in ``unsupported``.
+    Image files of formats cbir cannot read (HEIC and RAW without the
+    ``formats`` extra, JPEG XL...) are counted by suffix in ``unsupported``.
+    A RAW file with a JPEG of the same stem (any letter case) in its folder
+    is left out, counted in ``raw_sidecars``: one photo, one entry, read
+    from the JPEG the camera rendered.
 
     Symbolic links to folders are followed once: a folder already visited (by
     device and inode) is not entered again, so link loops end. Folders that
@@ -117,6 +124,7 @@ def scan_folder(
     readable = readable_extensions()
 
     unlisted: list[str] = []
+    raw_sidecars = 0
 
     def on_error(error: OSError) -> None:
         logger.warning("cannot list %s: %s", error.filename, error.strerror or error)
@@ -135,14 +143,20 @@ def scan_folder(
             continue
         visited.add(key)
         subfolders[:] = sorted(d for d in subfolders if not left_out(os.path.join(folder, d), d))
+        kept = []
         for name in sorted(files):
-            suffix = os.path.splitext(name)[1].lower()
-            if suffix not in readable and suffix not in FOREIGN_IMAGE_EXTENSIONS and suffix not in OPTIONAL_EXTENSIONS:
+            stem, suffix = os.path.splitext(name)
+            suffix = suffix.lower()
+            if suffix not in readable and suffix not in _IMAGE_LIKE:
                 continue
-            if left_out(os.path.join(folder, name), name):
-                continue
-            if suffix in readable:
+            if not left_out(os.path.join(folder, name), name):
+                kept.append((name, stem.lower(), suffix))
+        sidecar_stems = {stem for _, stem, suffix in kept if suffix in _SIDECAR_EXTENSIONS}
+        for name, stem, suffix in kept:
+            if suffix in RAW_EXTENSIONS and stem in sidecar_stems:
+                raw_sidecars += 1
+            elif suffix in readable:
                 found.append(Path(folder, name))
             else:
                 unsupported[suffix] = unsupported.get(suffix, 0) + 1
-    return FolderScan(found, dict(sorted(unsupported.items())), sorted(set(unlisted)))
+    return FolderScan(found, dict(sorted(unsupported.items())), sorted(set(unlisted)), raw_sidecars)

@@ -52,8 +52,9 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
         raise UsageError(f"only http:// and https:// URLs can be queried: {url}")
     request = urllib.request.Request(url, headers={"User-Agent": "cbir"})
     deadline = time.monotonic() + timeout
+    opener, watchdog = _opener_with_deadline(timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with watchdog, opener.open(request, timeout=timeout) as response:
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise ImageError(f"{url} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
@@ -65,7 +66,70 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
     except TimeoutError:
         raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
     except OSError as exc:
+        if watchdog.fired:
+            raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
         raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None
+    except Exception as exc:  # http.client's own errors when the watchdog cut a header short
+        if watchdog.fired:
+            raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
+        raise ImageError(f"cannot fetch {url}: {exc}") from None
+
+
+class _Watchdog:
+    """Shuts the connection's socket down at the deadline: a server that trickles its status line
+    and headers a byte at a time beats any per-read timeout, not this."""
+
+    def __init__(self, timeout: float):
+        import threading
+
+        self.timeout = timeout
+        self.sockets: list = []
+        self.fired = False
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        import socket
+
+        self.fired = True
+        for sock in self.sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_Watchdog":
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._timer.cancel()
+
+
+def _opener_with_deadline(timeout: float):
+    """A urllib opener whose connections report their socket to a :class:`_Watchdog`."""
+    import http.client
+    import urllib.request
+
+    watchdog = _Watchdog(timeout)
+
+    def watched(base):
+        class Connection(base):
+            def connect(self):
+                super().connect()
+                watchdog.sockets.append(self.sock)
+
+        return Connection
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(watched(http.client.HTTPConnection), req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(watched(http.client.HTTPSConnection), req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler), watchdog
 
 
 def _read_until(response, url: str, max_bytes: int, deadline: float, timeout: float) -> bytes:

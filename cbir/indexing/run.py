@@ -16,6 +16,7 @@ the folder.
 
 from __future__ import annotations
 
+import datetime
 import itertools
 import logging
 import os
@@ -37,7 +38,7 @@ from cbir.indexing.fit import fit_new_embedder
 from cbir.indexing.plan import KEEP, IndexPlan, dba_setting, honour_removed, plan_update, stat_files
 from cbir.indexing.summary import IndexSummary
 from cbir.progress import SILENT, Progress
-from cbir.store.catalogue import NewImage
+from cbir.store.catalogue import ImageMetadata, NewImage
 from cbir.store.locations import index_path, name_for_folder
 from cbir.store.writer import IndexWriter, Restat, SkippedFile, open_writer
 
@@ -166,6 +167,8 @@ def index_folder(
 
     with open_writer(index_path(name, index_dir), wait=wait, progress=progress) as writer:
         summary = IndexSummary(name=name, path=str(writer.path), created=writer.created, unsupported=scan.unsupported)
+        if scan.raw_sidecars:
+            summary.raw_sources["sidecar"] = scan.raw_sidecars
         summary.unlisted = list(scan.unlisted)
         files = scan.images
         # -- plan ----------------------------------------------------------------
@@ -223,7 +226,7 @@ def index_folder(
 def _unsupported_note(unsupported: dict[str, int]) -> str:
     if not unsupported:
         return ""
-    return " (files of formats cbir cannot read: " + ", ".join(f"{n} {ext}" for ext, n in unsupported.items()) + ")"
+    return f" ({IndexSummary(name='', path='', unsupported=unsupported).unsupported_note()})"
 
 
 def _labels_for(files: Sequence[Path], labels) -> dict[Path, str] | None:
@@ -280,11 +283,12 @@ def _embed_and_commit(
     label_of = _labeller(labels)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
-            ok, vectors, not_embedded, reused = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded)
+            ok, vectors, not_embedded, reused, copied = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded)
             images = []
             for loaded, vector in zip(ok, vectors):
                 key = str(loaded.path)
-                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector))
+                metadata = copied.get(loaded.path) or _metadata(loaded)
+                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector, metadata))
             writer.add(
                 images,
                 skipped=[
@@ -319,6 +323,9 @@ def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_emb
     updated = sum(1 for loaded in ok if loaded.path in plan.known_sha256) if plan.known_sha256 else 0
     summary.updated += updated
     summary.added += len(ok) - updated
+    for loaded in ok:
+        if loaded.decoded_from:
+            summary.raw_sources[loaded.decoded_from] = summary.raw_sources.get(loaded.decoded_from, 0) + 1
     for loaded in not_embedded:
         if loaded.unchanged:
             summary.unchanged += 1
@@ -330,17 +337,39 @@ def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_emb
     summary.reused += reused
 
 
+def _metadata(loaded: LoadedFile) -> ImageMetadata:
+    """The catalogue's metadata of a decoded file: its own, the date falling back to its modification time."""
+    taken, taken_from = loaded.taken, "exif"
+    if not taken:
+        taken_from = "mtime"
+        taken = datetime.datetime.fromtimestamp(loaded.mtime_ns / 1e9).isoformat(timespec="seconds")
+    lat, lon = (float(x) for x in loaded.gps.split(",")) if loaded.gps else (None, None)
+    return ImageMetadata(
+        width=loaded.width or None,
+        height=loaded.height or None,
+        taken=taken,
+        taken_from=taken_from,
+        camera_make=loaded.camera_make or None,
+        camera_model=loaded.camera_model or None,
+        gps_lat=lat,
+        gps_lon=lon,
+    )
+
+
 def _reuse_vectors(
     writer: IndexWriter, embedder: Embedder, known: KnownContent | None, ok: list, vectors: np.ndarray, not_embedded: list
-) -> tuple[list[LoadedFile], np.ndarray, list[LoadedFile], int]:
-    """Give files whose content the index already holds that content's stored vector (no decoding, no model)."""
+) -> tuple[list[LoadedFile], np.ndarray, list[LoadedFile], int, dict[Path, ImageMetadata]]:
+    """Give files whose content the index already holds that content's stored vector and metadata
+    (no decoding, no model); the metadata by path."""
     reusable = [f for f in not_embedded if f.reusable]
     if not reusable:
-        return ok, vectors, not_embedded, 0
+        return ok, vectors, not_embedded, 0, {}
     candidates = sorted({i for f in reusable for i in known.candidate_ids(f.sha256)})
     by_hash = {row.sha256: row.id for row in writer.rows_by_id(candidates)}
     found = [f for f in reusable if f.sha256 in by_hash]
     stored = writer.stored_vectors([by_hash[f.sha256] for f in found])
+    stored_metadata = writer.stored_metadata([by_hash[f.sha256] for f in found])
+    copied = {f.path: stored_metadata[by_hash[f.sha256]] for f in found if by_hash[f.sha256] in stored_metadata}
     extra_ok, extra_vectors = list(found), [stored]
     rest = [f for f in not_embedded if not f.reusable]
     collided = [f.path for f in reusable if f.sha256 not in by_hash]
@@ -350,7 +379,7 @@ def _reuse_vectors(
             extra_vectors.append(batch.vectors)
             rest.extend(batch.not_embedded)
     all_vectors = np.concatenate([vectors.reshape(-1, writer.dim), *(v.reshape(-1, writer.dim) for v in extra_vectors)])
-    return ok + extra_ok, all_vectors, rest, len(found)
+    return ok + extra_ok, all_vectors, rest, len(found), copied
 
 
 def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> str:

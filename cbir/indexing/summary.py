@@ -34,6 +34,33 @@ class IndexSummary:
     kept_unlisted: int = 0
     #: Skipped files tried again because their reason may have passed (permission, I/O).
     retried: int = 0
+    #: How this run's RAW files were read: "sidecar" (a JPEG beside it was indexed instead, the RAW left
+    #: out), "preview" (its embedded JPEG), "demosaiced" (LibRaw at half size).
+    raw_sources: dict[str, int] = field(default_factory=dict)
+
+    def needs_formats_extra(self) -> dict[str, int]:
+        """Of :attr:`unsupported`, the suffixes ``pip install 'cbir[formats]'`` would read (HEIC, RAW)."""
+        from cbir.images.decode import FORMATS_EXTRA_EXTENSIONS
+
+        return {ext: n for ext, n in self.unsupported.items() if ext in FORMATS_EXTRA_EXTENSIONS}
+
+    def unsupported_note(self) -> str:
+        """One clause per kind of file not indexed for its format: those the extra reads, then the rest."""
+        extra = self.needs_formats_extra()
+        other = {ext: n for ext, n in self.unsupported.items() if ext not in extra}
+        notes = []
+        if extra:
+            counts = ", ".join(f"{n} {ext}" for ext, n in extra.items())
+            notes.append(f"{sum(extra.values())} file(s) of a format cbir cannot read without pip install 'cbir[formats]' ({counts})")
+        if other:
+            notes.append("files of formats cbir cannot read: " + ", ".join(f"{n} {ext}" for ext, n in other.items()))
+        return "; ".join(notes)
+
+    def raw_note(self) -> str:
+        """How RAW files were read, e.g. ``RAW files: 3 via their JPEG sidecar, 2 embedded preview``; "" if none."""
+        labels = {"sidecar": "via their JPEG sidecar", "preview": "embedded preview", "demosaiced": "demosaiced at half size"}
+        parts = [f"{self.raw_sources[key]} {label}" for key, label in labels.items() if self.raw_sources.get(key)]
+        return "RAW files: " + ", ".join(parts) if parts else ""
 
     @property
     def images_per_second(self) -> float:
@@ -59,4 +86,6 @@ class IndexSummary:
             "unlisted": list(self.unlisted),
             "kept_unlisted": self.kept_unlisted,
             "retried": self.retried,
+            "needs_formats_extra": self.needs_formats_extra(),
+            "raw_sources": {key: self.raw_sources.get(key, 0) for key in ("sidecar", "preview", "demosaiced")},
         }

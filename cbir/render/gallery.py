@@ -42,8 +42,11 @@ def _details(match) -> str:
     parts = [html.escape(display_path(match.label))] if match.label else []
     if match.size is not None:
         parts.append(f"{match.size / 1000:.1f} kB")
-    if match.mtime:
-        parts.append(match.mtime[:10])
+    date = match.taken or match.mtime  # taken: EXIF, else the file's time
+    if date:
+        parts.append(date[:10])
+    if match.camera:
+        parts.append(html.escape(match.camera))
     return " &middot; ".join(parts)
 
 

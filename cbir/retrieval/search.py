@@ -43,6 +43,10 @@ class Match:
     label: str | None = None
     #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
     exists: bool = True
+    #: When the photo was taken (ISO 8601 local time; EXIF, else the file's time), if the catalogue knows.
+    taken: str | None = None
+    #: The camera's make and model, if the photo names one.
+    camera: str | None = None
     #: The file's size in bytes and modification time (ns since the epoch) when it was indexed.
     size: int | None = None
     mtime_ns: int | None = None
@@ -53,7 +57,7 @@ class Match:
 
     @property
     def mtime(self) -> str | None:
-        """The modification time as ISO 8601 UTC (``2024-05-01T12:00:00Z``); the date until photo metadata lands."""
+        """The file's modification time as ISO 8601 UTC (``2024-05-01T12:00:00Z``)."""
         return None if self.mtime_ns is None else _iso_utc(self.mtime_ns)
 
     def to_dict(self) -> dict[str, Any]:
@@ -67,6 +71,8 @@ class Match:
             "folder": display_path(self.folder, controls=False),
             "size": self.size,
             "mtime": self.mtime,
+            "taken": self.taken,
+            "camera": self.camera,
         }
 
 
@@ -356,6 +362,7 @@ class Searcher:
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted) if row.id not in excluded}
+            metadata = self.store.catalogue.metadata(wanted)  # no GPS: results never carry a location
         results = []
         for score_row, id_row in zip(scores, ids):
             matches: list[Match] = []
@@ -363,8 +370,13 @@ class Searcher:
                 row = rows.get(int(image_id))
                 if row is None:  # -1 padding, an excluded id, or removed since the FAISS file was written
                     continue
-                exists = os.path.exists(row.path)
-                matches.append(Match(len(matches) + 1, row.path, float(score), row.id, row.label, exists, row.size, row.mtime_ns))
+                about = metadata.get(row.id)
+                matches.append(
+                    Match(
+                        len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path),
+                        about.taken if about else None, about.camera if about else None, size=row.size, mtime_ns=row.mtime_ns,
+                    )
+                )
                 if len(matches) == k:
                     break
             results.append(matches)

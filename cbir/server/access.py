@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 from cbir.errors import UsageError
+from cbir.display import display_path
 from cbir.store.locations import is_under
 
 COOKIE = "cbir_token"
@@ -79,6 +80,9 @@ def allowed_hosts_for(host: str, port: int, extra: Sequence[str] = ()) -> tuple[
             raise UsageError(f"--allowed-host takes a host name or address, optionally with :PORT; got {name!r}")
     if is_loopback(host):
         own = ["localhost", "127.0.0.1", "[::1]"]
+        bound = f"[{host.strip('[]')}]" if ":" in host else host.lower()
+        if bound not in own:  # another loopback address (127.0.0.2): the one the server prints
+            own.append(bound)
     elif is_wildcard(host):
         return tuple(names) if names else None
     else:
@@ -180,14 +184,15 @@ _ABSOLUTE = re.compile(r"(?<![\w.~:/-])/(?:[^\s'\"(),;:<>/]+/)*([^\s'\"(),;:<>/]
 def public_path(path: str, roots: Sequence[str]) -> str:
     """``path`` relative to the indexed folder it lies in, under that folder's name (``photos/red/1.jpg``).
 
-    Outside every root (it should not be): its file name only.
+    Outside every root (it should not be): its file name only. Escaped as every shown name is
+    (:func:`cbir.display.display_path`): JSON cannot carry a name that is not UTF-8.
     """
     for root in sorted(roots, key=len, reverse=True):
         if is_under(path, root):
             name = os.path.basename(root.rstrip(os.sep)) or "."
             rest = path[len(root) :].lstrip(os.sep)
-            return f"{name}/{rest}" if rest else name
-    return os.path.basename(path)
+            return display_path(f"{name}/{rest}" if rest else name, controls=False)
+    return display_path(os.path.basename(path), controls=False)
 
 
 def private_path(shown: str, roots: Sequence[str]) -> str:

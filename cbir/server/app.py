@@ -134,7 +134,7 @@ def create_app(
 
     def shown(request: Request, message: str) -> str:
         """An error message as this server may show it (no absolute paths unless allowed)."""
-        message = display_path(message, controls=False)  # a file name's undecodable bytes as \xNN
+        message = display_path(message, controls=False, backslashes=False)  # a file name's undecodable bytes as \xNN
         if access.show_paths:
             return message
         roots: list[str] = []
@@ -185,6 +185,8 @@ def create_app(
                     description = searcher.describe()
                     if not access.show_paths:
                         description = public_description(description, searcher.indexed_roots())
+                    else:  # names that are not UTF-8 cannot travel in JSON as they are
+                        description["removed_paths"] = [display_path(p, controls=False) for p in description["removed_paths"]]
             except IndexNotFoundError:  # dropped since the listing
                 continue
             described.append(description)

@@ -39,7 +39,10 @@ from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: A reader (queries, the server) opens a catalogue this old without upgrading it: version 2
+#: only added photo metadata, which such a catalogue has none of. Writers always upgrade.
+_OLDEST_READABLE = 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
@@ -63,6 +66,21 @@ MIGRATIONS: list[str] = [
     );
     CREATE TABLE pending_removals (id INTEGER PRIMARY KEY);
     """,
+    # 2: what each photo says about itself, read once at index time. A table of its own: rows
+    # indexed before it have none, and GPS stays out of every query that does not ask for it.
+    """
+    CREATE TABLE image_metadata (
+        id INTEGER PRIMARY KEY,
+        width INTEGER,
+        height INTEGER,
+        taken TEXT,
+        taken_from TEXT,
+        camera_make TEXT,
+        camera_model TEXT,
+        gps_lat REAL,
+        gps_lon REAL
+    );
+    """,
 ]
 
 
@@ -79,6 +97,34 @@ class ImageRow:
 
 
 @dataclass(frozen=True)
+class ImageMetadata:
+    """What a photo says about itself (``None``: not known)."""
+
+    width: int | None = None
+    height: int | None = None
+    #: ISO 8601 local time: the EXIF date taken, else the file's modification time.
+    taken: str | None = None
+    #: ``"exif"`` or ``"mtime"``: where ``taken`` came from.
+    taken_from: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    #: Location, decimal degrees: private, read only by :meth:`Catalogue.metadata` with ``gps=True``.
+    gps_lat: float | None = None
+    gps_lon: float | None = None
+
+    @property
+    def camera(self) -> str | None:
+        """Make and model as one name ("Canon Canon EOS R5" shown as "Canon EOS R5")."""
+        make, model = (self.camera_make or "").strip(), (self.camera_model or "").strip()
+        if make and model.lower().startswith(make.split()[0].lower()):
+            return model
+        return " ".join(p for p in (make, model) if p) or None
+
+
+_METADATA_COLUMNS = ("width", "height", "taken", "taken_from", "camera_make", "camera_model", "gps_lat", "gps_lon")
+
+
+@dataclass(frozen=True)
 class NewImage:
     """What the indexer commits for one embedded file."""
 
@@ -88,6 +134,7 @@ class NewImage:
     sha256: str
     label: str | None
     vector: np.ndarray
+    metadata: ImageMetadata | None = None
 
 
 @dataclass(frozen=True)
@@ -233,11 +280,20 @@ class Catalogue:
                 f"catalogue {self.path} has schema version {version}, newer than this cbir understands "
                 f"({SCHEMA_VERSION}); upgrade cbir"
             )
+        self.schema_version = version
+        if version == 0 and self.read_only:
+            raise IndexCorruptError(
+                f"catalogue {self.path} holds no tables: a copy of an index made while a run was writing "
+                f"needs its {self.path.name}-wal file too (see README); otherwise run cbir index again"
+            )
         if version < SCHEMA_VERSION and self.read_only:
+            if version >= _OLDEST_READABLE:
+                return  # read as it is: what later versions add (metadata) is simply absent
             raise IndexCorruptError(
                 f"catalogue {self.path} has schema version {version}, older than this cbir's ({SCHEMA_VERSION}); "
                 "run cbir index on it once (with write access) to upgrade it"
             )
+        self.schema_version = SCHEMA_VERSION
         for target in range(version, SCHEMA_VERSION):
             # executescript commits whatever is open first, so the script carries its own transaction.
             self._db.executescript(f"BEGIN IMMEDIATE; {MIGRATIONS[target]}; PRAGMA user_version = {target + 1}; COMMIT;")
@@ -292,6 +348,47 @@ class Catalogue:
         self._db.executemany(
             "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
         )
+        self._add_metadata([(image.path, image.metadata) for image in images if image.metadata is not None])
+
+    def _add_metadata(self, pairs: Sequence[tuple[str, ImageMetadata]]) -> None:
+        if not pairs:
+            return
+        ids: dict = {}  # by the path as stored (text, or bytes for a name that is not UTF-8)
+        stored = [(_sql(p), m) for p, m in pairs]
+        for start in range(0, len(stored), 500):
+            chunk = [p for p, _ in stored[start : start + 500]]
+            marks = ",".join("?" * len(chunk))
+            ids.update(self._db.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", chunk))
+        marks = ", ".join("?" * (1 + len(_METADATA_COLUMNS)))
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO image_metadata (id, {', '.join(_METADATA_COLUMNS)}) VALUES ({marks})",
+            [(ids[p], *(getattr(m, c) for c in _METADATA_COLUMNS)) for p, m in stored if p in ids],
+        )
+
+    def metadata(self, ids: Sequence[int], gps: bool = False) -> dict[int, ImageMetadata]:
+        """``{id: metadata}`` for those of ``ids`` that have some; GPS only when asked for (``gps``)."""
+        columns = _METADATA_COLUMNS if gps else _METADATA_COLUMNS[:-2]
+        found: dict[int, ImageMetadata] = {}
+        if self.schema_version < 2:
+            return found
+        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
+        for start in range(0, len(id_list), 500):
+            chunk = id_list[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            query = f"SELECT id, {', '.join(columns)} FROM image_metadata WHERE id IN ({marks})"
+            for image_id, *values in self._db.execute(query, chunk):
+                found[image_id] = ImageMetadata(**dict(zip(columns, values)))
+        return found
+
+    def metadata_counts(self) -> dict[str, int]:
+        """How many indexed images have metadata, an EXIF date, a camera, a location."""
+        if self.schema_version < 2:
+            return {"with_metadata": 0, "dated_by_exif": 0, "with_camera": 0, "with_location": 0}
+        row = self._db.execute(
+            "SELECT COUNT(*), COUNT(NULLIF(m.taken_from = 'exif', 0)), COUNT(COALESCE(m.camera_make, m.camera_model)), "
+            "COUNT(m.gps_lat) FROM image_metadata m JOIN images i ON i.id = m.id"
+        ).fetchone()
+        return {"with_metadata": row[0], "dated_by_exif": row[1], "with_camera": row[2], "with_location": row[3]}
 
     def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
         ids = []
@@ -310,6 +407,7 @@ class Catalogue:
         before = self._db.total_changes
         self._db.executemany("DELETE FROM images WHERE id = ?", rows)
         removed = self._db.total_changes - before
+        self._db.executemany("DELETE FROM image_metadata WHERE id = ?", rows)
         self._db.executemany("INSERT OR IGNORE INTO pending_removals (id) VALUES (?)", rows)
         return removed
 

@@ -18,10 +18,11 @@ under the index's write lock. The first time (or after ``k`` changes) in
 full: neighbours from a search of an index of the collection's own type
 (exact for ``flat``). After that incrementally, from the neighbour lists kept
 with the snapshot (``augmented-N.neighbours.npy`` / ``.scores.npy``): new
-images, and images that lost a neighbour, are searched exactly against the
-collection; every other image merges its old neighbours with its best among
+images, and images that lost a neighbour, are searched against the
+collection (exactly, or above a size approximately: :mod:`cbir.ann.approximate`);
+every other image merges its old neighbours with its best among
 the new images; only images whose neighbours changed are averaged again.
-The result equals a recomputation in full (tested). Readers patch a snapshot
+The result equals a recomputation in full (tested; on the exact path). Readers patch a snapshot
 with vectors committed after it (not yet augmented) until the writer's next
 save, as for any index.
 
@@ -45,7 +46,7 @@ import numpy as np
 from cbir.errors import IndexCorruptError, UsageError
 from cbir.fileio import atomic_path
 from cbir.progress import SILENT, Progress, ProportionalBar
-from cbir.ann.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, nearest_neighbours, top_k
+from cbir.ann.rerank import DEFAULT_ALPHA, augment_rows, check_alpha, merge_neighbours, search_nearest_neighbours, search_top_k
 from cbir.ann.vectors import VectorIndex, build_vector_index
 from cbir.store.snapshot_record import commit_snapshot, fingerprint, next_file_name, read_state, vectors_are_current
 
@@ -334,9 +335,9 @@ def _neighbour_lists(
     """Every vector's top ``k`` other rows and their scores, and which vectors must be averaged again.
 
     In full: neighbours from an index of the collection's own type (exact for
-    ``flat``). Incrementally
+    ``flat``; approximate above a size, :mod:`cbir.ann.approximate`). Incrementally
     (``previous`` has the same k): new images and images that lost a
-    neighbour are searched exactly against everything; every other image
+    neighbour are searched against everything (by the same rule); every other image
     merges its old neighbours with its best among the new images; only
     images whose neighbours changed are averaged again.
     """
@@ -361,11 +362,11 @@ def _neighbour_lists(
     if sum(work):
         bar = ProportionalBar(progress, f"DBA neighbours ({len(added):,} new)" if len(added) else "DBA neighbours", len(ids), work)
     if len(added) and len(merge):
-        found, found_scores = top_k(vectors[merge], vectors[added], k, tile=_tile(), report=bar.part(0))
+        found, found_scores = search_top_k(vectors[merge], vectors[added], k, tile=_tile(), report=bar.part(0))
         found = np.where(found >= 0, added[found.clip(0)], -1)
         rows[merge], scores[merge] = merge_neighbours(rows[merge], scores[merge], found, found_scores, k)
     if len(again):
-        rows[again], scores[again] = top_k(vectors[again], vectors, k, own_rows=again, tile=_tile(), report=bar.part(1))
+        rows[again], scores[again] = search_top_k(vectors[again], vectors, k, own_rows=again, tile=_tile(), report=bar.part(1))
     changed = redo | (rows != before).any(axis=1)
     logger.info("DBA: %d of %d vectors averaged again", int(changed.sum()), len(ids))
     return rows, scores, changed
@@ -394,12 +395,13 @@ def _neighbours_in_full(factory: str, dim: int, ids: np.ndarray, vectors: np.nda
     """Every vector's top ``k`` other rows, from an index of the collection's own type.
 
     Flat: exact, in tiles (no second copy of the vectors, and
-    neither FAISS's fixed 16 MB block of inner products), followed on a
-    bar; other types: one search of a new index, shown as a status.
+    neither FAISS's fixed 16 MB block of inner products), or above
+    :data:`cbir.ann.approximate.APPROXIMATE_FROM` vectors IVF over a PCA
+    projection re-scored exactly; followed on a bar; other types: one search of a new index, shown as a status.
     """
     if _flat_storage(VectorIndex.create(factory, dim)) is not None:
         bar = ProportionalBar(progress, "DBA neighbours", len(ids), [1])
-        return nearest_neighbours(vectors, k, tile=_tile(), report=bar.part(0))
+        return search_nearest_neighbours(vectors, k, tile=_tile(), report=bar.part(0))
     progress.status(f"DBA neighbours of {len(ids):,} images")
     raw = build_vector_index(factory, dim, lambda: [(ids, vectors)], _sampler(vectors), len(ids))
     found_scores, found_ids = raw.search(vectors, k + 1)
@@ -422,6 +424,10 @@ class AugmentedVectors:
         self.ids = ids
         self.vectors = vectors
         self.rows = rows
+
+    def sorted_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, vectors)``, row ``i`` the vector of ``ids[i]`` (what an index is built from)."""
+        return self.ids, (self.vectors if self.rows is None else self.vectors[self.rows])
 
     @classmethod
     def load(cls, store, vector_index: VectorIndex | None = None) -> "AugmentedVectors | None":

@@ -85,9 +85,34 @@ def load_vectors(store) -> LoadedVectors:
                 vector_index.add(ids, vectors)
             stale = int((catalogue.pending_removals() <= state.max_id).sum())
         return LoadedVectors(_exact_reranking(store, vector_index), stale)
-    logger.warning("%s; searching a copy rebuilt from the catalogue (the next cbir index run repairs the file)", problem)
     with catalogue.snapshot():
-        return LoadedVectors(_exact_reranking(store, build_vectors(store)), 0)
+        return LoadedVectors(_exact_reranking(store, _rebuilt_for_readers(store, problem)), len(catalogue.pending_removals()))
+
+
+def _rebuilt_for_readers(store, problem) -> VectorIndex:
+    """A reader's copy of a snapshot it cannot read: from the augmented vectors where DBA made it
+    (so results stay those of the index), else from the catalogue's vectors."""
+    repair = "the next cbir index run repairs the file"
+    augmented = dba.AugmentedVectors.load(store) if dba.applies(store) else None
+    if augmented is None:
+        extra = "; without its DBA, so results differ from the index's own" if dba.applies(store) else ""
+        logger.warning("%s; searching a copy rebuilt from the catalogue%s (%s)", problem, extra, repair)
+        return build_vectors(store)
+    logger.warning("%s; searching a copy rebuilt from its augmented vectors (%s)", problem, repair)
+    check_factory(store)
+    ids, vectors = augmented.sorted_arrays()
+    newest = int(ids.max()) if len(ids) else 0
+    rows_after = list(store.catalogue.iter_vectors(store.dim, min_id=newest))
+
+    def blocks():
+        yield ids, vectors
+        yield from rows_after
+
+    def sample(n: int) -> np.ndarray:
+        chosen = np.sort(np.random.default_rng(0).choice(len(ids), size=min(n, len(ids)), replace=False))
+        return np.asarray(vectors[chosen], dtype=np.float32)
+
+    return build_vector_index(store.factory, store.dim, blocks, sample, len(ids) + sum(len(b) for b, _ in rows_after))
 
 
 def _exact_reranking(store, vector_index: VectorIndex) -> VectorIndex:

@@ -258,6 +258,10 @@ class IndexWriter:
         store = self._open_store()
         return store.catalogue.vectors_for_ids(ids, store.dim)
 
+    def stored_metadata(self, ids) -> dict:
+        """The catalogue's metadata of ``ids`` (GPS included: it is copied, never shown), by id."""
+        return self._open_store().catalogue.metadata(ids, gps=True)
+
     def all_rows(self) -> list:
         return self._open_store().catalogue.image_rows()
 

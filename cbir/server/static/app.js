@@ -151,7 +151,8 @@ function showResults(body) {
     const label = item.querySelector(".name");
     label.textContent = name;
     label.title = result.path;
-    const details = [result.label, result.folder, formatSize(result.size), (result.mtime || "").slice(0, 10)].filter(Boolean);
+    const date = (result.taken || result.mtime || "").slice(0, 10);
+    const details = [result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean);
     item.querySelector(".details").textContent = details.join(" · ");
     item.querySelector(".details").title = details.join("\n");
     const example = { id: result.id, name, thumbnailUrl: result.thumbnail_url };
