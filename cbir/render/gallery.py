@@ -17,7 +17,7 @@ from typing import Sequence
 
 import cv2
 
-from cbir.display import display_path
+from cbir.display import display_path, natural_key
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import read_image
@@ -34,14 +34,28 @@ class Card:
     path: str
     caption: str
     is_query: bool = False
+    #: What the index knows of it (label, size, date), escaped for HTML.
+    details: str = ""
+
+
+def _details(match) -> str:
+    parts = [html.escape(display_path(match.label))] if match.label else []
+    if match.size is not None:
+        parts.append(f"{match.size / 1000:.1f} kB")
+    date = match.taken or match.mtime  # taken: EXIF, else the file's time
+    if date:
+        parts.append(date[:10])
+    if match.camera:
+        parts.append(html.escape(match.camera))
+    return " &middot; ".join(parts)
 
 
 def results_page(results: Sequence[QueryResult], title: str = "cbir results") -> str:
-    """The page for one or many queries."""
+    """The page for one or many queries, in natural order of their names (``q50`` before ``q150``)."""
     sections = []
-    for result in results:
+    for result in sorted(results, key=lambda r: natural_key(r.query)):
         cards = [Card(result.query, "query", is_query=True)]
-        cards += [Card(m.path, f"#{m.rank} &middot; {m.score:.3f}") for m in result.results]
+        cards += [Card(m.path, f"#{m.rank} &middot; {m.score:.3f}", details=_details(m)) for m in result.results]
         sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
 
@@ -92,6 +106,7 @@ figure.query .frame { border-color: #2a5bd7; }
 figure.missing .frame { border-color: #c81e1e; color: #c81e1e; font-weight: 600; }
 img { max-width: 200px; max-height: 200px; }
 figcaption { font-size: .8em; line-height: 1.3; word-break: break-all; }
+.details { color: #666; }
 """
 
 
@@ -119,6 +134,8 @@ def _card(card: Card) -> str:
         picture = f"<img src='{uri}' alt='{html.escape(short_name(card.path), quote=True)}'>"
     link = html.escape(Path(os.path.abspath(card.path)).as_uri(), quote=True)
     caption = (card.caption + "<br>" if card.caption else "") + html.escape(short_name(card.path))
+    if card.details:
+        caption += f"<br><span class='details'>{card.details}</span>"
     return (
         f"<figure class='{' '.join(classes)}' title='{html.escape(display_path(card.path), quote=True)}'>"
         f"<a class='frame' href='{link}'>{picture}</a><figcaption>{caption}</figcaption></figure>"
