@@ -47,3 +47,10 @@ def display_path(path: str | bytes | os.PathLike, *, controls: bool = True, back
         else:
             out.append(char)
     return "".join(out)
+
+
+def natural_key(text: str) -> tuple:
+    """A sort key that orders numbers in names by value: ``q50, q150, q250`` (not ``q150, q250, q50``)."""
+    import re
+
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part.casefold()) for part in re.split(r"(\d+)", os.fspath(text)) if part)

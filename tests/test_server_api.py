@@ -237,7 +237,12 @@ def bad_requests(client, collection):
     yield "other content type", client.post("/api/indexes/photos/search", content=b"id=1", headers={"content-type": "text/plain"}), 415
     yield "no file field", client.post("/api/indexes/photos/search", data={"k": "3"}, files={"other": ("a.jpg", jpeg)}), 422
     yield "file field is text", client.post("/api/indexes/photos/search", data={"file": "a.jpg"}, files={"x": ("b", b"")}), 422
-    yield "two files", client.post("/api/indexes/photos/search", files=[("file", ("a.jpg", jpeg)), ("file", ("b.jpg", jpeg))]), 400
+    yield "more files than examples allowed", client.post("/api/indexes/photos/search", files=[("file", (f"{n}.jpg", jpeg)) for n in range(33)]), 400
+    yield "a negative upload only", client.post("/api/indexes/photos/search", files=[("negative_file", ("a.jpg", jpeg))]), 422
+    yield "a bad example id", client.post("/api/indexes/photos/search", data={"positive": "x"}, files={"negative_file": ("a.jpg", jpeg)}), 422
+    yield "a weight of zero", by_id(client, {"positive": [{"id": 1, "weight": 0}]}), 422
+    yield "id and examples", by_id(client, {"id": 1, "positive": [1]}), 422
+    yield "under not a string", by_id(client, {"id": 1, "under": 3}), 422
     for k in ("0", "-3", "abc", "1.5", "1e3", str(10**30), "1001"):
         yield f"k={k} (form)", upload(client, jpeg, k=k), 422
         yield f"k={k} (query)", upload(client, jpeg, params={"k": k}), 422
@@ -341,10 +346,10 @@ def test_requests_in_flight_on_a_deleted_index_finish_or_get_a_404(manual, colle
     entered, release = threading.Semaphore(0), threading.Event()
     search_vectors = Searcher.search_vectors
 
-    def held(self, vectors, k):
+    def held(self, vectors, k, **options):
         entered.release()
         release.wait(20)
-        return search_vectors(self, vectors, k)
+        return search_vectors(self, vectors, k, **options)
 
     monkeypatch.setattr(Searcher, "search_vectors", held)
     jpeg = (collection / "blue" / "blue-0.jpg").read_bytes()

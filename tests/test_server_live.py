@@ -196,7 +196,7 @@ def corel_server(tmp_path_factory):
     if not images.is_dir():
         pytest.skip(f"Corel-1k is not at {COREL} (set CBIR_COREL)")
     index_dir = tmp_path_factory.mktemp("corel-indexes")
-    index_folder(images, "corel", index_dir)
+    index_folder(images, "corel", index_dir, labels=COREL / "labels.csv")
     server = Server(index_dir)
     yield server
     server.stop()
@@ -238,6 +238,82 @@ def test_browser_upload_then_more_like_this(corel_server, tmp_path):
         assert browser.save_screenshot(str(screenshot)) and screenshot.stat().st_size > 10_000
         errors = [entry for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
         assert errors == []
+    finally:
+        browser.quit()
+
+
+def _start_search(browser, server, query: Path, k: int):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 60)
+    browser.get(server.url + "/")
+    wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option") and len(b.find_elements(By.CSS_SELECTOR, "#label option")) > 1)
+    k_input = browser.find_element(By.ID, "k")
+    k_input.clear()
+    k_input.send_keys(str(k))
+    browser.find_element(By.ID, "file").send_keys(str(query))
+    wait.until(lambda b: len(_grid(b)) == k and _grid(b)[0]["name"] == query.name)
+    return wait
+
+
+def _labels_of(server, ids) -> list[str]:
+    status, body = server.request("POST", "/api/indexes/corel/search", json.dumps({"id": int(ids[0]), "k": 1000}).encode(), {"Content-Type": "application/json"})
+    label_of = {str(r["id"]): r["label"] for r in json.loads(body)["results"]}
+    return [label_of[i] for i in ids]
+
+
+def test_browser_more_like_this_and_less_like_this_refine(corel_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser = _browser()
+    try:
+        query = COREL / "images" / "105.jpg"  # a beach: its colour neighbours mix classes
+        wait = _start_search(browser, corel_server, query, 12)
+        first = _grid(browser)
+        labels = _labels_of(corel_server, [r["id"] for r in first])
+        liked = first[1]
+        click = "document.querySelector(`#results .result[data-id='${arguments[0]}'] button.${arguments[1]}`).click()"
+        browser.execute_script(click, liked["id"], "like")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#more-list .chip") and "1 more" in b.find_element(By.ID, "status").text)
+        wait.until(lambda b: liked["id"] not in [r["id"] for r in _grid(b)])  # an example is not its own result
+        liked_grid = [r["id"] for r in _grid(browser)]
+        liked_labels = _labels_of(corel_server, liked_grid)
+        disliked = next((r for r, label in zip(_grid(browser)[1:], liked_labels[1:]) if label != labels[1]), _grid(browser)[-1])
+        browser.execute_script(click, disliked["id"], "unlike")
+        wait.until(lambda b: "1 less" in b.find_element(By.ID, "status").text)
+        refined = [r["id"] for r in _grid(browser)]
+        assert disliked["id"] not in refined and len(refined) == 12 and refined != liked_grid
+        assert browser.find_element(By.ID, "refine").is_displayed()
+        disliked_label = _labels_of(corel_server, [disliked["id"]])[0]
+        if disliked_label != labels[1]:  # its class is pushed down
+            assert _labels_of(corel_server, refined).count(disliked_label) <= _labels_of(corel_server, liked_grid).count(disliked_label)
+        # Removing the chips brings the plain search back.
+        for chip in ("#less-list .chip button", "#more-list .chip button"):
+            browser.find_element(By.CSS_SELECTOR, chip).click()
+        wait.until(lambda b: not b.find_element(By.ID, "refine").is_displayed() and [r["id"] for r in _grid(b)] == [r["id"] for r in first])
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        browser.quit()
+
+
+def test_browser_filter_by_label_and_screenshots_at_desktop_and_phone_width(corel_server, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    browser = _browser()
+    try:
+        wait = _start_search(browser, corel_server, COREL / "images" / "305.jpg", 12)
+        Select(browser.find_element(By.ID, "label")).select_by_value("horses")
+        wait.until(lambda b: len(_grid(b)) == 12 and set(_labels_of(corel_server, [r["id"] for r in _grid(b)])) == {"horses"})
+        details = browser.execute_script("return [...document.querySelectorAll('#results .details')].map(d => d.textContent)")
+        assert all(text.startswith("horses · ") and "images · " in text and " kB · " in text for text in details), details[:2]
+        wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        out = Path(os.environ.get("CBIR_SCREENSHOTS", tmp_path))
+        browser.save_screenshot(str(out / "cbir-filter-desktop.png"))
+        browser.set_window_size(390, 844)
+        wait.until(lambda b: b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+        browser.save_screenshot(str(out / "cbir-filter-phone.png"))
     finally:
         browser.quit()
 

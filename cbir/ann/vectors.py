@@ -156,6 +156,10 @@ def _is_ivf(index: faiss.Index) -> bool:
     return faiss.try_extract_index_ivf(index) is not None
 
 
+class FilterUnsupported(CbirError):
+    """FAISS cannot restrict a search of this index type to chosen ids (the caller searches the subset itself)."""
+
+
 class VectorIndex:
     """A FAISS index holding catalogue ids, built from a factory string.
 
@@ -276,29 +280,53 @@ class VectorIndex:
                 continue
             space.set_index_parameter(self.index, SEARCH_PARAMETERS[name], int(value))
 
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, queries: np.ndarray, k: int, selector: "faiss.IDSelector | None" = None) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, ids)``, each ``(n_queries, k)``; id -1 where fewer than k results exist.
 
         With :attr:`rerank` set and :attr:`exact_vectors` given, ``rerank * k``
         candidates are scored again with their exact vectors; candidates
         whose vector is gone (removed since the snapshot) are dropped.
+        ``selector`` (a FAISS ``IDSelector`` of catalogue ids) restricts the
+        search to those ids: exact on a flat index; HNSW and IVF may return
+        fewer than ``k`` (a graph walk or the probed lists hold too few), and
+        a type FAISS cannot filter raises :class:`FilterUnsupported`.
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
         if not (self.rerank and self.exact_vectors is not None):
-            return self._search(queries, k)
-        _scores, candidates = self._search(queries, min(k * self.rerank, max(self.ntotal, 1)))
+            return self._search(queries, k, selector)
+        _scores, candidates = self._search(queries, min(k * self.rerank, max(self.ntotal, 1)), selector)
         return _rerank(queries, candidates, k, self.exact_vectors)
 
-    def _search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search(self, queries: np.ndarray, k: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
         if len(queries) >= _PARALLEL_QUERIES:
-            return self._search_index(queries, k)
+            return self._search_index(queries, k, selector)
         # Waking OpenMP threads costs more than a few queries take (5 ms vs
         # 0.3 ms for one query on 1,000 vectors here): search them on one thread.
         with _omp_threads(1):
-            return self._search_index(queries, k)
+            return self._search_index(queries, k, selector)
 
-    def _search_index(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _filter_parameters(self, selector, k: int):
+        """FAISS search parameters carrying ``selector`` and this index's own knobs (FAISS's defaults would replace them)."""
+        ivf = faiss.try_extract_index_ivf(self.index)
+        inner = self._unwrapped()
+        if ivf is not None:
+            params = faiss.SearchParametersIVF(sel=selector)
+            params.nprobe = ivf.nprobe
+        elif isinstance(inner, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=selector)
+            params.efSearch = max(inner.hnsw.efSearch, k)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return params
+
+    def _search_index(self, queries: np.ndarray, k: int, selector=None) -> tuple[np.ndarray, np.ndarray]:
+        if selector is not None:
+            params = self._filter_parameters(selector, k)
+            try:
+                return self.index.search(queries, k, params=params)
+            except RuntimeError as exc:  # e.g. fast-scan PQ: FAISS has no filtered search for it
+                raise FilterUnsupported(f"index type {self.factory} cannot filter a search ({_plain_faiss_message(exc)})") from None
         scores, ids = self.index.search(queries, k)
         if self.entry_points is None:
             return scores, ids

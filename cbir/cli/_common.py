@@ -408,3 +408,23 @@ def alpha_setting(alpha: float | None) -> float:
     alpha = DEFAULT_ALPHA if alpha is None else alpha
     check_alpha(alpha)
     return alpha
+
+
+# -- filters (cbir.store.catalogue.ImageFilter) ------------------------------------
+UnderOption = Annotated[
+    Optional[Path],
+    typer.Option("--under", help="Only images in this folder or below it (a path prefix of whole folder names).", show_default=False),
+]
+LabelFilterOption = Annotated[
+    Optional[str], typer.Option("--label", help="Only images with this label (their folder name, or the labels CSV's).", show_default=False)
+]
+
+
+def image_filter(under: Path | None, label: str | None):
+    """``--under`` / ``--label`` as the library's filter (``None`` when neither is given)."""
+    from cbir.images.scan import normalize_path
+    from cbir.store.catalogue import ImageFilter
+
+    if under is None and label is None:
+        return None
+    return ImageFilter(under=None if under is None else str(normalize_path(under)), label=label)

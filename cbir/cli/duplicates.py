@@ -10,8 +10,13 @@ import typer
 from cbir.cli._common import (
     IndexDirOption,
     JsonOption,
-    NameOption,
+    LabelFilterOption,
+    NameArgument,
+    OptionalNameOption,
+    UnderOption,
     handle_errors,
+    image_filter,
+    pick_name,
     print_json,
     show,
     progress_bar,
@@ -21,7 +26,8 @@ from cbir.cli._common import (
 
 @handle_errors
 def duplicates(
-    name: NameOption,
+    name_argument: NameArgument = None,
+    name: OptionalNameOption = None,
     index_dir: IndexDirOption = None,
     threshold: Annotated[
         float,
@@ -34,6 +40,8 @@ def duplicates(
     html: Annotated[
         Optional[Path], typer.Option("--html", help="Write the groups as a self-contained HTML gallery.", dir_okay=False)
     ] = None,
+    under: UnderOption = None,
+    label: LabelFilterOption = None,
 ) -> None:
     """List groups of near-duplicate images in an index.
 
@@ -42,7 +50,8 @@ def duplicates(
     """
     from cbir.retrieval.duplicates import find_duplicates
 
-    groups = find_duplicates(name, threshold, index_dir, progress=progress_bar())
+    name = pick_name(name_argument, name)
+    groups = find_duplicates(name, threshold, index_dir, progress=progress_bar(), image_filter=image_filter(under, label))
     if montage is not None:
         from cbir.render.montage import make_duplicates_montage, write_image
 

@@ -14,6 +14,9 @@ from cbir.cli._common import (
     IndexDirOption,
     JsonOption,
     LabelColumnOption,
+    LabelFilterOption,
+    UnderOption,
+    image_filter,
     NoExpandOption,
     NprobeOption,
     PathColumnOption,
@@ -28,15 +31,20 @@ from cbir.cli._common import (
     stderr,
 )
 
+NamesArgument = Annotated[
+    Optional[list[str]],
+    typer.Argument(metavar="[NAME]...", help="Index to evaluate; several to compare them in one table and figure (or --name).", show_default=False),
+]
 NamesOption = Annotated[
-    list[str],
-    typer.Option("--name", "-n", help="Index to evaluate; repeat to compare several indexes in one table and figure."),
+    Optional[list[str]],
+    typer.Option("--name", "-n", help="Index to evaluate; repeat to compare several indexes in one table and figure.", show_default=False),
 ]
 
 
 @handle_errors
 def evaluate(
-    names: NamesOption,
+    name_arguments: NamesArgument = None,
+    names: NamesOption = None,
     index_dir: IndexDirOption = None,
     labels: Annotated[
         Optional[Path],
@@ -93,6 +101,8 @@ def evaluate(
     as_json: JsonOption = False,
     nprobe: NprobeOption = None,
     ef_search: EfSearchOption = None,
+    under: UnderOption = None,
+    label: LabelFilterOption = None,
     verify: VerifyOption = None,
 ) -> None:
     """Measure retrieval quality: mAP, precision@k and recall@k (k = 1, 5, 10, 20, 50), N-S for groups of 4.
@@ -100,9 +110,16 @@ def evaluate(
     By default leave-one-out: every image queries all the others, relevant =
     same label. Images are searched the way 'cbir query' searches (query
     expansion included). Queries with no other relevant image are skipped and
-    counted. Several --name options give one comparison table (and one figure).
+    counted. Several indexes give one comparison table (and one figure).
+    --under/--label evaluate the part of the collection they let through:
+    its images query, and only they are ranked.
     """
+    from cbir.errors import UsageError
     from cbir.evaluation.protocols import evaluate_indexes
+
+    names = [*(name_arguments or []), *(n for n in (names or []) if n not in (name_arguments or []))]
+    if not names:
+        raise UsageError("which index? give its name (NAME or --name NAME; 'cbir list' shows them)")
 
     if plot is not None:
         from cbir.render.plots import check_plot_path
@@ -119,6 +136,7 @@ def evaluate(
         alpha=alpha_setting(alpha),
         nprobe=nprobe,
         ef_search=ef_search,
+        image_filter=image_filter(under, label),
         verify=verify,
     )
     reports, notes = evaluate_indexes(names, index_dir, **options)

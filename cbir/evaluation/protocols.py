@@ -126,10 +126,15 @@ def evaluate_index(
     query_folder: str | os.PathLike | None = None,
     expand: int | None = DEFAULT_EXPAND,
     alpha: float = DEFAULT_ALPHA,
+    image_filter=None,
     verify: int | None = None,
     **search_params,
 ) -> EvaluationReport:
-    """Evaluate a stored index, searched the way queries are (query expansion and ``verify`` included).
+    """Evaluate a stored index, searched the way queries are (query expansion included).
+
+    ``image_filter`` (:class:`~cbir.store.catalogue.ImageFilter`) evaluates
+    the part of the collection it lets through, as if it were the whole one:
+    its images query, filtered searches rank only them.
 
     Labels come from ``labels`` if given (a ``{path: label}`` mapping or a
     CSV path, see :func:`cbir.images.labels.read_labels_csv`), else from the
@@ -151,8 +156,10 @@ def evaluate_index(
         raise UsageError("give a ground-truth file or a query folder, not both")
     progress = progress or SILENT
     with Searcher.open(name, index_dir, expand=expand, alpha=alpha, verify=verify, **search_params) as searcher:
-        ranker = _Ranker(searcher)
+        ranker = _Ranker(searcher, image_filter)
         if not len(ranker.paths):
+            if image_filter is not None and not image_filter.is_empty:
+                raise NoImagesError(f"no image of index {name!r} is {image_filter.describe()}: there is nothing to evaluate")
             raise NoImagesError(f"index {name!r} is empty: there is nothing to evaluate (cbir index FOLDER adds images)")
         if ground_truth is not None:
             truth = ground_truth if isinstance(ground_truth, GroundTruth) else read_ground_truth(ground_truth)
@@ -215,9 +222,10 @@ def _check_label_groups(labels: Sequence, given: bool) -> None:
 class _Ranker:
     """Full rankings (row numbers into the catalogue's image rows) from an open :class:`~cbir.retrieval.search.Searcher`."""
 
-    def __init__(self, searcher):
+    def __init__(self, searcher, image_filter=None):
         self.searcher = searcher
-        self.rows = searcher.image_rows()
+        self.image_filter = image_filter
+        self.rows = [row for row in searcher.image_rows() if image_filter is None or image_filter.matches(row)]
         self.paths = [row.path for row in self.rows]
         self.ids = np.array([row.id for row in self.rows], dtype=np.int64)  # ascending: rows come in id order
         self.row_of_path = {path: n for n, path in enumerate(self.paths)}
@@ -238,8 +246,8 @@ class _Ranker:
 
     def rank(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None, features: list | None = None) -> np.ndarray:
         searcher = self.searcher
-        vectors = searcher.expand_queries(vectors, exclude_ids)
-        scores, found = searcher.vectors.search(vectors, len(self.ids) + searcher.stale_ids)
+        vectors = searcher.expand_queries(vectors, exclude_ids, self.image_filter)
+        scores, found = searcher.search_ids(vectors, len(self.ids) + searcher.stale_ids, self.image_filter)
         if searcher.verify is not None and features is not None:
             found = self._verified(found, scores, exclude_ids, features)
         position = np.clip(np.searchsorted(self.ids, found), 0, len(self.ids) - 1)

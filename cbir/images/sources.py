@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import BinaryIO
 
-from cbir.errors import ImageError, UsageError
+from cbir.errors import CbirError, ImageError, UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +58,12 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
             length = response.headers.get("Content-Length")
             if length is not None and length.isdigit() and int(length) > max_bytes:
                 raise ImageError(f"{url} is larger than {max_bytes // (1024 * 1024)} MB; not a query image")
-            return _read_until(response, url, max_bytes, deadline, timeout)
+            body = _read_until(response, url, max_bytes, deadline, timeout)
+            if watchdog.fired:  # the socket was shut at the deadline: what came is not the whole answer
+                raise TimeoutError
+            if length is not None and length.isdigit() and len(body) < int(length):
+                raise ImageError(f"cannot fetch {url}: the answer ended after {len(body)} of {int(length)} bytes")
+            return body
     except urllib.error.HTTPError as exc:
         raise ImageError(f"cannot fetch {url}: HTTP {exc.code} {exc.reason}") from None
     except urllib.error.URLError as exc:
@@ -69,6 +74,8 @@ def fetch_url(url: str, max_bytes: int | None = None, timeout: float | None = No
         if watchdog.fired:
             raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None
         raise ImageError(f"cannot fetch {url}: {exc.strerror or exc}") from None
+    except CbirError:
+        raise
     except Exception as exc:  # http.client's own errors when the watchdog cut a header short
         if watchdog.fired:
             raise ImageError(f"cannot fetch {url}: timed out (no complete answer within {timeout:g} s)") from None

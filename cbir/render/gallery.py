@@ -17,7 +17,7 @@ from typing import Sequence
 
 import cv2
 
-from cbir.display import display_path
+from cbir.display import display_path, natural_key
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import read_image
@@ -34,19 +34,37 @@ class Card:
     path: str
     caption: str
     is_query: bool = False
+    #: What the index knows of it (label, size, date), escaped for HTML.
+    details: str = ""
     #: A picture to show instead of the file's thumbnail (a ``data:`` URI), e.g. an explanation panel.
     picture_uri: str | None = None
 
 
+def _details(match) -> str:
+    parts = [html.escape(display_path(match.label))] if match.label else []
+    if match.size is not None:
+        parts.append(f"{match.size / 1000:.1f} kB")
+    date = match.taken or match.mtime  # taken: EXIF, else the file's time
+    if date:
+        parts.append(date[:10])
+    if match.camera:
+        parts.append(html.escape(match.camera))
+    return " &middot; ".join(parts)
+
+
 def results_page(results: Sequence[QueryResult], title: str = "cbir results", explain: bool = False) -> str:
-    """The page for one or many queries; ``explain``: each match shown beside the query with its verified
-    inlier correspondences drawn, or a note that it was not verified (:mod:`cbir.render.explain`)."""
+    """The page for one or many queries, in natural order of their names (``q50`` before ``q150``).
+
+    ``explain``: each match shown beside the query with its verified inlier
+    correspondences drawn, or a note that it was not verified (:mod:`cbir.render.explain`).
+    """
     sections = []
-    for result in results:
+    for result in sorted(results, key=lambda r: natural_key(r.query)):
         cards = [Card(result.query, "query", is_query=True)]
         for m in result.results:
             caption = f"#{m.rank} &middot; {m.score:.3f}" + (f" &middot; verified: {m.inliers} inliers" if m.verified else "")
-            cards.append(Card(m.path, caption, picture_uri=_explanation_uri(result.query, m) if explain else None))
+            picture = _explanation_uri(result.query, m) if explain else None
+            cards.append(Card(m.path, caption, details=_details(m), picture_uri=picture))
         sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
 
@@ -54,7 +72,7 @@ def results_page(results: Sequence[QueryResult], title: str = "cbir results", ex
 def _explanation_uri(query_path: str, match) -> str | None:
     from cbir.render.explain import explanation_panel
 
-    panel = explanation_panel(query_path, match, THUMBNAIL_SIDE // 2 * 2)
+    panel = explanation_panel(query_path, match, THUMBNAIL_SIDE)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 
@@ -108,6 +126,7 @@ figure.explained { width: 416px; }
 figure.explained .frame { width: 410px; height: auto; }
 figure.explained img { max-width: 400px; max-height: none; }
 figcaption { font-size: .8em; line-height: 1.3; word-break: break-all; }
+.details { color: #666; }
 """
 
 
@@ -137,6 +156,8 @@ def _card(card: Card) -> str:
         picture = f"<img src='{uri}' alt='{html.escape(short_name(card.path), quote=True)}'>"
     link = html.escape(Path(os.path.abspath(card.path)).as_uri(), quote=True)
     caption = (card.caption + "<br>" if card.caption else "") + html.escape(short_name(card.path))
+    if card.details:
+        caption += f"<br><span class='details'>{card.details}</span>"
     return (
         f"<figure class='{' '.join(classes)}' title='{html.escape(display_path(card.path), quote=True)}'>"
         f"<a class='frame' href='{link}'>{picture}</a><figcaption>{caption}</figcaption></figure>"

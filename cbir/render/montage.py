@@ -119,11 +119,13 @@ def _tile(path: str, size: int, line1: str, line2: str, frame: Sequence[int] | N
         image = read_image(path, min_side=size)
     except ImageError:
         image = None
+    box = (0, 0, size - 1, size - 1)  # what a frame surrounds: the picture, or the whole crossed square
     if image is not None:
-        resized = fit_in_square(image, size - 4)
+        resized = fit_in_square(image, size - 8)  # room for a 3-pixel frame on every side
         rh, rw = resized.shape[:2]
         top, left = (size - rh) // 2, (size - rw) // 2
         tile[top : top + rh, left : left + rw] = resized
+        box = (left - 2, top - 2, left + rw + 1, top + rh + 1)
     else:
         # Gone (or unreadable) since indexing: a crossed, labelled tile, not a blank one.
         tile[:size] = (235, 235, 235)
@@ -133,7 +135,7 @@ def _tile(path: str, size: int, line1: str, line2: str, frame: Sequence[int] | N
         cv2.putText(tile, label, (size // 2 - 34, size // 2 - 12), cv2.FONT_HERSHEY_SIMPLEX, 0.6, _MISSING, 2, cv2.LINE_AA)
         frame = frame or _MISSING
     if frame is not None:
-        cv2.rectangle(tile, (0, 0), (size - 1, size - 1), tuple(int(c) for c in frame), 3)
+        cv2.rectangle(tile, box[:2], box[2:], tuple(int(c) for c in frame), 3)
     _text(tile, line1, size + 14, 0.45)
     _text(tile, _shorten(line2, size), size + 29, 0.38)
     return tile

@@ -18,6 +18,7 @@ from cbir.display import display_path
 from cbir.errors import UsageError
 from cbir.progress import SILENT, Progress
 from cbir.retrieval.search import Searcher
+from cbir.store.catalogue import ImageFilter
 from cbir.store.directory import IndexStore
 from cbir.store.locations import index_path
 
@@ -46,6 +47,7 @@ def find_duplicates(
     index_dir: str | os.PathLike | None = None,
     block_size: int = 1024,
     progress: Progress = SILENT,
+    image_filter: ImageFilter | None = None,
 ) -> list[DuplicateGroup]:
     """Groups of near-duplicate images in the index ``name``, largest first.
 
@@ -55,6 +57,8 @@ def find_duplicates(
         Cosine similarity, in [-1, 1], at or above which two images are
         near-duplicates; groups are the connected components of such pairs.
         ``min_score`` of a group is the lowest similarity among its linked pairs.
+    image_filter : ImageFilter, optional
+        Only images it lets through (a folder, a label) are compared, with each other.
     """
     if not -1.0 <= threshold <= 1.0:
         raise UsageError(f"threshold {threshold} is outside the range of cosine similarity, [-1, 1]")
@@ -64,23 +68,28 @@ def find_duplicates(
         # writer committing meanwhile cannot make them disagree.
         with store.catalogue.snapshot():
             searcher = Searcher(store)
-            groups = _groups(searcher, threshold, block_size, progress)
+            groups = _groups(searcher, threshold, block_size, progress, image_filter)
     finally:
         store.close()
     groups.sort(key=lambda g: (-len(g.paths), g.paths[0]))
     return groups
 
 
-def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Progress) -> list[DuplicateGroup]:
+def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Progress, image_filter=None) -> list[DuplicateGroup]:
     # DBA moved the indexed vectors: compare the original ones
     vectors_index = searcher.plain_vectors() if searcher.augmented else searcher.vectors
-    rows = searcher.image_rows()
+    rows = [row for row in searcher.image_rows() if image_filter is None or image_filter.matches(row)]
     ids = np.array([row.id for row in rows], dtype=np.int64)
     parent = np.arange(len(ids))
     weakest = np.full(len(ids), np.inf)
     progress.start("comparing images", len(ids))
     try:
         for block, (block_ids, vectors) in enumerate(searcher.iter_original_vectors(block_size)):
+            if image_filter is not None:
+                kept = np.isin(block_ids, ids)
+                block_ids, vectors = block_ids[kept], vectors[kept]
+                if not len(block_ids):
+                    continue
             queries, neighbours, scores = _pairs(vectors_index, block_ids, vectors, threshold, warn=block == 0)
             a = np.searchsorted(ids, queries)
             b = np.searchsorted(ids, neighbours)

@@ -24,11 +24,13 @@ from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_ex
 from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
-from cbir.store.catalogue import ImageRow
+from cbir.store.catalogue import ImageFilter, ImageRow
+from cbir.retrieval.examples import NEGATIVE_WEIGHT, Example, check_examples, combine_examples, example_ids, example_vectors
+from cbir.retrieval.filtered import AllowedCache, filtered_search
 from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
-from cbir.retrieval.indexed_files import open_indexed_file
 from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.ann.verify import MIN_INLIERS, check_verify
+from cbir.retrieval.indexed_files import open_indexed_file
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ class Match:
     taken: str | None = None
     #: The camera's make and model, if the photo names one.
     camera: str | None = None
+    #: The file's size in bytes and modification time (ns since the epoch) when it was indexed.
+    size: int | None = None
+    mtime_ns: int | None = None
     #: RANSAC inliers of spatial verification (``verify``); ``None`` where the match was not checked.
     inliers: int | None = None
     #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
@@ -58,15 +63,39 @@ class Match:
         """Whether spatial verification found this image in the query (enough RANSAC inliers)."""
         return self.inliers is not None and self.inliers >= MIN_INLIERS
 
+    @property
+    def folder(self) -> str:
+        return os.path.dirname(self.path)
+
+    @property
+    def mtime(self) -> str | None:
+        """The file's modification time as ISO 8601 UTC (``2024-05-01T12:00:00Z``)."""
+        return None if self.mtime_ns is None else _iso_utc(self.mtime_ns)
+
     def to_dict(self) -> dict[str, Any]:
         # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
         out = {
-            "rank": self.rank, "path": display_path(self.path, controls=False), "score": self.score, "exists": self.exists,
-            "taken": self.taken, "camera": self.camera,
+            "rank": self.rank,
+            "path": display_path(self.path, controls=False),
+            "score": self.score,
+            "exists": self.exists,
+            "label": None if self.label is None else display_path(self.label, controls=False),
+            "folder": display_path(self.folder, controls=False),
+            "size": self.size,
+            "mtime": self.mtime,
+            "taken": self.taken,
+            "camera": self.camera,
         }
         if self.inliers is not None:
             out.update(verified=self.verified, inliers=self.inliers)
         return out
+
+
+def _iso_utc(mtime_ns: int) -> str:
+    import datetime
+
+    moment = datetime.datetime.fromtimestamp(mtime_ns / 1e9, tz=datetime.timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -151,6 +180,7 @@ class Searcher:
             )
         if self.vectors.exact_vectors is not None:  # re-ranking: the vectors the index searches, exactly
             self.vectors.exact_vectors = self._exact_vectors
+        self._allowed = AllowedCache(self._ids_matching)
 
     @classmethod
     def open(cls, name: str, index_dir: str | os.PathLike | None = None, **search_params) -> "Searcher":
@@ -266,6 +296,33 @@ class Searcher:
                 return
             yield block
 
+    def _ids_matching(self, image_filter: ImageFilter) -> np.ndarray:
+        with self._catalogue_lock:
+            return self.store.catalogue.ids_matching(image_filter)
+
+    def count_matching(self, image_filter: ImageFilter | None) -> int:
+        """How many images ``image_filter`` lets through (all of them for ``None``)."""
+        allowed = self._allowed.get(image_filter)
+        return self.size if allowed is None else len(allowed)
+
+    def label_counts(self) -> dict[str, int]:
+        """``{label: images}`` of every label in the index."""
+        with self._catalogue_lock:
+            return self.store.catalogue.label_counts()
+
+    def folders(self) -> list[str]:
+        """The folders that directly hold an indexed image, sorted (without a trailing separator)."""
+        with self._catalogue_lock:
+            found = self.store.catalogue.image_folders()
+        return sorted({folder.rstrip(os.sep) or os.sep for folder in found})
+
+    def search_ids(self, vectors: np.ndarray, n: int, image_filter: ImageFilter | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, ids)`` of the ``n`` best (allowed) images per vector: the one FAISS call of every search."""
+        allowed = self._allowed.get(image_filter)
+        if allowed is None:
+            return self.vectors.search(vectors, n)
+        return filtered_search(self.vectors, vectors, n, allowed, self.stored_vectors)
+
     def skipped_files(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the files indexing skipped, by path."""
         with self._catalogue_lock:
@@ -304,17 +361,20 @@ class Searcher:
             out[wanted] = found_vectors[inverse]
         return out
 
-    def expand_queries(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
+    def expand_queries(
+        self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None, image_filter: ImageFilter | None = None
+    ) -> np.ndarray:
         """αQE: each vector replaced by the weighted mean of itself and its top ``expand`` results.
 
         ``exclude_ids`` (one per vector, -1 for none) are left out of the
         neighbours: a query's own entry when evaluating leave-one-out.
+        With ``image_filter``, the neighbours are the filtered results.
         """
         if not self.expand:
             return vectors
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         extra = self.stale_ids + (1 if exclude_ids is not None else 0)
-        scores, ids = self.vectors.search(vectors, self.expand + extra)
+        scores, ids = self.search_ids(vectors, self.expand + extra, image_filter)
         if self.stale_ids:
             with self._catalogue_lock:
                 live = {row.id for row in self.store.catalogue.image_rows(np.unique(ids[ids >= 0]).tolist())}
@@ -343,44 +403,55 @@ class Searcher:
         with self._catalogue_lock:
             return self.store.catalogue.local_features(ids)
 
-    def search_vectors(self, vectors: np.ndarray, k: int, local_features: Sequence[Any] | None = None) -> list[list[Match]]:
-        """The ``k`` best matches of each vector, best first (all of them if ``k`` exceeds :attr:`size`; after query expansion, if on).
+    def search_vectors(
+        self,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        image_filter: ImageFilter | None = None,
+        exclude_ids: Sequence[int] = (),
+        local_features: Sequence[Any] | None = None,
+    ) -> list[list[Match]]:
+        """The ``k`` best matches of each vector, best first (after query expansion, if on).
 
-        With ``verify`` on, ``local_features`` (one :class:`cbir.features.local.LocalFeatures`
-        or ``None`` per vector) re-rank each shortlist; without them nothing is verified.
+        All of them if ``k`` exceeds :attr:`size`, or the images
+        ``image_filter`` lets through (:mod:`cbir.retrieval.filtered`);
+        ``exclude_ids`` never come back. With ``verify`` on, ``local_features``
+        (one :class:`cbir.features.local.LocalFeatures` or ``None`` per vector)
+        re-rank each shortlist; without them nothing is verified.
         """
+        if self.verify is None:
+            return self._search_unverified(vectors, k, image_filter, exclude_ids)
         k = self._effective_k(k)
-        if k == 0:
-            return [[] for _ in range(len(vectors))]
-        if self.verify is not None:
-            deep = self.search_vectors_unverified(vectors, max(k, min(self.verify, self.size)))
-            features = list(local_features) if local_features is not None else [None] * len(deep)
-            return [rerank_matches(found, query, self.local_features, self.verify, k) for found, query in zip(deep, features)]
-        return self.search_vectors_unverified(vectors, k)
+        deep = self._search_unverified(vectors, max(k, min(self.verify, self.size)), image_filter, exclude_ids)
+        features = list(local_features) if local_features is not None else [None] * len(deep)
+        return [rerank_matches(found, query, self.local_features, self.verify, k) for found, query in zip(deep, features)]
 
-    def search_vectors_unverified(self, vectors: np.ndarray, k: int) -> list[list[Match]]:
-        """:meth:`search_vectors` without spatial verification."""
+    def _search_unverified(self, vectors: np.ndarray, k: int, image_filter, exclude_ids) -> list[list[Match]]:
         k = self._effective_k(k)
+        if image_filter is not None and not image_filter.is_empty:
+            k = min(k, self.count_matching(image_filter))
         if k == 0:
             return [[] for _ in range(len(vectors))]
-        vectors = self.expand_queries(vectors)
-        scores, ids = self.vectors.search(vectors, k + self.stale_ids)
+        excluded = {int(i) for i in exclude_ids}
+        vectors = self.expand_queries(vectors, image_filter=image_filter)
+        scores, ids = self.search_ids(vectors, k + self.stale_ids + len(excluded), image_filter)
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
-            rows = {row.id: row for row in self.store.catalogue.image_rows(wanted)}
+            rows = {row.id: row for row in self.store.catalogue.image_rows(wanted) if row.id not in excluded}
             metadata = self.store.catalogue.metadata(wanted)  # no GPS: results never carry a location
         results = []
         for score_row, id_row in zip(scores, ids):
             matches: list[Match] = []
             for score, image_id in zip(score_row, id_row):
                 row = rows.get(int(image_id))
-                if row is None:  # -1 padding, or removed since the FAISS file was written
+                if row is None:  # -1 padding, an excluded id, or removed since the FAISS file was written
                     continue
                 about = metadata.get(row.id)
                 matches.append(
                     Match(
                         len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path),
-                        about.taken if about else None, about.camera if about else None,
+                        about.taken if about else None, about.camera if about else None, size=row.size, mtime_ns=row.mtime_ns,
                     )
                 )
                 if len(matches) == k:
@@ -416,19 +487,60 @@ class Searcher:
         with self._catalogue_lock:
             return self.store.indexed_roots()
 
-    def query_id(self, image_id: int, k: int = 10) -> QueryResult:
+    def query_id(self, image_id: int, k: int = 10, *, image_filter: ImageFilter | None = None) -> QueryResult:
         """Search with an image already in the index, by its catalogue id (its stored vector, no decoding)."""
         self._check_k(k)
         row = self.image_row(image_id)
         with self._catalogue_lock:
             vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
-        features = None
-        if self.verify is not None:
-            from cbir.features.local import unpack
+        if self.verify is None:
+            return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter)[0])
+        from cbir.features.local import unpack
 
-            data = self.local_features([row.id]).get(row.id)
-            features = unpack(data) if data is not None else None
-        return QueryResult(row.path, self._search_with(vector, k, [features])[0])
+        data = self.local_features([row.id]).get(row.id)
+        features = [unpack(data) if data is not None else None]
+        return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
+
+    def query_examples(
+        self,
+        positives: Sequence[Example],
+        negatives: Sequence[Example] = (),
+        k: int = 10,
+        *,
+        image_filter: ImageFilter | None = None,
+        negative_weight: float = NEGATIVE_WEIGHT,
+        exclude_examples: bool = False,
+        channels: Literal["RGB", "BGR"] = "RGB",
+        name: str | None = None,
+    ) -> QueryResult:
+        """One search from several examples to find and examples to avoid (:mod:`cbir.retrieval.examples`).
+
+        Each :class:`~cbir.retrieval.examples.Example` is an image (as
+        :meth:`query` takes) or an indexed image's id, with a weight.
+        ``exclude_examples`` leaves the examples themselves out of the
+        results: ids given, and indexed files of the same path or content.
+        """
+        self._check_k(k)
+        check_examples(positives, negatives)
+        examples = [*positives, *negatives]
+        vectors = example_vectors(self, examples, channels)
+        split = len(positives)
+        query = combine_examples(
+            vectors[:split], [e.weight for e in positives], vectors[split:], [e.weight for e in negatives], negative_weight
+        )
+        excluded = example_ids(self, examples) if exclude_examples else []
+        label = name if name is not None else " ".join(
+            ("-" if n >= split else "") + (f"id:{e.source}" if e.is_id else default_name(e.source)) for n, e in enumerate(examples)
+        )
+        return QueryResult(label, self.search_vectors(query, k, image_filter=image_filter, exclude_ids=excluded)[0])
+
+    def image_ids_for(self, paths: Sequence[str] = (), digests: Sequence[str] = ()) -> set[int]:
+        """Ids of the images stored under ``paths`` (as stored) or with one of the content ``digests``."""
+        wanted = set(digests)
+        with self._catalogue_lock:
+            ids = {image_id for image_id, digest in self.store.catalogue.content_hashes() if digest in wanted} if wanted else set()
+            rows = (self.store.catalogue.row_for_path(path) for path in paths)
+            return ids | {row.id for row in rows if row is not None}
 
     def query(
         self,
@@ -437,6 +549,7 @@ class Searcher:
         *,
         channels: Literal["RGB", "BGR"] = "RGB",
         name: str | None = None,
+        image_filter: ImageFilter | None = None,
     ) -> QueryResult:
         """Search with one image.
 
@@ -455,6 +568,8 @@ class Searcher:
         name : str, optional
             What :attr:`QueryResult.query` says; the path for a file, else
             ``"<bytes>"`` or ``"<array>"``.
+        image_filter : ImageFilter, optional
+            Only images it lets through are returned (a folder, a label).
 
         Raises
         ------
@@ -463,7 +578,7 @@ class Searcher:
         ImageError
             For a file or bytes that cannot be decoded, or an array that is not an image.
         """
-        return self.query_many([image], k, channels=channels, names=None if name is None else [name])[0]
+        return self.query_many([image], k, channels=channels, names=None if name is None else [name], image_filter=image_filter)[0]
 
     def query_many(
         self,
@@ -474,6 +589,7 @@ class Searcher:
         *,
         channels: Literal["RGB", "BGR"] = "RGB",
         names: Sequence[str] | None = None,
+        image_filter: ImageFilter | None = None,
     ) -> list[QueryResult]:
         """Search with several images (paths, bytes or arrays, see :meth:`query`), batch by batch.
 
@@ -503,7 +619,7 @@ class Searcher:
                 prepared.append(item)
                 readable.append(label)
             if prepared:
-                results.extend(self.query_prepared(prepared, k, readable))
+                results.extend(self.query_prepared(prepared, k, readable, image_filter=image_filter))
         return results
 
     def prepare(self, image: QueryImage, *, channels: Literal["RGB", "BGR"] = "RGB") -> Any:
@@ -520,21 +636,27 @@ class Searcher:
 
     def _prepare_batch(self, images: Sequence[QueryImage], channels: str) -> list[tuple[Any, ImageError | None]]:
         """:func:`~cbir.retrieval.query_inputs.prepare_batch`; with ``verify`` each item carries the query's local features."""
-        return prepare_batch(images, channels, self.embedder, self._local_extractor)
+        return prepare_batch(images, channels, self.embedder, self.local_extractor)
 
-    def query_prepared(self, items: Sequence[Any], k: int = 10, names: Sequence[str] | None = None) -> list[QueryResult]:
+    def query_prepared(
+        self, items: Sequence[Any], k: int = 10, names: Sequence[str] | None = None, *, image_filter: ImageFilter | None = None
+    ) -> list[QueryResult]:
         """The batched half of a query: items from :meth:`prepare`, embedded in one model call and searched together."""
         names = ["<prepared>"] * len(items) if names is None else list(names)
-        features = [item.features if isinstance(item, WithFeatures) else None for item in items]
+        vectors = self.embed_prepared(items)
+        if self.verify is None:
+            found = self.search_vectors(vectors, k, image_filter=image_filter)
+        else:
+            features = [item.features if isinstance(item, WithFeatures) else None for item in items]
+            found = self.search_vectors(vectors, k, image_filter=image_filter, local_features=features)
+        return [QueryResult(name, matches) for name, matches in zip(names, found)]
+
+    def embed_prepared(self, items: Sequence[Any]) -> np.ndarray:
+        """Vectors of items from :meth:`prepare`, in one model call."""
         items = [item.item if isinstance(item, WithFeatures) else item for item in items]
         embedder = self.embedder  # outside the lock, which loading the model takes
         with self._model_lock:
-            vectors = embedder.transform_prepared(list(items))
-        return [QueryResult(name, found) for name, found in zip(names, self._search_with(vectors, k, features))]
-
-    def _search_with(self, vectors: np.ndarray, k: int, features: list) -> list[list[Match]]:
-        # search_vectors(vectors, k) is the one call when nothing is verified (what wrappers of it expect).
-        return self.search_vectors(vectors, k) if self.verify is None else self.search_vectors(vectors, k, features)
+            return embedder.transform_prepared(items)
 
     def _check_k(self, k: int) -> None:
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
@@ -560,6 +682,7 @@ class Searcher:
         *,
         channels: Literal["RGB", "BGR"] = "RGB",
         names: Sequence[str] | None = None,
+        image_filter: ImageFilter | None = None,
     ) -> list[QueryResult]:
         """:meth:`query_many`, leaving out each query's own file and byte-identical copies of it.
 
@@ -575,7 +698,7 @@ class Searcher:
         margin = 8
         while True:
             wanted = min(k + margin, self.size)
-            results = self.query_many(images, wanted, on_error=on_error, channels=channels, names=labels)
+            results = self.query_many(images, wanted, on_error=on_error, channels=channels, names=labels, image_filter=image_filter)
             ids = sorted({m.id for result in results for m in result.results})
             with self._catalogue_lock:
                 sha_of = {row.id: row.sha256 for row in self.store.catalogue.image_rows(ids)}

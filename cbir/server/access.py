@@ -195,6 +195,15 @@ def public_path(path: str, roots: Sequence[str]) -> str:
     return display_path(os.path.basename(path), controls=False)
 
 
+def private_path(shown: str, roots: Sequence[str]) -> str:
+    """The server path that :func:`public_path` shows as ``shown`` (``photos/red`` -> ``/srv/photos/red``); as given otherwise."""
+    for root in sorted(roots, key=len, reverse=True):
+        name = os.path.basename(root.rstrip(os.sep)) or "."
+        if shown == name or shown.startswith(name + "/"):
+            return root.rstrip(os.sep) + shown[len(name) :]
+    return shown
+
+
 def public_text(text: str, roots: Sequence[str] = ()) -> str:
     """``text`` (an error message) with every absolute path shortened: root-relative where known, else its last part."""
     for root in sorted(roots, key=len, reverse=True):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import mimetypes
 import os
@@ -27,7 +26,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
@@ -36,8 +34,10 @@ from cbir.display import display_path
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
-from cbir.server.access import Access, AccessGuard, public_description, public_path, public_text
+from cbir.server.access import Access, AccessGuard, private_path, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
+from cbir.store.catalogue import ImageFilter
 from cbir.server.transport import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -149,6 +149,10 @@ def create_app(
     async def api_error(request: Request, exc: ApiError):
         return JSONResponse({"error": shown(request, str(exc))}, status_code=exc.status)
 
+    @app.exception_handler(RequestError)
+    async def request_error(request: Request, exc: RequestError):
+        return JSONResponse({"error": shown(request, str(exc))}, status_code=exc.status)
+
     @app.exception_handler(CbirError)
     async def cbir_error(request: Request, exc: CbirError):
         return JSONResponse({"error": shown(request, str(exc))}, status_code=_status_of(exc))
@@ -191,31 +195,43 @@ def create_app(
     @app.post(
         "/api/indexes/{name}/search",
         tags=["api"],
-        summary="Search by an uploaded image or by the id of an indexed image",
-        openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER]},
+        summary="Search by uploaded images and/or ids of indexed images (to find and to avoid), within a folder or label",
+        openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER, *_FILTER_PARAMETERS]},
     )
     async def search(name: str, request: Request) -> JSONResponse:
         live = pool.get(name)
-        k_param = request.query_params.get("k")
-        verify = _parse_verify(request.query_params.get("verify"))
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         try:
             if content_type == "multipart/form-data":
-                data, filename, k_value = await _read_upload(request, limits)
-                k = _parse_k(k_value if k_value is not None else k_param, limits)
-                body = await in_search_thread(_search_upload, live, data, filename, k, limits, access.show_paths, verify)
-                return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
-            if content_type == "application/json":
-                image_id, k_value = _parse_json(await request.body())
-                k = _parse_k(k_value if k_value is not None else k_param, limits)
-                return JSONResponse(await in_search_thread(_search_id, live, image_id, k, access.show_paths, verify))
+                asked = await read_form(request)
+            elif content_type == "application/json":
+                asked = read_json(await request.body())
+            else:
+                raise ApiError(
+                    415,
+                    "send images as multipart/form-data (field 'file', optional 'k', 'under', 'label', 'positive', "
+                    '\'negative\', \'negative_file\') or JSON {"id": <image id>, "k": <number>} / {"positive": [ids], "negative": [ids]}',
+                )
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
-        raise ApiError(
-            415,
-            "send an image as multipart/form-data (field 'file', optional field 'k') "
-            'or JSON {"id": <image id>, "k": <number>}',
-        )
+        params = request.query_params
+        k = _parse_k(asked.k if asked.k is not None else params.get("k"), limits)
+        under = asked.under if asked.under is not None else params.get("under")
+        label = asked.label if asked.label is not None else params.get("label")
+        verify = _parse_verify(params.get("verify"))
+        body = await in_search_thread(_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify)
+        return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
+
+    @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels and folders")
+    def facets(name: str) -> dict[str, Any]:
+        with pool.get(name).use() as searcher:
+            roots = None if access.show_paths else searcher.indexed_roots()
+            folders = searcher.folders()
+            return {
+                "index": name,
+                "labels": [{"label": label, "count": count} for label, count in searcher.label_counts().items()],
+                "folders": [display_path(f if roots is None else public_path(f, roots), controls=False) for f in folders],
+            }
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
     def original(name: str, image_id: str) -> Response:
@@ -245,60 +261,6 @@ def create_app(
 
 
 # -- request parsing -----------------------------------------------------------
-def _parse_verify(value: str | None) -> int | None:
-    """``?verify=K`` (spatial verification of the top K), ``?verify`` or ``?verify=true`` (100), absent: off."""
-    from cbir.ann.verify import DEFAULT_VERIFY
-
-    if value is None or value.lower() in ("false", "no", "off"):
-        return None
-    if value.lower() in ("", "true", "yes", "on"):
-        return DEFAULT_VERIFY
-    try:
-        verify = int(value)
-    except ValueError:
-        raise ApiError(422, f"verify must be a whole number of candidates (or true), got {value[:40]!r}") from None
-    if verify < 1:
-        raise ApiError(422, f"verify must be at least 1 candidate, got {verify}")
-    return verify
-
-
-async def _read_upload(request: Request, limits: Limits) -> tuple[bytes, str, str | None]:
-    async with request.form(max_files=1, max_fields=4) as form:
-        upload = form.get("file")
-        if upload is None:
-            raise ApiError(422, "the form has no field 'file' holding the image")
-        if not isinstance(upload, UploadFile):
-            raise ApiError(422, "field 'file' must be an uploaded file, not text")
-        data = await upload.read()
-        k_value = form.get("k")
-        if k_value is not None and not isinstance(k_value, str):
-            raise ApiError(422, "field 'k' must be a number, not a file")
-        return data, upload.filename or "upload", k_value
-
-
-def _parse_json(body: bytes) -> tuple[int, Any]:
-    try:
-        payload = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "malformed JSON: nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise ApiError(422, 'the JSON body must be an object: {"id": <image id>, "k": <number>}')
-    unknown = sorted(set(payload) - {"id", "k"})
-    if unknown:
-        raise ApiError(422, f"unknown field(s) {', '.join(map(repr, unknown))}; expected 'id' and optional 'k'")
-    image_id = payload.get("id")
-    if isinstance(image_id, bool) or not isinstance(image_id, int):
-        raise ApiError(422, "'id' must be the whole-number id of an indexed image")
-    if not -(2**63) <= image_id < 2**63:  # SQLite's integers: anything wider cannot be an id
-        raise ApiError(422, f"'id' must be a 64-bit whole number, got {str(image_id)[:40]}")
-    k = payload.get("k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
-        raise ApiError(422, "'k' must be a whole number")
-    return image_id, (None if k is None else str(k))
-
-
 def _parse_k(value: str | None, limits: Limits) -> int:
     if value is None or value == "":
         return limits.default_k
@@ -332,9 +294,64 @@ def _chunks(file, size: int, block: int = 1 << 16):
             yield data
 
 
+def _parse_verify(value: str | None) -> int | None:
+    """``?verify=K`` (spatial verification of the top K), ``?verify`` or ``?verify=true`` (100), absent: off."""
+    from cbir.ann.verify import DEFAULT_VERIFY
+
+    if value is None or value.lower() in ("false", "no", "off"):
+        return None
+    if value.lower() in ("", "true", "yes", "on"):
+        return DEFAULT_VERIFY
+    try:
+        verify = int(value)
+    except ValueError:
+        raise ApiError(422, f"verify must be a whole number of candidates (or true), got {value[:40]!r}") from None
+    if verify < 1:
+        raise ApiError(422, f"verify must be at least 1 candidate, got {verify}")
+    return verify
+
+
 # -- searching (in the thread pool) ---------------------------------------------
+def _search(
+    live: LiveIndex, asked: SearchRequest, k: int, under, label, limits: Limits, show_paths: bool, verify: int | None = None
+) -> dict[str, Any]:
+    """One request's search: the batched single upload, an id, or several examples."""
+    with live.use() as searcher:
+        only = None
+        if under is not None or label is not None:
+            folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
+            only = ImageFilter(under=folder, label=label)
+    if asked.image_id is not None:
+        return _search_id(live, asked.image_id, k, show_paths, only, verify)
+    if asked.single_upload:
+        data, filename = asked.uploads[0]
+        return _search_upload(live, data, filename, k, limits, show_paths, only, verify)
+    return _search_examples(live, asked, k, limits, show_paths, only)
+
+
+def _search_examples(live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only) -> dict[str, Any]:
+    from cbir.retrieval.examples import Example
+
+    positives, negatives = asked.examples()
+    with live.use() as searcher:
+        decoded = {}
+        for data, filename in [*asked.uploads, *asked.avoid_uploads]:
+            try:
+                decoded[id(data)] = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
+            except ImageError as exc:
+                raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
+        as_arrays = lambda examples: [Example(decoded.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
+        run = lambda n: searcher.query_examples(  # noqa: E731
+            as_arrays(positives), as_arrays(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
+        )
+        body = _results(live, searcher, run, k, show_paths, only)
+        body["positive"] = [int(e.source) for e in asked.positive_ids]
+        body["negative"] = [int(e.source) for e in asked.negative_ids]
+        return body
+
+
 def _search_upload(
-    live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool, verify: int | None = None
+    live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool, only=None, verify: int | None = None
 ) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)  # a view for this request: verified matches say so
@@ -344,24 +361,24 @@ def _search_upload(
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
             item = searcher.prepare(image)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename), k, show_paths)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), k, show_paths, only)
 
 
-def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool, verify: int | None = None) -> dict[str, Any]:
+def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool, only=None, verify: int | None = None) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)
         row = searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n), k, show_paths)
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), k, show_paths, only)
         body["query_id"] = image_id
         body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
         return body
 
 
-def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True) -> dict[str, Any]:
-    # k beyond the collection returns the whole collection, as a correct answer should.
-    effective = min(k, searcher.size)
+def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True, only=None) -> dict[str, Any]:
+    # k beyond the collection (or what the filter lets through) returns all of it, as a correct answer should.
+    effective = min(k, searcher.count_matching(only))
     if effective == 0:
-        return {"index": live.name, "query": None, "k": 0, "results": []}
+        return {"index": live.name, "query": None, "k": 0, "results": [], "matching": 0}
     result = run(effective)
     base = f"/api/indexes/{live.name}"
     body = result.to_dict()
@@ -370,9 +387,10 @@ def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True) ->
         item["id"] = match.id
         if roots is not None:
             item["path"] = public_path(match.path, roots)
+            item["folder"] = public_path(match.folder, roots)
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
-    return {"index": live.name, "k": effective, **body}
+    return {"index": live.name, "k": effective, "matching": searcher.count_matching(only), **body}
 
 
 _K_PARAMETER = {
@@ -382,6 +400,16 @@ _K_PARAMETER = {
     "schema": {"type": "integer", "minimum": 1, "default": 10},
     "description": "Number of results (a form field or JSON 'k' takes precedence); more than the index holds returns all.",
 }
+_FILTER_PARAMETERS = [
+    {
+        "name": "under",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string"},
+        "description": "Only images in this folder or below, as results show folders (a form field or JSON 'under' takes precedence).",
+    },
+    {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}, "description": "Only images with this label."},
+]
 _SEARCH_BODY = {
     "required": True,
     "content": {
@@ -389,14 +417,28 @@ _SEARCH_BODY = {
             "schema": {
                 "type": "object",
                 "required": ["file"],
-                "properties": {"file": {"type": "string", "format": "binary"}, "k": {"type": "integer", "minimum": 1}},
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images to find (one: a plain search)"},
+                    "negative_file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images to avoid"},
+                    "positive": {"type": "array", "items": {"type": "string"}, "description": "Ids to find, 'id' or 'id:weight'"},
+                    "negative": {"type": "array", "items": {"type": "string"}, "description": "Ids to avoid, 'id' or 'id:weight'"},
+                    "k": {"type": "integer", "minimum": 1},
+                    "under": {"type": "string"},
+                    "label": {"type": "string"},
+                },
             }
         },
         "application/json": {
             "schema": {
                 "type": "object",
-                "required": ["id"],
-                "properties": {"id": {"type": "integer"}, "k": {"type": "integer", "minimum": 1}},
+                "properties": {
+                    "id": {"type": "integer", "description": "One indexed image: its neighbours, itself first"},
+                    "positive": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}, "description": "Ids (or {id, weight}) to find"},
+                    "negative": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}, "description": "Ids (or {id, weight}) to avoid"},
+                    "k": {"type": "integer", "minimum": 1},
+                    "under": {"type": "string"},
+                    "label": {"type": "string"},
+                },
             }
         },
     },

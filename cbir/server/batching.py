@@ -37,6 +37,7 @@ class _Waiting:
     item: Any
     k: int
     name: str
+    image_filter: Any = None  # an ImageFilter: searches of one filter are batched together
     done: threading.Event = field(default_factory=threading.Event)
     leads: bool = False  # woken to lead the next batch rather than with a result
     result: QueryResult | None = None
@@ -92,9 +93,9 @@ class SearchBatcher:
         """A context for decoding and preparing an upload: kept apart from network calls that use every core."""
         return self._gate.decoding() if _uses_every_core(searcher) else nullcontext()
 
-    def query(self, searcher: Searcher, item: Any, k: int, name: str) -> QueryResult:
+    def query(self, searcher: Searcher, item: Any, k: int, name: str, image_filter: Any = None) -> QueryResult:
         """The result of ``searcher.query_prepared([item], k, [name])``, possibly computed in a batch with others."""
-        mine = _Waiting(searcher, item, k, name)
+        mine = _Waiting(searcher, item, k, name, image_filter)
         with self._lock:
             self._queue.append(mine)
             lead = not self._leader
@@ -137,12 +138,14 @@ def _uses_every_core(searcher: Searcher) -> bool:
 
 def _search(batch: list[_Waiting]) -> None:
     """Search each group of ``batch`` that shares a searcher (an index reloaded meanwhile has two) and a ``k``."""
-    groups: dict[tuple[int, int], list[_Waiting]] = {}
+    groups: dict[tuple, list[_Waiting]] = {}
     for waiting in batch:
-        groups.setdefault((id(waiting.searcher), waiting.k), []).append(waiting)
+        groups.setdefault((id(waiting.searcher), waiting.k, waiting.image_filter), []).append(waiting)
     for group in groups.values():
         try:
-            results = group[0].searcher.query_prepared([w.item for w in group], group[0].k, [w.name for w in group])
+            first = group[0]
+            options = {} if first.image_filter is None else {"image_filter": first.image_filter}
+            results = first.searcher.query_prepared([w.item for w in group], first.k, [w.name for w in group], **options)
         except BaseException as exc:  # every request of the group gets the error (the leader re-raises its own)
             for waiting in group:
                 waiting.error = exc

@@ -144,6 +144,53 @@ class NewImage:
     local_features: bytes | None = None
 
 
+@dataclass(frozen=True)
+class ImageFilter:
+    """Which indexed images a search may return: every criterion given must hold.
+
+    The one place a criterion is defined: a field here, its SQL in
+    :meth:`where` and its meaning in :meth:`matches`. Date ranges and cameras
+    (from the metadata the inputs work records) are meant to join as fields
+    here; the CLI, the API and the page pass this object along unchanged.
+    """
+
+    #: A folder: images at or below it (a path prefix on whole folder names), as stored (absolute).
+    under: str | None = None
+    #: An exact label.
+    label: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return self.under is None and self.label is None
+
+    def where(self) -> tuple[str, tuple]:
+        """A SQL condition on ``images`` and its arguments."""
+        clauses, args = [], []
+        if self.under is not None:
+            clause, prefix_args = _prefix_clause(self.under)
+            clauses.append("(" + clause.removeprefix("WHERE ") + ")")
+            args.extend(prefix_args)
+        if self.label is not None:
+            clauses.append("label = ?")
+            args.append(_sql(self.label))
+        return (" AND ".join(clauses) or "1"), tuple(args)
+
+    def matches(self, row: "ImageRow") -> bool:
+        """Whether ``row`` passes (the same test as :meth:`where`, for rows already read)."""
+        if self.label is not None and row.label != self.label:
+            return False
+        if self.under is not None:
+            root = self.under.rstrip("/\\") or self.under
+            if row.path != root and not row.path.startswith(root.rstrip("/") + "/"):
+                return False
+        return True
+
+    def describe(self) -> str:
+        """The filter in words, for messages (``under /photos/2019, label 'beach'``)."""
+        parts = ([f"under {self.under}"] if self.under is not None else []) + ([f"label {self.label!r}"] if self.label is not None else [])
+        return ", ".join(parts) or "no filter"
+
+
 class Catalogue:
     """SQLite catalogue of one index. Use as a context manager or call :meth:`close`.
 
@@ -403,6 +450,17 @@ class Catalogue:
         query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
         for image_id, path, size, mtime_ns, sha256, label in self._db.execute(query, tuple(args)):
             yield ImageRow(image_id, _text(path), size, mtime_ns, sha256, _text(label))
+
+    def ids_matching(self, image_filter: ImageFilter) -> np.ndarray:
+        """Ids (ascending) of the images ``image_filter`` lets through."""
+        where, args = image_filter.where()
+        rows = self._db.execute(f"SELECT id FROM images WHERE {where} ORDER BY id", args).fetchall()
+        return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def label_counts(self) -> dict[str, int]:
+        """``{label: images}`` of every label, by label (images without one are not counted)."""
+        rows = self._db.execute("SELECT label, COUNT(*) FROM images WHERE label IS NOT NULL GROUP BY label ORDER BY label")
+        return {_text(label): count for label, count in rows}
 
     def image_folders(self) -> list[str]:
         """The distinct folders that directly hold an indexed image (each with its trailing separator)."""

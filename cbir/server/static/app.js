@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { indexes: [], last: null, previewUrl: null, busy: 0 };
+const state = { indexes: [], last: null, previewUrl: null, busy: 0, more: [], less: [] };
 
 function setStatus(text, isError = false) {
   const status = $("status");
@@ -37,6 +37,45 @@ async function loadIndexes() {
   select.replaceChildren(...state.indexes.map((index) => new Option(`${index.name} (${index.size} images)`, index.name)));
   if (state.indexes.length === 0) setStatus("No index is served. Build one with: cbir index FOLDER --name NAME", true);
   describeIndex();
+  loadFacets();
+}
+
+// The folders and labels a search can be kept to, for the index chosen.
+async function loadFacets() {
+  const name = indexName();
+  const under = $("under");
+  const label = $("label");
+  under.replaceChildren(new Option("All folders", ""));
+  label.replaceChildren(new Option("All labels", ""));
+  if (!name) return;
+  try {
+    const response = await fetch(`/api/indexes/${encodeURIComponent(name)}/facets`);
+    if (!response.ok) return;
+    const body = await response.json();
+    if (name !== indexName()) return;
+    // Each folder and every folder above it: "photos/2019" as well as "photos/2019/beach".
+    const folders = new Set();
+    for (const folder of body.folders) {
+      const parts = folder.split("/");
+      for (let n = 1; n <= parts.length; n++) folders.add(parts.slice(0, n).join("/"));
+    }
+    under.append(...[...folders].sort().map((f) => new Option(f, f)));
+    label.append(...body.labels.map((l) => new Option(`${l.label} (${l.count})`, l.label)));
+  } catch {
+    // The filters stay at "all": searching still works.
+  }
+}
+
+function filterQuery() {
+  const params = new URLSearchParams({ k: String(wantedK()) });
+  if ($("under").value) params.set("under", $("under").value);
+  if ($("label").value) params.set("label", $("label").value);
+  return params.toString();
+}
+
+function formatSize(bytes) {
+  if (bytes == null) return "";
+  return bytes < 1e6 ? `${(bytes / 1e3).toFixed(1)} kB` : `${(bytes / 1e6).toFixed(1)} MB`;
 }
 
 // A server others can reach needs its token: asked once, then kept by the browser as a cookie
@@ -71,7 +110,7 @@ async function search(request, label) {
   setStatus(`Searching ${indexName()} for ${label}…`);
   document.body.setAttribute("aria-busy", "true");
   try {
-    const response = await fetch(`/api/indexes/${encodeURIComponent(indexName())}/search?k=${wantedK()}`, request);
+    const response = await fetch(`/api/indexes/${encodeURIComponent(indexName())}/search?${filterQuery()}`, request);
     let body;
     try {
       body = await response.json();
@@ -81,7 +120,8 @@ async function search(request, label) {
     if (token !== state.busy) return; // a newer search has started
     if (!response.ok) throw new Error(body.error || response.statusText);
     showResults(body);
-    const note = body.k < wantedK() ? ` (the index holds only ${body.k})` : "";
+    const filtered = $("under").value || $("label").value;
+    const note = body.k < wantedK() ? ` (only ${body.k} ${filtered ? "match the filter" : "in the index"})` : "";
     setStatus(`${body.results.length} results for ${label}${note}.`);
   } catch (error) {
     if (token === state.busy) setStatus(`Search failed: ${error.message}`, true);
@@ -111,6 +151,15 @@ function showResults(body) {
     const label = item.querySelector(".name");
     label.textContent = name;
     label.title = result.path;
+    const date = (result.taken || result.mtime || "").slice(0, 10);
+    const details = [result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean);
+    item.querySelector(".details").textContent = details.join(" · ");
+    item.querySelector(".details").title = details.join("\n");
+    const example = { id: result.id, name, thumbnailUrl: result.thumbnail_url };
+    item.querySelector(".like").addEventListener("click", () => refine("more", example));
+    item.querySelector(".unlike").addEventListener("click", () => refine("less", example));
+    item.querySelector(".like").setAttribute("aria-label", `More like ${name}`);
+    item.querySelector(".unlike").setAttribute("aria-label", `Less like ${name}`);
     const link = item.querySelector(".open");
     if (result.exists === false) {
       // Indexed, but the file is gone since: say so instead of a broken link.
@@ -125,8 +174,64 @@ function showResults(body) {
   $("results").replaceChildren(...items);
 }
 
+// "More like this" / "less like this": the query and every example so far, searched as one.
+function refine(which, example) {
+  if (!state.last) return;
+  for (const list of [state.more, state.less]) {
+    const at = list.findIndex((e) => e.id === example.id);
+    if (at >= 0) list.splice(at, 1);
+  }
+  (which === "more" ? state.more : state.less).push(example);
+  showExamples();
+  return searchExamples();
+}
+
+function showExamples() {
+  const chips = (list, which) =>
+    list.map((example) => {
+      const chip = document.createElement("li");
+      chip.className = `chip ${which}`;
+      const img = Object.assign(document.createElement("img"), { src: example.thumbnailUrl, alt: "" });
+      const remove = Object.assign(document.createElement("button"), { type: "button", textContent: "×", title: `Remove ${example.name}` });
+      remove.setAttribute("aria-label", `Remove ${example.name} from ${which === "more" ? "more like" : "less like"}`);
+      remove.addEventListener("click", () => {
+        list.splice(list.indexOf(example), 1);
+        showExamples();
+        searchExamples();
+      });
+      chip.append(img, Object.assign(document.createElement("span"), { textContent: example.name }), remove);
+      return chip;
+    });
+  $("more-list").replaceChildren(...chips(state.more, "more"));
+  $("less-list").replaceChildren(...chips(state.less, "less"));
+  $("refine").hidden = state.more.length + state.less.length === 0;
+}
+
+function resetExamples() {
+  state.more = [];
+  state.less = [];
+  showExamples();
+}
+
+function searchExamples() {
+  const last = state.last;
+  if (!last) return;
+  if (state.more.length + state.less.length === 0) return repeatLast();
+  const label = `${last.name} + ${state.more.length} more, ${state.less.length} less`;
+  if (last.kind === "file") {
+    const form = new FormData();
+    form.append("file", last.file, last.name);
+    for (const e of state.more) form.append("positive", String(e.id));
+    for (const e of state.less) form.append("negative", String(e.id));
+    return search({ method: "POST", body: form }, label);
+  }
+  const body = { positive: [last.id, ...state.more.map((e) => e.id)], negative: state.less.map((e) => e.id) };
+  return search({ method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) }, label);
+}
+
 function searchFile(file) {
   if (!file) return;
+  resetExamples();
   if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
   state.previewUrl = URL.createObjectURL(file);
   const name = file.name || "pasted image";
@@ -138,6 +243,7 @@ function searchFile(file) {
 }
 
 function searchById(id, name, thumbnailUrl) {
+  resetExamples();
   showQuery(thumbnailUrl, name);
   state.last = { kind: "id", id, name, thumbnailUrl, index: indexName() };
   return search(
@@ -159,9 +265,13 @@ function setUp() {
   $("file").addEventListener("change", (event) => searchFile(event.target.files[0]));
   $("index").addEventListener("change", () => {
     describeIndex();
+    resetExamples(); // ids belong to one index
+    loadFacets();
     repeatLast();
   });
-  $("k").addEventListener("change", repeatLast);
+  $("k").addEventListener("change", searchExamples);
+  $("under").addEventListener("change", searchExamples);
+  $("label").addEventListener("change", searchExamples);
   const drop = $("drop");
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (event) => {
