@@ -173,7 +173,9 @@ def _unpack(batch: dict[str, np.ndarray]) -> tuple[list[LoadedFile], list[np.nda
         loaded = LoadedFile.from_fields(Path(path), [_plain(column[i]) for column in columns])
         loaded.error = loaded.error or None
         features = loaded.local_features
-        loaded.local_features = (features.encode("utf-8", "surrogateescape") if isinstance(features, str) else bytes(features)) or None
+        if isinstance(features, str):  # Arrow may hand binary back as text
+            features = features.encode("utf-8", "surrogateescape")
+        loaded.local_features = bytes(features) if features else None
         unread = not loaded.sha256  # the worker could not even read the bytes
         if loaded.error is not None and unread and os.access(path, os.R_OK):
             loaded.error += f" (on Ray node {batch['node'][i]}; every node must read the files at the same paths)"
