@@ -89,14 +89,20 @@ def test_local_features_pack_into_a_bounded_record_and_round_trip():
         unpack(b"LF1" + b"\x00" * 10)
 
 
-def test_verify_and_local_features_options_take_an_optional_value():
+def test_verify_and_local_features_options_take_an_optional_value(tmp_path):
     options = {"--verify", "--local-features"}
+    folder = str(tmp_path)
     assert with_optional_values(["q.jpg", "--verify"], options) == ["q.jpg", "--verify", "100"]
     assert with_optional_values(["--verify", "q.jpg", "-k", "3"], options) == ["--verify", "100", "q.jpg", "-k", "3"]
     assert with_optional_values(["--verify", "7"], options) == ["--verify", "7"]
     assert with_optional_values(["--verify", "-3"], options) == ["--verify", "-3"]  # refused later, by value
-    assert with_optional_values(["--local-features", "orb", "F"], options) == ["--local-features", "orb", "F"]
-    assert with_optional_values(["--local-features", "F"], options) == ["--local-features", "rootsift", "F"]
+    assert with_optional_values(["--local-features", "orb", folder], options) == ["--local-features", "orb", folder]
+    assert with_optional_values(["--local-features", folder], options) == ["--local-features", "rootsift", folder]
+    assert with_optional_values([folder, "--local-features", "--json"], options) == [folder, "--local-features", "rootsift", "--json"]
+    result = runner.invoke(app, ["index", folder, "--name", "x", "--index-dir", str(tmp_path / "i"), "--local-features", "sift2"])
+    assert result.exit_code != 0 and result.output.strip().splitlines() == [
+        "error: --local-features takes rootsift or orb, got 'sift2'"
+    ], result.output
 
 
 def test_verified_query_end_to_end_and_features_added_without_re_embedding(photos, tmp_path):

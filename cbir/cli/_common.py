@@ -83,7 +83,7 @@ def with_optional_values(args: list[str], options: set[str]) -> list[str]:
 
 def _takes(default: str, text: str) -> bool:
     """Whether ``text`` is a value for an option whose default is ``default``: a whole number for a
-    number, one of the known kinds for a word (anything else is the next option or an argument)."""
+    number; for a word, a known kind or anything that is neither an option nor an existing path."""
     if default.isdigit():
         try:
             int(text)
@@ -92,7 +92,8 @@ def _takes(default: str, text: str) -> bool:
         return True
     from cbir.features.local import KINDS
 
-    return text in KINDS
+    # A word that is no option and no existing file or folder is taken as the value (and checked as one).
+    return text in KINDS or not (text.startswith("-") or os.path.exists(text))
 
 
 class TidyGroup(TyperGroup):
