@@ -67,7 +67,7 @@ def test_random_kills_then_resume_equal_a_clean_build(tmp_path):
     assert kills >= 3, "most runs must be killed mid-way for the test to mean something"
     resumed = index_folder(root, "killed", index_dir)
     assert resumed.total == 120
-    clean = index_folder(root, "clean", index_dir)
+    index_folder(root, "clean", index_dir)
     probe = sorted(root.rglob("*.jpg"))[5]
     rows_k, vectors_k, results_k = _contents("killed", index_dir, probe)
     rows_c, vectors_c, results_c = _contents("clean", index_dir, probe)

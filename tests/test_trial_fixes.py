@@ -6,7 +6,7 @@ import os
 import shutil
 import sqlite3
 
-import numpy as np
+
 import pytest
 
 from cbir.display import display_path

@@ -22,7 +22,7 @@ from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import read_image
 from cbir.render.montage import fit_in_square, short_name
-from cbir.retrieval.search import QueryResult
+from cbir.retrieval.results import QueryResult
 
 THUMBNAIL_SIDE = 200
 

@@ -19,7 +19,7 @@ from cbir.display import display_path
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
 from cbir.images.decode import read_image
-from cbir.retrieval.search import QueryResult
+from cbir.retrieval.results import QueryResult
 
 _WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 _BACKGROUND = (255, 255, 255)

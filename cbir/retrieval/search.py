@@ -1,8 +1,12 @@
 """Query by example: image -> vector (exactly as the collection) -> ids -> catalogue rows.
 
-Longer than most modules (~490 lines) because :class:`Searcher` is one
+Longer than most modules (~650 lines) because :class:`Searcher` is one
 object that a server shares between threads: the query inputs it accepts,
-re-ranking, the exclusion of the query itself and its locks belong together.
+re-ranking, filters, several examples, verification, the exclusion of the
+query itself and its locks meet there. What each of those does lives in its
+own module (query_inputs, filtered, examples, verified, results); what is
+left is their order under one lock. Splitting the class itself is the next
+step when it grows again.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import copy
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator, Literal, Sequence
 
@@ -19,94 +23,20 @@ import numpy as np
 
 from cbir.store.dba import AugmentedVectors, searched_without_dba
 from cbir.errors import ImageError, NotInIndexError, UsageError
-from cbir.display import display_path
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND, check_alpha, check_expand, expand_queries
 from cbir.store.directory import IndexStore, lock_holder
 from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageFilter, ImageRow
+from cbir.retrieval.results import Match, QueryResult
 from cbir.retrieval.examples import NEGATIVE_WEIGHT, Example, check_examples, combine_examples, example_ids, example_vectors
 from cbir.retrieval.filtered import AllowedCache, filtered_search
 from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
 from cbir.retrieval.verified import local_config_of, rerank_matches
-from cbir.ann.verify import MIN_INLIERS, check_verify
+from cbir.ann.verify import check_verify
 from cbir.retrieval.indexed_files import open_indexed_file
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Match:
-    """One search result."""
-
-    rank: int
-    path: str
-    score: float
-    id: int
-    label: str | None = None
-    #: Whether the file was still on disk at query time (``cbir prune`` drops rows of files that are gone).
-    exists: bool = True
-    #: When the photo was taken (ISO 8601 local time; EXIF, else the file's time), if the catalogue knows.
-    taken: str | None = None
-    #: The camera's make and model, if the photo names one.
-    camera: str | None = None
-    #: The file's size in bytes and modification time (ns since the epoch) when it was indexed.
-    size: int | None = None
-    mtime_ns: int | None = None
-    #: RANSAC inliers of spatial verification (``verify``); ``None`` where the match was not checked.
-    inliers: int | None = None
-    #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
-    correspondences: Any = field(default=None, compare=False, repr=False)
-
-    @property
-    def verified(self) -> bool:
-        """Whether spatial verification found this image in the query (enough RANSAC inliers)."""
-        return self.inliers is not None and self.inliers >= MIN_INLIERS
-
-    @property
-    def folder(self) -> str:
-        return os.path.dirname(self.path)
-
-    @property
-    def mtime(self) -> str | None:
-        """The file's modification time as ISO 8601 UTC (``2024-05-01T12:00:00Z``)."""
-        return None if self.mtime_ns is None else _iso_utc(self.mtime_ns)
-
-    def to_dict(self) -> dict[str, Any]:
-        # JSON (the CLI's, the server's): a name's undecodable bytes written as \xNN.
-        out = {
-            "rank": self.rank,
-            "path": display_path(self.path, controls=False),
-            "score": self.score,
-            "exists": self.exists,
-            "label": None if self.label is None else display_path(self.label, controls=False),
-            "folder": display_path(self.folder, controls=False),
-            "size": self.size,
-            "mtime": self.mtime,
-            "taken": self.taken,
-            "camera": self.camera,
-        }
-        if self.inliers is not None:
-            out.update(verified=self.verified, inliers=self.inliers)
-        return out
-
-
-def _iso_utc(mtime_ns: int) -> str:
-    import datetime
-
-    moment = datetime.datetime.fromtimestamp(mtime_ns / 1e9, tz=datetime.timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass(frozen=True)
-class QueryResult:
-    """The ranked matches of one query image."""
-
-    query: str
-    results: list[Match]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}
 
 
 class Searcher:

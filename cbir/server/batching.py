@@ -28,7 +28,8 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
-from cbir.retrieval.search import QueryResult, Searcher
+from cbir.retrieval.results import QueryResult
+from cbir.retrieval.search import Searcher
 
 
 @dataclass(eq=False)
