@@ -40,6 +40,8 @@ def test_skips_for_reasons_that_may_pass_are_retried_and_others_are_not():
     plan = plan_update(stats, {}, skipped)
     assert plan.todo == [Path("/p/locked.jpg")] and plan.retried == 1 and plan.still_skipped == 1
     assert is_transient("Input/output error") and not is_transient("truncated")
+    assert is_transient("too large (300 MB, limit 256 MB; $CBIR_MAX_FILE_MB raises it)")  # the limit may be raised
+    assert not is_transient("image too large (90000x90000 pixels, limit 180,000,000)")  # the pixel cap is not the size cap
 
 
 def test_removed_paths_are_left_out_unless_asked_back():
@@ -92,3 +94,15 @@ def test_the_writer_hands_out_values_not_its_store_or_catalogue():
     public = {name for name in dir(IndexWriter) if not name.startswith("_")}
     assert not public & {"catalogue", "store_"}, public
     assert "finish" in public  # finishing is a step the caller takes, not hidden in __exit__
+
+
+def test_a_file_over_the_size_cap_is_indexed_once_the_cap_is_raised(tmp_path, monkeypatch):
+    root = tmp_path / "photos"
+    make_collection(root, per_class=2)
+    biggest = max(root.rglob("*.jpg"), key=lambda p: p.stat().st_size)
+    monkeypatch.setattr(file_work, "max_file_bytes", lambda: biggest.stat().st_size - 1)  # as $CBIR_MAX_FILE_MB would
+    first = index_folder(root, "p", tmp_path / "idx")
+    assert first.skipped >= 1 and any("MB, limit" in reason for _, reason in first.skipped_files)
+    monkeypatch.undo()
+    again = index_folder(root, "p", tmp_path / "idx")
+    assert again.skipped == 0 and again.added == first.skipped

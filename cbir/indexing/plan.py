@@ -21,9 +21,11 @@ from cbir.store.locations import is_under
 #: ``index_folder(dba=KEEP)``: the default for a new index, the index's own setting for an existing one.
 KEEP = "keep"
 
-#: Reasons a file could not be read that may pass by themselves (a permission fixed, a share
-#: back, a disk error retried): such files are tried again on every run, whatever their stat.
+#: Reasons a file could not be read that may pass without the file changing (a permission fixed,
+#: a share back, a disk error retried, ``$CBIR_MAX_FILE_MB`` raised): such files are tried again
+#: on every run, whatever their stat. Cheap: the size cap is checked before anything is read.
 TRANSIENT_REASONS = (
+    " mb, limit ",  # (lower case, as compared) the file-size cap's reason (cbir.compute.work), not the decoder's pixel cap
     "permission denied",
     "operation not permitted",
     "input/output error",
