@@ -189,3 +189,19 @@ def read_only_prefix(folder: Path) -> list[str]:
         (folder / "probe").unlink(missing_ok=True)
         pytest.skip(f"cannot mount {folder} read-only here (unprivileged user namespaces unavailable): {probe.stderr.strip()}")
     return prefix
+
+
+def slowed_indexer(name: str, sleep: float, **options) -> str:
+    """A ``python -c`` script: ``index_folder(argv[1], name, argv[2], batch_size=4, **options)`` with each
+    colour batch slowed by ``sleep`` s, so that a test's kill lands inside the run, not after it."""
+    return (
+        "import sys, time\n"
+        "from cbir.features.color import ColorHistogram\n"
+        "original = ColorHistogram.transform_prepared\n"
+        "def slow(self, items):\n"
+        f"    time.sleep({sleep!r})\n"
+        "    return original(self, items)\n"
+        "ColorHistogram.transform_prepared = slow\n"
+        "from cbir.indexing.run import index_folder\n"
+        f"index_folder(sys.argv[1], {name!r}, sys.argv[2], **{dict(batch_size=4, **options)!r})\n"
+    )

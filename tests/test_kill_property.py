@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 
 import numpy as np
@@ -20,22 +19,10 @@ import numpy as np
 from cbir.indexing.run import index_folder
 from cbir.retrieval.search import Searcher
 
-from conftest import make_collection
+from conftest import make_collection, slowed_indexer
 
 # Slowed a little so that kills land inside the run, not only before or after it.
-INDEXER = textwrap.dedent(
-    """
-    import sys, time
-    from cbir.features.color import ColorHistogram
-    original = ColorHistogram.transform_prepared
-    def slow(self, items):
-        time.sleep(0.1)
-        return original(self, items)
-    ColorHistogram.transform_prepared = slow
-    from cbir.indexing.run import index_folder
-    index_folder(sys.argv[1], "killed", sys.argv[2], batch_size=4)
-    """
-)
+INDEXER = slowed_indexer("killed", 0.1)
 
 
 def _contents(name, index_dir, probe):

@@ -2,12 +2,10 @@
 
 import json
 import logging
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 
@@ -30,7 +28,7 @@ from cbir.store.locations import index_path
 from cbir.ann.vectors import VectorIndex
 from cbir.store.snapshots import load_vectors
 from cbir.store.snapshot_record import vectors_are_current
-from conftest import CLASS_COLOURS, coloured_image, make_collection, write_image
+from conftest import make_collection, slowed_indexer, write_image
 
 runner = CliRunner()
 
@@ -97,19 +95,7 @@ def test_changing_the_index_type_rebuilds_without_re_embedding(tmp_path, index_d
 
 
 # -- interruption -----------------------------------------------------------------
-SLOW_INDEXER = textwrap.dedent(
-    """
-    import sys, time
-    from cbir.features.color import ColorHistogram
-    original = ColorHistogram.transform_prepared
-    def slow(self, items):
-        time.sleep(0.05)
-        return original(self, items)
-    ColorHistogram.transform_prepared = slow
-    from cbir.indexing.run import index_folder
-    index_folder(sys.argv[1], "big", sys.argv[2], batch_size=4)
-    """
-)
+SLOW_INDEXER = slowed_indexer("big", 0.05)
 
 
 def committed_rows(catalogue_path):

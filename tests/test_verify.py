@@ -7,7 +7,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import textwrap
 import time
 
 import cv2
@@ -23,6 +22,8 @@ from cbir.indexing.run import index_folder
 from cbir.retrieval.search import Searcher
 from cbir.retrieval.verified import verify_shortlist
 from cbir.store.catalogue import Catalogue
+
+from conftest import slowed_indexer
 
 runner = CliRunner()
 
@@ -197,19 +198,7 @@ def test_explain_draws_the_correspondences(photos, tmp_path):
     assert result.exit_code != 0 and "--montage" in result.output
 
 
-SLOW_INDEXER = textwrap.dedent(
-    """
-    import sys, time
-    from cbir.features.color import ColorHistogram
-    original = ColorHistogram.transform_prepared
-    def slow(self, items):
-        time.sleep(0.05)
-        return original(self, items)
-    ColorHistogram.transform_prepared = slow
-    from cbir.indexing.run import index_folder
-    index_folder(sys.argv[1], "big", sys.argv[2], batch_size=4, workers=1, local_features="orb")
-    """
-)
+SLOW_INDEXER = slowed_indexer("big", 0.05, workers=1, local_features="orb")
 
 
 def test_local_features_survive_a_sigkill_mid_index(tmp_path):

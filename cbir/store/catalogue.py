@@ -45,6 +45,13 @@ SCHEMA_VERSION = 3
 #: Writers always upgrade.
 _OLDEST_READABLE = 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
+#: Parameters per ``IN (...)`` query: well under SQLite's limit.
+_CHUNK = 500
+
+
+def _sqlite_ids(ids) -> list[int]:
+    """``ids`` as ints, without those outside SQLite's range (it raises OverflowError; no row has one)."""
+    return [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
 
 # Ordered migrations: MIGRATIONS[i] takes a database from version i to i + 1.
 MIGRATIONS: list[str] = [
@@ -365,10 +372,7 @@ class Catalogue:
             return
         ids: dict = {}  # by the path as stored (text, or bytes for a name that is not UTF-8)
         stored = [(_sql(p), m) for p, m in pairs]
-        for start in range(0, len(stored), 500):
-            chunk = [p for p, _ in stored[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            ids.update(self._db.execute(f"SELECT path, id FROM images WHERE path IN ({marks})", chunk))
+        ids.update(self._select_in("SELECT path, id FROM images WHERE path IN ({marks})", [p for p, _ in stored]))
         marks = ", ".join("?" * (1 + len(_METADATA_COLUMNS)))
         self._db.executemany(
             f"INSERT OR REPLACE INTO image_metadata (id, {', '.join(_METADATA_COLUMNS)}) VALUES ({marks})",
@@ -381,13 +385,9 @@ class Catalogue:
         found: dict[int, ImageMetadata] = {}
         if self.schema_version < 2:
             return found
-        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
-        for start in range(0, len(id_list), 500):
-            chunk = id_list[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            query = f"SELECT id, {', '.join(columns)} FROM image_metadata WHERE id IN ({marks})"
-            for image_id, *values in self._db.execute(query, chunk):
-                found[image_id] = ImageMetadata(**dict(zip(columns, values)))
+        query = f"SELECT id, {', '.join(columns)} FROM image_metadata WHERE id IN ({{marks}})"
+        for image_id, *values in self._select_in(query, _sqlite_ids(ids)):
+            found[image_id] = ImageMetadata(**dict(zip(columns, values)))
         return found
 
     def metadata_counts(self) -> dict[str, int]:
@@ -401,12 +401,7 @@ class Catalogue:
         return {"with_metadata": row[0], "dated_by_exif": row[1], "with_camera": row[2], "with_location": row[3]}
 
     def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
-        ids = []
-        for start in range(0, len(paths), 500):
-            chunk = [_sql(p) for p in paths[start : start + 500]]
-            marks = ",".join("?" * len(chunk))
-            ids.extend(r[0] for r in self._db.execute(f"SELECT id FROM images WHERE path IN ({marks})", chunk))
-        return ids
+        return [r[0] for r in self._select_in("SELECT id FROM images WHERE path IN ({marks})", [_sql(p) for p in paths])]
 
     def _remove_path(self, path: str) -> None:
         self.remove_ids(self._ids_of_paths([path]))
@@ -438,13 +433,19 @@ class Catalogue:
         if ids is None:
             return list(self._select_images("", ()))
         found: dict[int, ImageRow] = {}
-        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]  # SQLite raises OverflowError beyond
-        for start in range(0, len(id_list), 500):
-            chunk = id_list[start : start + 500]
+        id_list = _sqlite_ids(ids)
+        for start in range(0, len(id_list), _CHUNK):
+            chunk = id_list[start : start + _CHUNK]
             marks = ",".join("?" * len(chunk))
             for row in self._select_images(f"WHERE id IN ({marks})", chunk):
                 found[row.id] = row
         return [found[i] for i in id_list if i in found]
+
+    def _select_in(self, sql: str, values: Sequence) -> Iterator[tuple]:
+        """Rows of ``sql`` (one ``IN ({marks})``) over ``values``, in chunks of parameters SQLite accepts."""
+        for start in range(0, len(values), _CHUNK):
+            chunk = values[start : start + _CHUNK]
+            yield from self._db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
     def _select_images(self, where: str, args: Sequence) -> Iterator[ImageRow]:
         query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
@@ -502,27 +503,19 @@ class Catalogue:
         found = np.empty((len(unique), dim), dtype=np.float32)
         filled = np.zeros(len(unique), dtype=bool)
         row_of = {int(i): n for n, i in enumerate(unique)}
-        id_list = list(row_of)
-        for start in range(0, len(id_list), 500):
-            chunk = id_list[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
-                found[row_of[image_id]] = np.frombuffer(blob, dtype=np.float32)
-                filled[row_of[image_id]] = True
+        for image_id, blob in self._select_in("SELECT id, vector FROM images WHERE id IN ({marks})", list(row_of)):
+            found[row_of[image_id]] = np.frombuffer(blob, dtype=np.float32)
+            filled[row_of[image_id]] = True
         if not filled.all():
             raise KeyError(f"no image with id {int(unique[~filled][0])}")
         return found[positions]
 
     def vectors_by_id(self, ids: Sequence[int], dim: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids found, their vectors)`` for ``ids``; ids no longer in the catalogue are left out."""
-        id_list = [int(i) for i in ids]
         found, blobs = [], []
-        for start in range(0, len(id_list), 500):
-            chunk = id_list[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for image_id, blob in self._db.execute(f"SELECT id, vector FROM images WHERE id IN ({marks})", chunk):
-                found.append(image_id)
-                blobs.append(blob)
+        for image_id, blob in self._select_in("SELECT id, vector FROM images WHERE id IN ({marks})", [int(i) for i in ids]):
+            found.append(image_id)
+            blobs.append(blob)
         vectors = np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(found), dim)
         return np.array(found, dtype=np.int64), vectors
 
@@ -538,11 +531,7 @@ class Catalogue:
         found: dict[int, bytes] = {}
         if self.schema_version < 3:
             return found
-        id_list = [i for i in map(int, ids) if _INT64_MIN <= i <= _INT64_MAX]
-        for start in range(0, len(id_list), 500):
-            chunk = id_list[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(f"SELECT id, data FROM local_features WHERE id IN ({marks})", chunk))
+        found.update(self._select_in("SELECT id, data FROM local_features WHERE id IN ({marks})", _sqlite_ids(ids)))
         return found
 
     def set_local_features(self, records: Iterable[tuple[int, bytes]]) -> None:
