@@ -288,9 +288,11 @@ class _RichProgress:
                 self._bar = None
 
 
-def print_json(data: Any) -> None:
-    """``data`` as indented JSON on stdout; file names' undecodable bytes written as ``\\xNN``."""
-    sys.stdout.write(json.dumps(_json_safe(data), indent=2, ensure_ascii=False) + "\n")
+def print_json(data: Any, indent: int | None = 2) -> None:
+    """``data`` as indented JSON on stdout (``indent=None``: one line); file names' undecodable bytes written as ``\\xNN``."""
+    sys.stdout.write(json.dumps(_json_safe(data), indent=indent, ensure_ascii=False) + "\n")
+    if indent is None:
+        sys.stdout.flush()  # JSON lines are read as they come
 
 
 def _json_safe(data: Any) -> Any:

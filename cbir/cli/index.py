@@ -223,6 +223,10 @@ def _index(
     ] = None,
     no_local_features: Annotated[bool, typer.Option("--no-local-features", help="Drop the index's local features.")] = False,
     alpha: AlphaOption = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Then keep watching FOLDER and index each batch of changes as 'cbir watch' does (Ctrl-C stops; needs pip install 'cbir\\[watch]')."),
+    ] = False,
 ) -> None:
     """Index a folder of images, or update an existing index with what changed in it.
 
@@ -237,10 +241,7 @@ def _index(
         _quiet_ray()
     options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None,
                "pca_shrinkage": pca_shrinkage, "pca_power": pca_power, **(extractor_params or {})}
-    summary = index_folder(
-        folder,
-        name,
-        index_dir,
+    index_options = dict(
         options=options,
         index_type=index_type,
         labels=read_labels(labels, path_column, label_column),
@@ -256,6 +257,14 @@ def _index(
         **_dba_arguments(dba, no_dba, alpha),
         local_features=_local_features_argument(local_features, no_local_features),
     )
+    if watch:
+        from cbir.cli.watch import watch_and_report
+
+        index_options.pop("progress")
+        index_options.pop("wait")  # a watcher always waits for another writer
+        watch_and_report(folder, name, index_dir, 300, 5_000, as_json, **index_options)
+        return
+    summary = index_folder(folder, name, index_dir, **index_options)
     if as_json:
         print_json(summary.to_dict())
         return

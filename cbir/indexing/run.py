@@ -72,6 +72,7 @@ def index_folder(
     dba: int | None | str = KEEP,
     dba_alpha: float = DEFAULT_ALPHA,
     local_features: bool | str | None = None,
+    only: Sequence[str | os.PathLike] | None = None,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -137,6 +138,11 @@ def index_folder(
         ``"orb"``) turns them on, ``False`` drops them, ``None`` keeps the
         index's setting. On an existing index, images that lack them are
         decoded for them alone: their vectors are not re-embedded.
+    only : sequence of paths, optional
+        Update an existing index for these files and folders under ``folder``
+        alone (a watcher's batch of changed paths): they are scanned, planned
+        and committed exactly as a full run would, and everything else under
+        ``folder`` is taken as unchanged. Paths that are gone remove their rows.
 
     The run is one pass: plan (a pure function over the scan and the
     catalogue rows, :mod:`cbir.indexing.plan`) -> fit (a new index's
@@ -162,8 +168,9 @@ def index_folder(
     loader = Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
     folder = normalize_path(folder)
     name = name if name is not None else name_for_folder(folder)
-    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
-    if not scan.images:
+    within = None if only is None else [str(normalize_path(p)) for p in only]
+    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden, within=within)
+    if not scan.images and within is None:
         raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
     labels = _labels_for(scan.images, labels)
     if ray not in (None, False):
@@ -172,7 +179,7 @@ def index_folder(
         # Before anything is written: an unreachable cluster leaves no trace.
         loader.ray = RayRunner.connect(None if ray is True else ray, actors=workers)
 
-    with open_writer(index_path(name, index_dir), wait=wait, progress=progress) as writer:
+    with open_writer(index_path(name, index_dir), wait=wait, create=within is None, progress=progress) as writer:
         summary = IndexSummary(name=name, path=str(writer.path), created=writer.created, unsupported=scan.unsupported)
         if scan.raw_sidecars:
             summary.raw_sources["sidecar"] = scan.raw_sidecars
@@ -200,7 +207,8 @@ def index_folder(
             writer.configure(dba=None if dba_config == KEEP else (dba_config or False))
             local_config = local_features_setting(local_features, writer.local_features_config)
             writer.configure(local_features=local_config or False)
-            plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
+            rows, skipped = _rows_and_skipped(writer, folder, within)
+            plan = plan_update(stat_files(files), rows, skipped, scan.unlisted)
             known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
             embedder = writer.embedder(runtime_overrides)
             writer.record_indexed_root(str(folder))
@@ -233,6 +241,18 @@ def index_folder(
         summary.vectors_rebuilt = writer.finish()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _rows_and_skipped(writer: IndexWriter, folder: Path, within: Sequence[str] | None) -> tuple[dict, dict]:
+    """The catalogue rows and skip records the plan compares the scan with: under ``folder``, or under ``within``."""
+    if within is None:
+        return writer.rows_under(str(folder)), writer.skipped_under(str(folder))
+    rows: dict = {}
+    skipped: dict = {}
+    for path in within:
+        rows.update(writer.rows_under(path))
+        skipped.update(writer.skipped_under(path))
+    return rows, skipped
 
 
 def _unsupported_note(unsupported: dict[str, int]) -> str:
