@@ -16,6 +16,9 @@ from cbir.cli._common import (
     UnderOption,
     handle_errors,
     image_filter,
+    CameraOption,
+    TakenAfterOption,
+    TakenBeforeOption,
     pick_name,
     print_json,
     show,
@@ -42,6 +45,9 @@ def duplicates(
     ] = None,
     under: UnderOption = None,
     label: LabelFilterOption = None,
+    taken_after: TakenAfterOption = None,
+    taken_before: TakenBeforeOption = None,
+    camera: CameraOption = None,
 ) -> None:
     """List groups of near-duplicate images in an index.
 
@@ -51,7 +57,7 @@ def duplicates(
     from cbir.retrieval.duplicates import find_duplicates
 
     name = pick_name(name_argument, name)
-    groups = find_duplicates(name, threshold, index_dir, progress=progress_bar(), image_filter=image_filter(under, label))
+    groups = find_duplicates(name, threshold, index_dir, progress=progress_bar(), image_filter=image_filter(under, label, taken_after, taken_before, camera))
     if montage is not None:
         from cbir.render.montage import make_duplicates_montage, write_image
 

@@ -78,7 +78,8 @@ def find_duplicates(
 def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Progress, image_filter=None) -> list[DuplicateGroup]:
     # DBA moved the indexed vectors: compare the original ones
     vectors_index = searcher.plain_vectors() if searcher.augmented else searcher.vectors
-    rows = [row for row in searcher.image_rows() if image_filter is None or image_filter.matches(row)]
+    allowed = searcher.ids_matching(image_filter)  # the catalogue's SQL: dates and cameras need its metadata
+    rows = searcher.image_rows() if allowed is None else searcher.image_rows(allowed)
     ids = np.array([row.id for row in rows], dtype=np.int64)
     parent = np.arange(len(ids))
     weakest = np.full(len(ids), np.inf)

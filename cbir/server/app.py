@@ -36,7 +36,7 @@ from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
 from cbir.server.access import Access, AccessGuard, private_path, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
-from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
+from cbir.server.queries import FILTER_FIELDS, RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
 from cbir.server.transport import BodyLimits
 
@@ -216,13 +216,12 @@ def create_app(
             return Response(status_code=400)  # nobody is listening; just stop
         params = request.query_params
         k = _parse_k(asked.k if asked.k is not None else params.get("k"), limits)
-        under = asked.under if asked.under is not None else params.get("under")
-        label = asked.label if asked.label is not None else params.get("label")
+        filters = {key: getattr(asked, key) if getattr(asked, key) is not None else params.get(key) for key in FILTER_FIELDS}
         verify = _parse_verify(params.get("verify"))
-        body = await in_search_thread(_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify)
+        body = await in_search_thread(_search, live, asked, k, {k: v for k, v in filters.items() if v}, limits, access.show_paths, verify)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
 
-    @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels and folders")
+    @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels, folders, cameras and dates")
     def facets(name: str) -> dict[str, Any]:
         with pool.get(name).use() as searcher:
             roots = None if access.show_paths else searcher.indexed_roots()
@@ -231,6 +230,8 @@ def create_app(
                 "index": name,
                 "labels": [{"label": label, "count": count} for label, count in searcher.label_counts().items()],
                 "folders": [display_path(f if roots is None else public_path(f, roots), controls=False) for f in folders],
+                "cameras": [{"camera": camera, "count": count} for camera, count in searcher.cameras()],
+                "taken": dict(zip(("first", "last"), searcher.taken_span())),
             }
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
@@ -313,14 +314,15 @@ def _parse_verify(value: str | None) -> int | None:
 
 # -- searching (in the thread pool) ---------------------------------------------
 def _search(
-    live: LiveIndex, asked: SearchRequest, k: int, under, label, limits: Limits, show_paths: bool, verify: int | None = None
+    live: LiveIndex, asked: SearchRequest, k: int, filters: dict[str, str], limits: Limits, show_paths: bool, verify: int | None = None
 ) -> dict[str, Any]:
-    """One request's search: the batched single upload, an id, or several examples."""
+    """One request's search: the batched single upload, an id, or several examples, with ``filters`` (:data:`FILTER_FIELDS`)."""
     with live.use() as searcher:
         only = None
-        if under is not None or label is not None:
+        if filters:
+            under = filters.get("under")
             folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
-            only = ImageFilter(under=folder, label=label)
+            only = ImageFilter(**{**filters, "under": folder})  # a date that is not ISO: UsageError, a 422
     if asked.image_id is not None:
         return _search_id(live, asked.image_id, k, show_paths, only, verify)
     if asked.single_upload:
@@ -409,6 +411,12 @@ _FILTER_PARAMETERS = [
         "description": "Only images in this folder or below, as results show folders (a form field or JSON 'under' takes precedence).",
     },
     {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}, "description": "Only images with this label."},
+    {"name": "taken_after", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+     "description": "Only images taken on or after this ISO date (or date and time); without an EXIF date, the file's modification time."},
+    {"name": "taken_before", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+     "description": "Only images taken on or before this ISO date (a bare date keeps that whole day)."},
+    {"name": "camera", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "Only images from a camera whose make and model contain this text, any letter case."},
 ]
 _SEARCH_BODY = {
     "required": True,
@@ -425,6 +433,9 @@ _SEARCH_BODY = {
                     "k": {"type": "integer", "minimum": 1},
                     "under": {"type": "string"},
                     "label": {"type": "string"},
+                    "taken_after": {"type": "string"},
+                    "taken_before": {"type": "string"},
+                    "camera": {"type": "string"},
                 },
             }
         },
@@ -438,6 +449,9 @@ _SEARCH_BODY = {
                     "k": {"type": "integer", "minimum": 1},
                     "under": {"type": "string"},
                     "label": {"type": "string"},
+                    "taken_after": {"type": "string"},
+                    "taken_before": {"type": "string"},
+                    "camera": {"type": "string"},
                 },
             }
         },

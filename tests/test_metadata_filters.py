@@ -1,0 +1,139 @@
+"""Filters on what photos say about themselves: date taken (else the file's time) and camera.
+
+Library, CLI (query, evaluate, duplicates), API (query parameters, JSON,
+facets); the same :class:`~cbir.store.catalogue.ImageFilter` everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from cbir.cli import app
+from cbir.errors import UsageError
+from cbir.indexing.run import index_folder
+from cbir.retrieval.search import Searcher
+from cbir.store.catalogue import ImageFilter
+from conftest import CLASS_COLOURS, coloured_image, write_image
+from photo_files import exif_bytes, write_jpeg
+
+runner = CliRunner()
+
+
+def _local(*when) -> float:
+    return time.mktime((*when, 0, 0, -1))
+
+
+@pytest.fixture()
+def dated(tmp_path):
+    """Two photos with EXIF (Canon 2021-06-05 14:03, iPhone 2023-07-14), a copy of the Canon one, two without
+    (file times 2022-03-01 and 2019-01-01), and eight plain images dated 2018 by their file time."""
+    root = tmp_path / "photos"
+    red = coloured_image(CLASS_COLOURS["red"], 1)[:, :, ::-1]
+    root.mkdir()
+    write_jpeg(root / "canon.jpg", red,
+               exif=exif_bytes(make="Canon", model="Canon EOS R5", taken="2021:06:05 14:03:09"))
+    shutil.copy(root / "canon.jpg", root / "canon-copy.jpg")
+    write_jpeg(root / "iphone.jpg", coloured_image(CLASS_COLOURS["red"], 2)[:, :, ::-1],
+               exif=exif_bytes(make="Apple", model="iPhone 15", taken="2023:07:14 10:20:30"))
+    for name, when in (("plain-2022.jpg", (2022, 3, 1, 12, 0, 0)), ("plain-2019.jpg", (2019, 1, 1, 12, 0, 0))):
+        write_image(root / name, coloured_image(CLASS_COLOURS["green"], len(name)))
+        os.utime(root / name, (_local(*when),) * 2)
+    for n in range(8):
+        path = write_image(root / "old" / f"old-{n}.jpg", coloured_image(CLASS_COLOURS["blue"], 10 + n))
+        os.utime(path, (_local(2018, 5, 1, 9, 0, 0),) * 2)
+    return root
+
+
+def _names(result) -> set[str]:
+    return {os.path.basename(m.path) for m in result.results}
+
+
+CASES = [
+    (dict(camera="canon"), {"canon.jpg", "canon-copy.jpg"}),
+    (dict(camera="IPHONE 15"), {"iphone.jpg"}),
+    (dict(camera="eos r5"), {"canon.jpg", "canon-copy.jpg"}),
+    (dict(camera="nikon"), set()),
+    (dict(taken_after="2022-01-01"), {"iphone.jpg", "plain-2022.jpg"}),
+    (dict(taken_before="2021-06-05"), {"canon.jpg", "canon-copy.jpg", "plain-2019.jpg", *(f"old-{n}.jpg" for n in range(8))}),
+    (dict(taken_before="2021-06-05T14:00"), {"plain-2019.jpg", *(f"old-{n}.jpg" for n in range(8))}),
+    (dict(taken_after="2019-01-01", taken_before="2022-12-31"), {"canon.jpg", "canon-copy.jpg", "plain-2022.jpg", "plain-2019.jpg"}),
+    (dict(taken_after="2021-01-01", camera="apple"), {"iphone.jpg"}),
+]
+
+
+@pytest.mark.parametrize("criteria, expected", CASES, ids=[str(c) for c, _ in CASES])
+def test_date_and_camera_filters_in_the_library(dated, tmp_path, criteria, expected):
+    index_folder(dated, "d", tmp_path / "idx")
+    only = ImageFilter(**criteria)
+    with Searcher.open("d", tmp_path / "idx") as searcher:
+        assert _names(searcher.query(dated / "canon.jpg", k=100, image_filter=only)) == expected
+        assert searcher.count_matching(only) == len(expected)
+        # matches() (rows already read) agrees with the catalogue's SQL
+        rows = searcher.image_rows()
+        metadata = searcher.store.catalogue.metadata([r.id for r in rows])
+        assert {os.path.basename(r.path) for r in rows if only.matches(r, metadata.get(r.id))} == expected
+
+
+def test_approximate_indexes_still_return_k_filtered_results(dated, tmp_path):
+    index_folder(dated, "h", tmp_path / "idx", index_type="hnsw")
+    with Searcher.open("h", tmp_path / "idx") as searcher:
+        result = searcher.query(dated / "iphone.jpg", k=8, image_filter=ImageFilter(taken_before="2018-12-31"))
+    assert _names(result) == {f"old-{n}.jpg" for n in range(8)}
+
+
+def test_a_date_that_is_not_iso_is_refused():
+    with pytest.raises(UsageError, match="ISO date"):
+        ImageFilter(taken_after="14/07/2023")
+    assert ImageFilter(taken_after="2023-07-14T10:20:30+02:00").taken_after == "2023-07-14T10:20:30"
+
+
+def test_cli_query_evaluate_and_duplicates_take_the_filters(dated, tmp_path):
+    idx = str(tmp_path / "idx")
+    index_folder(dated, "d", idx, labels={str(p): "x" if "canon" in p.name or "old" in p.name else p.stem for p in dated.rglob("*.jpg")})
+    out = runner.invoke(app, ["query", str(dated / "iphone.jpg"), "--name", "d", "--index-dir", idx, "-k", "20", "--json",
+                              "--taken-after", "2021-06-05", "--camera", "canon"])
+    assert out.exit_code == 0, out.output
+    assert {os.path.basename(r["path"]) for r in json.loads(out.stdout)["results"]} == {"canon.jpg", "canon-copy.jpg"}
+    bad = runner.invoke(app, ["query", str(dated / "iphone.jpg"), "--name", "d", "--index-dir", idx, "--taken-before", "July"])
+    assert bad.exit_code != 0 and bad.output.strip().splitlines() == [
+        "error: --taken-before takes an ISO date (2023-07-14) or date and time (2023-07-14T10:20), got 'July'"
+    ]
+    dups = runner.invoke(app, ["duplicates", "d", "--index-dir", idx, "--json", "--camera", "Canon"])
+    assert [sorted(os.path.basename(p) for p in g["paths"]) for g in json.loads(dups.stdout)] == [["canon-copy.jpg", "canon.jpg"]]
+    none = runner.invoke(app, ["duplicates", "d", "--index-dir", idx, "--json", "--taken-after", "2023-01-01"])
+    assert json.loads(none.stdout) == []
+    evaluated = runner.invoke(app, ["evaluate", "d", "--index-dir", idx, "--json", "--taken-before", "2021-12-31"])
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads(evaluated.stdout)
+    # canon.jpg, its copy and the eight 2018 images share label x and query; plain-2019 has no relevant image
+    assert (report["n_queries"], report["queries_without_relevant"]) == (10, 1)
+
+
+def test_api_filters_and_facets(dated, tmp_path):
+    pytest.importorskip("fastapi", reason="the serve extra (FastAPI) is not installed")
+    from fastapi.testclient import TestClient
+
+    from cbir.server import create_app
+
+    index_folder(dated, "d", tmp_path / "idx")
+    with TestClient(create_app(tmp_path / "idx"), raise_server_exceptions=False) as client:
+        facets = client.get("/api/indexes/d/facets").json()
+        assert facets["cameras"] == [{"camera": "Canon EOS R5", "count": 2}, {"camera": "Apple iPhone 15", "count": 1}]
+        assert facets["taken"] == {"first": "2018-05-01T09:00:00", "last": "2023-07-14T10:20:30"}
+        by_param = client.post("/api/indexes/d/search?taken_after=2022-01-01&k=20", json={"id": 1}).json()
+        assert {os.path.basename(r["path"]) for r in by_param["results"]} == {"iphone.jpg", "plain-2022.jpg"}
+        assert by_param["matching"] == 2
+        by_json = client.post("/api/indexes/d/search", json={"id": 1, "k": 20, "camera": "iphone"}).json()
+        assert [os.path.basename(r["path"]) for r in by_json["results"]] == ["iphone.jpg"]
+        form = client.post("/api/indexes/d/search", files={"file": ("q.jpg", (dated / "canon.jpg").read_bytes())},
+                           data={"taken_before": "2019-12-31", "k": "3"}).json()
+        assert len(form["results"]) == 3 and all("old-" in r["path"] or "2019" in r["path"] for r in form["results"])
+        bad = client.post("/api/indexes/d/search?taken_after=yesterday", json={"id": 1})
+        assert bad.status_code == 400 and "ISO date" in bad.text
