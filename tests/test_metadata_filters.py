@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -137,3 +138,35 @@ def test_api_filters_and_facets(dated, tmp_path):
         assert len(form["results"]) == 3 and all("old-" in r["path"] or "2019" in r["path"] for r in form["results"])
         bad = client.post("/api/indexes/d/search?taken_after=yesterday", json={"id": 1})
         assert bad.status_code == 400 and "ISO date" in bad.text
+
+
+def test_page_filters_by_camera_and_date_with_screenshots(dated, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from test_server_live import Server, _browser, _grid, _start_search
+
+    index_folder(dated, "photos", tmp_path / "idx")
+    server = Server(tmp_path / "idx")
+    browser = _browser()
+    try:
+        wait = _start_search(browser, server, dated / "canon.jpg", 6)
+        cameras = [o.text for o in Select(browser.find_element(By.ID, "camera")).options]
+        assert cameras == ["All cameras", "Canon EOS R5 (2)", "Apple iPhone 15 (1)"]
+        assert browser.find_element(By.ID, "taken_after").get_attribute("min") == "2018-05-01"
+        Select(browser.find_element(By.ID, "camera")).select_by_value("Apple iPhone 15")
+        wait.until(lambda b: [r["name"] for r in _grid(b)] == ["iphone.jpg"])
+        assert "only 1 match the filter" in browser.find_element(By.ID, "status").text
+        Select(browser.find_element(By.ID, "camera")).select_by_value("")
+        browser.execute_script(
+            "const d = document.getElementById('taken_before'); d.value = '2019-01-01'; d.dispatchEvent(new Event('change'))"
+        )
+        wait.until(lambda b: len(_grid(b)) == 6 and all(r["name"].startswith(("old-", "plain-2019")) for r in _grid(b)))
+        out = Path(os.environ.get("CBIR_SCREENSHOTS", tmp_path))
+        browser.save_screenshot(str(out / "cbir-date-filter-desktop.png"))
+        browser.set_window_size(390, 844)
+        wait.until(lambda b: b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+        browser.save_screenshot(str(out / "cbir-date-filter-phone.png"))
+    finally:
+        browser.quit()
+        server.stop()

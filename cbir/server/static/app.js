@@ -45,8 +45,10 @@ async function loadFacets() {
   const name = indexName();
   const under = $("under");
   const label = $("label");
+  const camera = $("camera");
   under.replaceChildren(new Option("All folders", ""));
   label.replaceChildren(new Option("All labels", ""));
+  camera.replaceChildren(new Option("All cameras", ""));
   if (!name) return;
   try {
     const response = await fetch(`/api/indexes/${encodeURIComponent(name)}/facets`);
@@ -61,6 +63,12 @@ async function loadFacets() {
     }
     under.append(...[...folders].sort().map((f) => new Option(f, f)));
     label.append(...body.labels.map((l) => new Option(`${l.label} (${l.count})`, l.label)));
+    camera.append(...(body.cameras || []).map((c) => new Option(`${c.camera} (${c.count})`, c.camera)));
+    // The date pickers open on the collection's own span.
+    for (const id of ["taken_after", "taken_before"]) {
+      $(id).min = body.taken && body.taken.first ? body.taken.first.slice(0, 10) : "";
+      $(id).max = body.taken && body.taken.last ? body.taken.last.slice(0, 10) : "";
+    }
   } catch {
     // The filters stay at "all": searching still works.
   }
@@ -70,6 +78,7 @@ function filterQuery() {
   const params = new URLSearchParams({ k: String(wantedK()) });
   if ($("under").value) params.set("under", $("under").value);
   if ($("label").value) params.set("label", $("label").value);
+  for (const id of ["camera", "taken_after", "taken_before"]) if ($(id).value) params.set(id, $(id).value);
   return params.toString();
 }
 
@@ -120,7 +129,7 @@ async function search(request, label) {
     if (token !== state.busy) return; // a newer search has started
     if (!response.ok) throw new Error(body.error || response.statusText);
     showResults(body);
-    const filtered = $("under").value || $("label").value;
+    const filtered = ["under", "label", "camera", "taken_after", "taken_before"].some((id) => $(id).value);
     const note = body.k < wantedK() ? ` (only ${body.k} ${filtered ? "match the filter" : "in the index"})` : "";
     setStatus(`${body.results.length} results for ${label}${note}.`);
   } catch (error) {
@@ -272,6 +281,7 @@ function setUp() {
   $("k").addEventListener("change", searchExamples);
   $("under").addEventListener("change", searchExamples);
   $("label").addEventListener("change", searchExamples);
+  for (const id of ["camera", "taken_after", "taken_before"]) $(id).addEventListener("change", searchExamples);
   const drop = $("drop");
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (event) => {
