@@ -170,3 +170,38 @@ def test_page_filters_by_camera_and_date_with_screenshots(dated, tmp_path):
     finally:
         browser.quit()
         server.stop()
+
+
+def _as_before_metadata(index_dir, name):
+    """The index as an older cbir left it: schema 1, no metadata table (nor local features)."""
+    import sqlite3
+
+    db = sqlite3.connect(index_dir / name / "catalogue.sqlite")
+    db.executescript("DROP TABLE image_metadata; DROP TABLE local_features; PRAGMA user_version = 1;")
+    db.close()
+
+
+def test_an_index_from_before_metadata_gets_it_on_the_next_update_without_re_embedding(dated, tmp_path):
+    idx = tmp_path / "idx"
+    index_folder(dated, "old", idx)
+    _as_before_metadata(idx, "old")
+    with Searcher.open("old", idx) as searcher:  # read as it is: dates from the files' times, no camera known
+        before = {r.path: (r.id, r.sha256) for r in searcher.image_rows()}
+        vectors = {int(i): v.copy() for ids, block in searcher.iter_original_vectors() for i, v in zip(ids, block)}
+        assert searcher.count_matching(ImageFilter(camera="canon")) == 0
+        assert searcher.count_matching(ImageFilter(taken_before="2018-12-31")) == 8
+    info = runner.invoke(app, ["info", "old", "--index-dir", str(idx)]).stdout
+    assert "metadata    0 of 13 images: 0 dated by EXIF (0 by file time), 0 with a camera, 0 with a location; " \
+           "13 indexed before metadata was kept" in info
+
+    summary = index_folder(dated, "old", idx)
+    assert (summary.metadata_added, summary.embedded, summary.added, summary.updated) == (13, 0, 0, 0)
+    with Searcher.open("old", idx) as searcher:
+        assert {r.path: (r.id, r.sha256) for r in searcher.image_rows()} == before  # same rows: nothing re-embedded
+        for ids, block in searcher.iter_original_vectors():
+            for i, v in zip(ids, block):
+                np.testing.assert_array_equal(v, vectors[int(i)])
+        assert _names(searcher.query(dated / "canon.jpg", k=20, image_filter=ImageFilter(camera="canon"))) == {"canon.jpg", "canon-copy.jpg"}
+    info = runner.invoke(app, ["info", "old", "--index-dir", str(idx)]).stdout
+    assert "metadata    13 of 13 images: 3 dated by EXIF (10 by file time), 3 with a camera, 0 with a location\n" in info
+    assert index_folder(dated, "old", idx).metadata_added == 0  # once

@@ -287,6 +287,8 @@ def _index(
             f"{len(summary.unlisted)} folder(s) could not be listed ({shown}): "
             f"{summary.kept_unlisted} indexed image(s) under them kept, not removed; run again once they are back"
         )
+    if summary.metadata_added:
+        print(f"metadata (date, camera, size) read for {summary.metadata_added} image(s) indexed without it; their vectors were kept")
     if summary.local_features_added:
         print(f"local features added to {summary.local_features_added} image(s) already indexed; their vectors were kept")
     if summary.retried:

@@ -225,6 +225,8 @@ def index_folder(
             _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress, local_config)
             if local_config:
                 summary.local_features_added = _add_missing_local_features(writer, folder, files, embedder, loader, local_config, progress)
+            if not writer.created:
+                summary.metadata_added = _add_missing_metadata(writer, files, embedder, loader, progress)
         except (KeyboardInterrupt, WorkerError):
             writer.finish()  # what was committed becomes the snapshot, searchable as it is; then stop
             raise
@@ -468,6 +470,37 @@ def _add_missing_local_features(
                 if f.local_features and f.sha256 == wanted[str(f.path)].sha256
             ]
             writer.add_local_features(records)
+            added += len(records)
+    finally:
+        progress.stop()
+    return added
+
+
+def _add_missing_metadata(writer: IndexWriter, files: Sequence[Path], embedder: Embedder, loader: Loader, progress: Progress) -> int:
+    """Metadata for the listed images indexed without any (before metadata existed): read, not re-embedded.
+
+    Each file is read and decoded as the extractor decodes it (reduced), for
+    its size, date and camera only; committed batch by batch. A file whose
+    content no longer matches its row is left alone (the plan re-embeds it).
+    """
+    missing = writer.ids_without_metadata()
+    if not missing:
+        return 0
+    listed = set(map(str, files))
+    wanted = {row.path: row for row in writer.rows_by_id(sorted(missing)) if row.path in listed}
+    if not wanted:
+        return 0
+    paths = [Path(key) for key in wanted]
+    progress.start(f"metadata for {len(paths)} image(s) indexed without it in {writer.path.name!r}", len(paths))
+    added = 0
+    try:
+        for loaded_files in loader.local_features(paths, embedder.decode_min_side, None, progress):
+            records = [
+                (wanted[str(f.path)].id, _metadata(f))
+                for f in loaded_files
+                if not f.error and f.sha256 == wanted[str(f.path)].sha256
+            ]
+            writer.add_metadata(records)
             added += len(records)
     finally:
         progress.stop()

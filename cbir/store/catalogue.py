@@ -471,6 +471,20 @@ class Catalogue:
             [(ids[p], *(getattr(m, c) for c in _METADATA_COLUMNS)) for p, m in stored if p in ids],
         )
 
+    def set_metadata(self, records: Iterable[tuple[int, ImageMetadata]]) -> None:
+        """Store (or replace) the metadata of images already indexed, by id."""
+        marks = ", ".join("?" * (1 + len(_METADATA_COLUMNS)))
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO image_metadata (id, {', '.join(_METADATA_COLUMNS)}) VALUES ({marks})",
+            [(int(i), *(getattr(m, c) for c in _METADATA_COLUMNS)) for i, m in records],
+        )
+
+    def ids_without_metadata(self) -> set[int]:
+        """Images with no metadata row: indexed before metadata was read (schema 1), or by an older cbir."""
+        if self.schema_version < 2:
+            return {row[0] for row in self._db.execute("SELECT id FROM images")}
+        return {row[0] for row in self._db.execute("SELECT id FROM images WHERE id NOT IN (SELECT id FROM image_metadata)")}
+
     def metadata(self, ids: Sequence[int], gps: bool = False) -> dict[int, ImageMetadata]:
         """``{id: metadata}`` for those of ``ids`` that have some; GPS only when asked for (``gps``)."""
         columns = _METADATA_COLUMNS if gps else _METADATA_COLUMNS[:-2]
