@@ -18,7 +18,7 @@ MaxWaitOption = Annotated[
     typer.Option(
         "--max-wait-ms",
         min=10,
-        help="...or at the latest this long after its first change, so a long copy is indexed as it goes (milliseconds).",
+        help="The longest a batch waits after its first change, so a long copy is indexed as it goes (milliseconds).",
     ),
 ]
 
