@@ -172,8 +172,20 @@ def test_a_burst_is_indexed_in_few_runs_not_one_a_file(tmp_path):
     assert len(batches) < 20
 
 
-def _watch_script(sleep: float) -> str:
-    """``watch_folder(argv[1], 'killed', argv[2])`` with each colour batch slowed, so a kill lands mid-batch."""
+LIBRARY_WATCHER = (
+    "from cbir.indexing.watch import watch_folder\n"
+    "watch_folder(sys.argv[1], 'killed', sys.argv[2], step_ms=50, debounce_ms=400, rust_timeout_ms=100, batch_size=4,\n"
+    "             on_run=lambda b, s: print('run', flush=True))\n"
+)
+CLI_WATCHER = (
+    "from cbir.cli import main\n"
+    "sys.argv = ['cbir', 'watch', sys.argv[1], '--name', 'killed', '--index-dir', sys.argv[2], '--quiet-ms', '50', '--batch-size', '4']\n"
+    "main()\n"
+)
+
+
+def _watch_script(sleep: float, watcher: str = LIBRARY_WATCHER) -> str:
+    """``watcher`` (watching argv[1] into index 'killed' in argv[2]) with each colour batch slowed, so a signal lands mid-batch."""
     return (
         "import sys, time\n"
         "from cbir.features.color import ColorHistogram\n"
@@ -181,10 +193,7 @@ def _watch_script(sleep: float) -> str:
         "def slow(self, items):\n"
         f"    time.sleep({sleep!r})\n"
         "    return original(self, items)\n"
-        "ColorHistogram.transform_prepared = slow\n"
-        "from cbir.indexing.watch import watch_folder\n"
-        "watch_folder(sys.argv[1], 'killed', sys.argv[2], step_ms=50, debounce_ms=400, rust_timeout_ms=100, batch_size=4,\n"
-        "             on_run=lambda b, s: print('run', flush=True))\n"
+        "ColorHistogram.transform_prepared = slow\n" + watcher
     )
 
 
@@ -239,3 +248,54 @@ def test_without_watchfiles_one_line_names_the_extra(tmp_path):
     assert done.returncode != 0
     assert done.stderr.strip() == "error: watching a folder needs watchfiles, which is not installed: pip install 'cbir[watch]'"
     assert not (tmp_path / "idx").exists()  # nothing indexed before the error
+
+
+def test_a_served_index_shows_a_watched_change_at_its_next_refresh(tmp_path):
+    from cbir.server.live import IndexPool
+
+    root = tmp_path / "photos"
+    make_collection(root, per_class=2)
+    index_dir = tmp_path / "indexes"
+    index_folder(root, "served", index_dir)
+    pool = IndexPool(index_dir, refresh_interval=0).open()
+    watcher = _Watcher(root, "served", index_dir)
+    try:
+        new = write_image(root / "new" / "fresh.png", coloured_image((10, 220, 240), 5))
+        _wait_until_indexed(root, "served", index_dir)
+        with pool.get("served").use() as searcher:
+            assert searcher.size == 6  # the served state until the pool looks again
+        pool.refresh()
+        with pool.get("served").use() as searcher:
+            assert searcher.size == 7 and searcher.query(new, k=1).results[0].path == str(new)
+    finally:
+        watcher.close()
+        pool.close()
+
+
+def test_ctrl_c_mid_batch_keeps_what_was_committed_and_a_restart_completes_it(tmp_path):
+    root = tmp_path / "photos"
+    make_collection(root, per_class=2)
+    index_dir = tmp_path / "indexes"
+    script = _watch_script(0.15, CLI_WATCHER)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-c", script, str(root), str(index_dir)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout.readline().startswith("rescan: 6 added")
+        for n in range(40):
+            write_image(root / "new" / f"n{n}.png", coloured_image((200, n * 5, 10), n))
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any("/new/" in p for p in _indexed("killed", index_dir)):
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "stopped watching: every batch finished is committed; the next start indexes what is left"
+    assert "Traceback" not in err
+    partial = [p for p in _indexed("killed", index_dir) if "/new/" in p]
+    assert 0 < len(partial) < 40
+    watcher = _Watcher(root, "killed", index_dir)
+    watcher.close()
+    _assert_same_as_fresh(root, "killed", index_dir, root / "new" / "n3.png")
