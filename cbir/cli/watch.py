@@ -38,6 +38,9 @@ def watch(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per commit.")] = 64,
     quiet_ms: QuietOption = 300,
     max_wait_ms: MaxWaitOption = 5_000,
+    poll: Annotated[
+        bool, typer.Option("--poll", help="Look for changes by listing the folder every 300 ms instead of the OS's events (network shares, some containers).")
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """Index a folder, then keep the index up to date as files are added, changed, moved or deleted.
@@ -52,7 +55,7 @@ def watch(
     its options. Needs pip install 'cbir\\[watch]'. --json prints one JSON
     object a line, one a run.
     """
-    watch_and_report(folder, name, index_dir, quiet_ms, max_wait_ms, as_json,
+    watch_and_report(folder, name, index_dir, quiet_ms, max_wait_ms, as_json, force_polling=poll or None,
                      exclude=exclude or (), include_hidden=include_hidden, batch_size=batch_size)
 
 

@@ -127,6 +127,9 @@ def watch_folder(
     batches (tests), or with :class:`KeyboardInterrupt` on Ctrl-C, raised
     after the run in progress committed what it had (the next start's rescan
     does the rest). Waits for another writer of the index rather than failing.
+    ``force_polling``: list the folder every 300 ms instead of waiting for the
+    OS's events (network shares); ``None`` lets watchfiles decide
+    (``$WATCHFILES_FORCE_POLLING``).
 
     Raises
     ------
