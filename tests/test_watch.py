@@ -222,12 +222,13 @@ def test_a_watcher_killed_mid_batch_resumes_to_a_fresh_index(tmp_path):
     _assert_same_as_fresh(root, "killed", index_dir, root / "new" / "n3.png")
 
 
-def test_ctrl_c_stops_the_cli_watcher_with_one_line(tmp_path):
+@pytest.mark.parametrize("command", [["watch", "--quiet-ms", "50"], ["index", "--watch"]])
+def test_ctrl_c_stops_the_cli_watcher_with_one_line(tmp_path, command):
     root = tmp_path / "photos"
     make_collection(root, per_class=2)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "cbir", "watch", str(root), "--name", "w", "--index-dir", str(tmp_path / "idx"), "--quiet-ms", "50"],
+        [sys.executable, "-m", "cbir", command[0], str(root), "--name", "w", "--index-dir", str(tmp_path / "idx"), *command[1:]],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     line = process.stdout.readline()
