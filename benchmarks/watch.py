@@ -72,7 +72,7 @@ def run_watch(burst: list[Path], source: Path, folder: Path, index_dir: Path, ex
         json.loads(process.stdout.readline())  # the rescan at start: the watcher is in place
         started = time.perf_counter()
         copy_s = _copy(burst, source, folder)
-        batches, added, run_s = 0, 0, 0.0
+        batches, added, run_s, each = 0, 0, 0.0, []
         while True:
             line = process.stdout.readline()
             if not line:
@@ -81,13 +81,14 @@ def run_watch(burst: list[Path], source: Path, folder: Path, index_dir: Path, ex
             batches += 1
             added += run["added"]
             run_s += run["seconds"]
+            each.append((run["added"], run["seconds"]))
             if run["total"] >= expected_total:
                 break
         total_s = time.perf_counter() - started
     finally:
         process.terminate()
         process.wait()
-    return {"copy_s": round(copy_s, 2), "batches": batches, "runs_s": round(run_s, 2), "total_s": round(total_s, 2),
+    return {"copy_s": round(copy_s, 2), "batches": batches, "runs_s": round(run_s, 2), "runs": each, "total_s": round(total_s, 2),
             "after_copy_s": round(total_s - copy_s, 2), "added": added, "images_per_s": round(len(burst) / total_s, 1)}
 
 

@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
 
 from cbir.extras import import_optional
-from cbir.images.scan import is_image_path, normalize_path
+from cbir.images.decode import readable_extensions
+from cbir.images.scan import normalize_path
 from cbir.indexing.summary import IndexSummary
 from cbir.progress import SILENT, Progress
 from cbir.store.locations import index_path, is_under, name_for_folder
@@ -74,10 +75,11 @@ def plan_batch(
     """
     counts = {ADDED: 0, MODIFIED: 0, DELETED: 0}
     touched: set[str] = set()
+    readable = readable_extensions()  # once a batch: it looks for the formats extra's packages each call
     for change, path in changes:
         if not is_under(path, folder) or any(is_under(path, root) for root in ignored):
             continue
-        if path == folder or not (is_image_path(path) or maybe_folder(path)):
+        if path == folder or not (os.path.splitext(path)[1].lower() in readable or maybe_folder(path)):
             continue
         touched.add(path)
         counts[int(change)] = counts.get(int(change), 0) + 1
