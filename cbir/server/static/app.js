@@ -129,6 +129,7 @@ async function loadIndexes() {
 // No index yet: say how to make one, and look again every few seconds (the server picks new ones up).
 function showEmptyState() {
   $("empty").hidden = false;
+  $("controls").hidden = true; // nothing to choose yet
   $("build-command").textContent = state.build;
   $("query-area").hidden = true;
   $("results").replaceChildren();
@@ -213,6 +214,7 @@ async function show() {
   showControls(view);
   if (!state.indexes.length) return showEmptyState();
   $("empty").hidden = true;
+  $("controls").hidden = false;
   $("query-area").hidden = false;
   if (!state.indexes.some((i) => i.name === view.index)) {
     clearResults();
@@ -358,9 +360,10 @@ function showResults(body, mode) {
     label.textContent = name;
     label.title = result.path;
     const date = (result.taken || result.mtime || "").slice(0, 10);
-    const details = [result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean);
+    // The folder's own name on the tile (a whole path does not fit); all of it on hover.
+    const details = [result.label, baseName(result.folder || ""), formatSize(result.size), date, result.camera].filter(Boolean);
     item.querySelector(".details").textContent = details.join(" · ");
-    item.querySelector(".details").title = details.join("\n");
+    item.querySelector(".details").title = [result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean).join("\n");
     for (const [selector, which, words] of [[".like", "more", "More"], [".unlike", "less", "Less"]]) {
       const action = item.querySelector(selector);
       if (mode === "browse") action.remove(); // nothing to refine yet
