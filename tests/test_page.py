@@ -285,6 +285,7 @@ def test_a_cnn_index_header_names_its_extractor_in_short_without_server_paths(tm
         _phone(browser)
         time.sleep(0.3)  # a layout pass at the new width
         assert not _scrolls_sideways(browser)
+        _screenshot(browser, "cbir-cnn-phone.png", tmp_path)
     finally:
         server.stop()
 

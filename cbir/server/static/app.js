@@ -410,6 +410,8 @@ function showExamples(view) {
     });
   $("more-list").replaceChildren(...chips(view.more, "more"));
   $("less-list").replaceChildren(...chips(view.less, "less"));
+  $("more-list").parentElement.hidden = view.more.length === 0;
+  $("less-list").parentElement.hidden = view.less.length === 0;
   $("refine").hidden = view.more.length + view.less.length === 0;
 }
 
