@@ -125,6 +125,20 @@ def test_browse_without_a_query_pages_by_folder_and_label(two_indexes, browser):
     assert _severe(browser) == []
 
 
+def test_more_than_a_page_holds_is_an_error_not_a_silent_cut(two_indexes, browser):
+    server, root = two_indexes
+    browser.get(server.url + "/?index=alpha&k=5000")
+    _wait(browser).until(lambda b: "failed" in _status(b))
+    assert "limit must be from 1 to 1000 (page on with offset)" in _status(browser) and _grid(browser) == []
+    k = browser.find_element(_by().ID, "k")
+    k.clear()
+    k.send_keys("1001\n")
+    _wait(browser).until(lambda b: "from 1 to 1000" in _status(b) and "Results per page" in _status(b))
+    k.clear()
+    k.send_keys("10\n")
+    _wait(browser).until(lambda b: "1–10 of 30" in _status(b) and _address(b).get("k") == "10")
+
+
 def test_a_search_lives_in_the_address_back_works_and_a_bookmark_opens_it(two_indexes, browser):
     server, root = two_indexes
     _open(browser, server, "/?index=alpha&k=6")

@@ -41,7 +41,7 @@ function viewFromLocation() {
     upload: q === undefined && state.uploads.has(upload) ? upload : null,
     more: ids(p.get("more")),
     less: ids(p.get("less")),
-    k: Math.min(positive(p.get("k"), DEFAULT_K), MAX_PER_PAGE),
+    k: positive(p.get("k"), DEFAULT_K), // over the API's limit: its error is shown, nothing is cut silently
     under: p.get("under") || "",
     label: p.get("label") || "",
     page: positive(p.get("page"), 1),
