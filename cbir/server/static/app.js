@@ -448,8 +448,13 @@ function setUp() {
   });
   $("under").addEventListener("change", () => go({ under: $("under").value }));
   $("label").addEventListener("change", () => go({ label: $("label").value }));
-  $("previous").addEventListener("click", () => go({ page: state.view.page - 1 }));
-  $("next").addEventListener("click", () => go({ page: state.view.page + 1 }));
+  // The pager sits below the grid: the new page is read from its top.
+  const turn = (by) => {
+    go({ page: state.view.page + by });
+    $("status").scrollIntoView({ block: "nearest" });
+  };
+  $("previous").addEventListener("click", () => turn(-1));
+  $("next").addEventListener("click", () => turn(1));
   $("clear").addEventListener("click", () => go({ q: null, upload: null, more: [], less: [] }));
   // Anywhere on the page: a file dropped outside the box must not make the browser open it (the page is lost).
   const drop = $("drop");
