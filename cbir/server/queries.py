@@ -12,7 +12,8 @@ A request is one of:
 
 Each may carry the filters of :data:`FILTER_FIELDS`: ``under`` (a folder, as
 results show it), ``label``, ``taken_after`` / ``taken_before`` (ISO dates)
-and ``camera`` (part of make and model).
+and ``camera`` (part of make and model); and ``offset``: the results to skip
+(the next page).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cbir.retrieval.examples import MAX_EXAMPLES, Example
 _WEIGHTED_ID = re.compile(r"\s*([0-9]{1,18})(?::([0-9]*\.?[0-9]+))?\s*")
 #: A search's filters (:class:`cbir.store.catalogue.ImageFilter`'s fields), as form fields, JSON keys or query parameters.
 FILTER_FIELDS = ("under", "label", "taken_after", "taken_before", "camera")
-_JSON_FIELDS = {"id", "k", "positive", "negative", *FILTER_FIELDS}
+_JSON_FIELDS = {"id", "k", "offset", "positive", "negative", *FILTER_FIELDS}
 
 
 class RequestError(Exception):
@@ -41,6 +42,7 @@ class RequestError(Exception):
 @dataclass
 class SearchRequest:
     k: str | None = None
+    offset: str | None = None
     under: str | None = None
     label: str | None = None
     taken_after: str | None = None
@@ -87,7 +89,7 @@ async def read_form(request, max_files: int = MAX_EXAMPLES) -> SearchRequest:
                 raise RequestError(422, f"field {key!r} must be text, not a file")
             elif key in ("positive", "negative"):
                 (out.positive_ids if key == "positive" else out.negative_ids).append(_weighted_id(value))
-            elif key == "k" or key in FILTER_FIELDS:
+            elif key in ("k", "offset") or key in FILTER_FIELDS:
                 setattr(out, key, value)
     if not (out.uploads or out.positive_ids):
         raise RequestError(422, "the form has no field 'file' holding the image (or 'positive' ids)")
@@ -116,10 +118,11 @@ def read_json(body: bytes) -> SearchRequest:
         out.negative_ids = [_json_example(e) for e in _list(payload, "negative")]
         if not out.positive_ids:
             raise RequestError(422, "'id' must be the whole-number id of an indexed image (or give 'positive' ids)")
-    k = payload.get("k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
-        raise RequestError(422, "'k' must be a whole number")
-    out.k = None if k is None else str(k)
+    for key in ("k", "offset"):
+        number = payload.get(key)
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+            raise RequestError(422, f"'{key}' must be a whole number")
+        setattr(out, key, None if number is None else str(number))
     for key in FILTER_FIELDS:
         value = payload.get(key)
         if value is not None and not isinstance(value, str):
