@@ -136,6 +136,9 @@ def test_api_filters_and_facets(dated, tmp_path):
         form = client.post("/api/indexes/d/search", files={"file": ("q.jpg", (dated / "canon.jpg").read_bytes())},
                            data={"taken_before": "2019-12-31", "k": "3"}).json()
         assert len(form["results"]) == 3 and all("old-" in r["path"] or "2019" in r["path"] for r in form["results"])
+        listed = client.get("/api/indexes/d/images?camera=canon").json()  # browsing, without a query
+        assert listed["total"] == 2 and {os.path.basename(r["path"]) for r in listed["results"]} == {"canon.jpg", "canon-copy.jpg"}
+        assert client.get("/api/indexes/d/images?taken_after=2023-01-01").json()["total"] == 1
         bad = client.post("/api/indexes/d/search?taken_after=yesterday", json={"id": 1})
         assert bad.status_code == 400 and "ISO date" in bad.text
 
@@ -156,6 +159,7 @@ def test_page_filters_by_camera_and_date_with_screenshots(dated, tmp_path):
         assert browser.find_element(By.ID, "taken_after").get_attribute("min") == "2018-05-01"
         Select(browser.find_element(By.ID, "camera")).select_by_value("Apple iPhone 15")
         wait.until(lambda b: [r["name"] for r in _grid(b)] == ["iphone.jpg"])
+        assert "camera=Apple+iPhone+15" in browser.current_url  # the filter is in the address: Back and sharing keep it
         assert "only 1 match the filter" in browser.find_element(By.ID, "status").text
         Select(browser.find_element(By.ID, "camera")).select_by_value("")
         browser.execute_script(
