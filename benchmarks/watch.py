@@ -11,11 +11,12 @@ Then, in each, the burst is copied in as fast as this process can:
   rescan) sees the copy as it happens and indexes it in batches: time from
   the first copy until its ``--json`` lines report every file indexed.
 
-Throughput ratio = index's time / watch's time (1.0: as fast; above: the
-watcher's overlap with the copy wins time back). Both indexes are then
-compared: the same paths and vectors. Run alone (figures are per machine):
+Throughput ratio = index's time / watch's time, of the medians over
+``--repeat`` pairs that alternate which runs first (1.0: as fast; above: the
+watcher's overlap with the copy wins time back). Each pair's indexes are
+then compared: the same paths and vectors. Run alone (figures are per machine):
 
-    flock /tmp/cbir-bench.lock python benchmarks/watch.py [--json] [--images 2000] [--base 200]
+    flock /tmp/cbir-bench.lock python benchmarks/watch.py [--json] [--images 2000] [--base 200] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -110,37 +112,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=2000, help="files in the burst")
     parser.add_argument("--base", type=int, default=200, help="files indexed before the burst")
+    parser.add_argument("--repeat", type=int, default=3, help="pairs of runs, alternating which goes first (medians reported)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    pairs = []
     with tempfile.TemporaryDirectory(prefix="cbir-watch-bench-") as tmp:
         tmp = Path(tmp)
         source = tmp / "source"
         files = make_collection(source, args.base + args.images, usable_cores())
         base, burst = files[: args.base], files[args.base :]
-        index_dir = tmp / "indexes"
-        folders = {"ref": tmp / "ref", "watched": tmp / "watched"}
-        for name, folder in folders.items():
-            _copy(base, source, folder)
-            subprocess.run(_cbir("index", str(folder), "--name", name, "--index-dir", str(index_dir), "--json"),
-                           capture_output=True, env=_env(), check=True)
-        index = run_index(burst, source, folders["ref"], index_dir)
-        watch = run_watch(burst, source, folders["watched"], index_dir, len(files))
-        report = {
-            "images": len(burst),
-            "base": len(base),
-            "cores": usable_cores(),
-            "cbir_index": index,
-            "cbir_watch": watch,
-            "throughput_ratio_watch_vs_index": round(index["total_s"] / watch["total_s"], 2),
-            "same_contents": _same_contents(index_dir, folders["ref"], folders["watched"]),
-        }
+        for n in range(args.repeat):
+            index_dir = tmp / f"indexes{n}"
+            folders = {"ref": tmp / f"ref{n}", "watched": tmp / f"watched{n}"}
+            for name, folder in folders.items():
+                _copy(base, source, folder)
+                subprocess.run(_cbir("index", str(folder), "--name", name, "--index-dir", str(index_dir), "--json"),
+                               capture_output=True, env=_env(), check=True)
+            runs = {}
+            # Alternating which goes first: a shared machine's load drifts.
+            for which in (("index", "watch") if n % 2 == 0 else ("watch", "index")):
+                if which == "index":
+                    runs["index"] = run_index(burst, source, folders["ref"], index_dir)
+                else:
+                    runs["watch"] = run_watch(burst, source, folders["watched"], index_dir, len(files))
+            runs["same_contents"] = _same_contents(index_dir, folders["ref"], folders["watched"])
+            pairs.append(runs)
+    index_s = round(statistics.median(p["index"]["total_s"] for p in pairs), 2)
+    watch_s = round(statistics.median(p["watch"]["total_s"] for p in pairs), 2)
+    report = {
+        "images": len(burst),
+        "base": len(base),
+        "cores": usable_cores(),
+        "pairs": pairs,
+        "cbir_index_median_s": index_s,
+        "cbir_watch_median_s": watch_s,
+        "throughput_ratio_watch_vs_index": round(index_s / watch_s, 2),
+        "same_contents": all(p["same_contents"] for p in pairs),
+    }
     if args.json:
         print(json.dumps(report, indent=2))
         return
     print(f"burst of {report['images']} Corel copies into a folder of {report['base']} indexed images ({report['cores']} cores)")
-    print(f"  cbir index : copy {index['copy_s']} s + index {index['index_s']} s = {index['total_s']} s ({index['images_per_s']} images/s)")
-    print(f"  cbir watch : copy {watch['copy_s']} s, indexed {watch['after_copy_s']} s after it in {watch['batches']} batch(es) "
-          f"= {watch['total_s']} s ({watch['images_per_s']} images/s)")
+    for n, pair in enumerate(pairs):
+        index, watch = pair["index"], pair["watch"]
+        print(f"  pair {n + 1}: cbir index copy {index['copy_s']} s + index {index['index_s']} s = {index['total_s']} s; "
+              f"cbir watch {watch['total_s']} s ({watch['after_copy_s']} s after the copy, {watch['batches']} batch(es))")
+    print(f"  medians: cbir index {index_s} s ({len(burst) / index_s:.0f} images/s), cbir watch {watch_s} s "
+          f"({len(burst) / watch_s:.0f} images/s)")
     print(f"  throughput watch / index: {report['throughput_ratio_watch_vs_index']}x; same paths and vectors: {report['same_contents']}")
 
 
