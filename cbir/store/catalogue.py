@@ -18,7 +18,7 @@ Ids are never reused (``AUTOINCREMENT``), so an id in an older FAISS file can
 never point at a different image. Ids removed since the FAISS file was last
 written are listed in ``pending_removals`` until it is written again.
 
-At ~660 lines it is over the usual size on purpose: it is the one module that
+At ~790 lines it is over the usual size on purpose: it is the one module that
 speaks SQL (rclip's rule), so every statement, its schema and migrations stay
 in one place.
 """
