@@ -272,6 +272,8 @@ def _index(
         print(f"not indexed: {summary.unsupported_note()}")
     if summary.raw_note():
         print(summary.raw_note())
+    if summary.video_note():
+        print(summary.video_note())
     if summary.unlisted:
         shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
         print(

@@ -85,21 +85,23 @@ def plan_update(
 ) -> IndexPlan:
     """Mark and sweep: the scan's files (``stats``, in scan order) against the catalogue rows under the folder.
 
-    ``rows`` maps path -> row (with ``id``, ``size``, ``mtime_ns``, ``sha256``);
-    ``skipped`` maps path -> ``(size, mtime_ns, reason)``. Rows and skip records
-    under an ``unlisted`` folder are kept: the folder may be back next time.
+    ``rows`` maps stored path -> row (with ``id``, ``path``, ``size``, ``mtime_ns``,
+    ``sha256``): a video's frames are several rows of one file, unchanged,
+    changed or gone together. ``skipped`` maps path -> ``(size, mtime_ns, reason)``.
+    Rows and skip records under an ``unlisted`` folder are kept: the folder may be back next time.
     """
     todo: list[Path] = []
     known: dict[Path, str] = {}
     unchanged = still_skipped = retried = 0
     present: set[str] = set()
+    row_of_file = {row.path: row for row in rows.values()}  # a video: any one of its frames
     for file, stat in stats.items():
         key = str(file)
         present.add(key)
         if stat is None:
             todo.append(file)  # let the loader record why it cannot be read
             continue
-        row = rows.get(key)
+        row = row_of_file.get(key)
         if row is not None:
             if (row.size, row.mtime_ns) == stat:
                 unchanged += 1
@@ -118,7 +120,7 @@ def plan_update(
     def unknown(path: str) -> bool:
         return any(is_under(path, folder) for folder in unlisted)
 
-    gone_rows = [(key, row) for key, row in rows.items() if key not in present]
+    gone_rows = [(row.path, row) for row in rows.values() if row.path not in present]
     gone_skipped = [key for key in skipped if key not in present]
     kept = sum(1 for key, _ in gone_rows if unknown(key))
     return IndexPlan(
