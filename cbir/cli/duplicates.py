@@ -69,5 +69,5 @@ def duplicates(
         print(f"no near-duplicates at similarity >= {threshold}")
     for n, group in enumerate(groups, start=1):
         print(f"group {n}: {len(group.paths)} images, lowest similarity {group.min_score:.4f}")
-        for path in group.paths:
-            print(f"  {show(path)}")
+        for shown in group.names():
+            print(f"  {show(shown)}")

@@ -244,3 +244,12 @@ def format_time(seconds: float) -> str:
 def describe_frame(path: str, time_s: float | None) -> str:
     """How a result names what it shows: ``clip.mp4 @ 01:23`` for a frame, the path itself for a photo."""
     return path if time_s is None else f"{path} @ {format_time(time_s)}"
+
+
+def read_picture(path: str | os.PathLike, time_s: float | None = None, min_side: int | None = None) -> np.ndarray:
+    """What an entry shows (RGB): a photo decoded, or a video's frame at ``time_s``; :class:`ImageError` otherwise."""
+    if time_s is None:
+        from cbir.images.decode import read_image
+
+        return read_image(path, min_side=min_side)
+    return frame_at(path, time_s, min_side)

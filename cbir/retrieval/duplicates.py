@@ -3,6 +3,10 @@
 Pairs come from FAISS range search (or a k-nearest-neighbour search where the
 index type has no range search), block by block over the stored vectors, so
 memory grows with the number of similar pairs, never with N x N.
+
+A video is one member of a group however many of its frames are in it (the
+earliest shown), and two frames of one video are never a pair: its
+consecutive frames are alike by nature, not duplicates of each other.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import numpy as np
 
 from cbir.ann.vectors import VectorIndex
 from cbir.display import display_path
+from cbir.images.video import describe_frame
 from cbir.errors import UsageError
 from cbir.progress import SILENT, Progress
 from cbir.retrieval.search import Searcher
@@ -36,9 +41,21 @@ class DuplicateGroup:
 
     paths: list[str]
     min_score: float
+    #: Per path: the time in seconds of the video frame in the group, ``None`` for a photo (``None``: all photos).
+    times: list[float | None] | None = None
+
+    def time_of(self, n: int) -> float | None:
+        return self.times[n] if self.times is not None else None
+
+    def names(self) -> list[str]:
+        """Each member as shown: its path, ``clip.mp4 @ 01:23`` for a video."""
+        return [describe_frame(p, self.time_of(n)) for n, p in enumerate(self.paths)]
 
     def to_dict(self) -> dict:
-        return {"size": len(self.paths), "min_score": self.min_score, "paths": [display_path(p, controls=False) for p in self.paths]}
+        out = {"size": len(self.paths), "min_score": self.min_score, "paths": [display_path(p, controls=False) for p in self.paths]}
+        if self.times is not None and any(t is not None for t in self.times):  # photos' JSON stays as it was
+            out["times"] = list(self.times)
+        return out
 
 
 def find_duplicates(
@@ -80,6 +97,7 @@ def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Pro
     vectors_index = searcher.plain_vectors() if searcher.augmented else searcher.vectors
     rows = [row for row in searcher.image_rows() if image_filter is None or image_filter.matches(row)]
     ids = np.array([row.id for row in rows], dtype=np.int64)
+    video_of = _video_numbers(rows)
     parent = np.arange(len(ids))
     weakest = np.full(len(ids), np.inf)
     progress.start("comparing images", len(ids))
@@ -94,6 +112,8 @@ def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Pro
             a = np.searchsorted(ids, queries)
             b = np.searchsorted(ids, neighbours)
             known = (b < len(ids)) & (ids[np.minimum(b, len(ids) - 1)] == neighbours) & (a != b)
+            if video_of is not None:  # two frames of one video are no pair
+                known &= (video_of[a] < 0) | (video_of[a] != video_of[np.minimum(b, len(ids) - 1)])
             for i, j, score in zip(a[known], b[known], scores[known]):
                 _union(parent, weakest, int(i), int(j), float(score))
             progress.advance(len(block_ids))
@@ -104,8 +124,28 @@ def _groups(searcher: Searcher, threshold: float, block_size: int, progress: Pro
     for root in np.unique(roots):
         members = np.flatnonzero(roots == root)
         if len(members) > 1:
-            groups.append(DuplicateGroup(sorted(rows[m].path for m in members), round(float(weakest[root]), 6)))
+            group = _one_member_per_file([rows[m] for m in members], round(float(weakest[root]), 6))
+            if len(group.paths) > 1:
+                groups.append(group)
     return groups
+
+
+def _video_numbers(rows) -> np.ndarray | None:
+    """Per row: a number shared by the frames of one video, -1 for a photo; ``None`` where there is no video."""
+    if all(row.time is None for row in rows):
+        return None
+    numbers: dict[str, int] = {}
+    return np.array([-1 if row.time is None else numbers.setdefault(row.path, len(numbers)) for row in rows], dtype=np.int64)
+
+
+def _one_member_per_file(members, min_score: float) -> DuplicateGroup:
+    """A group's rows, each file once (a video at its earliest frame in the group), sorted by path."""
+    first: dict[str, float | None] = {}
+    for row in sorted(members, key=lambda row: (row.path, -1.0 if row.time is None else row.time)):
+        first.setdefault(row.path, row.time)
+    paths = sorted(first)
+    times = [first[p] for p in paths]
+    return DuplicateGroup(paths, min_score, times if any(t is not None for t in times) else None)
 
 
 def _pairs(vectors_index: VectorIndex, block_ids: np.ndarray, vectors: np.ndarray, threshold: float, warn: bool = True):

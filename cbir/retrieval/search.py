@@ -35,6 +35,7 @@ from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest
 from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.ann.verify import check_verify
 from cbir.retrieval.indexed_files import open_indexed_file
+from cbir.images.video import describe_frame
 
 logger = logging.getLogger(__name__)
 
@@ -382,6 +383,7 @@ class Searcher:
                     Match(
                         len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path),
                         about.taken if about else None, about.camera if about else None, size=row.size, mtime_ns=row.mtime_ns,
+                        time=row.time,
                     )
                 )
                 if len(matches) == k:
@@ -423,13 +425,14 @@ class Searcher:
         row = self.image_row(image_id)
         with self._catalogue_lock:
             vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
+        name = describe_frame(row.path, row.time)
         if self.verify is None:
-            return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter)[0])
+            return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter)[0])
         from cbir.features.local import unpack
 
         data = self.local_features([row.id]).get(row.id)
         features = [unpack(data) if data is not None else None]
-        return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
+        return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
 
     def query_examples(
         self,

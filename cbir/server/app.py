@@ -36,6 +36,7 @@ from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
 from cbir.server.access import Access, AccessGuard, private_path, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+from cbir.server.media import UnsatisfiableRange, byte_range
 from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
 from cbir.server.transport import BodyLimits
@@ -234,12 +235,22 @@ def create_app(
             }
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
-    def original(name: str, image_id: str) -> Response:
+    def original(name: str, image_id: str, request: Request) -> Response:
         row, file = _open_file(pool.get(name), image_id)
         size = os.fstat(file.fileno()).st_size
         media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
-        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
-        return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
+        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff", "Accept-Ranges": "bytes"}
+        try:  # a part of it: what a <video> asks for to seek (a video's frame plays from its time)
+            part = byte_range(request.headers.get("range"), size)
+        except UnsatisfiableRange:
+            file.close()
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        if part is None:
+            return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
+        first, last = part
+        file.seek(first)
+        headers.update({"Content-Length": str(last - first + 1), "Content-Range": f"bytes {first}-{last}/{size}"})
+        return StreamingResponse(_chunks(file, last - first + 1), status_code=206, media_type=media_type, headers=headers)
 
     @app.get("/api/indexes/{name}/thumbnails/{image_id}", tags=["api"], summary="A small JPEG of an indexed image")
     def thumbnail(name: str, image_id: str) -> Response:
