@@ -32,6 +32,7 @@ import numpy as np
 
 from cbir.compute.work import MIN_FILES_FOR_PROCESSES, Batch, EmbedderRef, KnownContent, PrepareSpec, load_entries
 from cbir.compute.work import LoadedFile
+from cbir.images.video import is_video_path
 
 logger = logging.getLogger(__name__)
 
@@ -86,17 +87,22 @@ def load_prepared(
         for path in files:
             yield from work(path)
         return
-    in_flight: deque[Future] = deque()
+    in_flight: deque[tuple[bool, Future]] = deque()
+    videos = 0  # in flight: each may hand back up to its cap of frames, so fewer of them are
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-load") as pool:
         try:
             for path in files:
-                in_flight.append(pool.submit(work, path))
-                if len(in_flight) >= lookahead + 4 * workers:
-                    yield from in_flight.popleft().result()
+                is_video = is_video_path(path)
+                while in_flight and (len(in_flight) >= lookahead + 4 * workers or (is_video and videos >= 2 * workers)):
+                    was_video, future = in_flight.popleft()
+                    videos -= was_video
+                    yield from future.result()
+                in_flight.append((is_video, pool.submit(work, path)))
+                videos += is_video
             while in_flight:
-                yield from in_flight.popleft().result()
+                yield from in_flight.popleft()[1].result()
         finally:
-            for future in in_flight:
+            for _, future in in_flight:
                 future.cancel()
 
 

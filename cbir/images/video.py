@@ -39,7 +39,7 @@ DEFAULT_MAX_FRAMES = 100
 #: Videos longer than this are sampled by seeking instead of decoding every frame.
 SEEK_ABOVE_S = 600.0
 #: Scene changes are looked for this many times a second (a small colour histogram of each look).
-_LOOKS_PER_S = 4.0
+_LOOKS_PER_S = 2.0
 #: A look whose histogram lies this far (Bhattacharyya distance) from the previous look's is a new scene.
 SCENE_THRESHOLD = 0.3
 
