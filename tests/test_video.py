@@ -310,3 +310,53 @@ def test_served_frames_thumbnails_and_ranges(mixed, clip, index_dir):
         assert part.status_code == 206 and part.content == clip.read_bytes()[100:200]
         assert part.headers["content-range"] == f"bytes 100-199/{clip.stat().st_size}"
         assert client.get(frame["image_url"], headers={"Range": "bytes=99999999-"}).status_code == 416
+
+
+def test_the_page_plays_a_frames_video_from_its_time(tmp_path, index_dir):
+    """A browser: a frame's tile names its time, and "Play from" plays the video there (a WebM: Chromium's codec)."""
+    from test_server_live import Server, _browser
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    folder = tmp_path / "media"
+    make_collection(folder, per_class=2)
+    video = folder / "clips" / "walk.webm"
+    video.parent.mkdir(parents=True)
+    writer = cv2.VideoWriter(str(video), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"VP80"), 10, (160, 120))
+    for n in range(100):
+        writer.write(painted(n / 10, (160, 120)))
+    writer.release()
+    still = tmp_path / "still.png"
+    cv2.imwrite(str(still), cv2.cvtColor(frame_at(video, 6.3), cv2.COLOR_RGB2BGR))
+    index_folder(folder, "media", index_dir)
+    server = Server(index_dir)
+    browser = _browser()
+    try:
+        wait = WebDriverWait(browser, 60)
+        browser.get(server.url + "/")
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
+        browser.find_element(By.ID, "file").send_keys(str(still))
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result"))
+        first = browser.find_element(By.CSS_SELECTOR, "#results .result")
+        name = first.find_element(By.CSS_SELECTOR, ".name").text
+        assert name.startswith("walk.webm @ 00:0"), name
+        shown = int(name[-2:])
+        assert abs(shown - 6.3) <= INTERVAL + 1
+        wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        out = Path(os.environ.get("CBIR_SCREENSHOTS", tmp_path))
+        link = first.find_element(By.CSS_SELECTOR, ".open")
+        assert link.text.startswith("Play from 00:0")
+        link.click()
+        # Played from the frame's time: the server answered the range requests it seeks with.
+        wait.until(lambda b: b.execute_script("const v = document.querySelector('#results video'); return v && v.readyState >= 2"))
+        position = browser.execute_script("return document.querySelector('#results video').currentTime")
+        assert shown - 1 <= position <= shown + 3, position
+        browser.save_screenshot(str(out / "cbir-video-desktop.png"))
+        browser.set_window_size(390, 844)
+        wait.until(lambda b: b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+        browser.save_screenshot(str(out / "cbir-video-phone.png"))
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        browser.quit()
+        server.stop()

@@ -2,7 +2,8 @@
 
 One SQLite database per index holds, for every indexed image, its path, size,
 modification time, content hash, label and vector, and for every file that
-could not be read, the reason. Vectors live here too, so every batch of
+could not be read, the reason. A video is several rows, one per indexed frame
+(its time in ``frame_time``, its path ``VIDEO/@TIME``: :func:`frame_key`). Vectors live here too, so every batch of
 embeddings is committed together with its rows in one transaction: a run
 killed at any point keeps exactly what was committed, and the FAISS file can
 always be rebuilt from the catalogue.
