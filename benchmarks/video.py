@@ -9,7 +9,8 @@ in MP4), plus one long video (``--long-minutes``, default 20, 320x180 at
    looks 2 a second, frames reduced for the colour extractor) against the
    strongest plain reference: a ``cv2.VideoCapture`` loop that grabs every
    frame and retrieves (decodes to BGR) exactly the frames cbir kept, nothing
-   else. Frames/s of the kept frames, and the ratio.
+   else. Frames/s of the kept frames, and the ratio; the same without scene
+   looks (interval frames only), against the plain loop reading those.
 2. The long video: cbir's seeks against the plain loop decoding through to
    the same frames.
 3. End to end: ``cbir index`` of the folder (colour histograms, one process,
@@ -108,6 +109,15 @@ def main() -> None:
             "plain_frames_per_s": round(plain_frames / plain_s, 1),
             "ratio": round(plain_s / seconds, 3),
         }
+        interval_only = FrameSampling(scenes=False)
+        bare_s, bare = best_of(args.repeat, lambda: {v: [f.time for f in sample_frames(v, interval_only, min_side)] for v in videos})
+        bare_plain_s, _ = best_of(args.repeat, lambda: sum(plain_read(v, bare[v]) for v in videos))
+        out["interval_only"] = {
+            "frames_kept": sum(map(len, bare.values())),
+            "cbir_s": round(bare_s, 3),
+            "plain_s": round(bare_plain_s, 3),
+            "ratio": round(bare_plain_s / bare_s, 3),
+        }
 
         long_video = slide_show(
             Path(tmp) / "long.mp4", photos[: int(args.long_minutes * 60 / 12) + 1], size=(320, 180), fps=10, seconds=12
@@ -140,6 +150,9 @@ def main() -> None:
     print(f"{args.videos} videos of 30 s, {SIZE[0]}x{SIZE[1]} at {FPS} fps: {c['frames_kept']} frames kept of {c['frames_decoded']} decoded")
     print(f"  plain cv2 loop (grab all, retrieve the kept): {c['plain_s']:.2f} s, {c['plain_frames_per_s']:.1f} kept frames/s")
     print(f"  cbir sample_frames:                           {c['cbir_s']:.2f} s, {c['cbir_frames_per_s']:.1f} kept frames/s  ({c['ratio']:.2f}x plain)")
+    bare = out["interval_only"]
+    print(f"  without scene looks ({bare['frames_kept']} interval frames): cbir {bare['cbir_s']:.2f} s, plain {bare['plain_s']:.2f} s "
+          f"({bare['ratio']:.2f}x plain)")
     long = out["long"]
     print(f"{long['minutes']:.0f}-minute video, {long['frames_kept']} frames: cbir seeks {long['cbir_seek_s']:.2f} s, "
           f"plain decode-through {long['plain_decode_through_s']:.2f} s ({long['ratio']:.1f}x faster)")

@@ -108,6 +108,14 @@ def test_a_cap_set_low_bounds_the_entries_of_a_video(tmp_path, index_dir):
     assert max(times) >= 20  # spread over the 30 s: one every 6 s
 
 
+def test_a_new_index_fitting_a_pca_takes_the_frames_asked_for(tmp_path, index_dir):
+    make_collection(tmp_path / "v", per_class=3)
+    write_video(tmp_path / "v" / "clip.mp4", 30)
+    # The PCA's sample is embedded first and committed as it is: with the run's frame setting, not the default.
+    summary = index_folder(tmp_path / "v", "pca", index_dir, options={"pca": 4}, max_frames=3)
+    assert summary.frames == 3 and [t for _, t in entries(index_dir, "pca") if t is not None] == [0.0, 10.0, 20.0]
+
+
 def test_format_time():
     assert format_time(83.4) == "01:23" and format_time(0) == "00:00" and format_time(3723) == "1:02:03"
 
@@ -191,6 +199,33 @@ def test_a_corrupt_video_is_one_warning_line_and_the_rest_is_indexed(tmp_path, i
     assert len(lines) == 2, lines  # nothing of FFmpeg's or OpenCV's own
     paths = {path for path, _ in entries(index_dir, "m")}
     assert str(good) in paths and len(paths) == photos + 1
+
+
+def test_a_version_3_catalogue_is_read_as_it_is_and_a_writer_upgrades_it(tmp_path):
+    import sqlite3
+
+    from cbir.store.catalogue import MIGRATIONS, SCHEMA_VERSION, NewImage
+
+    path = tmp_path / "catalogue.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript("".join(m + ";" for m in MIGRATIONS[:3]) + "PRAGMA user_version = 3;")
+    db.execute("INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES ('/a/x.jpg', 1, 2, 'ab', NULL, ?)", (np.ones(4, np.float32).tobytes(),))
+    db.commit()
+    db.close()
+    with Catalogue(path, read_only=True) as catalogue:  # before videos: read without upgrading
+        assert [(r.path, r.time) for r in catalogue.image_rows()] == [("/a/x.jpg", None)]
+        assert catalogue.video_counts() == (0, 0) and catalogue.image_folders() == ["/a/"]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 3
+    with Catalogue(path) as catalogue:
+        with catalogue.transaction():
+            frames = [NewImage("/a/v.mp4", 5, 6, "cd", None, np.ones(4), time=t) for t in (0.0, 2.0)]
+            catalogue.add_images(frames, 4)
+        assert catalogue.video_counts() == (1, 2) and sorted(catalogue.image_folders()) == ["/a/"]
+        assert [(r.path, r.time) for r in catalogue.images_under("/a/v.mp4").values()] == [("/a/v.mp4", 0.0), ("/a/v.mp4", 2.0)]
+        with catalogue.transaction():  # a video's new frames replace all of its old ones
+            catalogue.add_images([NewImage("/a/v.mp4", 7, 8, "ef", None, np.ones(4), time=1.0)], 4)
+        assert [(r.path, r.time, r.size) for r in catalogue.image_rows()] == [("/a/x.jpg", None, 1), ("/a/v.mp4", 1.0, 7)]
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
 
 
 # -- updates ---------------------------------------------------------------------------

@@ -222,7 +222,9 @@ def index_folder(
         # -- fit (a new index only) ----------------------------------------------
         precomputed: list[Batch] = []
         if writer.created:
-            precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
+            precomputed = fit_new_embedder(
+                embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress, video_config
+            )
             writer.create(embedder, index_type or "flat", len(files), dba=dba_config, local_features=local_config, video=video_config)
             writer.record_indexed_root(str(folder))
         # -- embed and commit ---------------------------------------------------------
