@@ -108,7 +108,7 @@ def scan_folder(
     root = normalize_path(root)
     if root.is_file():
         if not is_image_path(root):
-            raise UsageError(f"{root} is not an image or video file (expected one of {', '.join(sorted(indexable_extensions()))})")
+            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(indexable_extensions()))})")
         return FolderScan([root], {})
     if not root.is_dir():
         raise UsageError(f"folder does not exist: {root}")

@@ -174,7 +174,7 @@ def index_folder(
     name = name if name is not None else name_for_folder(folder)
     scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
     if not scan.images:
-        raise NoImagesError(f"no image or video files under {folder}{_unsupported_note(scan.unsupported)}")
+        raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
     labels = _labels_for(scan.images, labels)
     if ray not in (None, False):
         from cbir.compute.ray_cluster import RayRunner
