@@ -140,6 +140,8 @@ def _decoded_through(capture, info: VideoInfo, step: float, sampling: FrameSampl
     previous_hist = None
     emitted = index = 0
     while emitted < sampling.max_frames and capture.grab():
+        if scene_budget <= 0 and info.duration is not None and next_interval >= info.duration:
+            break  # nothing left to choose: the rest of the video need not be decoded
         time_s = _frame_time(capture, index, info.fps)
         index += 1
         due = time_s >= next_interval - 1e-6
