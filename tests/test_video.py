@@ -345,6 +345,10 @@ def test_served_frames_thumbnails_and_ranges(mixed, clip, index_dir):
         assert part.status_code == 206 and part.content == clip.read_bytes()[100:200]
         assert part.headers["content-range"] == f"bytes 100-199/{clip.stat().st_size}"
         assert client.get(frame["image_url"], headers={"Range": "bytes=99999999-"}).status_code == 416
+        # Browsing lists a video's frames in time order, each with its time.
+        listed = client.get("/api/indexes/mixed/images?limit=100").json()["results"]
+        times = [r["time"] for r in listed if r["path"] == str(clip)]
+        assert times and times == sorted(times) and all("time" not in r for r in listed if r["path"] != str(clip))
 
 
 def test_the_page_plays_a_frames_video_from_its_time(tmp_path, index_dir):
@@ -372,7 +376,8 @@ def test_the_page_plays_a_frames_video_from_its_time(tmp_path, index_dir):
         browser.get(server.url + "/")
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
         browser.find_element(By.ID, "file").send_keys(str(still))
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#results .result"))
+        # The page lists the index before a query; the search's answer names the query in the status line.
+        wait.until(lambda b: "still.png" in b.find_element(By.ID, "status").text and b.find_elements(By.CSS_SELECTOR, "#results .result"))
         first = browser.find_element(By.CSS_SELECTOR, "#results .result")
         name = first.find_element(By.CSS_SELECTOR, ".name").text
         assert name.startswith("walk.webm @ 00:0"), name

@@ -110,7 +110,8 @@ _FRAME_MARK = "/@"
 
 def frame_key(path: str, time_s: float | None) -> str:
     """The stored path of an entry: the file's own for a photo, ``VIDEO/@SECONDS`` for a video's frame."""
-    return path if time_s is None else f"{path}{_FRAME_MARK}{time_s:.3f}"
+    # Zero-padded: frames sort by time wherever rows are listed by path (a browsed page).
+    return path if time_s is None else f"{path}{_FRAME_MARK}{time_s:012.3f}"
 
 
 def _frames_range(path: str) -> tuple:
@@ -497,9 +498,9 @@ class Catalogue:
             chunk = values[start : start + _CHUNK]
             yield from self._db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
-    def _select_images(self, where: str, args: Sequence) -> Iterator[ImageRow]:
+    def _select_images(self, where: str, args: Sequence, order: str = "id") -> Iterator[ImageRow]:
         frame_time = "frame_time" if self.schema_version >= 4 else "NULL"
-        query = f"SELECT id, path, size, mtime_ns, sha256, label, {frame_time} FROM images {where} ORDER BY id"
+        query = f"SELECT id, path, size, mtime_ns, sha256, label, {frame_time} FROM images {where} ORDER BY {order}"
         for image_id, path, size, mtime_ns, sha256, label, time_s in self._db.execute(query, tuple(args)):
             path = _text(path)
             if time_s is not None:
@@ -511,6 +512,16 @@ class Catalogue:
         where, args = image_filter.where()
         rows = self._db.execute(f"SELECT id FROM images WHERE {where} ORDER BY id", args).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+
+    def image_page(self, image_filter: "ImageFilter", offset: int, limit: int) -> tuple[int, list[ImageRow]]:
+        """How many images ``image_filter`` lets through, and ``limit`` of their rows from ``offset`` on, by path.
+
+        By path: a folder's images stay together, page after page.
+        """
+        where, args = image_filter.where()
+        (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", args).fetchone()
+        rows = self._select_images(f"WHERE {where}", (*args, int(limit), int(offset)), order="path, id LIMIT ? OFFSET ?")
+        return total, list(rows)
 
     def label_counts(self) -> dict[str, int]:
         """``{label: images}`` of every label, by label (images without one are not counted)."""
