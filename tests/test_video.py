@@ -242,6 +242,8 @@ def test_an_unchanged_video_is_not_decoded_again_and_a_changed_one_replaces_all_
     os.utime(clip, ns=(clip.stat().st_mtime_ns + 10**9,) * 2)  # touched, same content: hashed, not decoded
     touched = index_folder(folder, "up", index_dir, workers=1)
     assert decoded == [] and summary.unchanged == 1 and touched.unchanged == 1
+    with Catalogue(index_dir / "up" / "catalogue.sqlite", read_only=True) as catalogue:  # every frame restamped
+        assert {row.mtime_ns for row in catalogue.image_rows()} == {clip.stat().st_mtime_ns}
     assert [t for _, t in entries(index_dir, "up")] == [t for _, t in before]
     write_video(clip, 4)  # shorter: fewer frames, all new
     changed = index_folder(folder, "up", index_dir, workers=1)
