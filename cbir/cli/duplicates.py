@@ -24,15 +24,15 @@ from cbir.cli._common import (
     stderr,
 )
 from cbir.errors import UsageError
-from cbir.retrieval.thresholds import DEFAULT_THRESHOLDS, TARGET_PRECISION
+from cbir.retrieval.thresholds import DEFAULT_THRESHOLDS, MAX_FALSE_RATE
 
 _DEFAULTS = ", ".join(f"{name} {value}" for name, value in DEFAULT_THRESHOLDS.items())
 _THRESHOLD_HELP = (
     "Cosine similarity (-1 to 1) at or above which two images count as near-duplicates. "
-    f"Default: the index's extractor's own ({_DEFAULTS}), measured by benchmarks/duplicates.py as the lowest "
-    f"similarity at which {TARGET_PRECISION:.0%} of the pairs found on Corel-1k were a photo and a re-encoded, resized "
-    "or cropped copy of it, not two distinct photos. Higher finds fewer, surer groups; one number means different "
-    "things for different extractors."
+    f"Default: the index's extractor's own ({_DEFAULTS}), measured by benchmarks/duplicates.py: the lowest similarity "
+    f"that only 1 in {round(1 / MAX_FALSE_RATE):,} pairs of distinct Corel-1k photos reach, so it means the same false-alarm "
+    "rate on every extractor (docs/duplicates.md: how many re-encoded, resized and cropped copies each finds). "
+    "Higher: fewer, surer groups; lower: more edited copies, more look-alikes."
 )
 
 

@@ -118,6 +118,44 @@ def find_duplicates(
     return Duplicates(sorted(exact, key=order), sorted(near_groups, key=order), threshold if near else None, source if near else "")
 
 
+@dataclass(frozen=True)
+class ReviewedGroup:
+    """A group as a person's review sends it back: its tier, its files' ids, the one to keep."""
+
+    tier: str
+    ids: tuple[int, ...]
+    keep: int
+    min_score: float = 1.0
+
+
+def reviewed_groups(searcher: Searcher, reviewed: list[ReviewedGroup]) -> list[ReviewGroup]:
+    """The review's groups rebuilt from the catalogue: each file's facts from the index, the
+    suggested keeper's reason where the person kept it, :data:`~cbir.retrieval.keepers.CHOSEN_BY_PERSON` otherwise.
+
+    :class:`~cbir.errors.UsageError` for a group that is not one (an unknown tier, fewer
+    than two files, a keeper outside it); :class:`~cbir.errors.NotInIndexError` for an id the index lacks.
+    """
+    from cbir.errors import NotInIndexError
+
+    for n, group in enumerate(reviewed, start=1):
+        if group.tier not in ("exact", "near"):
+            raise UsageError(f"group {n}: tier is 'exact' or 'near', got {group.tier!r}")
+        if len(set(group.ids)) != len(group.ids) or len(group.ids) < 2:
+            raise UsageError(f"group {n}: a group has two or more different image ids")
+        if group.keep not in group.ids:
+            raise UsageError(f"group {n}: the image to keep ({group.keep}) is not one of its ids")
+    wanted = sorted({i for group in reviewed for i in group.ids})
+    rows = searcher.image_rows(wanted)
+    if len(rows) != len(wanted):
+        missing = sorted(set(wanted) - {row.id for row in rows})
+        raise NotInIndexError(f"index {searcher.name!r} holds no image with id {missing[0]}")
+    candidates = _candidates(searcher, rows)
+    return [
+        ReviewGroup.suggested(group.tier, [candidates[i] for i in group.ids], group.min_score).keeping(group.keep)
+        for group in reviewed
+    ]
+
+
 def _candidates(searcher: Searcher, rows: list[ImageRow]) -> dict[int, Candidate]:
     metadata = searcher.image_metadata([row.id for row in rows])
     return {
