@@ -119,6 +119,7 @@ function groupElement(group) {
     item.querySelector(".name").textContent = baseName(file.path);
     item.querySelector(".name").title = file.path;
     item.querySelector(".details").textContent = details(file);
+    item.querySelector(".folder").textContent = file.path.split("/").slice(0, -1).join("/");
     const radio = item.querySelector("input");
     radio.name = `keep-${group.group}`;
     radio.value = file.id;
@@ -134,8 +135,6 @@ function details(file) {
   const parts = [];
   if (file.width && file.height) parts.push(`${file.width}×${file.height}`);
   parts.push(file.size >= 1e6 ? `${(file.size / 1e6).toFixed(1)} MB` : `${(file.size / 1e3).toFixed(1)} kB`);
-  const folder = file.path.split("/").slice(0, -1).join("/");
-  if (folder) parts.push(folder);
   return parts.join(" · ");
 }
 
