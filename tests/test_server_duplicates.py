@@ -75,6 +75,14 @@ def test_paths_stay_relative_where_the_server_may_not_show_them(shoot, tmp_path)
         assert b"/tmp" not in nul and b"shoot/scene0.jpg\0" in nul
 
 
+def test_the_review_page_opens_without_a_token_and_its_data_needs_one(shoot, tmp_path):  # noqa: F811
+    with TestClient(create_app(tmp_path / "indexes", access=Access(token="secret"))) as client:
+        page = client.get("/duplicates")
+        assert page.status_code == 200 and "duplicates.js" in page.text and "default-src 'self'" in page.headers["content-security-policy"]
+        assert client.get("/api/indexes/shoot/duplicates").status_code == 401
+        assert client.get("/api/indexes/shoot/duplicates", headers={"X-CBIR-Token": "secret"}).status_code == 200
+
+
 # -- the page in a real browser ----------------------------------------------------
 def test_browser_review_shows_groups_and_changing_the_keeper_changes_the_export(shoot, tmp_path):  # noqa: F811
     from selenium.webdriver.support.ui import WebDriverWait
