@@ -26,7 +26,7 @@ default 0.95, and the near-duplicate groups ``find_duplicates`` gives on the
 1000 originals alone at 0.95 and at the chosen threshold.
 
     python benchmarks/duplicates.py [--json] [--extractor color --extractor cnn] [--max-false-rate 1e-5]
-        [--autoencoder-epochs N]   (the autoencoder is trained on the originals; 0 skips it)
+        [--extractor autoencoder --autoencoder-epochs N]   (trained on the 1000 originals first)
 """
 
 from __future__ import annotations
@@ -103,14 +103,15 @@ def make_collection(root: Path, files: list[Path]) -> None:
             (root / "copies" / edit / (path.stem + suffix)).write_bytes(data)
 
 
-def embedder_for(extractor: str, root: Path, epochs: int) -> Embedder:
+def embedder_for(extractor: str, root: Path, epochs: int | None) -> Embedder:
     if extractor == "cnn":
         return Embedder(make_extractor("cnn", weights=str(MOBILENET_WEIGHTS)))
     if extractor == "autoencoder":
         from cbir.features.autoencoder import AutoencoderExtractor
         from cbir.indexing.train import train_autoencoder
 
-        train_autoencoder(root / "originals", root.parent / "autoencoder", epochs=epochs, seed=0)
+        params = {"seed": 0} if epochs is None else {"seed": 0, "epochs": epochs}
+        train_autoencoder(root / "originals", root.parent / "autoencoder", **params)
         return Embedder(AutoencoderExtractor.from_pretrained(root.parent / "autoencoder"))
     return Embedder(make_extractor(extractor))
 
@@ -153,7 +154,7 @@ def at(threshold: float, positives: dict[str, np.ndarray], negatives: np.ndarray
     }
 
 
-def measure(extractor: str, files: list[Path], max_false_rate: float, epochs: int) -> dict:
+def measure(extractor: str, files: list[Path], max_false_rate: float, epochs: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="cbir-dups-") as tmp:
         root = Path(tmp) / "collection"
         make_collection(root, files)
@@ -196,7 +197,7 @@ def main() -> None:
         "--max-false-rate", type=float, default=1e-5,
         help="share of pairs of distinct photos the chosen threshold may let through (default 1e-5: 4 of Corel's 499,500)",
     )
-    parser.add_argument("--autoencoder-epochs", type=int, default=10, help="training epochs of the autoencoder, when measured")
+    parser.add_argument("--autoencoder-epochs", type=int, default=None, help="training epochs of the autoencoder, when measured (default: its own)")
     args = parser.parse_args()
     files = corel_files()
     figures = {"images": len(files), "edits": list(EDITS), "max_false_rate": args.max_false_rate, "extractors": {}}
