@@ -158,11 +158,13 @@ def test_every_command_on_a_folder_of_photos_and_a_video(mixed, clip, index_dir,
     cbir("list")
     # The still and the clip's frame near 5.3 s are near-duplicates: one group, the video in it once;
     # the clip's consecutive frames, alike as they are, are no group of their own.
-    groups = json.loads(cbir("duplicates", "mixed", "--threshold", "0.9", "--json"))
-    with_clip = [g for g in groups if str(clip) in g["paths"]]
+    found = json.loads(cbir("duplicates", "mixed", "--threshold", "0.9", "--json"))
+    assert not [g for g in found["exact"] if str(clip) in g["paths"]]  # its frames share its hash: one file, no copies
+    with_clip = [g for g in found["near"] if str(clip) in g["paths"]]
     assert with_clip and all(g["paths"].count(str(clip)) == 1 and len(g["paths"]) >= 2 for g in with_clip)
     assert str(mixed / "clips" / "still.png") in with_clip[0]["paths"]
-    assert "times" in with_clip[0] and not any("times" in g for g in groups if str(clip) not in g["paths"])
+    files = [f for g in found["near"] + found["exact"] for f in g["files"]]
+    assert all(("time" in f) == (f["path"] == str(clip)) for f in files)
     assert "walk.mp4 @ " in cbir("duplicates", "mixed", "--threshold", "0.9")
     cbir("query", str(mixed / "clips" / "still.png"), "--name", "mixed", "--montage", str(tmp_path / "m.png"))
     cbir("query", str(mixed / "clips" / "still.png"), "--name", "mixed", "--html", str(tmp_path / "g.html"))

@@ -211,6 +211,11 @@ class Searcher:
         with self._catalogue_lock:
             return self.store.catalogue.image_rows(None if ids is None else [int(i) for i in ids])
 
+    def image_metadata(self, ids: Sequence[int]) -> dict:
+        """``{id: ImageMetadata}`` (size, date, camera; never the location) of those ``ids`` that have some."""
+        with self._catalogue_lock:
+            return self.store.catalogue.metadata([int(i) for i in ids])
+
     def original_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The catalogue's vectors of ``ids`` (never the DBA-augmented ones); every id must exist."""
         with self._catalogue_lock:

@@ -38,6 +38,7 @@ from cbir.cpus import usable_cores
 from cbir.server.access import (
     Access, AccessGuard, private_path, public_description, public_path, public_text, without_weight_paths,
 )
+from cbir.server.duplicates_api import add_duplicate_routes
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.media import UnsatisfiableRange, byte_range
 from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
@@ -300,6 +301,11 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={**_PAGE_HEADERS, "Cache-Control": "no-cache"})
 
+    # The duplicate review: its own page and endpoints (cbir.server.duplicates_api).
+    add_duplicate_routes(
+        app, pool, access, in_search_thread,
+        page=lambda: FileResponse(STATIC / "duplicates.html", headers={**_PAGE_HEADERS, "Cache-Control": "no-cache"}),
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
