@@ -349,6 +349,9 @@ def test_served_frames_thumbnails_and_ranges(mixed, clip, index_dir):
         assert part.status_code == 206 and part.content == clip.read_bytes()[100:200]
         assert part.headers["content-range"] == f"bytes 100-199/{clip.stat().st_size}"
         assert client.get(frame["image_url"], headers={"Range": "bytes=99999999-"}).status_code == 416
+        # More like a frame: the query is named with its time.
+        again = client.post("/api/indexes/mixed/search", json={"id": frame["id"], "k": 3}).json()
+        assert again["query"].endswith(f"walk.mp4 @ {format_time(frame['time'])}")
         # Browsing lists a video's frames in time order, each with its time.
         listed = client.get("/api/indexes/mixed/images?limit=100").json()["results"]
         times = [r["time"] for r in listed if r["path"] == str(clip)]

@@ -41,6 +41,7 @@ from cbir.server.access import (
 from cbir.server.duplicates_api import add_duplicate_routes
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.media import UnsatisfiableRange, byte_range
+from cbir.images.video import describe_frame
 from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
 from cbir.store.locations import default_index_dir
@@ -441,7 +442,7 @@ def _search_id(live: LiveIndex, image_id: int, page: _Page, show_paths: bool, on
         row = searcher.image_row(image_id)  # 404 before anything else
         body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), page, show_paths, only)
         body["query_id"] = image_id
-        body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
+        body["query"] = describe_frame(row.path if show_paths else public_path(row.path, searcher.indexed_roots()), row.time)
         return body
 
 
