@@ -25,8 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Collection, Iterable
 
 from cbir.extras import import_optional
-from cbir.images.decode import readable_extensions
-from cbir.images.scan import normalize_path
+from cbir.images.scan import indexable_extensions, normalize_path
 from cbir.indexing.summary import IndexSummary
 from cbir.progress import SILENT, Progress
 from cbir.store.locations import index_path, is_under, name_for_folder
@@ -67,7 +66,7 @@ def plan_batch(
 ) -> WatchBatch:
     """The paths a batch of ``(change, path)`` events touched, for one restricted run.
 
-    Kept: image files (by suffix) at or below ``folder``, and other paths for
+    Kept: image and video files (by suffix) at or below ``folder``, and other paths for
     which ``maybe_folder`` holds (a folder created, moved in or away: its
     contents are scanned, or its rows removed). Left out: paths under
     ``ignored`` (the index's own folder, when it lies inside the watched one),
@@ -75,7 +74,7 @@ def plan_batch(
     """
     counts = {ADDED: 0, MODIFIED: 0, DELETED: 0}
     touched: set[str] = set()
-    readable = readable_extensions()  # once a batch: it looks for the formats extra's packages each call
+    readable = indexable_extensions()  # once a batch: it looks for the formats extra's packages each call
     for change, path in changes:
         if not is_under(path, folder) or any(is_under(path, root) for root in ignored):
             continue
