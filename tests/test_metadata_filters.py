@@ -107,9 +107,10 @@ def test_cli_query_evaluate_and_duplicates_take_the_filters(dated, tmp_path):
         "error: --taken-before takes an ISO date (2023-07-14) or date and time (2023-07-14T10:20), got 'July'"
     ]
     dups = runner.invoke(app, ["duplicates", "d", "--index-dir", idx, "--json", "--camera", "Canon"])
-    assert [sorted(os.path.basename(p) for p in g["paths"]) for g in json.loads(dups.stdout)] == [["canon-copy.jpg", "canon.jpg"]]
-    none = runner.invoke(app, ["duplicates", "d", "--index-dir", idx, "--json", "--taken-after", "2023-01-01"])
-    assert json.loads(none.stdout) == []
+    groups = json.loads(dups.stdout)
+    assert [sorted(os.path.basename(p) for p in g["paths"]) for g in groups["exact"]] == [["canon-copy.jpg", "canon.jpg"]]
+    none = json.loads(runner.invoke(app, ["duplicates", "d", "--index-dir", idx, "--json", "--taken-after", "2023-01-01"]).stdout)
+    assert none["exact"] == [] and none.get("near", []) == []
     evaluated = runner.invoke(app, ["evaluate", "d", "--index-dir", idx, "--json", "--taken-before", "2021-12-31"])
     assert evaluated.exit_code == 0, evaluated.output
     report = json.loads(evaluated.stdout)
@@ -177,11 +178,18 @@ def test_page_filters_by_camera_and_date_with_screenshots(dated, tmp_path):
 
 
 def _as_before_metadata(index_dir, name):
-    """The index as an older cbir left it: schema 1, no metadata table (nor local features)."""
+    """The index as an older cbir left it: schema 1 (no metadata, local features nor video frames)."""
     import sqlite3
 
+    from cbir.store.catalogue import MIGRATIONS
+
     db = sqlite3.connect(index_dir / name / "catalogue.sqlite")
-    db.executescript("DROP TABLE image_metadata; DROP TABLE local_features; PRAGMA user_version = 1;")
+    images_v1 = MIGRATIONS[0][MIGRATIONS[0].index("CREATE TABLE images") : MIGRATIONS[0].index("CREATE TABLE skipped")]
+    db.executescript(
+        "ALTER TABLE images RENAME TO images_now; " + images_v1 +
+        "INSERT INTO images SELECT id, path, size, mtime_ns, sha256, label, vector FROM images_now; "
+        "DROP TABLE images_now; DROP TABLE image_metadata; DROP TABLE local_features; PRAGMA user_version = 1;"
+    )
     db.close()
 
 
