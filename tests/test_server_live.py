@@ -174,6 +174,14 @@ def test_a_read_only_index_folder_is_served(collection, index_dir):
 
 
 # -- the page in a real browser ----------------------------------------------------
+def _answered(browser, text: str) -> bool:
+    """The status line names ``text`` and the search has answered (while it runs, the old grid is still shown)."""
+    from selenium.webdriver.common.by import By
+
+    status = browser.find_element(By.ID, "status").text
+    return text in status and not status.endswith("…")
+
+
 def _browser():
     """Headless Debian Chromium through its chromedriver, or a skip that says what is missing."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install '.[test]')")
@@ -275,13 +283,13 @@ def test_browser_more_like_this_and_less_like_this_refine(corel_server, tmp_path
         liked = first[1]
         click = "document.querySelector(`#results .result[data-id='${arguments[0]}'] button.${arguments[1]}`).click()"
         browser.execute_script(click, liked["id"], "like")
-        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#more-list .chip") and "1 more" in b.find_element(By.ID, "status").text)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#more-list .chip") and _answered(b, "1 more"))
         wait.until(lambda b: liked["id"] not in [r["id"] for r in _grid(b)])  # an example is not its own result
         liked_grid = [r["id"] for r in _grid(browser)]
         liked_labels = _labels_of(corel_server, liked_grid)
         disliked = next((r for r, label in zip(_grid(browser)[1:], liked_labels[1:]) if label != labels[1]), _grid(browser)[-1])
         browser.execute_script(click, disliked["id"], "unlike")
-        wait.until(lambda b: "1 less" in b.find_element(By.ID, "status").text)
+        wait.until(lambda b: _answered(b, "1 less"))
         refined = [r["id"] for r in _grid(browser)]
         assert disliked["id"] not in refined and len(refined) == 12 and refined != liked_grid
         assert browser.find_element(By.ID, "refine").is_displayed()

@@ -360,7 +360,7 @@ def test_served_frames_thumbnails_and_ranges(mixed, clip, index_dir):
 
 def test_the_page_plays_a_frames_video_from_its_time(tmp_path, index_dir):
     """A browser: a frame's tile names its time, and "Play from" plays the video there (a WebM: Chromium's codec)."""
-    from test_server_live import Server, _browser
+    from test_server_live import Server, _answered, _browser
 
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -384,7 +384,7 @@ def test_the_page_plays_a_frames_video_from_its_time(tmp_path, index_dir):
         wait.until(lambda b: b.find_elements(By.CSS_SELECTOR, "#index option"))
         browser.find_element(By.ID, "file").send_keys(str(still))
         # The page lists the index before a query; the search's answer names the query in the status line.
-        wait.until(lambda b: "still.png" in b.find_element(By.ID, "status").text and b.find_elements(By.CSS_SELECTOR, "#results .result"))
+        wait.until(lambda b: _answered(b, "still.png") and b.find_elements(By.CSS_SELECTOR, "#results .result"))
         first = browser.find_element(By.CSS_SELECTOR, "#results .result")
         name = first.find_element(By.CSS_SELECTOR, ".name").text
         assert name.startswith("walk.webm @ 00:0"), name
