@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -36,9 +37,11 @@ from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
 from cbir.server.access import Access, AccessGuard, private_path, public_description, public_path, public_text
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+from cbir.server.metrics import RequestMetrics, ServerMetrics
 from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
-from cbir.server.transport import BodyLimits
+from cbir.server.transport import BodyLimits, HeadAsGet
+from cbir.timing import measuring, record, stage
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +110,9 @@ def create_app(
     # searches batch; more would only queue inside the process (memory, tails).
     # An executor of its own: its C queue hands work over with less GIL than anyio's.
     searches = ThreadPoolExecutor(limits.search_threads or min(32, 3 * usable_cores()), thread_name_prefix="cbir-search")
+    # A search's other uploads decode here, beside its own thread (a pool of its own: never waits for itself).
+    decoders = ThreadPoolExecutor(usable_cores(), thread_name_prefix="cbir-decode")
+    metrics = ServerMetrics()
 
     async def in_search_thread(function, *args):
         return await asyncio.get_running_loop().run_in_executor(searches, functools.partial(function, *args))
@@ -121,16 +127,21 @@ def create_app(
         finally:
             await run_in_threadpool(pool.close)
             searches.shutdown(wait=False, cancel_futures=True)
+            decoders.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    # Swagger UI's script and CSS from the fastapi-offline package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="cbir",
         version=__version__,
         summary="Search image collections by example image.",
         lifespan=lifespan,
     )
     app.state.pool = pool
+    app.state.metrics = metrics
     app.add_middleware(BodyLimits, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
-    app.add_middleware(AccessGuard, access=access)  # outermost: before any body is read
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(AccessGuard, access=access)  # before any body is read
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: refused requests count too
 
     def shown(request: Request, message: str) -> str:
         """An error message as this server may show it (no absolute paths unless allowed)."""
@@ -219,7 +230,10 @@ def create_app(
         under = asked.under if asked.under is not None else params.get("under")
         label = asked.label if asked.label is not None else params.get("label")
         verify = _parse_verify(params.get("verify"))
-        body = await in_search_thread(_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify)
+        body, stages = await in_search_thread(
+            _measured_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify, decoders
+        )
+        metrics.observe_search(live.name, asked.kind, stages)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
 
     @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels and folders")
@@ -250,6 +264,10 @@ def create_app(
         except ImageError as exc:
             raise ApiError(404, f"no thumbnail for image {number}: {exc}") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/metrics", tags=["operations"], summary="Requests, errors and search stage times, in Prometheus' text format")
+    async def prometheus() -> Response:
+        return Response(metrics.text(), media_type=metrics.content_type)
 
     # -- the page --------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -312,8 +330,23 @@ def _parse_verify(value: str | None) -> int | None:
 
 
 # -- searching (in the thread pool) ---------------------------------------------
+def _measured_search(*args) -> tuple[dict[str, Any], dict[str, float]]:
+    """:func:`_search`, and the seconds it spent in each stage (:mod:`cbir.timing`) for the metrics."""
+    with measuring() as clock:
+        body = _search(*args)
+    return body, clock.seconds
+
+
 def _search(
-    live: LiveIndex, asked: SearchRequest, k: int, under, label, limits: Limits, show_paths: bool, verify: int | None = None
+    live: LiveIndex,
+    asked: SearchRequest,
+    k: int,
+    under,
+    label,
+    limits: Limits,
+    show_paths: bool,
+    verify: int | None = None,
+    decoders: ThreadPoolExecutor | None = None,
 ) -> dict[str, Any]:
     """One request's search: the batched single upload, an id, or several examples."""
     with live.use() as searcher:
@@ -326,28 +359,47 @@ def _search(
     if asked.single_upload:
         data, filename = asked.uploads[0]
         return _search_upload(live, data, filename, k, limits, show_paths, only, verify)
-    return _search_examples(live, asked, k, limits, show_paths, only)
+    return _search_examples(live, asked, k, limits, show_paths, only, decoders)
 
 
-def _search_examples(live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only) -> dict[str, Any]:
+def _search_examples(
+    live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only, decoders: ThreadPoolExecutor | None = None
+) -> dict[str, Any]:
     from cbir.retrieval.examples import Example
+    from cbir.retrieval.query_inputs import Prepared
 
     positives, negatives = asked.examples()
     with live.use() as searcher:
-        decoded = {}
-        for data, filename in [*asked.uploads, *asked.avoid_uploads]:
-            try:
-                decoded[id(data)] = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
-            except ImageError as exc:
-                raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-        as_arrays = lambda examples: [Example(decoded.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
+        uploads = [*asked.uploads, *asked.avoid_uploads]
+        # The uploads decode and prepare side by side (OpenCV lets go of the GIL), this thread taking the first.
+        others = [decoders.submit(_prepare_upload, searcher, data, name, limits) for data, name in uploads[1:]] if decoders else []
+        ready = [_prepare_upload(searcher, data, name, limits) for data, name in (uploads[:1] if decoders else uploads)]
+        ready += [future.result() for future in others]
+        prepared = {}
+        for (data, _), (item, seconds) in zip(uploads, ready):
+            prepared[id(data)] = Prepared(item)
+            record(seconds)
+        as_items = lambda examples: [Example(prepared.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
         run = lambda n: searcher.query_examples(  # noqa: E731
-            as_arrays(positives), as_arrays(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
+            as_items(positives), as_items(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
         )
         body = _results(live, searcher, run, k, show_paths, only)
         body["positive"] = [int(e.source) for e in asked.positive_ids]
         body["negative"] = [int(e.source) for e in asked.negative_ids]
         return body
+
+
+def _prepare_upload(searcher, data: bytes, filename: str, limits: Limits):
+    """One upload decoded and prepared for ``searcher``'s model, and the seconds of each stage (run in any thread)."""
+    with measuring() as clock:
+        try:
+            with stage("decode"):
+                image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
+        with stage("embed"):
+            item = searcher.prepare(image)
+    return item, clock.seconds
 
 
 def _search_upload(
@@ -356,11 +408,8 @@ def _search_upload(
     with live.use() as shared:
         searcher = shared.verifying(verify)  # a view for this request: verified matches say so
         with live.batcher.preparing(searcher):
-            try:
-                image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
-            except ImageError as exc:
-                raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-            item = searcher.prepare(image)
+            item, seconds = _prepare_upload(searcher, data, filename, limits)
+        record(seconds)
         return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), k, show_paths, only)
 
 
