@@ -77,15 +77,30 @@ def _explanation_uri(query_path: str, match) -> str | None:
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 
 
-def duplicates_page(groups, threshold: float, title: str = "cbir near-duplicates") -> str:
-    """The page for groups of near-duplicates (:class:`cbir.retrieval.duplicates.DuplicateGroup`)."""
-    sections = [
-        (f"group {n}: {len(g.paths)} images, lowest similarity {g.min_score:.3f}", [Card(p, "") for p in g.paths])
-        for n, g in enumerate(groups, start=1)
-    ]
+def duplicates_page(found, title: str = "cbir duplicates") -> str:
+    """The page for what :func:`cbir.retrieval.duplicates.find_duplicates` found: exact copies, then
+    near-duplicates, each group with its suggested keeper framed and the reason."""
+    sections = []
+    for n, group in enumerate(found.groups, start=1):
+        if group.tier == "exact":
+            heading = f"exact copies {n}: {len(group.files)} files with the same bytes"
+        else:
+            heading = f"near-duplicates {n}: {len(group.files)} images, lowest similarity {group.min_score:.3f}"
+        heading += f"; keep {short_name(group.kept.path)} ({group.reason})"
+        cards = [
+            Card(c.path, "keep" if i == group.keeper else "", is_query=i == group.keeper, details=_file_details(c))
+            for i, c in enumerate(group.files)
+        ]
+        sections.append((heading, cards))
+    near = f"similarity >= {found.threshold}" if found.threshold is not None else "exact copies only"
     if not sections:
-        sections = [(f"no near-duplicates at similarity >= {threshold}", [])]
-    return _page(f"{title} (similarity >= {threshold})", sections)
+        sections = [(f"no duplicates ({near})", [])]
+    return _page(f"{title} ({near})", sections)
+
+
+def _file_details(candidate) -> str:
+    parts = [f"{candidate.width}&times;{candidate.height}"] if candidate.pixels else []
+    return " &middot; ".join([*parts, f"{candidate.size / 1000:.1f} kB"])
 
 
 def write_html(page: str, out_path: str | os.PathLike) -> Path:

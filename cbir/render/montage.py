@@ -75,12 +75,15 @@ def make_montage(result: QueryResult, tile: int = 192, columns: int = 6) -> np.n
 
 
 def make_duplicates_montage(groups, tile: int = 160, columns: int = 6) -> np.ndarray:
-    """RGB image: one line (or more) per group of near-duplicates, its first image framed."""
-    rows = [
-        [Tile(path, f"group {n}  >={group.min_score:.3f}" if i == 0 else f"group {n}", _QUERY_FRAME if i == 0 else None)
-         for i, path in enumerate(group.paths)]
-        for n, group in enumerate(groups, start=1)
-    ]
+    """RGB image: one line (or more) per group of duplicates (:class:`cbir.retrieval.keepers.ReviewGroup`),
+    exact copies first, the suggested keeper framed and captioned "keep"."""
+    rows = []
+    for n, group in enumerate(groups, start=1):
+        title = f"exact {n}" if group.tier == "exact" else f"near {n} >={group.min_score:.3f}"
+        rows.append([
+            Tile(c.path, f"{title}  keep" if i == group.keeper else title, _QUERY_FRAME if i == group.keeper else None)
+            for i, c in enumerate(group.files)
+        ])
     return make_grid(rows, tile, columns)
 
 

@@ -34,7 +34,7 @@ from cbir.retrieval.filtered import AllowedCache, filtered_search
 from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
 from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.ann.verify import check_verify
-from cbir.retrieval.indexed_files import open_indexed_file
+from cbir.retrieval.indexed_files import ImagePage, open_indexed_file, page_of_images
 from cbir.timing import stage
 
 logger = logging.getLogger(__name__)
@@ -211,6 +211,11 @@ class Searcher:
         with self._catalogue_lock:
             return self.store.catalogue.image_rows(None if ids is None else [int(i) for i in ids])
 
+    def image_metadata(self, ids: Sequence[int]) -> dict:
+        """``{id: ImageMetadata}`` (size, date, camera; never the location) of those ``ids`` that have some."""
+        with self._catalogue_lock:
+            return self.store.catalogue.metadata([int(i) for i in ids])
+
     def original_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The catalogue's vectors of ``ids`` (never the DBA-augmented ones); every id must exist."""
         with self._catalogue_lock:
@@ -235,6 +240,11 @@ class Searcher:
         """How many images ``image_filter`` lets through (all of them for ``None``)."""
         allowed = self._allowed.get(image_filter)
         return self.size if allowed is None else len(allowed)
+
+    def browse(self, offset: int = 0, limit: int = 100, image_filter: ImageFilter | None = None) -> ImagePage:
+        """The indexed images without a query, ``limit`` from ``offset`` on, by path (:func:`page_of_images`)."""
+        with self._catalogue_lock:
+            return page_of_images(self.store.catalogue, image_filter, offset, limit)
 
     def label_counts(self) -> dict[str, int]:
         """``{label: images}`` of every label in the index."""
