@@ -89,8 +89,8 @@ def _variant(photo: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.resize(crop, (320, int(320 * ch / cw)), interpolation=cv2.INTER_AREA)
 
 
-def run_demo(out: str | os.PathLike, index_dir=None, progress: Progress = SILENT) -> str:
-    """Build, index, query and evaluate the demo collection; returns a printable report."""
+def run_demo(out: str | os.PathLike, index_dir=None, progress: Progress = SILENT, name: str = DEMO_INDEX) -> str:
+    """Build, index, query and evaluate the demo collection as index ``name``; returns a printable report."""
     from cbir.evaluation.protocols import evaluate_index
     from cbir.indexing.run import index_folder
     from cbir.render.montage import write_montage
@@ -98,18 +98,19 @@ def run_demo(out: str | os.PathLike, index_dir=None, progress: Progress = SILENT
     from cbir.store.locations import index_path
 
     out = Path(out)
+    path = index_path(name, index_dir)
+    _check_replaceable(path, name, out / "collection")  # before anything is written
     out.mkdir(parents=True, exist_ok=True)
     collection, query = make_collection(out)
-    path = index_path(DEMO_INDEX, index_dir)
     if path.exists():
         import shutil
 
         shutil.rmtree(path)  # the demo index is rebuilt from scratch each time
-    summary = index_folder(collection, DEMO_INDEX, index_dir, progress=progress)
-    with Searcher.open(DEMO_INDEX, index_dir) as searcher:
+    summary = index_folder(collection, name, index_dir, progress=progress)
+    with Searcher.open(name, index_dir) as searcher:
         result = searcher.query(query, k=8)
     montage = write_montage(result, out / "montage.png", columns=3)
-    report = evaluate_index(DEMO_INDEX, index_dir)
+    report = evaluate_index(name, index_dir)
     classes = sorted(p.name for p in collection.iterdir() if p.is_dir())
     lines = [
         f"collection: {summary.total} images in {collection} ({len(classes)} classes: {', '.join(classes)})",
@@ -118,6 +119,24 @@ def run_demo(out: str | os.PathLike, index_dir=None, progress: Progress = SILENT
         *(f"  {m.rank:>2}  {m.score:.4f}  {m.path}" for m in result.results),
         f"montage:    {montage}",
         f"evaluation: P@1 {report.precision[1]:.3f}  P@10 {report.precision[10]:.3f}  mAP {report.map:.3f} (leave-one-out)",
-        "next:       cbir query YOUR.jpg --name demo --montage out.png   |   cbir index YOUR_PHOTOS/ --name mine",
+        f"next:       cbir query YOUR.jpg --name {name} --montage out.png   |   cbir index YOUR_PHOTOS/ --name mine",
     ]
     return "\n".join(lines)
+
+
+def _check_replaceable(path: Path, name: str, collection: Path) -> None:
+    """An index at ``path`` may be rebuilt only if it is this demo's (it indexes ``collection``): never a user's own."""
+    from cbir.errors import CbirError
+    from cbir.images.scan import normalize_path
+    from cbir.store.directory import IndexStore
+
+    if not path.exists():
+        return
+    try:
+        with IndexStore.open(path) as store:
+            roots = store.indexed_roots()
+    except CbirError:
+        roots = None
+    if roots != [str(normalize_path(collection))]:
+        what = f"it indexes {', '.join(roots)}" if roots else "it is not an index the demo can read"
+        raise UsageError(f"index {name!r} exists and is not this demo's ({what}): give another --name, or 'cbir delete {name}' first")

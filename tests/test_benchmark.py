@@ -50,3 +50,12 @@ def test_bad_specs_are_one_clean_error(collection, tmp_path):
     missing.write_text(json.dumps({"folder": "nowhere", "configs": [{"name": "a"}]}))
     assert "does not exist" in fails("benchmark", missing)
     assert "unknown" in fails("benchmark", _spec(tmp_path, collection, [{"name": "a", "extractor": "nope"}])).lower()
+
+
+def test_name_runs_only_the_configs_named(collection, tmp_path):
+    spec = _spec(tmp_path, collection, [{"name": "plain", "dba": None, "expand": None}, {"name": "coarse", "bins": [4, 4, 2]}])
+    keep = tmp_path / "kept"
+    data = json.loads(run("benchmark", spec, "--name", "coarse", "--json", "--index-dir", keep).stdout)
+    assert [row["name"] for row in data["configs"]] == ["coarse"]
+    assert sorted(p.name for p in keep.iterdir()) == ["coarse"]
+    assert "no config named 'nope'; it has plain, coarse" in fails("benchmark", spec, "--name", "nope")

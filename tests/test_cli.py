@@ -126,10 +126,32 @@ def test_demo_runs_end_to_end(tmp_path):
     assert cv2.imread(str(tmp_path / "demo" / "montage.png")) is not None
 
 
+def test_demo_writes_its_index_under_name_and_never_replaces_another(tmp_path, index_dir, collection):
+    result = run("demo", "--out", tmp_path / "demo", "--index-dir", index_dir, "--name", "try-me")
+    assert "--name try-me" in result.stdout and (index_dir / "try-me").is_dir() and not (index_dir / "demo").exists()
+    run("demo", "--out", tmp_path / "demo", "--index-dir", index_dir, "--name", "try-me")  # its own: rebuilt
+    run("index", collection, "--name", "mine", "--index-dir", index_dir)
+    kept = lambda: sorted(p.name for p in (index_dir / "mine").iterdir() if not p.name.endswith(("-shm", "-wal")))  # noqa: E731
+    before = kept()
+    message = fails("demo", "--out", tmp_path / "demo2", "--index-dir", index_dir, "--name", "mine")
+    assert "index 'mine' exists and is not this demo's" in message and "another --name" in message
+    assert kept() == before
+    assert not (tmp_path / "demo2").exists()  # refused before anything was written
+    assert json.loads(run("info", "mine", "--index-dir", index_dir, "--json").stdout)["images"] == 15
+
+
+def test_every_command_accepts_name():
+    """Every command the app registers takes --name: the index (or config) it works on, or one line saying why not."""
+    group = typer.main.get_command(app)
+    assert len(group.commands) >= 13
+    for name, command in sorted(group.commands.items()):
+        options = [opt for param in command.params for opt in param.opts]  # Typer's own click: no isinstance on click's
+        assert "--name" in options, f"cbir {name} takes no --name"
+    assert "builds a model, not an index" in fails("train-autoencoder", "photos", "--out", "m", "--name", "x")
+
+
 def test_every_command_has_help():
     """Every command the app registers, so a new one is covered without editing this test."""
-    import click
-
     group = typer.main.get_command(app)
     assert set(group.commands) == {info.name for info in app.registered_commands}
     for name, command in sorted(group.commands.items()):
@@ -138,7 +160,7 @@ def test_every_command_has_help():
         assert summary and summary[0] in result.stdout, name
         assert f"Usage: cbir {name}" in " ".join(result.stdout.split()), name
         for param in command.params:
-            if isinstance(param, click.Option) and param.name != "help":
+            if param.param_type_name == "option" and param.name != "help":  # Typer vendors click: isinstance on click.Option never held
                 assert param.help, f"cbir {name} {param.opts[0]} has no help"
 
 

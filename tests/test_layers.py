@@ -27,7 +27,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("cbir.store", "cbir.compute"),
     ("cbir.features", "cbir.ann"),
     ("cbir.images",),
-    ("cbir.errors", "cbir.progress", "cbir.extras", "cbir.fileio", "cbir.cpus", "cbir.display", "cbir._version"),
+    ("cbir.errors", "cbir.progress", "cbir.extras", "cbir.fileio", "cbir.cpus", "cbir.display", "cbir.timing", "cbir._version"),
 ]
 #: Siblings that may import each other, as (importer, imported).
 SIBLING_IMPORTS: set[tuple[str, str]] = {("cbir.extras", "cbir.errors"), ("cbir.fileio", "cbir.errors")}

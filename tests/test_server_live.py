@@ -351,6 +351,32 @@ def test_upload_caps_come_from_the_command_line(collection, index_dir):
         server.stop()
 
 
+def test_access_log_shows_each_request_on_stderr_and_hides_the_token(collection, index_dir):
+    index_folder(collection, "photos", index_dir)
+    quiet = Server(index_dir)
+    try:
+        assert quiet.request("GET", "/api/health")[0] == 200
+    finally:
+        quiet.stop()
+    assert not any("/api/health" in line for line in quiet.lines)  # off by default
+    server = Server(index_dir, extra=["--access-log", "--token", "s3cret-token-1"])
+    try:
+        assert server.request("GET", "/api/health", headers={"X-CBIR-Token": "s3cret-token-1"})[0] == 200
+        assert server.request("HEAD", "/api/indexes", headers={"X-CBIR-Token": "s3cret-token-1"})[0] == 200
+        assert server.request("GET", "/api/indexes/nope/facets", headers={"X-CBIR-Token": "s3cret-token-1"})[0] == 404
+        assert server.request("GET", "/?token=s3cret-token-1")[0] == 303
+        status, _ = search(server, collection / "red" / "red-0.jpg")
+        assert status == 401  # no token: refused, and logged too
+    finally:
+        server.stop()
+    log = "".join(line for line in server.lines if "HTTP/1.1" in line)  # the access lines (the first line prints the token)
+    assert '"GET /api/health HTTP/1.1" 200' in log
+    assert '"HEAD /api/indexes HTTP/1.1" 200' in log
+    assert '"GET /api/indexes/nope/facets HTTP/1.1" 404' in log
+    assert '"POST /api/indexes/photos/search HTTP/1.1" 401' in log
+    assert '"GET /?token=... HTTP/1.1" 303' in log and "s3cret-token-1" not in log
+
+
 # -- limits of the HTTP server itself ------------------------------------------------
 def test_late_headers_and_late_bodies_are_cut_off(collection, index_dir):
     import time

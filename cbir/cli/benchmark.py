@@ -27,6 +27,13 @@ def benchmark(
         Optional[Path],
         typer.Option("--plot", help="Write a figure: precision-recall curve per config and AP per class.", dir_okay=False, show_default=False),
     ] = None,
+    names: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--name", "-n", help="Run only the config of this name (repeatable); its index, kept with --index-dir, has that name too. (default: every config)",
+            show_default=False,
+        ),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Index one labelled folder with several configurations and compare them in one table.
@@ -44,13 +51,13 @@ def benchmark(
     backbone, bins, pca, index_type, dba...) and expand/alpha for queries;
     "dba": null or "expand": null turns that re-ranking off.
     """
-    from cbir.evaluation.benchmark import load_spec, run_benchmark
+    from cbir.evaluation.benchmark import load_spec, run_benchmark, select_configs
 
     if plot is not None:
         from cbir.render.plots import check_plot_path
 
         check_plot_path(plot)
-    checked = load_spec(spec)
+    checked = select_configs(load_spec(spec), names or [])
     with tempfile.TemporaryDirectory(prefix="cbir-benchmark-") as temporary:
         rows = run_benchmark(checked, index_dir or temporary, progress=progress_bar())
     if plot is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import logging
+import re
 import socket
 from typing import Annotated, Optional
 
@@ -76,7 +79,9 @@ def serve(
         Optional[float],
         typer.Option("--keep-alive-timeout", min=0.1, help="Seconds an idle connection stays open. (default: 30 on loopback, 5 elsewhere)", show_default=False),
     ] = None,
-    access_log: Annotated[bool, typer.Option("--access-log", help="Log every request on stderr.")] = False,
+    access_log: Annotated[
+        bool, typer.Option("--access-log", help="Log every request on stderr: client, method, path, status (query strings included).")
+    ] = False,
 ) -> None:
     """Serve a search page and an HTTP API (docs at /docs) for the indexes in --index-dir.
 
@@ -145,6 +150,7 @@ def serve(
             stderr.print(f"warning: listening on {host}: {guard} who can reach it can search and download the indexed images", markup=False)
         config = uvicorn.Config(
             app,
+            log_config=_log_config(uvicorn.config.LOGGING_CONFIG),
             log_level="warning",
             access_log=access_log,
             timeout_graceful_shutdown=5,
@@ -152,10 +158,30 @@ def serve(
             timeout_keep_alive=settings.keep_alive_timeout,
             limit_concurrency=settings.max_connections,
         )
+        if access_log:  # log_level="warning" above would filter out the access lines, which uvicorn logs at INFO
+            access_logger = logging.getLogger("uvicorn.access")
+            access_logger.setLevel(logging.INFO)
+            access_logger.addFilter(_hide_token)
         uvicorn.Server(config).run(sockets=[listener])
     finally:
         pool.close()
         listener.close()
+
+
+def _log_config(default: dict) -> dict:
+    """uvicorn's logging set-up, with the access lines on stderr beside every other line (uvicorn's own go to stdout)."""
+    config = copy.deepcopy(default)
+    config["handlers"]["access"]["stream"] = "ext://sys.stderr"
+    return config
+
+
+def _hide_token(record: logging.LogRecord) -> bool:
+    """An access line shows ``/?token=...`` (the address printed at start) as ``token=...``: a log is no place for it."""
+    if isinstance(record.args, tuple) and len(record.args) >= 3 and "token=" in str(record.args[2]):
+        args = list(record.args)
+        args[2] = re.sub(r"token=[^&]*", "token=...", str(args[2]))
+        record.args = tuple(args)
+    return True
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -34,6 +34,10 @@ def train_autoencoder_command(
     learning_rate: Annotated[float, typer.Option("--learning-rate", min=0.0, help="Adam learning rate.")] = 1e-3,
     seed: Annotated[int, typer.Option("--seed", help="Random seed: the same seed, images and options give the same model.")] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace a model that --out holds from another folder or other options.")] = False,
+    name: Annotated[
+        Optional[str],
+        typer.Option("--name", "-n", help="Not taken: training builds a model, not an index (the error says how to index with it).", show_default=False),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Train a denoising autoencoder on FOLDER; run again after an interruption to resume.
@@ -44,6 +48,11 @@ def train_autoencoder_command(
     Use the model with 'cbir index PHOTOS/ --extractor autoencoder --model OUT'.
     """
     from cbir.errors import UsageError
+
+    if name is not None:  # every command takes --name; here it can only say where the index comes from
+        raise UsageError(
+            f"train-autoencoder builds a model, not an index: train, then 'cbir index {folder} --name {name} --extractor autoencoder --model {out}'"
+        )
     from cbir.features.autoencoder import (
         HISTORY_FILE,
         LOSS_PLOT_FILE,

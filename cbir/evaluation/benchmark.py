@@ -35,7 +35,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from cbir.errors import UsageError
 from cbir.evaluation.metrics import EvaluationReport
@@ -117,6 +117,17 @@ def check_spec(spec: Any, base: Path | None = None) -> dict[str, Any]:
     if not Path(checked["folder"]).is_dir():
         raise UsageError(f"benchmark folder {checked['folder']} does not exist")
     return checked
+
+
+def select_configs(checked: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The checked spec with only the configs ``names`` (in the spec's order); all of them if ``names`` is empty."""
+    if not names:
+        return checked
+    known = [config["name"] for config in checked["configs"]]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"the spec has no config named {', '.join(map(repr, unknown))}; it has {', '.join(known)}")
+    return {**checked, "configs": [config for config in checked["configs"] if config["name"] in names]}
 
 
 def config_keys() -> set[str]:

@@ -37,6 +37,8 @@ def content_digest(image: Any) -> str | None:
 
 
 def default_name(image: Any) -> str:
+    if isinstance(image, Prepared):
+        return "<prepared>"
     if isinstance(image, (str, os.PathLike)):
         return str(normalize_path(image))
     if isinstance(image, (bytes, bytearray, memoryview)):
@@ -53,6 +55,16 @@ def wrong_type(image: Any) -> TypeError:
         f"or a decoded uint8 NumPy array; got {type(image).__name__}"
     )
 
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An image already decoded and prepared (:meth:`Searcher.prepare <cbir.retrieval.search.Searcher.prepare>`), taken as it is.
+
+    A server prepares several uploads of one query in parallel threads, then searches them as examples.
+    """
+
+    item: Any
 
 
 @dataclass(frozen=True)
@@ -83,6 +95,9 @@ def prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=N
     from_files = load_prepared(paths, spec, workers=workers, prepare=embedder.prepare)
     out: list[tuple[Any, ImageError | None]] = []
     for image in images:
+        if isinstance(image, Prepared):
+            out.append((image.item, None))
+            continue
         if isinstance(image, (str, os.PathLike)) and is_video_path(image):
             out.append((None, ImageError(f"cannot query by a video ({normalize_path(image)}): query with a still taken from it")))
             continue

@@ -36,6 +36,7 @@ from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.ann.verify import check_verify
 from cbir.retrieval.indexed_files import ImagePage, open_indexed_file, page_of_images
 from cbir.images.video import describe_frame
+from cbir.timing import stage
 
 logger = logging.getLogger(__name__)
 
@@ -397,10 +398,11 @@ class Searcher:
         if k == 0:
             return [[] for _ in range(len(vectors))]
         excluded = {int(i) for i in exclude_ids}
-        vectors = self.expand_queries(vectors, image_filter=image_filter)
-        scores, ids = self.search_ids(vectors, k + self.stale_ids + len(excluded), image_filter)
+        with stage("search"):
+            vectors = self.expand_queries(vectors, image_filter=image_filter)
+            scores, ids = self.search_ids(vectors, k + self.stale_ids + len(excluded), image_filter)
         wanted = np.unique(ids[ids >= 0]).tolist()
-        with self._catalogue_lock:
+        with self._catalogue_lock, stage("catalogue"):
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted) if row.id not in excluded}
             metadata = self.store.catalogue.metadata(wanted)  # no GPS: results never carry a location
         results = []
@@ -620,7 +622,7 @@ class Searcher:
         """Vectors of items from :meth:`prepare`, in one model call."""
         items = [item.item if isinstance(item, WithFeatures) else item for item in items]
         embedder = self.embedder  # outside the lock, which loading the model takes
-        with self._model_lock:
+        with self._model_lock, stage("embed"):
             return embedder.transform_prepared(items)
 
     def _check_k(self, k: int) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
@@ -42,10 +43,12 @@ from cbir.server.duplicates_api import add_duplicate_routes
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.media import UnsatisfiableRange, byte_range
 from cbir.images.video import describe_frame
+from cbir.server.metrics import RequestMetrics, ServerMetrics
 from cbir.server.queries import FILTER_FIELDS, RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
 from cbir.store.locations import default_index_dir
-from cbir.server.transport import BodyLimits
+from cbir.server.transport import BodyLimits, HeadAsGet
+from cbir.timing import measuring, record, stage
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +120,9 @@ def create_app(
     # searches batch; more would only queue inside the process (memory, tails).
     # An executor of its own: its C queue hands work over with less GIL than anyio's.
     searches = ThreadPoolExecutor(limits.search_threads or min(32, 3 * usable_cores()), thread_name_prefix="cbir-search")
+    # A search's other uploads decode here, beside its own thread (a pool of its own: never waits for itself).
+    decoders = ThreadPoolExecutor(usable_cores(), thread_name_prefix="cbir-decode")
+    metrics = ServerMetrics()
 
     async def in_search_thread(function, *args):
         return await asyncio.get_running_loop().run_in_executor(searches, functools.partial(function, *args))
@@ -131,16 +137,21 @@ def create_app(
         finally:
             await run_in_threadpool(pool.close)
             searches.shutdown(wait=False, cancel_futures=True)
+            decoders.shutdown(wait=False, cancel_futures=True)
 
-    app = FastAPI(
+    # Swagger UI's script and CSS from the fastapi-offline package, not a CDN: /docs works offline.
+    app = FastAPIOffline(
         title="cbir",
         version=__version__,
         summary="Search image collections by example image.",
         lifespan=lifespan,
     )
     app.state.pool = pool
+    app.state.metrics = metrics
     app.add_middleware(BodyLimits, max_bytes=limits.max_upload_bytes, deadline=limits.body_timeout)
-    app.add_middleware(AccessGuard, access=access)  # outermost: before any body is read
+    app.add_middleware(HeadAsGet)
+    app.add_middleware(AccessGuard, access=access)  # before any body is read
+    app.add_middleware(RequestMetrics, metrics=metrics)  # outermost: refused requests count too
 
     def shown(request: Request, message: str) -> str:
         """An error message as this server may show it (no absolute paths unless allowed)."""
@@ -237,7 +248,10 @@ def create_app(
         filters = {key: getattr(asked, key) if getattr(asked, key) is not None else params.get(key) for key in FILTER_FIELDS}
         verify = _parse_verify(params.get("verify"))
         page = _Page(k, offset)
-        body = await in_search_thread(_search, live, asked, page, filters, limits, access.show_paths, verify)
+        body, stages = await in_search_thread(
+            _measured_search, live, asked, page, filters, limits, access.show_paths, verify, decoders
+        )
+        metrics.observe_search(live.name, asked.kind, stages)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
 
     @app.get(
@@ -297,6 +311,10 @@ def create_app(
         except ImageError as exc:
             raise ApiError(404, f"no thumbnail for image {number}: {exc}") from None
         return Response(data, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
+
+    @app.get("/metrics", tags=["operations"], summary="Requests, errors and search stage times, in Prometheus' text format")
+    async def prometheus() -> Response:
+        return Response(metrics.text(), media_type=metrics.content_type)
 
     # -- the page --------------------------------------------------------------
     @app.get("/", include_in_schema=False)
@@ -380,6 +398,13 @@ def _parse_verify(value: str | None) -> int | None:
 
 
 # -- searching (in the thread pool) ---------------------------------------------
+def _measured_search(*args) -> tuple[dict[str, Any], dict[str, float]]:
+    """:func:`_search`, and the seconds it spent in each stage (:mod:`cbir.timing`) for the metrics."""
+    with measuring() as clock:
+        body = _search(*args)
+    return body, clock.seconds
+
+
 def _image_filter(searcher, filters: dict[str, str | None]) -> ImageFilter | None:
     """The filter a request asks for (:data:`FILTER_FIELDS`; a folder as results show it), or ``None``: the one
     place a search and a listing read it. A date that is not ISO: :class:`UsageError`, a 400."""
@@ -392,7 +417,14 @@ def _image_filter(searcher, filters: dict[str, str | None]) -> ImageFilter | Non
 
 
 def _search(
-    live: LiveIndex, asked: SearchRequest, page: _Page, filters: dict, limits: Limits, show_paths: bool, verify: int | None = None
+    live: LiveIndex,
+    asked: SearchRequest,
+    page: _Page,
+    filters: dict,
+    limits: Limits,
+    show_paths: bool,
+    verify: int | None = None,
+    decoders: ThreadPoolExecutor | None = None,
 ) -> dict[str, Any]:
     """One request's search: the batched single upload, an id, or several examples, with ``filters`` (:data:`FILTER_FIELDS`)."""
     with live.use() as searcher:
@@ -402,28 +434,47 @@ def _search(
     if asked.single_upload:
         data, filename = asked.uploads[0]
         return _search_upload(live, data, filename, page, limits, show_paths, only, verify)
-    return _search_examples(live, asked, page, limits, show_paths, only)
+    return _search_examples(live, asked, page, limits, show_paths, only, decoders)
 
 
-def _search_examples(live: LiveIndex, asked: SearchRequest, page: _Page, limits: Limits, show_paths: bool, only) -> dict[str, Any]:
+def _search_examples(
+    live: LiveIndex, asked: SearchRequest, page: _Page, limits: Limits, show_paths: bool, only, decoders: ThreadPoolExecutor | None = None
+) -> dict[str, Any]:
     from cbir.retrieval.examples import Example
+    from cbir.retrieval.query_inputs import Prepared
 
     positives, negatives = asked.examples()
     with live.use() as searcher:
-        decoded = {}
-        for data, filename in [*asked.uploads, *asked.avoid_uploads]:
-            try:
-                decoded[id(data)] = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
-            except ImageError as exc:
-                raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-        as_arrays = lambda examples: [Example(decoded.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
+        uploads = [*asked.uploads, *asked.avoid_uploads]
+        # The uploads decode and prepare side by side (OpenCV lets go of the GIL), this thread taking the first.
+        others = [decoders.submit(_prepare_upload, searcher, data, name, limits) for data, name in uploads[1:]] if decoders else []
+        ready = [_prepare_upload(searcher, data, name, limits) for data, name in (uploads[:1] if decoders else uploads)]
+        ready += [future.result() for future in others]
+        prepared = {}
+        for (data, _), (item, seconds) in zip(uploads, ready):
+            prepared[id(data)] = Prepared(item)
+            record(seconds)
+        as_items = lambda examples: [Example(prepared.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
         run = lambda n: searcher.query_examples(  # noqa: E731
-            as_arrays(positives), as_arrays(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
+            as_items(positives), as_items(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
         )
         body = _results(live, searcher, run, page, show_paths, only)
         body["positive"] = [int(e.source) for e in asked.positive_ids]
         body["negative"] = [int(e.source) for e in asked.negative_ids]
         return body
+
+
+def _prepare_upload(searcher, data: bytes, filename: str, limits: Limits):
+    """One upload decoded and prepared for ``searcher``'s model, and the seconds of each stage (run in any thread)."""
+    with measuring() as clock:
+        try:
+            with stage("decode"):
+                image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
+        except ImageError as exc:
+            raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
+        with stage("embed"):
+            item = searcher.prepare(image)
+    return item, clock.seconds
 
 
 def _search_upload(
@@ -432,11 +483,8 @@ def _search_upload(
     with live.use() as shared:
         searcher = shared.verifying(verify)  # a view for this request: verified matches say so
         with live.batcher.preparing(searcher):
-            try:
-                image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
-            except ImageError as exc:
-                raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-            item = searcher.prepare(image)
+            item, seconds = _prepare_upload(searcher, data, filename, limits)
+        record(seconds)
         return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), page, show_paths, only)
 
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from cbir.retrieval.results import QueryResult
 from cbir.retrieval.search import Searcher
+from cbir.timing import measuring, record
 
 
 @dataclass(eq=False)
@@ -43,6 +44,8 @@ class _Waiting:
     leads: bool = False  # woken to lead the next batch rather than with a result
     result: QueryResult | None = None
     error: BaseException | None = None
+    #: The batch's stage times (:mod:`cbir.timing`): this search waited that long for each.
+    stages: dict[str, float] = field(default_factory=dict)
 
 
 class _CpuGate:
@@ -108,6 +111,7 @@ class SearchBatcher:
                 lead = True
         if lead:
             self._lead()
+        record(mine.stages)
         if mine.error is not None:
             raise mine.error
         return mine.result
@@ -146,7 +150,10 @@ def _search(batch: list[_Waiting]) -> None:
         try:
             first = group[0]
             options = {} if first.image_filter is None else {"image_filter": first.image_filter}
-            results = first.searcher.query_prepared([w.item for w in group], first.k, [w.name for w in group], **options)
+            with measuring() as clock:
+                results = first.searcher.query_prepared([w.item for w in group], first.k, [w.name for w in group], **options)
+            for waiting in group:
+                waiting.stages = clock.seconds
         except BaseException as exc:  # every request of the group gets the error (the leader re-raises its own)
             for waiting in group:
                 waiting.error = exc

@@ -60,6 +60,11 @@ class SearchRequest:
     def single_upload(self) -> bool:
         return len(self.uploads) == 1 and not (self.avoid_uploads or self.positive_ids or self.negative_ids)
 
+    @property
+    def kind(self) -> str:
+        """What the metrics call this search: ``id``, ``upload`` (one image) or ``examples``."""
+        return "id" if self.image_id is not None else "upload" if self.single_upload else "examples"
+
     def examples(self) -> tuple[list[Example], list[Example]]:
         positives = [Example(data) for data, _ in self.uploads] + self.positive_ids
         negatives = [Example(data) for data, _ in self.avoid_uploads] + self.negative_ids

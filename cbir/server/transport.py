@@ -139,3 +139,33 @@ async def _refuse_body(send, refused: _BodyRefused) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
     await send({"type": "http.response.start", "status": refused.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class HeadAsGet:
+    """``HEAD`` wherever ``GET`` is: answered as the ``GET`` would be, headers only (RFC 9110 9.3.2); pure ASGI.
+
+    FastAPI's routes answer only the methods they declare (Starlette's own
+    add ``HEAD`` to ``GET``; FastAPI's do not), so a monitor's or a cache's
+    ``HEAD /api/health`` would get 405. The body is dropped here, not only by
+    uvicorn, so any ASGI server (and the test client) sends none.
+    """
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+        as_get = {**scope, "method": "GET"}  # a copy: the server's own scope still says HEAD
+
+        async def headers_only(message):
+            if message["type"] == "http.response.body":
+                if not message.get("more_body", False):
+                    await send({"type": "http.response.body", "body": b""})
+                return
+            await send(message)
+
+        try:
+            await self.app(as_get, receive, headers_only)
+        finally:
+            scope["route"] = as_get.get("route")  # which route answered, for the request metrics outside
