@@ -34,6 +34,14 @@ def explanation_caption(match) -> str:
     return f"#{match.rank} not verified ({match.inliers} inliers)"
 
 
+def query_picture(result, match) -> str:
+    """The picture to draw on the query's side: the example that verified ``match`` when there were several, else the query."""
+    examples = getattr(result, "examples", ())
+    if match.verified_with is not None and match.verified_with < len(examples) and examples[match.verified_with]:
+        return examples[match.verified_with]
+    return next((e for e in examples if e), result.query)
+
+
 def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
     """RGB ``(side + caption, 2 * side)``: query left, match right, inlier correspondences as lines."""
     panel = np.full((side + _CAPTION, 2 * side, 3), _BACKGROUND, np.uint8)
@@ -67,9 +75,9 @@ def _place(panel: np.ndarray, path: str, side: int, offset: int) -> tuple[tuple[
     return (left, top), float(max(h, w))
 
 
-def explanation_grid(query_path: str, matches, side: int = 192, columns: int = 3) -> np.ndarray:
-    """One panel per match, ``columns`` panels a line."""
-    panels = [explanation_panel(query_path, m, side) for m in matches]
+def explanation_grid(result, side: int = 192, columns: int = 3) -> np.ndarray:
+    """One panel per match of ``result``, ``columns`` panels a line."""
+    panels = [explanation_panel(query_picture(result, m), m, side) for m in result.results]
     if not panels:
         return np.full((1, 2 * side, 3), _BACKGROUND, np.uint8)
     height, width = panels[0].shape[:2]
@@ -84,7 +92,7 @@ def explanation_grid(query_path: str, matches, side: int = 192, columns: int = 3
 def make_explained_montage(result, tile: int = 192, columns: int = 6) -> np.ndarray:
     """:func:`cbir.render.montage.make_montage`, then each match beside the query with its inliers drawn."""
     grid = make_montage(result, tile, columns)
-    panels = explanation_grid(result.query, result.results, tile, max(1, columns // 2))
+    panels = explanation_grid(result, tile, max(1, columns // 2))
     width = max(grid.shape[1], panels.shape[1])
     pad = lambda image: np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
     return np.concatenate([pad(grid), pad(panels)])

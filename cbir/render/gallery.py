@@ -63,16 +63,16 @@ def results_page(results: Sequence[QueryResult], title: str = "cbir results", ex
         cards = [Card(result.query, "query", is_query=True)]
         for m in result.results:
             caption = f"#{m.rank} &middot; {m.score:.3f}" + (f" &middot; verified: {m.inliers} inliers" if m.verified else "")
-            picture = _explanation_uri(result.query, m) if explain else None
+            picture = _explanation_uri(result, m) if explain else None
             cards.append(Card(m.path, caption, details=_details(m), picture_uri=picture))
         sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
 
 
-def _explanation_uri(query_path: str, match) -> str | None:
-    from cbir.render.explain import explanation_panel
+def _explanation_uri(result, match) -> str | None:
+    from cbir.render.explain import explanation_panel, query_picture
 
-    panel = explanation_panel(query_path, match, THUMBNAIL_SIDE)
+    panel = explanation_panel(query_picture(result, match), match, THUMBNAIL_SIDE)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 

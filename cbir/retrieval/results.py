@@ -35,6 +35,8 @@ class Match:
     inliers: int | None = None
     #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
     correspondences: Any = field(default=None, compare=False, repr=False)
+    #: Of a query with several examples: the position of the positive example that verified this match.
+    verified_with: int | None = None
 
     @property
     def verified(self) -> bool:
@@ -66,6 +68,8 @@ class Match:
         }
         if self.inliers is not None:
             out.update(verified=self.verified, inliers=self.inliers)
+            if self.verified_with is not None:
+                out["verified_with"] = self.verified_with
         return out
 
 
@@ -84,6 +88,8 @@ class QueryResult:
 
     query: str
     results: list[Match]
+    #: Of a query with several examples: each positive example's file ("" for bytes or an array), for drawing.
+    examples: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}

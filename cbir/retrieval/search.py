@@ -29,7 +29,15 @@ from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageFilter, ImageRow
 from cbir.retrieval.results import Match, QueryResult
-from cbir.retrieval.examples import NEGATIVE_WEIGHT, Example, check_examples, combine_examples, example_ids, example_vectors
+from cbir.retrieval.examples import (
+    NEGATIVE_WEIGHT,
+    Example,
+    check_examples,
+    combine_examples,
+    example_files,
+    example_ids,
+    examples_with_features,
+)
 from cbir.retrieval.filtered import AllowedCache, filtered_search
 from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
 from cbir.retrieval.verified import local_config_of, rerank_matches
@@ -347,8 +355,9 @@ class Searcher:
         All of them if ``k`` exceeds :attr:`size`, or the images
         ``image_filter`` lets through (:mod:`cbir.retrieval.filtered`);
         ``exclude_ids`` never come back. With ``verify`` on, ``local_features``
-        (one :class:`cbir.features.local.LocalFeatures` or ``None`` per vector)
-        re-rank each shortlist; without them nothing is verified.
+        (one :class:`cbir.features.local.LocalFeatures` or ``None`` per vector,
+        or a list of them: a vector's several examples) re-rank each
+        shortlist; without them nothing is verified.
         """
         if self.verify is None:
             return self._search_unverified(vectors, k, image_filter, exclude_ids)
@@ -453,7 +462,7 @@ class Searcher:
         self._check_k(k)
         check_examples(positives, negatives)
         examples = [*positives, *negatives]
-        vectors = example_vectors(self, examples, channels)
+        vectors, features = examples_with_features(self, examples, channels, local=self.verify is not None)
         split = len(positives)
         query = combine_examples(
             vectors[:split], [e.weight for e in positives], vectors[split:], [e.weight for e in negatives], negative_weight
@@ -462,7 +471,11 @@ class Searcher:
         label = name if name is not None else " ".join(
             ("-" if n >= split else "") + (f"id:{e.source}" if e.is_id else default_name(e.source)) for n, e in enumerate(examples)
         )
-        return QueryResult(label, self.search_vectors(query, k, image_filter=image_filter, exclude_ids=excluded)[0])
+        # Verified against each positive example (never the negatives): a match showing any of them is verified.
+        found = self.search_vectors(
+            query, k, image_filter=image_filter, exclude_ids=excluded, local_features=[features[:split]] if self.verify is not None else None
+        )[0]
+        return QueryResult(label, found, examples=example_files(self, positives))
 
     def image_ids_for(self, paths: Sequence[str] = (), digests: Sequence[str] = ()) -> set[int]:
         """Ids of the images stored under ``paths`` (as stored) or with one of the content ``digests``."""

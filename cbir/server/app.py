@@ -326,18 +326,21 @@ def _search(
     if asked.single_upload:
         data, filename = asked.uploads[0]
         return _search_upload(live, data, filename, k, limits, show_paths, only, verify)
-    return _search_examples(live, asked, k, limits, show_paths, only)
+    return _search_examples(live, asked, k, limits, show_paths, only, verify)
 
 
-def _search_examples(live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only) -> dict[str, Any]:
+def _search_examples(
+    live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only, verify: int | None = None
+) -> dict[str, Any]:
     from cbir.retrieval.examples import Example
 
     positives, negatives = asked.examples()
-    with live.use() as searcher:
+    with live.use() as shared:
+        searcher = shared.verifying(verify)  # verified against each positive example
         decoded = {}
         for data, filename in [*asked.uploads, *asked.avoid_uploads]:
             try:
-                decoded[id(data)] = decode_image(data, min_side=searcher.embedder.decode_min_side, max_pixels=limits.max_pixels)
+                decoded[id(data)] = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
         as_arrays = lambda examples: [Example(decoded.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
