@@ -1,10 +1,12 @@
-"""Why this match: the query and a verified result side by side, their RANSAC inlier correspondences drawn.
+"""Why this match: the query and a result side by side, with what made the match.
 
-Keypoints are stored normalised by each image's longer side
-(:mod:`cbir.features.local`), so they land on any resized copy of the
-picture; lines join each inlier pair, as ``cv2.drawMatches`` draws them. A
-result that was not verified gets the same panel with no lines and a note
-saying so.
+A verified result: its RANSAC inlier correspondences drawn. Keypoints are
+stored normalised by each image's longer side (:mod:`cbir.features.local`),
+so they land on any resized copy of the picture; lines join each inlier
+pair, as ``cv2.drawMatches`` draws them. A result that was not verified: where
+its global similarity came from (:mod:`cbir.features.contributions`), as
+orange heat over the picture and its best region framed; without a region
+map, a note saying it was not verified.
 """
 
 from __future__ import annotations
@@ -21,16 +23,22 @@ _LINE = (30, 170, 60)
 _NOTE = (150, 40, 40)
 _BACKGROUND = (255, 255, 255)
 _CAPTION = 22
+_HEAT = (255, 140, 0)
+_HEAT_ALPHA = 0.45
+_BOX = (230, 60, 0)
 #: At most this many correspondences are drawn (evenly chosen): more only hide the pictures.
 MAX_LINES = 40
 
 
 def explanation_caption(match) -> str:
-    """One line: how the match was checked."""
-    if match.inliers is None:
-        return f"#{match.rank} not checked (no --verify)"
+    """One line: how the match was checked, or where an unverified one's similarity came from."""
     if match.verified:
         return f"#{match.rank} verified: {match.inliers} inliers"
+    checked = "" if match.inliers is None else "not verified, "
+    if match.region is not None:
+        return f"#{match.rank} {checked}most similar here: {match.region.score:.2f}"
+    if match.inliers is None:
+        return f"#{match.rank} not checked (no --verify)"
     return f"#{match.rank} not verified ({match.inliers} inliers)"
 
 
@@ -47,7 +55,7 @@ def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
     panel = np.full((side + _CAPTION, 2 * side, 3), _BACKGROUND, np.uint8)
     placed = [_place(panel, path, side, offset) for path, offset in ((query_path, 0), (match.path, side))]
     if match.correspondences is not None and all(p is not None for p in placed):
-        (q_origin, q_scale), (m_origin, m_scale) = placed
+        (q_origin, q_scale, _), (m_origin, m_scale, _) = placed
         query_xy, match_xy = (np.asarray(a) for a in match.correspondences)
         shown = np.linspace(0, len(query_xy) - 1, min(len(query_xy), MAX_LINES)).astype(int) if len(query_xy) else []
         for (qx, qy), (mx, my) in zip(query_xy[shown], match_xy[shown]):
@@ -56,13 +64,27 @@ def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
             cv2.line(panel, a, b, _LINE, 1, cv2.LINE_AA)
             cv2.circle(panel, a, 2, _LINE, -1, cv2.LINE_AA)
             cv2.circle(panel, b, 2, _LINE, -1, cv2.LINE_AA)
-    colour = (20, 20, 20) if match.verified else _NOTE
+    elif match.region is not None and placed[1] is not None:
+        draw_region(panel, placed[1], match.region)
+    colour = (20, 20, 20) if match.verified or match.region is not None else _NOTE
     cv2.putText(panel, explanation_caption(match), (4, side + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return panel
 
 
-def _place(panel: np.ndarray, path: str, side: int, offset: int) -> tuple[tuple[int, int], float] | None:
-    """Draw ``path`` fitted into its square; ``(top-left corner, pixels per unit of the longer side)``."""
+def draw_region(panel: np.ndarray, placed, region) -> None:
+    """The region map over a placed picture: its heat blended in, its best region framed."""
+    (left, top), _, (w, h) = placed
+    heat = cv2.resize(np.asarray(region.grid, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
+    area = panel[top : top + h, left : left + w].astype(np.float32)
+    panel[top : top + h, left : left + w] = (area * (1 - _HEAT_ALPHA * heat) + np.float32(_HEAT) * _HEAT_ALPHA * heat).astype(np.uint8)
+    x0, y0, x1, y1 = region.box
+    corner = (left + int(round(x0 * w)), top + int(round(y0 * h)))
+    far = (left + max(int(round(x1 * w)) - 1, 0), top + max(int(round(y1 * h)) - 1, 0))
+    cv2.rectangle(panel, corner, far, _BOX, 2, cv2.LINE_AA)
+
+
+def _place(panel: np.ndarray, path: str, side: int, offset: int) -> tuple[tuple[int, int], float, tuple[int, int]] | None:
+    """Draw ``path`` fitted into its square; ``(top-left corner, pixels per unit of the longer side, (width, height))``."""
     try:
         image = read_image(path, min_side=side)
     except ImageError:
@@ -72,7 +94,7 @@ def _place(panel: np.ndarray, path: str, side: int, offset: int) -> tuple[tuple[
     h, w = resized.shape[:2]
     top, left = (side - h) // 2, offset + (side - w) // 2
     panel[top : top + h, left : left + w] = resized
-    return (left, top), float(max(h, w))
+    return (left, top), float(max(h, w)), (w, h)
 
 
 def explanation_grid(result, side: int = 192, columns: int = 3) -> np.ndarray:

@@ -56,13 +56,16 @@ def results_page(results: Sequence[QueryResult], title: str = "cbir results", ex
     """The page for one or many queries, in natural order of their names (``q50`` before ``q150``).
 
     ``explain``: each match shown beside the query with its verified inlier
-    correspondences drawn, or a note that it was not verified (:mod:`cbir.render.explain`).
+    correspondences drawn, or the regions its similarity came from where the
+    search explained them, or a note that it was not verified (:mod:`cbir.render.explain`).
     """
     sections = []
     for result in sorted(results, key=lambda r: natural_key(r.query)):
         cards = [Card(result.query, "query", is_query=True)]
         for m in result.results:
             caption = f"#{m.rank} &middot; {m.score:.3f}" + (f" &middot; verified: {m.inliers} inliers" if m.verified else "")
+            if m.region is not None and not m.verified:
+                caption += f" &middot; most similar in the framed region ({m.region.score:.2f})"
             picture = _explanation_uri(result, m) if explain else None
             cards.append(Card(m.path, caption, details=_details(m), picture_uri=picture))
         sections.append((f"query: {display_path(result.query)}", cards))

@@ -37,6 +37,8 @@ class Match:
     correspondences: Any = field(default=None, compare=False, repr=False)
     #: Of a query with several examples: the position of the positive example that verified this match.
     verified_with: int | None = None
+    #: Where an unverified match's similarity came from (:class:`cbir.features.contributions.RegionMap`), when explained.
+    region: Any = field(default=None, compare=False, repr=False)
 
     @property
     def verified(self) -> bool:
@@ -70,6 +72,8 @@ class Match:
             out.update(verified=self.verified, inliers=self.inliers)
             if self.verified_with is not None:
                 out["verified_with"] = self.verified_with
+        if self.region is not None:
+            out["region"] = self.region.to_dict()
         return out
 
 
@@ -90,6 +94,8 @@ class QueryResult:
     results: list[Match]
     #: Of a query with several examples: each positive example's file ("" for bytes or an array), for drawing.
     examples: tuple[str, ...] = ()
+    #: The vector searched for (before query expansion): what ``--explain`` compares each match's regions with.
+    vector: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}

@@ -433,12 +433,12 @@ class Searcher:
         with self._catalogue_lock:
             vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
         if self.verify is None:
-            return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter)[0])
+            return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter)[0], vector=vector[0])
         from cbir.features.local import unpack
 
         data = self.local_features([row.id]).get(row.id)
         features = [unpack(data) if data is not None else None]
-        return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
+        return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0], vector=vector[0])
 
     def query_examples(
         self,
@@ -475,7 +475,15 @@ class Searcher:
         found = self.search_vectors(
             query, k, image_filter=image_filter, exclude_ids=excluded, local_features=[features[:split]] if self.verify is not None else None
         )[0]
-        return QueryResult(label, found, examples=example_files(self, positives))
+        return QueryResult(label, found, examples=example_files(self, positives), vector=query[0])
+
+    def explain_regions(self, result: QueryResult, limit: int = 24) -> QueryResult:
+        """``result`` with each unverified match among the first ``limit`` given its ``region``: where its similarity
+        to the query came from (:mod:`cbir.retrieval.explained`). One model call per match."""
+        from cbir.retrieval.explained import with_regions
+
+        embedder = self.embedder
+        return with_regions(result, embedder, self._model_lock, self.open_image_file, limit)
 
     def image_ids_for(self, paths: Sequence[str] = (), digests: Sequence[str] = ()) -> set[int]:
         """Ids of the images stored under ``paths`` (as stored) or with one of the content ``digests``."""
@@ -592,7 +600,7 @@ class Searcher:
         else:
             features = [item.features if isinstance(item, WithFeatures) else None for item in items]
             found = self.search_vectors(vectors, k, image_filter=image_filter, local_features=features)
-        return [QueryResult(name, matches) for name, matches in zip(names, found)]
+        return [QueryResult(name, matches, vector=vector) for name, matches, vector in zip(names, found, vectors)]
 
     def embed_prepared(self, items: Sequence[Any]) -> np.ndarray:
         """Vectors of items from :meth:`prepare`, in one model call."""
@@ -655,7 +663,7 @@ class Searcher:
             margin *= 4
             on_error = None if on_error is None else (lambda label, exc: None)  # reported once already
         return [
-            QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
+            replace(result, results=[replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
             for result, found in zip(results, kept)
         ]
 

@@ -219,7 +219,8 @@ def create_app(
         under = asked.under if asked.under is not None else params.get("under")
         label = asked.label if asked.label is not None else params.get("label")
         verify = _parse_verify(params.get("verify"))
-        body = await in_search_thread(_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify)
+        explain = _parse_flag(params.get("explain"), "explain")
+        body = await in_search_thread(_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify, explain)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
 
     @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels and folders")
@@ -311,26 +312,54 @@ def _parse_verify(value: str | None) -> int | None:
     return verify
 
 
+def _parse_flag(value: str | None, name: str) -> bool:
+    """``?name``, ``?name=true`` (on), absent or ``false`` (off)."""
+    if value is None or value.lower() in ("false", "no", "off", "0"):
+        return False
+    if value.lower() in ("", "true", "yes", "on", "1"):
+        return True
+    raise ApiError(422, f"{name} is true or false, got {value[:40]!r}")
+
+
 # -- searching (in the thread pool) ---------------------------------------------
 def _search(
-    live: LiveIndex, asked: SearchRequest, k: int, under, label, limits: Limits, show_paths: bool, verify: int | None = None
+    live: LiveIndex,
+    asked: SearchRequest,
+    k: int,
+    under,
+    label,
+    limits: Limits,
+    show_paths: bool,
+    verify: int | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
-    """One request's search: the batched single upload, an id, or several examples."""
+    """One request's search: the batched single upload, an id, or several examples.
+
+    ``explain``: each unverified result gets its ``region`` (:meth:`Searcher.explain_regions`), each verified one its
+    ``correspondences``; it verifies, as
+    ``?verify`` does, where the index has local features.
+    """
     with live.use() as searcher:
         only = None
         if under is not None or label is not None:
             folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
             only = ImageFilter(under=folder, label=label)
+        if explain and verify is None and searcher.store.manifest.get("local_features"):
+            from cbir.ann.verify import DEFAULT_VERIFY
+
+            verify = DEFAULT_VERIFY
     if asked.image_id is not None:
-        return _search_id(live, asked.image_id, k, show_paths, only, verify)
-    if asked.single_upload:
+        body = _search_id(live, asked.image_id, k, show_paths, only, verify, explain)
+    elif asked.single_upload:
         data, filename = asked.uploads[0]
-        return _search_upload(live, data, filename, k, limits, show_paths, only, verify)
-    return _search_examples(live, asked, k, limits, show_paths, only, verify)
+        body = _search_upload(live, data, filename, k, limits, show_paths, only, verify, explain)
+    else:
+        body = _search_examples(live, asked, k, limits, show_paths, only, verify, explain)
+    return body
 
 
 def _search_examples(
-    live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only, verify: int | None = None
+    live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only, verify: int | None = None, explain: bool = False
 ) -> dict[str, Any]:
     from cbir.retrieval.examples import Example
 
@@ -347,14 +376,22 @@ def _search_examples(
         run = lambda n: searcher.query_examples(  # noqa: E731
             as_arrays(positives), as_arrays(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
         )
-        body = _results(live, searcher, run, k, show_paths, only)
+        body = _results(live, searcher, run, k, show_paths, only, explain)
         body["positive"] = [int(e.source) for e in asked.positive_ids]
         body["negative"] = [int(e.source) for e in asked.negative_ids]
         return body
 
 
 def _search_upload(
-    live: LiveIndex, data: bytes, filename: str, k: int, limits: Limits, show_paths: bool, only=None, verify: int | None = None
+    live: LiveIndex,
+    data: bytes,
+    filename: str,
+    k: int,
+    limits: Limits,
+    show_paths: bool,
+    only=None,
+    verify: int | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)  # a view for this request: verified matches say so
@@ -364,25 +401,31 @@ def _search_upload(
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
             item = searcher.prepare(image)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), k, show_paths, only)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), k, show_paths, only, explain)
 
 
-def _search_id(live: LiveIndex, image_id: int, k: int, show_paths: bool, only=None, verify: int | None = None) -> dict[str, Any]:
+def _search_id(
+    live: LiveIndex, image_id: int, k: int, show_paths: bool, only=None, verify: int | None = None, explain: bool = False
+) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)
         row = searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), k, show_paths, only)
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), k, show_paths, only, explain)
         body["query_id"] = image_id
         body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
         return body
 
 
-def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True, only=None) -> dict[str, Any]:
+def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True, only=None, explain: bool = False) -> dict[str, Any]:
     # k beyond the collection (or what the filter lets through) returns all of it, as a correct answer should.
     effective = min(k, searcher.count_matching(only))
     if effective == 0:
         return {"index": live.name, "query": None, "k": 0, "results": [], "matching": 0}
     result = run(effective)
+    if explain:  # unverified results: their regions (one model call each, the first MAX_EXPLAINED)
+        from cbir.retrieval.explained import correspondence_rows
+
+        result = searcher.explain_regions(result, MAX_EXPLAINED)
     base = f"/api/indexes/{live.name}"
     body = result.to_dict()
     roots = None if show_paths else searcher.indexed_roots()
@@ -391,9 +434,15 @@ def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True, on
         if roots is not None:
             item["path"] = public_path(match.path, roots)
             item["folder"] = public_path(match.folder, roots)
+        if explain and match.correspondences is not None:
+            item["correspondences"] = correspondence_rows(match.correspondences)
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
     return {"index": live.name, "k": effective, "matching": searcher.count_matching(only), **body}
+
+
+#: ``?explain`` draws regions for at most this many results of a search (a model call each).
+MAX_EXPLAINED = 24
 
 
 _K_PARAMETER = {

@@ -70,6 +70,7 @@ function filterQuery() {
   const params = new URLSearchParams({ k: String(wantedK()) });
   if ($("under").value) params.set("under", $("under").value);
   if ($("label").value) params.set("label", $("label").value);
+  if ($("explain").checked) params.set("explain", "true");
   return params.toString();
 }
 
@@ -152,7 +153,9 @@ function showResults(body) {
     label.textContent = name;
     label.title = result.path;
     const date = (result.taken || result.mtime || "").slice(0, 10);
-    const details = [result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean);
+    if (result.region) frameRegion(button, img, result.region.box);
+    const verified = result.verified ? `verified (${result.inliers} inliers)` : "";
+    const details = [verified, result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean);
     item.querySelector(".details").textContent = details.join(" · ");
     item.querySelector(".details").title = details.join("\n");
     const example = { id: result.id, name, thumbnailUrl: result.thumbnail_url };
@@ -172,6 +175,19 @@ function showResults(body) {
     return item;
   });
   $("results").replaceChildren(...items);
+}
+
+// ?explain: the region [x0, y0, x1, y1] (fractions of the image) framed on the square, cover-fitted thumbnail.
+function frameRegion(button, img, box) {
+  const frame = Object.assign(document.createElement("span"), { className: "region" });
+  const place = () => {
+    const w = img.naturalWidth, h = img.naturalHeight, side = Math.min(w, h);
+    const fx = (v) => ((v * w - (w - side) / 2) / side) * 100, fy = (v) => ((v * h - (h - side) / 2) / side) * 100;
+    const [x0, y0, x1, y1] = [fx(box[0]), fy(box[1]), fx(box[2]), fy(box[3])].map((v) => Math.min(100, Math.max(0, v)));
+    Object.assign(frame.style, { left: `${x0}%`, top: `${y0}%`, width: `${x1 - x0}%`, height: `${y1 - y0}%` });
+  };
+  img.complete && img.naturalWidth ? place() : img.addEventListener("load", place, { once: true });
+  button.append(frame);
 }
 
 // "More like this" / "less like this": the query and every example so far, searched as one.
@@ -272,6 +288,7 @@ function setUp() {
   $("k").addEventListener("change", searchExamples);
   $("under").addEventListener("change", searchExamples);
   $("label").addEventListener("change", searchExamples);
+  $("explain").addEventListener("change", searchExamples);
   const drop = $("drop");
   for (const type of ["dragenter", "dragover"]) {
     drop.addEventListener(type, (event) => {
