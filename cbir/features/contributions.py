@@ -13,9 +13,10 @@ query to the global descriptor. Two ways, by what the extractor exposes:
   (of cirtorch's grid on the map) whose own pooled vector is closest to the
   query: for ``--pooling rmac`` one of the very regions summed.
 * ``regions`` (every other extractor: colour histograms, the autoencoder):
-  the image cropped to the R-MAC grid of regions, each crop embedded as an
-  image of its own and compared with the query; the box is the best crop
-  and each cell's heat the best score of a crop covering it.
+  the image cropped to the R-MAC grid of regions (its second and third
+  levels: the first's crops are nearly the whole image), each crop embedded
+  as an image of its own and compared with the query; the box is the best
+  crop and each cell's heat the best score of a crop covering it.
 
 Pure functions of an :class:`~cbir.features.pipeline.Embedder`, an RGB
 image and a unit query vector; nothing is stored.
@@ -123,8 +124,9 @@ def crop_boxes(height: int, width: int) -> list[tuple[int, int, int, int]]:
     cell_h, cell_w = height / rows, width / cols
     boxes = [(0, 0, width, height)]
     for top, left, side in rmac_regions(rows, cols):
-        if side >= max(rows, cols):
-            continue  # the whole image, already first
+        if side >= min(rows, cols):
+            continue  # the whole image (first) and the first level's full-height squares: a larger crop's
+            # histogram is always nearer the whole image's, so they would win and say nothing
         boxes.append((int(left * cell_w), int(top * cell_h), int(round((left + side) * cell_w)), int(round((top + side) * cell_h))))
     return boxes
 
