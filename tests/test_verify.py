@@ -337,3 +337,21 @@ def test_the_http_api_verifies_several_examples(photos, tmp_path):
         assert all(not m["path"].endswith("scene-1.png") for m in found)
         plain = client.post("/api/indexes/p/search?k=2", json={"positive": [ids["scene-1.png"], ids["scene-4.png"]]}).json()
         assert all("verified" not in m for m in plain["results"])
+
+
+def test_info_shows_the_local_features_kept(photos, tmp_path):
+    index_dir = tmp_path / "indexes"
+    index_folder(photos, "p", index_dir, workers=1)
+    result = runner.invoke(app, ["info", "p", "--index-dir", str(index_dir)])
+    assert result.exit_code == 0 and "local feat. none (cbir index FOLDER --name p --local-features" in result.stdout
+    assert json.loads(runner.invoke(app, ["info", "p", "--index-dir", str(index_dir), "--json"]).stdout)["local_features"] is None
+
+    index_folder(photos, "p", index_dir, local_features="orb")
+    with Catalogue(index_dir / "p" / "catalogue.sqlite") as db:
+        records = db.local_features(range(1, 7))
+    keypoints = [len(unpack(data)) for data in records.values()]
+    data = json.loads(runner.invoke(app, ["info", "p", "--index-dir", str(index_dir), "--json"]).stdout)["local_features"]
+    assert data["kind"] == "orb" and data["images"] == 6
+    assert data["mean_keypoints"] == round(sum(keypoints) / 6, 1) and data["bytes"] == sum(len(r) for r in records.values())
+    text = runner.invoke(app, ["info", "p", "--index-dir", str(index_dir)]).stdout
+    assert f"local feat. orb: 6 of 6 images, {sum(keypoints) / 6:.0f} keypoints and" in text
