@@ -23,6 +23,7 @@ from cbir.cli._common import (
     alpha_setting,
     expand_setting,
     VerifyOption,
+    DiffusionOption,
     handle_errors,
     print_json,
     show,
@@ -104,6 +105,7 @@ def evaluate(
     under: UnderOption = None,
     label: LabelFilterOption = None,
     verify: VerifyOption = None,
+    diffusion: DiffusionOption = None,
 ) -> None:
     """Measure retrieval quality: mAP, precision@k and recall@k (k = 1, 5, 10, 20, 50), N-S for groups of 4.
 
@@ -138,6 +140,7 @@ def evaluate(
         ef_search=ef_search,
         image_filter=image_filter(under, label),
         verify=verify,
+        diffusion=diffusion,
     )
     reports, notes = evaluate_indexes(names, index_dir, **options)
     if plot is not None:

@@ -15,6 +15,7 @@ from cbir.cli._common import (
     ExpandOption,
     NoExpandOption,
     VerifyOption,
+    DiffusionOption,
     alpha_setting,
     expand_setting,
     IndexDirOption,
@@ -69,6 +70,7 @@ def query(
     no_expand: NoExpandOption = False,
     alpha: AlphaOption = None,
     verify: VerifyOption = None,
+    diffusion: DiffusionOption = None,
     explain: Annotated[
         bool,
         typer.Option(
@@ -105,7 +107,7 @@ def query(
     only = image_filter(under, label)
     if explain and montage is None and html is None:
         raise UsageError("--explain draws on the pictures: give --montage FILE or --html FILE with it")
-    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha), "verify": verify}
+    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha), "verify": verify, "diffusion": diffusion}
     examples = _examples(images, avoid or [])
     if examples is not None:
         with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as opened:

@@ -41,6 +41,7 @@ from cbir.retrieval.examples import (
 from cbir.retrieval.filtered import AllowedCache, filtered_search
 from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
 from cbir.retrieval.verified import local_config_of, rerank_matches
+from cbir.retrieval.diffused import check_diffusion
 from cbir.ann.verify import check_verify
 from cbir.retrieval.indexed_files import open_indexed_file
 
@@ -75,6 +76,10 @@ class Searcher:
         local features with the query's, fused with the global score. The
         index must hold local features (``cbir index --local-features``).
         Scores stay the global similarities; each checked match has ``inliers``.
+    diffusion : int, optional
+        Diffusion re-ranking (:mod:`cbir.retrieval.diffused`) on a graph of
+        each image's ``diffusion`` nearest neighbours, built at the first
+        search; scores stay the similarities to the (expanded) query.
     """
 
     def __init__(
@@ -85,8 +90,12 @@ class Searcher:
         expand: int | None = DEFAULT_EXPAND,
         alpha: float = DEFAULT_ALPHA,
         verify: int | None = None,
+        diffusion: int | None = None,
     ):
         check_expand(expand)
+        self.diffusion = check_diffusion(diffusion)
+        self._graph = None
+        self._graph_lock = threading.Lock()
         check_alpha(alpha)
         self.verify = check_verify(verify)
         self.local_config = None
@@ -142,7 +151,8 @@ class Searcher:
         only. This ``Searcher`` is left open and unchanged.
         """
         params = {k: v for k, v in self._search_params.items() if v is not None}
-        fresh = self._open_path(self.store.path, {**params, **({"verify": self.verify} if self.verify is not None else {})})
+        rerank = {key: value for key, value in (("verify", self.verify), ("diffusion", self.diffusion)) if value is not None}
+        fresh = self._open_path(self.store.path, {**params, **rerank})
         if self._embedder is not None and _same_model(self.store.manifest, fresh.store.manifest):
             fresh._embedder = self._embedder
             fresh._model_lock = self._model_lock
@@ -261,6 +271,32 @@ class Searcher:
             return self.vectors.search(vectors, n)
         return filtered_search(self.vectors, vectors, n, allowed, self.stored_vectors)
 
+    def ranked_ids(self, vectors: np.ndarray, n: int, image_filter: ImageFilter | None = None, exclude=()) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_ids`, or with ``diffusion`` the diffused ranking, its seeds without ``exclude``
+        (ids left out of every query's, or an array of one id per vector)."""
+        if self.diffusion is None:
+            return self.search_ids(vectors, n, image_filter)
+        from cbir.ann.diffusion import DEFAULT_QUERY_K
+
+        graph = self._diffusion_graph()
+        per_row = isinstance(exclude, np.ndarray) and exclude.shape == (len(vectors),)
+        extra = self.stale_ids + (1 if per_row else len(exclude))
+        scores, ids = self.search_ids(vectors, DEFAULT_QUERY_K + extra, image_filter)
+        left_out = ids == exclude[:, None] if per_row else np.isin(ids, list(exclude))
+        ids = np.where(left_out, -1, ids)
+        order = np.argsort(ids < 0, axis=1, kind="stable")
+        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return graph.rank(vectors, scores, ids, n, self._allowed.get(image_filter))
+
+    def _diffusion_graph(self):
+        with self._graph_lock:
+            if self._graph is None:
+                from cbir.retrieval.diffused import DiffusionGraph
+
+                ids = np.array([row.id for row in self.image_rows()], np.int64)
+                self._graph = DiffusionGraph(ids, self.stored_vectors(ids), self.diffusion, self.name)
+            return self._graph
+
     def skipped_files(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the files indexing skipped, by path."""
         with self._catalogue_lock:
@@ -374,7 +410,7 @@ class Searcher:
             return [[] for _ in range(len(vectors))]
         excluded = {int(i) for i in exclude_ids}
         vectors = self.expand_queries(vectors, image_filter=image_filter)
-        scores, ids = self.search_ids(vectors, k + self.stale_ids + len(excluded), image_filter)
+        scores, ids = self.ranked_ids(vectors, k + self.stale_ids + len(excluded), image_filter, excluded)
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock:
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted) if row.id not in excluded}
