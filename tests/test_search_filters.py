@@ -142,3 +142,23 @@ def test_an_image_like_both_positives_ranks_first_and_a_negative_pushes_its_look
         assert refined[:4] == ["red"] * 4
         with pytest.raises(UsageError):
             searcher.query_examples([], avoid)
+
+
+def test_browsing_lists_the_images_a_filter_lets_through_a_page_at_a_time(tmp_path):
+    """``Searcher.browse``: what the page's listing and the API's ``/images`` show, from the library."""
+    make_collection(tmp_path / "photos" / "a", per_class=2)
+    make_collection(tmp_path / "photos" / "b", per_class=2)
+    labels = {str(p): p.parent.name for p in (tmp_path / "photos").rglob("*.jpg")}
+    index_folder(tmp_path / "photos", "p", tmp_path / "ix", labels=labels)
+    with Searcher.open("p", tmp_path / "ix") as searcher:
+        pages = [searcher.browse(offset, 5) for offset in (0, 5, 10, 15)]
+        assert [len(p.images) for p in pages] == [5, 5, 2, 0] and {p.total for p in pages} == {12}
+        paths = [m.path for p in pages for m in p.images]
+        assert paths == sorted(paths) and [m.rank for p in pages for m in p.images] == list(range(1, 13))
+        red_in_b = searcher.browse(0, 100, ImageFilter(under=str(tmp_path / "photos" / "b"), label="red"))
+        assert red_in_b.total == 2 and all("/b/red/" in m.path and m.label == "red" for m in red_in_b.images)
+        item = red_in_b.to_dict()["results"][0]
+        assert "score" not in item and item["size"] > 0 and item["exists"] is True
+        for offset, limit in ((-1, 5), (0, 0)):
+            with pytest.raises(UsageError, match="a page starts at offset 0"):
+                searcher.browse(offset, limit)

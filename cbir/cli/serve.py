@@ -130,11 +130,16 @@ def serve(
         app = create_app(pool=pool, limits=limits, access=access)
         shown = f"[{bound_host}]" if ":" in bound_host else bound_host
         login = f"?token={token}" if token else ""
-        stderr.print(
-            f"serving {len(pool.names_served())} index(es) ({', '.join(pool.names_served())}) "
-            f"on http://{shown}:{bound_port}/{login} (Ctrl-C to stop)",
-            markup=False,
-        )
+        served = pool.names_served()
+        what = f"{len(served)} index(es) ({', '.join(served)})" if served else "no index yet"
+        stderr.print(f"serving {what} on http://{shown}:{bound_port}/{login} (Ctrl-C to stop)", markup=False)
+        if not served:
+            problems = "".join(f"; not served: {problem}" for problem in pool.problems())
+            stderr.print(
+                f"note: {pool.index_dir} holds no index{problems}; build one with 'cbir index FOLDER --name NAME' "
+                "(the running server picks it up)",
+                markup=False,
+            )
         if not loopback:
             guard = "anyone with the token" if token else "anyone (no token)"
             stderr.print(f"warning: listening on {host}: {guard} who can reach it can search and download the indexed images", markup=False)

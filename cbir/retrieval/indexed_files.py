@@ -7,16 +7,21 @@ open file itself is checked (no name is looked up twice): a regular file,
 with the size and modification time the catalogue recorded (or, if those
 changed, the same content), whose real path lies below one of the folders
 that were indexed.
+
+It also lists them without a query (:func:`page_of_images`): browsing a
+collection page by page, by folder or label.
 """
 
 from __future__ import annotations
 
 import os
 import stat
-from typing import BinaryIO, Sequence
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Sequence
 
-from cbir.store.catalogue import ImageRow
-from cbir.errors import IndexedFileError
+from cbir.store.catalogue import Catalogue, ImageFilter, ImageRow
+from cbir.errors import IndexedFileError, UsageError
+from cbir.retrieval.results import Match
 from cbir.fileio import stream_sha256
 from cbir.store.locations import is_under
 
@@ -67,3 +72,40 @@ def _same_content(file: BinaryIO, row: ImageRow) -> bool:
         return False
     file.seek(0)
     return stream_sha256(file) == row.sha256
+
+
+@dataclass(frozen=True)
+class ImagePage:
+    """One page of the indexed images a filter lets through, by path: the collection browsed without a query."""
+
+    offset: int
+    #: Every image the filter lets through (all pages together).
+    total: int
+    #: Ranked by position in the whole listing (``offset + 1`` first); no score.
+    images: list[Match]
+
+    def to_dict(self) -> dict[str, Any]:
+        results = []
+        for match in self.images:
+            item = match.to_dict()
+            del item["score"]  # nothing was compared
+            results.append(item)
+        return {"offset": self.offset, "total": self.total, "results": results}
+
+
+def page_of_images(catalogue: Catalogue, image_filter: ImageFilter | None, offset: int, limit: int) -> ImagePage:
+    """``limit`` indexed images from ``offset`` on, in path order, with what the catalogue knows of each."""
+    if offset < 0 or limit < 1:
+        raise UsageError(f"a page starts at offset 0 or later and holds at least 1 image; got offset {offset}, limit {limit}")
+    total, rows = catalogue.image_page(image_filter or ImageFilter(), offset, limit)
+    metadata = catalogue.metadata([row.id for row in rows])  # no GPS: a listing never carries a location
+    images = []
+    for position, row in enumerate(rows, start=offset + 1):
+        about = metadata.get(row.id)
+        images.append(
+            Match(
+                position, row.path, None, row.id, row.label, os.path.exists(row.path),
+                about.taken if about else None, about.camera if about else None, size=row.size, mtime_ns=row.mtime_ns,
+            )
+        )
+    return ImagePage(offset, total, images)

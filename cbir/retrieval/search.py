@@ -43,7 +43,7 @@ from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest
 from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.retrieval.diffused import check_diffusion
 from cbir.ann.verify import check_verify
-from cbir.retrieval.indexed_files import open_indexed_file
+from cbir.retrieval.indexed_files import ImagePage, open_indexed_file, page_of_images
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +252,11 @@ class Searcher:
         """How many images ``image_filter`` lets through (all of them for ``None``)."""
         allowed = self._allowed.get(image_filter)
         return self.size if allowed is None else len(allowed)
+
+    def browse(self, offset: int = 0, limit: int = 100, image_filter: ImageFilter | None = None) -> ImagePage:
+        """The indexed images without a query, ``limit`` from ``offset`` on, by path (:func:`page_of_images`)."""
+        with self._catalogue_lock:
+            return page_of_images(self.store.catalogue, image_filter, offset, limit)
 
     def label_counts(self) -> dict[str, int]:
         """``{label: images}`` of every label in the index."""

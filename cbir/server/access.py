@@ -220,6 +220,35 @@ def public_description(described: dict, roots: Sequence[str]) -> dict:
     return shown
 
 
+def without_weight_paths(described: dict) -> dict:
+    """``Searcher.describe()`` with model files named by file name (what every server shows), and a ``summary``.
+
+    A weights file's folder says nothing about the index and everything about the server's disk.
+    """
+    shown = {**described, "embedder": _without_absolute_paths(described.get("embedder"))}
+    shown["extractor"] = public_text(str(described.get("extractor", "")))
+    shown["summary"] = extractor_summary(shown["embedder"])
+    return shown
+
+
+def extractor_summary(embedder: dict | None) -> str:
+    """The extractor in a few words, for a page's header: ``cnn resnet50 (gem)``, ``color``, ``... + PCA128``."""
+    config = (embedder or {}).get("extractor") or {}
+    params = config.get("params") or {}
+    text = str(config.get("name", "unknown"))
+    if isinstance(params.get("backbone"), str):
+        text += f" {params['backbone']}"
+        if isinstance(params.get("pooling"), str):
+            text += f" ({params['pooling']})"
+    weights = params.get("weights")
+    if isinstance(weights, str) and weights not in ("imagenet", "none"):
+        text += f", weights {os.path.basename(weights)}"
+    pca = (embedder or {}).get("pca")
+    if isinstance(pca, dict) and pca.get("n_components"):
+        text += f" + PCA{pca['n_components']}"
+    return text
+
+
 def _without_absolute_paths(value):
     if isinstance(value, dict):
         return {key: _without_absolute_paths(item) for key, item in value.items()}

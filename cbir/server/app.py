@@ -15,9 +15,10 @@ import logging
 import mimetypes
 import os
 import re
+import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,10 +35,13 @@ from cbir.display import display_path
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
 from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
-from cbir.server.access import Access, AccessGuard, private_path, public_description, public_path, public_text
+from cbir.server.access import (
+    Access, AccessGuard, private_path, public_description, public_path, public_text, without_weight_paths,
+)
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
+from cbir.store.locations import default_index_dir
 from cbir.server.transport import BodyLimits
 
 logger = logging.getLogger(__name__)
@@ -59,7 +63,10 @@ class Limits:
     max_upload_bytes: int = 20 * 2**20
     #: Below the indexing cap: an upload decodes in memory, several at once.
     max_pixels: int = 50_000_000
+    #: Results in one answer (a search's ``k``, a listing's ``limit``); ``offset`` pages further.
     max_k: int = 1000
+    #: How deep a search may page: ``offset + k`` at most this (a listing pages to its end).
+    max_depth: int = 10_000
     default_k: int = 10
     #: Requests decoding and searching at once; default: three per usable core (at most 32).
     search_threads: int | None = None
@@ -176,13 +183,18 @@ def create_app(
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "indexes": pool.names_served()}
 
-    @app.get("/api/indexes", tags=["api"], summary="The indexes served: name, extractor, size")
+    # How to make an index this server picks up: what the page shows while it serves none.
+    build_hint = "cbir index FOLDER --name NAME"
+    if pool.index_dir.resolve() != default_index_dir().resolve() and access.show_paths:
+        build_hint += f" --index-dir {shlex.quote(display_path(str(pool.index_dir), controls=False))}"
+
+    @app.get("/api/indexes", tags=["api"], summary="The indexes served: name, extractor, size; and how to build one")
     def indexes() -> dict[str, Any]:
         described = []
         for name in pool.names_served():
             try:
                 with pool.get(name).use() as searcher:
-                    description = searcher.describe()
+                    description = without_weight_paths(searcher.describe())
                     if not access.show_paths:
                         description = public_description(description, searcher.indexed_roots())
                     else:  # names that are not UTF-8 cannot travel in JSON as they are
@@ -190,13 +202,13 @@ def create_app(
             except IndexNotFoundError:  # dropped since the listing
                 continue
             described.append(description)
-        return {"indexes": described}
+        return {"indexes": described, "build": build_hint}
 
     @app.post(
         "/api/indexes/{name}/search",
         tags=["api"],
         summary="Search by uploaded images and/or ids of indexed images (to find and to avoid), within a folder or label",
-        openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER, *_FILTER_PARAMETERS]},
+        openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER, _OFFSET_PARAMETER, *_FILTER_PARAMETERS]},
     )
     async def search(name: str, request: Request) -> JSONResponse:
         live = pool.get(name)
@@ -216,12 +228,33 @@ def create_app(
             return Response(status_code=400)  # nobody is listening; just stop
         params = request.query_params
         k = _parse_k(asked.k if asked.k is not None else params.get("k"), limits)
+        offset = _parse_offset(asked.offset if asked.offset is not None else params.get("offset"))
+        if offset + k > limits.max_depth:
+            raise ApiError(422, f"a search pages at most {limits.max_depth} results deep: offset + k is {offset + k}")
         under = asked.under if asked.under is not None else params.get("under")
         label = asked.label if asked.label is not None else params.get("label")
         verify = _parse_verify(params.get("verify"))
         explain = _parse_flag(params.get("explain"), "explain")
-        body = await in_search_thread(_search, live, asked, k, under or None, label or None, limits, access.show_paths, verify, explain)
+        page = _Page(k, offset)
+        body = await in_search_thread(_search, live, asked, page, under or None, label or None, limits, access.show_paths, verify, explain)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
+
+    @app.get(
+        "/api/indexes/{name}/images",
+        tags=["api"],
+        summary="The indexed images without a query, a page at a time, in path order; within a folder or label",
+        openapi_extra={"parameters": [_OFFSET_PARAMETER, _LIMIT_PARAMETER, *_FILTER_PARAMETERS]},
+    )
+    def browse(name: str, request: Request) -> JSONResponse:
+        params = request.query_params
+        limit = _parse_k(params.get("limit"), limits, what="limit", default=100)
+        offset = _parse_offset(params.get("offset"))
+        with pool.get(name).use() as searcher:
+            page = searcher.browse(offset, limit, _image_filter(searcher, params.get("under") or None, params.get("label") or None))
+            roots = None if access.show_paths else searcher.indexed_roots()
+            body = page.to_dict()
+            _add_links(body["results"], page.images, f"/api/indexes/{name}", roots)
+        return JSONResponse({"index": name, "limit": limit, **body})
 
     @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels and folders")
     def facets(name: str) -> dict[str, Any]:
@@ -262,15 +295,31 @@ def create_app(
 
 
 # -- request parsing -----------------------------------------------------------
-def _parse_k(value: str | None, limits: Limits) -> int:
+def _parse_k(value: str | None, limits: Limits, what: str = "k", default: int | None = None) -> int:
     if value is None or value == "":
-        return limits.default_k
+        return limits.default_k if default is None else default
     if not _K.fullmatch(value.strip()):
-        raise ApiError(422, f"k must be a whole number from 1 to {limits.max_k}, got {value[:40]!r}")
+        raise ApiError(422, f"{what} must be a whole number from 1 to {limits.max_k}, got {value[:40]!r}")
     k = int(value)
     if not 1 <= k <= limits.max_k:
-        raise ApiError(422, f"k must be from 1 to {limits.max_k}, got {k}")
+        raise ApiError(422, f"{what} must be from 1 to {limits.max_k} (page on with offset), got {k}")
     return k
+
+
+def _parse_offset(value: str | None) -> int:
+    if value is None or value == "":
+        return 0
+    if not _K.fullmatch(value.strip()) or int(value) < 0:
+        raise ApiError(422, f"offset must be a whole number from 0 up, got {value[:40]!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class _Page:
+    """Which results one answer holds: ``k`` of them after the first ``offset``."""
+
+    k: int
+    offset: int = 0
 
 
 def _image_id(image_id: str) -> int:
@@ -322,10 +371,18 @@ def _parse_flag(value: str | None, name: str) -> bool:
 
 
 # -- searching (in the thread pool) ---------------------------------------------
+def _image_filter(searcher, under: str | None, label: str | None) -> ImageFilter | None:
+    """The filter a request asks for (a folder as results show it), or ``None``: the one place a search and a listing read it."""
+    if under is None and label is None:
+        return None
+    folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
+    return ImageFilter(under=folder, label=label)
+
+
 def _search(
     live: LiveIndex,
     asked: SearchRequest,
-    k: int,
+    page: _Page,
     under,
     label,
     limits: Limits,
@@ -340,26 +397,21 @@ def _search(
     ``?verify`` does, where the index has local features.
     """
     with live.use() as searcher:
-        only = None
-        if under is not None or label is not None:
-            folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
-            only = ImageFilter(under=folder, label=label)
+        only = _image_filter(searcher, under, label)
         if explain and verify is None and searcher.store.manifest.get("local_features"):
             from cbir.ann.verify import DEFAULT_VERIFY
 
             verify = DEFAULT_VERIFY
     if asked.image_id is not None:
-        body = _search_id(live, asked.image_id, k, show_paths, only, verify, explain)
-    elif asked.single_upload:
+        return _search_id(live, asked.image_id, page, show_paths, only, verify, explain)
+    if asked.single_upload:
         data, filename = asked.uploads[0]
-        body = _search_upload(live, data, filename, k, limits, show_paths, only, verify, explain)
-    else:
-        body = _search_examples(live, asked, k, limits, show_paths, only, verify, explain)
-    return body
+        return _search_upload(live, data, filename, page, limits, show_paths, only, verify, explain)
+    return _search_examples(live, asked, page, limits, show_paths, only, verify, explain)
 
 
 def _search_examples(
-    live: LiveIndex, asked: SearchRequest, k: int, limits: Limits, show_paths: bool, only, verify: int | None = None, explain: bool = False
+    live: LiveIndex, asked: SearchRequest, page: _Page, limits: Limits, show_paths: bool, only, verify: int | None = None, explain: bool = False
 ) -> dict[str, Any]:
     from cbir.retrieval.examples import Example
 
@@ -376,7 +428,7 @@ def _search_examples(
         run = lambda n: searcher.query_examples(  # noqa: E731
             as_arrays(positives), as_arrays(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
         )
-        body = _results(live, searcher, run, k, show_paths, only, explain)
+        body = _results(live, searcher, run, page, show_paths, only, explain)
         body["positive"] = [int(e.source) for e in asked.positive_ids]
         body["negative"] = [int(e.source) for e in asked.negative_ids]
         return body
@@ -386,7 +438,7 @@ def _search_upload(
     live: LiveIndex,
     data: bytes,
     filename: str,
-    k: int,
+    page: _Page,
     limits: Limits,
     show_paths: bool,
     only=None,
@@ -401,44 +453,52 @@ def _search_upload(
             except ImageError as exc:
                 raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
             item = searcher.prepare(image)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), k, show_paths, only, explain)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), page, show_paths, only, explain)
 
 
 def _search_id(
-    live: LiveIndex, image_id: int, k: int, show_paths: bool, only=None, verify: int | None = None, explain: bool = False
+    live: LiveIndex, image_id: int, page: _Page, show_paths: bool, only=None, verify: int | None = None, explain: bool = False
 ) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)
         row = searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), k, show_paths, only, explain)
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), page, show_paths, only, explain)
         body["query_id"] = image_id
         body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
         return body
 
 
-def _results(live: LiveIndex, searcher, run, k: int, show_paths: bool = True, only=None, explain: bool = False) -> dict[str, Any]:
-    # k beyond the collection (or what the filter lets through) returns all of it, as a correct answer should.
-    effective = min(k, searcher.count_matching(only))
+def _results(live: LiveIndex, searcher, run, page: _Page, show_paths: bool = True, only=None, explain: bool = False) -> dict[str, Any]:
+    # k beyond the collection (or what the filter lets through) returns all of it, as a correct answer should;
+    # a page past the end is empty. Ranks count from the first result of all, not of the page.
+    matching = searcher.count_matching(only)
+    effective = max(0, min(page.k, matching - page.offset))
     if effective == 0:
-        return {"index": live.name, "query": None, "k": 0, "results": [], "matching": 0}
-    result = run(effective)
-    if explain:  # unverified results: their regions (one model call each, the first MAX_EXPLAINED)
+        return {"index": live.name, "query": None, "k": 0, "offset": page.offset, "results": [], "matching": matching}
+    result = run(page.offset + effective)
+    shown = result.results[page.offset :]
+    if explain:  # the page's unverified results: their regions (one model call each, the first MAX_EXPLAINED)
+        shown = searcher.explain_regions(replace(result, results=shown), MAX_EXPLAINED).results
+    body = {"query": display_path(result.query, controls=False), "results": [match.to_dict() for match in shown]}
+    _add_links(body["results"], shown, f"/api/indexes/{live.name}", None if show_paths else searcher.indexed_roots())
+    if explain:
         from cbir.retrieval.explained import correspondence_rows
 
-        result = searcher.explain_regions(result, MAX_EXPLAINED)
-    base = f"/api/indexes/{live.name}"
-    body = result.to_dict()
-    roots = None if show_paths else searcher.indexed_roots()
-    for item, match in zip(body["results"], result.results):
+        for item, match in zip(body["results"], shown):
+            if match.correspondences is not None:
+                item["correspondences"] = correspondence_rows(match.correspondences)
+    return {"index": live.name, "k": len(shown), "offset": page.offset, "matching": matching, **body}
+
+
+def _add_links(items: list[dict], matches, base: str, roots) -> None:
+    """Each result's id and the addresses of its file and thumbnail; paths shown relative to ``roots`` unless ``None``."""
+    for item, match in zip(items, matches):
         item["id"] = match.id
         if roots is not None:
             item["path"] = public_path(match.path, roots)
             item["folder"] = public_path(match.folder, roots)
-        if explain and match.correspondences is not None:
-            item["correspondences"] = correspondence_rows(match.correspondences)
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
-    return {"index": live.name, "k": effective, "matching": searcher.count_matching(only), **body}
 
 
 #: ``?explain`` draws regions for at most this many results of a search (a model call each).
@@ -449,8 +509,23 @@ _K_PARAMETER = {
     "name": "k",
     "in": "query",
     "required": False,
-    "schema": {"type": "integer", "minimum": 1, "default": 10},
-    "description": "Number of results (a form field or JSON 'k' takes precedence); more than the index holds returns all.",
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
+    "description": "Number of results, at most 1,000 (page on with offset; a form field or JSON 'k' takes precedence); "
+    "more than the index holds returns all.",
+}
+_OFFSET_PARAMETER = {
+    "name": "offset",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0, "default": 0},
+    "description": "Results to skip: the next page starts at offset + k (a search pages at most 10,000 deep).",
+}
+_LIMIT_PARAMETER = {
+    "name": "limit",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    "description": "Images in one page (at most 1,000; page on with offset).",
 }
 _FILTER_PARAMETERS = [
     {
@@ -474,7 +549,8 @@ _SEARCH_BODY = {
                     "negative_file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images to avoid"},
                     "positive": {"type": "array", "items": {"type": "string"}, "description": "Ids to find, 'id' or 'id:weight'"},
                     "negative": {"type": "array", "items": {"type": "string"}, "description": "Ids to avoid, 'id' or 'id:weight'"},
-                    "k": {"type": "integer", "minimum": 1},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "offset": {"type": "integer", "minimum": 0},
                     "under": {"type": "string"},
                     "label": {"type": "string"},
                 },
@@ -487,7 +563,8 @@ _SEARCH_BODY = {
                     "id": {"type": "integer", "description": "One indexed image: its neighbours, itself first"},
                     "positive": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}, "description": "Ids (or {id, weight}) to find"},
                     "negative": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}, "description": "Ids (or {id, weight}) to avoid"},
-                    "k": {"type": "integer", "minimum": 1},
+                    "k": {"type": "integer", "minimum": 1, "maximum": 1000},
+                    "offset": {"type": "integer", "minimum": 0},
                     "under": {"type": "string"},
                     "label": {"type": "string"},
                 },

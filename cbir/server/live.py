@@ -159,9 +159,10 @@ class IndexPool:
     """The indexes a server offers: every index in ``index_dir``, or only ``names``.
 
     Without ``names``, indexes created in ``index_dir`` while serving are
-    added and deleted ones dropped at the next refresh. :meth:`open` raises
-    :class:`~cbir.errors.CbirError` if a named index cannot be opened or there
-    is nothing to serve.
+    added and deleted ones dropped at the next refresh; an ``index_dir`` with
+    no index yet (or none at all) is served empty until one appears.
+    :meth:`open` raises :class:`~cbir.errors.CbirError` if a named index
+    cannot be opened.
     """
 
     def __init__(self, index_dir: str | os.PathLike | None = None, names: Sequence[str] | None = None, refresh_interval: float = 1.0):
@@ -180,13 +181,7 @@ class IndexPool:
             for name in self.names:
                 self._indexes[name] = LiveIndex(index_path(name, self.index_dir))
         else:
-            self._scan()
-            if not self._indexes:
-                problems = "; ".join(self._failed.values())
-                raise IndexNotFoundError(
-                    f"no index to serve in {self.index_dir}" + (f": {problems}" if problems else "")
-                    + "; build one with 'cbir index FOLDER --name NAME' or point --index-dir elsewhere"
-                )
+            self._scan()  # none yet is fine: the page says how to build one, the refresher picks it up
         self.is_open = True
         return self
 
@@ -211,6 +206,11 @@ class IndexPool:
         if live is None:
             raise IndexNotFoundError(f"no index named {name!r} is served here")
         return live
+
+    def problems(self) -> list[str]:
+        """Why indexes found in the folder are not served (one line each)."""
+        with self._lock:
+            return [f"{name}: {reason}" for name, reason in sorted(self._failed.items())]
 
     def names_served(self) -> list[str]:
         with self._lock:

@@ -10,7 +10,8 @@ A request is one of:
   ``negative`` ids), ids optionally weighted (``7:2`` in a form, ``{"id": 7,
   "weight": 2}`` in JSON); the examples themselves are left out of the results.
 
-Each may carry ``under`` (a folder, as results show it) and ``label``.
+Each may carry ``under`` (a folder, as results show it) and ``label``, and
+``offset``: the results to skip (the next page).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 from cbir.retrieval.examples import MAX_EXAMPLES, Example
 
 _WEIGHTED_ID = re.compile(r"\s*([0-9]{1,18})(?::([0-9]*\.?[0-9]+))?\s*")
-_JSON_FIELDS = {"id", "k", "positive", "negative", "under", "label"}
+_JSON_FIELDS = {"id", "k", "offset", "positive", "negative", "under", "label"}
 
 
 class RequestError(Exception):
@@ -37,6 +38,7 @@ class RequestError(Exception):
 @dataclass
 class SearchRequest:
     k: str | None = None
+    offset: str | None = None
     under: str | None = None
     label: str | None = None
     #: ``(bytes, filename)`` of uploaded images to find, and to avoid.
@@ -80,7 +82,7 @@ async def read_form(request, max_files: int = MAX_EXAMPLES) -> SearchRequest:
                 raise RequestError(422, f"field {key!r} must be text, not a file")
             elif key in ("positive", "negative"):
                 (out.positive_ids if key == "positive" else out.negative_ids).append(_weighted_id(value))
-            elif key in ("k", "under", "label"):
+            elif key in ("k", "offset", "under", "label"):
                 setattr(out, key, value)
     if not (out.uploads or out.positive_ids):
         raise RequestError(422, "the form has no field 'file' holding the image (or 'positive' ids)")
@@ -109,10 +111,11 @@ def read_json(body: bytes) -> SearchRequest:
         out.negative_ids = [_json_example(e) for e in _list(payload, "negative")]
         if not out.positive_ids:
             raise RequestError(422, "'id' must be the whole-number id of an indexed image (or give 'positive' ids)")
-    k = payload.get("k")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int)):
-        raise RequestError(422, "'k' must be a whole number")
-    out.k = None if k is None else str(k)
+    for key in ("k", "offset"):
+        number = payload.get(key)
+        if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
+            raise RequestError(422, f"'{key}' must be a whole number")
+        setattr(out, key, None if number is None else str(number))
     for key in ("under", "label"):
         value = payload.get(key)
         if value is not None and not isinstance(value, str):

@@ -458,6 +458,17 @@ class Catalogue:
         rows = self._db.execute(f"SELECT id FROM images WHERE {where} ORDER BY id", args).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
+    def image_page(self, image_filter: "ImageFilter", offset: int, limit: int) -> tuple[int, list[ImageRow]]:
+        """How many images ``image_filter`` lets through, and ``limit`` of their rows from ``offset`` on, by path.
+
+        By path: a folder's images stay together, page after page.
+        """
+        where, args = image_filter.where()
+        (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", args).fetchone()
+        query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images WHERE {where} ORDER BY path, id LIMIT ? OFFSET ?"
+        rows = self._db.execute(query, (*args, int(limit), int(offset)))
+        return total, [ImageRow(i, _text(path), size, mtime_ns, sha256, _text(label)) for i, path, size, mtime_ns, sha256, label in rows]
+
     def label_counts(self) -> dict[str, int]:
         """``{label: images}`` of every label, by label (images without one are not counted)."""
         rows = self._db.execute("SELECT label, COUNT(*) FROM images WHERE label IS NOT NULL GROUP BY label ORDER BY label")
