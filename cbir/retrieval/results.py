@@ -10,6 +10,7 @@ from typing import Any
 
 
 from cbir.display import display_path
+from cbir.images.video import describe_frame
 from cbir.ann.verify import MIN_INLIERS
 
 
@@ -39,6 +40,13 @@ class Match:
     verified_with: int | None = None
     #: Where an unverified match's similarity came from (:class:`cbir.features.contributions.RegionMap`), when explained.
     region: Any = field(default=None, compare=False, repr=False)
+    #: A video's frame: its time in seconds (``path`` is the video's); ``None``: a photo.
+    time: float | None = None
+
+    @property
+    def name(self) -> str:
+        """What the match shows: its path, or ``clip.mp4 @ 01:23`` for a video's frame."""
+        return describe_frame(self.path, self.time)
 
     @property
     def verified(self) -> bool:
@@ -74,6 +82,8 @@ class Match:
                 out["verified_with"] = self.verified_with
         if self.region is not None:
             out["region"] = self.region.to_dict()
+        if self.time is not None:  # photos' JSON stays as it was
+            out["time"] = self.time
         return out
 
 
