@@ -326,6 +326,34 @@ def test_browser_filter_by_label_and_screenshots_at_desktop_and_phone_width(core
         browser.quit()
 
 
+def test_browser_why_frames_the_region_each_result_matched_on(corel_server, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    browser = _browser()
+    try:
+        wait = _start_search(browser, corel_server, COREL / "images" / "705.jpg", 8)
+        assert browser.find_elements(By.CSS_SELECTOR, "#results .region") == []
+        browser.find_element(By.ID, "explain").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#results .region")) == 8)
+        wait.until(lambda b: b.execute_script("return [...document.images].every(i => i.complete && i.naturalWidth > 0)"))
+        # Each frame lies inside its thumbnail's square and is smaller than it.
+        boxes = browser.execute_script(
+            """return [...document.querySelectorAll('#results .result')].map(r => {
+                const f = r.querySelector('.region').getBoundingClientRect(), i = r.querySelector('img').getBoundingClientRect();
+                return [f.left - i.left, f.top - i.top, i.right - f.right, i.bottom - f.bottom, f.width * f.height / (i.width * i.height)];
+            })"""
+        )
+        assert all(min(b[:4]) >= -4 and 0.02 < b[4] < 0.95 for b in boxes), boxes
+        out = Path(os.environ.get("CBIR_SCREENSHOTS", tmp_path))
+        browser.save_screenshot(str(out / "cbir-why-desktop.png"))
+        browser.set_window_size(390, 844)
+        wait.until(lambda b: b.execute_script("return document.documentElement.scrollWidth <= window.innerWidth"))
+        browser.save_screenshot(str(out / "cbir-why-phone.png"))
+        assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        browser.quit()
+
+
 def _grid(browser) -> list[dict]:
     """The result grid as the page shows it: id, file name, score text and link of each tile."""
     return browser.execute_script(

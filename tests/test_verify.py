@@ -281,3 +281,77 @@ def test_local_features_come_from_a_decode_as_large_as_they_need(tmp_path):
     assert min(loaded.image.shape[:2]) < 100
     expected = extractor(read_image(big, min_side=extractor.decode_min_side))
     assert loaded.local_features == expected and len(unpack(expected)) > 40
+
+
+def test_several_examples_are_each_verified_and_say_which(photos, tmp_path):
+    index_dir = tmp_path / "indexes"
+    index_folder(photos, "p", index_dir, local_features=True, workers=1)
+    first, second = tmp_path / "q1.png", tmp_path / "q2.png"
+    cv2.imwrite(str(first), warped(scene(4)))
+    cv2.imwrite(str(second), warped(scene(1), angle=-20, scale=0.9))
+    base = ["query", str(first), str(second), "--name", "p", "--index-dir", str(index_dir), "-k", "3"]
+    result = runner.invoke(app, [*base, "--verify", "--json"])
+    assert result.exit_code == 0, result.output
+    found = json.loads(result.stdout)["results"]
+    top = {m["path"].rsplit("/", 1)[-1]: m for m in found[:2]}
+    assert set(top) == {"scene-4.png", "scene-1.png"}  # each example's scene, verified by that example
+    assert top["scene-4.png"]["verified"] and top["scene-4.png"]["verified_with"] == 0
+    assert top["scene-1.png"]["verified"] and top["scene-1.png"]["verified_with"] == 1
+    assert found[2]["verified"] is False and "verified_with" not in found[2]
+    # An example to avoid is not verified against: the positive's scene still comes first, verified.
+    result = runner.invoke(app, ["query", str(first), "--not", str(second), *base[3:], "--verify", "--json"])
+    assert result.exit_code == 0, result.output
+    top = json.loads(result.stdout)["results"][0]
+    assert top["path"].endswith("scene-4.png") and top["verified"] and top["verified_with"] == 0
+    # Without --verify nothing is checked.
+    plain = json.loads(runner.invoke(app, [*base, "--json"]).stdout)["results"]
+    assert all("verified" not in m for m in plain)
+    # --explain draws each match against the example that verified it.
+    montage = tmp_path / "m.png"
+    result = runner.invoke(app, [*base, "--explain", "--montage", str(montage)])
+    assert result.exit_code == 0, result.output
+    assert cv2.imread(str(montage)) is not None
+
+
+def test_the_http_api_verifies_several_examples(photos, tmp_path):
+    pytest.importorskip("fastapi")
+    from fastapi.testclient import TestClient
+
+    from cbir.server.app import create_app
+
+    index_dir = tmp_path / "indexes"
+    index_folder(photos, "p", index_dir, local_features=True, workers=1)
+    with Searcher.open("p", index_dir) as searcher:
+        ids = {row.path.rsplit("/", 1)[-1]: row.id for row in searcher.image_rows()}
+    ok, encoded = cv2.imencode(".png", warped(scene(4)))
+    with TestClient(create_app(index_dir, refresh_interval=0.1), raise_server_exceptions=False) as client:
+        response = client.post(
+            "/api/indexes/p/search?k=2&verify=10",
+            files=[("file", ("q.png", encoded.tobytes(), "image/png"))],
+            data={"positive": str(ids["scene-1.png"])},
+        )
+        assert response.status_code == 200, response.json()
+        found = response.json()["results"]
+        # The upload verifies its scene; the id example is left out of the results (as every example is).
+        assert found[0]["path"].endswith("scene-4.png") and found[0]["verified"] and found[0]["verified_with"] == 0
+        assert all(not m["path"].endswith("scene-1.png") for m in found)
+        plain = client.post("/api/indexes/p/search?k=2", json={"positive": [ids["scene-1.png"], ids["scene-4.png"]]}).json()
+        assert all("verified" not in m for m in plain["results"])
+
+
+def test_info_shows_the_local_features_kept(photos, tmp_path):
+    index_dir = tmp_path / "indexes"
+    index_folder(photos, "p", index_dir, workers=1)
+    result = runner.invoke(app, ["info", "p", "--index-dir", str(index_dir)])
+    assert result.exit_code == 0 and "local feat. none (cbir index FOLDER --name p --local-features" in result.stdout
+    assert json.loads(runner.invoke(app, ["info", "p", "--index-dir", str(index_dir), "--json"]).stdout)["local_features"] is None
+
+    index_folder(photos, "p", index_dir, local_features="orb")
+    with Catalogue(index_dir / "p" / "catalogue.sqlite") as db:
+        records = db.local_features(range(1, 7))
+    keypoints = [len(unpack(data)) for data in records.values()]
+    data = json.loads(runner.invoke(app, ["info", "p", "--index-dir", str(index_dir), "--json"]).stdout)["local_features"]
+    assert data["kind"] == "orb" and data["images"] == 6
+    assert data["mean_keypoints"] == round(sum(keypoints) / 6, 1) and data["bytes"] == sum(len(r) for r in records.values())
+    text = runner.invoke(app, ["info", "p", "--index-dir", str(index_dir)]).stdout
+    assert f"local feat. orb: 6 of 6 images, {sum(keypoints) / 6:.0f} keypoints and" in text

@@ -65,7 +65,7 @@ class TidyCommand(TyperCommand):
 
 
 #: Options whose value may be left out, and the value they then take (Typer has no optional values).
-OPTIONAL_VALUES = {"--verify": "100", "--local-features": "rootsift"}
+OPTIONAL_VALUES = {"--verify": "100", "--local-features": "rootsift", "--diffusion": "20"}
 
 
 def with_optional_values(args: list[str], options: set[str]) -> list[str]:
@@ -378,6 +378,17 @@ VerifyOption = Annotated[
         help="Spatial verification: re-rank the top K results (alone: 100) by RANSAC inliers of their local "
         "features with the query's, fused with the global score. The index needs local features "
         "(cbir index FOLDER --name NAME --local-features; nothing is re-embedded).",
+        show_default=False,
+    ),
+]
+DiffusionOption = Annotated[
+    Optional[int],
+    typer.Option(
+        "--diffusion",
+        metavar="[K]",
+        help="Diffusion re-ranking (Iscen et al. 2017): rank by similarity spread over a graph of each image's K "
+        "nearest neighbours (alone: 20), built when the index opens (at most 20,000 images). Helps category-level "
+        "collections, costs instance-level ones; see docs/rerank.md.",
         show_default=False,
     ),
 ]

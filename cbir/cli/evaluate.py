@@ -26,6 +26,7 @@ from cbir.cli._common import (
     alpha_setting,
     expand_setting,
     VerifyOption,
+    DiffusionOption,
     handle_errors,
     print_json,
     show,
@@ -110,6 +111,7 @@ def evaluate(
     taken_before: TakenBeforeOption = None,
     camera: CameraOption = None,
     verify: VerifyOption = None,
+    diffusion: DiffusionOption = None,
 ) -> None:
     """Measure retrieval quality: mAP, precision@k and recall@k (k = 1, 5, 10, 20, 50), N-S for groups of 4.
 
@@ -144,6 +146,7 @@ def evaluate(
         ef_search=ef_search,
         image_filter=image_filter(under, label, taken_after, taken_before, camera),
         verify=verify,
+        diffusion=diffusion,
     )
     reports, notes = evaluate_indexes(names, index_dir, **options)
     if plot is not None:

@@ -54,6 +54,14 @@ def info(
         f"{meta['with_camera']} with a camera, {meta['with_location']} with a location"
         + (f"; {data['images'] - meta['with_metadata']} indexed before metadata was kept (the next cbir index of their folder reads it; nothing is re-embedded)" if data["images"] > meta["with_metadata"] else "")
     )
+    local = data["local_features"]
+    if local is None:
+        print(f"local feat. none (cbir index FOLDER --name {data['name']} --local-features adds them, for --verify)")
+    else:
+        print(
+            f"local feat. {local['kind']}: {local['images']} of {data['images']} images, {local['mean_keypoints']:.0f} keypoints and "
+            f"{_bytes(local['mean_bytes'])} an image on average, {_bytes(local['bytes'])} in all"
+        )
     print(f"created     {data['created']}")
     print("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))
     if not data["vectors_current"]:
@@ -62,6 +70,14 @@ def info(
         print(f"removed     {len(data['removed_paths'])} path(s) left out of updates (cbir index --include-removed adds them back)")
     for entry in data["skipped_files"]:
         print(f"  skipped: {show(entry['path'])}: {show(entry['reason'])}")
+
+
+def _bytes(size: int) -> str:
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} GB"
 
 
 @handle_errors

@@ -15,6 +15,7 @@ from cbir.cli._common import (
     ExpandOption,
     NoExpandOption,
     VerifyOption,
+    DiffusionOption,
     alpha_setting,
     expand_setting,
     IndexDirOption,
@@ -75,12 +76,14 @@ def query(
     no_expand: NoExpandOption = False,
     alpha: AlphaOption = None,
     verify: VerifyOption = None,
+    diffusion: DiffusionOption = None,
     explain: Annotated[
         bool,
         typer.Option(
             "--explain",
-            help="With --montage or --html: draw each verified match's inlier correspondences with the query "
-            "(unverified ones say so). Implies --verify.",
+            help="With --montage or --html: draw each verified match's inlier correspondences with the query, "
+            "and for the others the regions their similarity came from (heat and the best region framed). "
+            "Verifies (as --verify) where the index has local features.",
         ),
     ] = False,
 ) -> None:
@@ -110,15 +113,14 @@ def query(
     only = image_filter(under, label, taken_after, taken_before, camera)
     if explain and montage is None and html is None:
         raise UsageError("--explain draws on the pictures: give --montage FILE or --html FILE with it")
-    if explain and verify is None:
-        from cbir.ann.verify import DEFAULT_VERIFY
-
-        verify = DEFAULT_VERIFY
-    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha), "verify": verify}
+    rerank = {"expand": expand_setting(expand, no_expand), "alpha": alpha_setting(alpha), "verify": verify, "diffusion": diffusion}
     examples = _examples(images, avoid or [])
     if examples is not None:
-        with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as searcher:
+        with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as opened:
+            searcher = _explaining(opened) if explain else opened
             results = [searcher.query_examples(*examples, k, image_filter=only, exclude_examples=exclude_self)]
+            if explain:
+                results = [searcher.explain_regions(r) for r in results]
         _write_pictures(results, name, montage, html, explain)
         _print_results(results, name, False, as_json, paths_only, null)
         return
@@ -135,11 +137,27 @@ def query(
         raise UsageError(f"no image files in {image}")
     images, names = _read_source(image) if from_bytes else (paths, None)
     on_error = (lambda p, exc: stderr.print(f"warning: skipped query {exc}", markup=False)) if is_folder else None
-    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as searcher:
+    with Searcher.open(name, index_dir, nprobe=nprobe, ef_search=ef_search, **rerank) as opened:
+        searcher = _explaining(opened) if explain else opened
         search = searcher.query_excluding_self if exclude_self else searcher.query_many
         results = search(images, k, on_error=on_error, names=names, image_filter=only)
+        if explain:
+            results = [searcher.explain_regions(r) for r in results]
     _write_pictures(results, name, montage, html, explain)
     _print_results(results, name, is_folder, as_json, paths_only, null)
+
+
+def _explaining(searcher):
+    """The searcher --explain uses: verifying (as --verify) where the index has local features, else as it is."""
+    from cbir.ann.verify import DEFAULT_VERIFY
+    from cbir.errors import UsageError
+
+    if searcher.verify is not None:
+        return searcher
+    try:
+        return searcher.verifying(DEFAULT_VERIFY)
+    except UsageError:  # no local features: the regions explain every match
+        return searcher
 
 
 def _write_pictures(results, name: str, montage: Path | None, html: Path | None, explain: bool = False) -> None:

@@ -128,6 +128,7 @@ def evaluate_index(
     alpha: float = DEFAULT_ALPHA,
     image_filter=None,
     verify: int | None = None,
+    diffusion: int | None = None,
     **search_params,
 ) -> EvaluationReport:
     """Evaluate a stored index, searched the way queries are (query expansion included).
@@ -155,7 +156,7 @@ def evaluate_index(
     if ground_truth is not None and query_folder is not None:
         raise UsageError("give a ground-truth file or a query folder, not both")
     progress = progress or SILENT
-    with Searcher.open(name, index_dir, expand=expand, alpha=alpha, verify=verify, **search_params) as searcher:
+    with Searcher.open(name, index_dir, expand=expand, alpha=alpha, verify=verify, diffusion=diffusion, **search_params) as searcher:
         ranker = _Ranker(searcher, image_filter)
         if not len(ranker.paths):
             if image_filter is not None and not image_filter.is_empty:
@@ -248,7 +249,8 @@ class _Ranker:
     def rank(self, vectors: np.ndarray, exclude_ids: np.ndarray | None = None, features: list | None = None) -> np.ndarray:
         searcher = self.searcher
         vectors = searcher.expand_queries(vectors, exclude_ids, self.image_filter)
-        scores, found = searcher.search_ids(vectors, len(self.ids) + searcher.stale_ids, self.image_filter)
+        exclude = np.asarray(exclude_ids) if exclude_ids is not None else ()
+        scores, found = searcher.ranked_ids(vectors, len(self.ids) + searcher.stale_ids, self.image_filter, exclude)
         if searcher.verify is not None and features is not None:
             found = self._verified(found, scores, exclude_ids, features)
         position = np.clip(np.searchsorted(self.ids, found), 0, len(self.ids) - 1)

@@ -283,6 +283,15 @@ class CNNExtractor(Extractor):
             per_scale.append(np.concatenate(pooled))
         return l2_normalize(combine_scales(per_scale))
 
+    def feature_map(self, item: np.ndarray | tuple[np.ndarray, ...]) -> np.ndarray:
+        """The last convolutional activations ``(h, w, c)`` of one prepared item, at the
+        input size (the scale nearest 1): what :mod:`cbir.features.contributions` explains."""
+        self._ensure_loaded()
+        sides = self.input_sides
+        scale = int(np.argmin([abs(side - self.input_size) for side in sides]))
+        image = item if len(sides) == 1 else item[scale]
+        return np.asarray(self.networks_[sides[scale]](image[None]))[0]
+
     def _pool(self, feature_map: np.ndarray) -> np.ndarray:
         if self.pooling == "rmac":
             check_rmac_map(feature_map.shape[1], feature_map.shape[2], RMAC_LEVELS)

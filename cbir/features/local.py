@@ -150,6 +150,14 @@ def descriptors_for_matching(features: LocalFeatures) -> np.ndarray:
     return desc / np.maximum(np.linalg.norm(desc, axis=1, keepdims=True), 1e-12)
 
 
+def mean_keypoints(kind: str, records: int, total_bytes: int) -> float:
+    """Keypoints an image on average, from the count and total size of ``records`` packed records of ``kind``
+    (each is a header and a fixed size a keypoint, so no record need be read)."""
+    if records == 0:
+        return 0.0
+    return (total_bytes - records * _HEADER.size) / (4 + DESCRIPTOR_BYTES[kind]) / records
+
+
 def pack(features: LocalFeatures) -> bytes:
     """The stored record of ``features`` (see the module docstring)."""
     header = _HEADER.pack(_MAGIC, KINDS.index(features.kind), len(features))

@@ -1,10 +1,12 @@
-"""Why this match: the query and a verified result side by side, their RANSAC inlier correspondences drawn.
+"""Why this match: the query and a result side by side, with what made the match.
 
-Keypoints are stored normalised by each image's longer side
-(:mod:`cbir.features.local`), so they land on any resized copy of the
-picture; lines join each inlier pair, as ``cv2.drawMatches`` draws them. A
-result that was not verified gets the same panel with no lines and a note
-saying so.
+A verified result: its RANSAC inlier correspondences drawn. Keypoints are
+stored normalised by each image's longer side (:mod:`cbir.features.local`),
+so they land on any resized copy of the picture; lines join each inlier
+pair, as ``cv2.drawMatches`` draws them. A result that was not verified: where
+its global similarity came from (:mod:`cbir.features.contributions`), as
+orange heat over the picture and its best region framed; without a region
+map, a note saying it was not verified.
 """
 
 from __future__ import annotations
@@ -21,17 +23,31 @@ _LINE = (30, 170, 60)
 _NOTE = (150, 40, 40)
 _BACKGROUND = (255, 255, 255)
 _CAPTION = 22
+_HEAT = (255, 140, 0)
+_HEAT_ALPHA = 0.45
+_BOX = (230, 60, 0)
 #: At most this many correspondences are drawn (evenly chosen): more only hide the pictures.
 MAX_LINES = 40
 
 
 def explanation_caption(match) -> str:
-    """One line: how the match was checked."""
-    if match.inliers is None:
-        return f"#{match.rank} not checked (no --verify)"
+    """One line: how the match was checked, or where an unverified one's similarity came from."""
     if match.verified:
         return f"#{match.rank} verified: {match.inliers} inliers"
+    checked = "" if match.inliers is None else "not verified, "
+    if match.region is not None:
+        return f"#{match.rank} {checked}most similar here: {match.region.score:.2f}"
+    if match.inliers is None:
+        return f"#{match.rank} not checked (no --verify)"
     return f"#{match.rank} not verified ({match.inliers} inliers)"
+
+
+def query_picture(result, match) -> str:
+    """The picture to draw on the query's side: the example that verified ``match`` when there were several, else the query."""
+    examples = getattr(result, "examples", ())
+    if match.verified_with is not None and match.verified_with < len(examples) and examples[match.verified_with]:
+        return examples[match.verified_with]
+    return next((e for e in examples if e), result.query)
 
 
 def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
@@ -39,7 +55,7 @@ def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
     panel = np.full((side + _CAPTION, 2 * side, 3), _BACKGROUND, np.uint8)
     placed = [_place(panel, path, side, offset, time_s) for path, offset, time_s in ((query_path, 0, None), (match.path, side, match.time))]
     if match.correspondences is not None and all(p is not None for p in placed):
-        (q_origin, q_scale), (m_origin, m_scale) = placed
+        (q_origin, q_scale, _), (m_origin, m_scale, _) = placed
         query_xy, match_xy = (np.asarray(a) for a in match.correspondences)
         shown = np.linspace(0, len(query_xy) - 1, min(len(query_xy), MAX_LINES)).astype(int) if len(query_xy) else []
         for (qx, qy), (mx, my) in zip(query_xy[shown], match_xy[shown]):
@@ -48,14 +64,30 @@ def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
             cv2.line(panel, a, b, _LINE, 1, cv2.LINE_AA)
             cv2.circle(panel, a, 2, _LINE, -1, cv2.LINE_AA)
             cv2.circle(panel, b, 2, _LINE, -1, cv2.LINE_AA)
-    colour = (20, 20, 20) if match.verified else _NOTE
+    elif match.region is not None and placed[1] is not None:
+        draw_region(panel, placed[1], match.region)
+    colour = (20, 20, 20) if match.verified or match.region is not None else _NOTE
     cv2.putText(panel, explanation_caption(match), (4, side + 15), cv2.FONT_HERSHEY_SIMPLEX, 0.45, colour, 1, cv2.LINE_AA)
     return panel
 
 
-def _place(panel: np.ndarray, path: str, side: int, offset: int, time_s: float | None = None) -> tuple[tuple[int, int], float] | None:
+def draw_region(panel: np.ndarray, placed, region) -> None:
+    """The region map over a placed picture: its heat blended in, its best region framed."""
+    (left, top), _, (w, h) = placed
+    heat = cv2.resize(np.asarray(region.grid, np.float32), (w, h), interpolation=cv2.INTER_LINEAR)[..., None]
+    area = panel[top : top + h, left : left + w].astype(np.float32)
+    panel[top : top + h, left : left + w] = (area * (1 - _HEAT_ALPHA * heat) + np.float32(_HEAT) * _HEAT_ALPHA * heat).astype(np.uint8)
+    x0, y0, x1, y1 = region.box
+    corner = (left + int(round(x0 * w)), top + int(round(y0 * h)))
+    far = (left + max(int(round(x1 * w)) - 1, 0), top + max(int(round(y1 * h)) - 1, 0))
+    cv2.rectangle(panel, corner, far, _BOX, 2, cv2.LINE_AA)
+
+
+def _place(
+    panel: np.ndarray, path: str, side: int, offset: int, time_s: float | None = None
+) -> tuple[tuple[int, int], float, tuple[int, int]] | None:
     """Draw ``path`` (a video: its frame at ``time_s``) fitted into its square; ``(top-left corner, pixels per
-    unit of the longer side)``."""
+    unit of the longer side, (width, height))``."""
     try:
         image = read_picture(path, time_s, min_side=side)
     except ImageError:
@@ -65,12 +97,12 @@ def _place(panel: np.ndarray, path: str, side: int, offset: int, time_s: float |
     h, w = resized.shape[:2]
     top, left = (side - h) // 2, offset + (side - w) // 2
     panel[top : top + h, left : left + w] = resized
-    return (left, top), float(max(h, w))
+    return (left, top), float(max(h, w)), (w, h)
 
 
-def explanation_grid(query_path: str, matches, side: int = 192, columns: int = 3) -> np.ndarray:
-    """One panel per match, ``columns`` panels a line."""
-    panels = [explanation_panel(query_path, m, side) for m in matches]
+def explanation_grid(result, side: int = 192, columns: int = 3) -> np.ndarray:
+    """One panel per match of ``result``, ``columns`` panels a line."""
+    panels = [explanation_panel(query_picture(result, m), m, side) for m in result.results]
     if not panels:
         return np.full((1, 2 * side, 3), _BACKGROUND, np.uint8)
     height, width = panels[0].shape[:2]
@@ -85,7 +117,7 @@ def explanation_grid(query_path: str, matches, side: int = 192, columns: int = 3
 def make_explained_montage(result, tile: int = 192, columns: int = 6) -> np.ndarray:
     """:func:`cbir.render.montage.make_montage`, then each match beside the query with its inliers drawn."""
     grid = make_montage(result, tile, columns)
-    panels = explanation_grid(result.query, result.results, tile, max(1, columns // 2))
+    panels = explanation_grid(result, tile, max(1, columns // 2))
     width = max(grid.shape[1], panels.shape[1])
     pad = lambda image: np.pad(image, ((0, 0), (0, width - image.shape[1]), (0, 0)), constant_values=255)  # noqa: E731
     return np.concatenate([pad(grid), pad(panels)])

@@ -58,23 +58,26 @@ def results_page(results: Sequence[QueryResult], title: str = "cbir results", ex
     """The page for one or many queries, in natural order of their names (``q50`` before ``q150``).
 
     ``explain``: each match shown beside the query with its verified inlier
-    correspondences drawn, or a note that it was not verified (:mod:`cbir.render.explain`).
+    correspondences drawn, or the regions its similarity came from where the
+    search explained them, or a note that it was not verified (:mod:`cbir.render.explain`).
     """
     sections = []
     for result in sorted(results, key=lambda r: natural_key(r.query)):
         cards = [Card(result.query, "query", is_query=True)]
         for m in result.results:
             caption = f"#{m.rank} &middot; {m.score:.3f}" + (f" &middot; verified: {m.inliers} inliers" if m.verified else "")
-            picture = _explanation_uri(result.query, m) if explain else None
+            if m.region is not None and not m.verified:
+                caption += f" &middot; most similar in the framed region ({m.region.score:.2f})"
+            picture = _explanation_uri(result, m) if explain else None
             cards.append(Card(m.path, caption, details=_details(m), picture_uri=picture, time=m.time))
         sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
 
 
-def _explanation_uri(query_path: str, match) -> str | None:
-    from cbir.render.explain import explanation_panel
+def _explanation_uri(result, match) -> str | None:
+    from cbir.render.explain import explanation_panel, query_picture
 
-    panel = explanation_panel(query_path, match, THUMBNAIL_SIDE)
+    panel = explanation_panel(query_picture(result, match), match, THUMBNAIL_SIDE)
     ok, encoded = cv2.imencode(".png", cv2.cvtColor(panel, cv2.COLOR_RGB2BGR))
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 

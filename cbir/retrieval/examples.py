@@ -67,24 +67,44 @@ def combine_examples(
     return (query / norm).astype(np.float32)[None, :]
 
 
-def example_vectors(searcher, examples: Sequence[Example], channels: str = "RGB") -> np.ndarray:
-    """Each example's vector, in order: the catalogue's for ids, one model call for the images."""
+def examples_with_features(searcher, examples: Sequence[Example], channels: str = "RGB", local: bool = True) -> tuple[np.ndarray, list]:
+    """``(vectors, local features)`` of the examples; the features (``None`` each where the searcher does not
+    verify or an image has none) from the catalogue for ids, computed as at indexing for images."""
     out = np.zeros((len(examples), searcher.store.dim), np.float32)
+    extractor = searcher.local_extractor if local else None
+    features: list = [None] * len(examples)
     by_id = [n for n, e in enumerate(examples) if e.is_id]
     if by_id:
+        ids = [int(examples[n].source) for n in by_id]
         try:  # one catalogue read for every id
-            out[by_id] = searcher.original_vectors([int(examples[n].source) for n in by_id])
+            out[by_id] = searcher.original_vectors(ids)
         except KeyError as exc:
             raise NotInIndexError(f"index {searcher.name!r} holds {str(exc).strip(chr(39))}") from None
+        if extractor is not None:
+            from cbir.features.local import unpack
+
+            stored = searcher.local_features(ids)
+            for n, image_id in zip(by_id, ids):
+                features[n] = unpack(stored[image_id]) if image_id in stored else None
     images = [n for n, e in enumerate(examples) if not e.is_id]
     if images:
         prepared = []
-        for item, error in prepare_batch([examples[n].source for n in images], channels, searcher.embedder):
+        for n, (item, error) in zip(images, prepare_batch([examples[n].source for n in images], channels, searcher.embedder, extractor)):
             if error is not None:
                 raise error
             prepared.append(item)
+            features[n] = getattr(item, "features", None)
         out[images] = searcher.embed_prepared(prepared)
-    return out
+    return out, features
+
+
+def example_files(searcher, examples: Sequence[Example]) -> tuple[str, ...]:
+    """Each example's file: its path, an id's indexed file, ``""`` for bytes or an array (what a picture can show)."""
+    rows = {row.id: row.path for row in searcher.image_rows([int(e.source) for e in examples if e.is_id])}
+    return tuple(
+        rows.get(int(e.source), "") if e.is_id else (str(normalize_path(e.source)) if isinstance(e.source, (str, os.PathLike)) else "")
+        for e in examples
+    )
 
 
 def example_ids(searcher, examples: Sequence[Example]) -> list[int]:

@@ -36,6 +36,10 @@ class Match:
     inliers: int | None = None
     #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
     correspondences: Any = field(default=None, compare=False, repr=False)
+    #: Of a query with several examples: the position of the positive example that verified this match.
+    verified_with: int | None = None
+    #: Where an unverified match's similarity came from (:class:`cbir.features.contributions.RegionMap`), when explained.
+    region: Any = field(default=None, compare=False, repr=False)
     #: A video's frame: its time in seconds (``path`` is the video's); ``None``: a photo.
     time: float | None = None
 
@@ -74,6 +78,10 @@ class Match:
         }
         if self.inliers is not None:
             out.update(verified=self.verified, inliers=self.inliers)
+            if self.verified_with is not None:
+                out["verified_with"] = self.verified_with
+        if self.region is not None:
+            out["region"] = self.region.to_dict()
         if self.time is not None:  # photos' JSON stays as it was
             out["time"] = self.time
         return out
@@ -94,6 +102,10 @@ class QueryResult:
 
     query: str
     results: list[Match]
+    #: Of a query with several examples: each positive example's file ("" for bytes or an array), for drawing.
+    examples: tuple[str, ...] = ()
+    #: The vector searched for (before query expansion): what ``--explain`` compares each match's regions with.
+    vector: Any = field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {"query": display_path(self.query, controls=False), "results": [m.to_dict() for m in self.results]}

@@ -29,10 +29,19 @@ from cbir.store.snapshots import load_vectors
 from cbir.store.locations import index_path
 from cbir.store.catalogue import ImageFilter, ImageRow
 from cbir.retrieval.results import Match, QueryResult
-from cbir.retrieval.examples import NEGATIVE_WEIGHT, Example, check_examples, combine_examples, example_ids, example_vectors
+from cbir.retrieval.examples import (
+    NEGATIVE_WEIGHT,
+    Example,
+    check_examples,
+    combine_examples,
+    example_files,
+    example_ids,
+    examples_with_features,
+)
 from cbir.retrieval.filtered import AllowedCache, filtered_search
 from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest, default_name, prepare_batch
 from cbir.retrieval.verified import local_config_of, rerank_matches
+from cbir.retrieval.diffused import check_diffusion
 from cbir.ann.verify import check_verify
 from cbir.retrieval.indexed_files import ImagePage, open_indexed_file, page_of_images
 from cbir.images.video import describe_frame
@@ -69,6 +78,10 @@ class Searcher:
         local features with the query's, fused with the global score. The
         index must hold local features (``cbir index --local-features``).
         Scores stay the global similarities; each checked match has ``inliers``.
+    diffusion : int, optional
+        Diffusion re-ranking (:mod:`cbir.retrieval.diffused`) on a graph of
+        each image's ``diffusion`` nearest neighbours, built at the first
+        search; scores stay the similarities to the (expanded) query.
     """
 
     def __init__(
@@ -79,8 +92,12 @@ class Searcher:
         expand: int | None = DEFAULT_EXPAND,
         alpha: float = DEFAULT_ALPHA,
         verify: int | None = None,
+        diffusion: int | None = None,
     ):
         check_expand(expand)
+        self.diffusion = check_diffusion(diffusion)
+        self._graph = None
+        self._graph_lock = threading.Lock()
         check_alpha(alpha)
         self.verify = check_verify(verify)
         self.local_config = None
@@ -136,7 +153,8 @@ class Searcher:
         only. This ``Searcher`` is left open and unchanged.
         """
         params = {k: v for k, v in self._search_params.items() if v is not None}
-        fresh = self._open_path(self.store.path, {**params, **({"verify": self.verify} if self.verify is not None else {})})
+        rerank = {key: value for key, value in (("verify", self.verify), ("diffusion", self.diffusion)) if value is not None}
+        fresh = self._open_path(self.store.path, {**params, **rerank})
         if self._embedder is not None and _same_model(self.store.manifest, fresh.store.manifest):
             fresh._embedder = self._embedder
             fresh._model_lock = self._model_lock
@@ -287,6 +305,32 @@ class Searcher:
             return self.vectors.search(vectors, n)
         return filtered_search(self.vectors, vectors, n, allowed, self.stored_vectors)
 
+    def ranked_ids(self, vectors: np.ndarray, n: int, image_filter: ImageFilter | None = None, exclude=()) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`search_ids`, or with ``diffusion`` the diffused ranking, its seeds without ``exclude``
+        (ids left out of every query's, or an array of one id per vector)."""
+        if self.diffusion is None:
+            return self.search_ids(vectors, n, image_filter)
+        from cbir.ann.diffusion import DEFAULT_QUERY_K
+
+        graph = self._diffusion_graph()
+        per_row = isinstance(exclude, np.ndarray) and exclude.shape == (len(vectors),)
+        extra = self.stale_ids + (1 if per_row else len(exclude))
+        scores, ids = self.search_ids(vectors, DEFAULT_QUERY_K + extra, image_filter)
+        left_out = ids == exclude[:, None] if per_row else np.isin(ids, list(exclude))
+        ids = np.where(left_out, -1, ids)
+        order = np.argsort(ids < 0, axis=1, kind="stable")
+        ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+        return graph.rank(vectors, scores, ids, n, self._allowed.get(image_filter))
+
+    def _diffusion_graph(self):
+        with self._graph_lock:
+            if self._graph is None:
+                from cbir.retrieval.diffused import DiffusionGraph
+
+                ids = np.array([row.id for row in self.image_rows()], np.int64)
+                self._graph = DiffusionGraph(ids, self.stored_vectors(ids), self.diffusion, self.name)
+            return self._graph
+
     def skipped_files(self) -> list[tuple[str, str]]:
         """``(path, reason)`` of the files indexing skipped, by path."""
         with self._catalogue_lock:
@@ -381,8 +425,9 @@ class Searcher:
         All of them if ``k`` exceeds :attr:`size`, or the images
         ``image_filter`` lets through (:mod:`cbir.retrieval.filtered`);
         ``exclude_ids`` never come back. With ``verify`` on, ``local_features``
-        (one :class:`cbir.features.local.LocalFeatures` or ``None`` per vector)
-        re-rank each shortlist; without them nothing is verified.
+        (one :class:`cbir.features.local.LocalFeatures` or ``None`` per vector,
+        or a list of them: a vector's several examples) re-rank each
+        shortlist; without them nothing is verified.
         """
         if self.verify is None:
             return self._search_unverified(vectors, k, image_filter, exclude_ids)
@@ -400,7 +445,7 @@ class Searcher:
         excluded = {int(i) for i in exclude_ids}
         with stage("search"):
             vectors = self.expand_queries(vectors, image_filter=image_filter)
-            scores, ids = self.search_ids(vectors, k + self.stale_ids + len(excluded), image_filter)
+            scores, ids = self.ranked_ids(vectors, k + self.stale_ids + len(excluded), image_filter, excluded)
         wanted = np.unique(ids[ids >= 0]).tolist()
         with self._catalogue_lock, stage("catalogue"):
             rows = {row.id: row for row in self.store.catalogue.image_rows(wanted) if row.id not in excluded}
@@ -461,12 +506,12 @@ class Searcher:
             vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
         name = describe_frame(row.path, row.time)
         if self.verify is None:
-            return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter)[0])
+            return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter)[0], vector=vector[0])
         from cbir.features.local import unpack
 
         data = self.local_features([row.id]).get(row.id)
         features = [unpack(data) if data is not None else None]
-        return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
+        return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0], vector=vector[0])
 
     def query_examples(
         self,
@@ -490,7 +535,7 @@ class Searcher:
         self._check_k(k)
         check_examples(positives, negatives)
         examples = [*positives, *negatives]
-        vectors = example_vectors(self, examples, channels)
+        vectors, features = examples_with_features(self, examples, channels, local=self.verify is not None)
         split = len(positives)
         query = combine_examples(
             vectors[:split], [e.weight for e in positives], vectors[split:], [e.weight for e in negatives], negative_weight
@@ -499,7 +544,19 @@ class Searcher:
         label = name if name is not None else " ".join(
             ("-" if n >= split else "") + (f"id:{e.source}" if e.is_id else default_name(e.source)) for n, e in enumerate(examples)
         )
-        return QueryResult(label, self.search_vectors(query, k, image_filter=image_filter, exclude_ids=excluded)[0])
+        # Verified against each positive example (never the negatives): a match showing any of them is verified.
+        found = self.search_vectors(
+            query, k, image_filter=image_filter, exclude_ids=excluded, local_features=[features[:split]] if self.verify is not None else None
+        )[0]
+        return QueryResult(label, found, examples=example_files(self, positives), vector=query[0])
+
+    def explain_regions(self, result: QueryResult, limit: int = 24) -> QueryResult:
+        """``result`` with each unverified match among the first ``limit`` given its ``region``: where its similarity
+        to the query came from (:mod:`cbir.retrieval.explained`). One model call per match."""
+        from cbir.retrieval.explained import with_regions
+
+        embedder = self.embedder
+        return with_regions(result, embedder, self._model_lock, self.open_image_file, limit)
 
     def image_ids_for(self, paths: Sequence[str] = (), digests: Sequence[str] = ()) -> set[int]:
         """Ids of the images stored under ``paths`` (as stored) or with one of the content ``digests``."""
@@ -616,7 +673,7 @@ class Searcher:
         else:
             features = [item.features if isinstance(item, WithFeatures) else None for item in items]
             found = self.search_vectors(vectors, k, image_filter=image_filter, local_features=features)
-        return [QueryResult(name, matches) for name, matches in zip(names, found)]
+        return [QueryResult(name, matches, vector=vector) for name, matches, vector in zip(names, found, vectors)]
 
     def embed_prepared(self, items: Sequence[Any]) -> np.ndarray:
         """Vectors of items from :meth:`prepare`, in one model call."""
@@ -679,7 +736,7 @@ class Searcher:
             margin *= 4
             on_error = None if on_error is None else (lambda label, exc: None)  # reported once already
         return [
-            QueryResult(result.query, [replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
+            replace(result, results=[replace(m, rank=n) for n, m in enumerate(found[:k], start=1)])
             for result, found in zip(results, kept)
         ]
 

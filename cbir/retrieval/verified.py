@@ -14,7 +14,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from cbir.ann.verify import Verification, rerank_order, verify_candidates
+from cbir.ann.verify import NOT_VERIFIED, Verification, rerank_order, verify_candidates
 from cbir.errors import UsageError
 from cbir.features.local import LocalFeatureConfig, LocalFeatures, descriptors_for_matching, unpack
 
@@ -41,32 +41,63 @@ def verify_shortlist(
 
     ``stored(ids)`` gives the candidates' packed features (those without are not verified).
     """
-    records = stored([int(i) for i in ids])
-    candidates = []
-    for image_id in ids:
-        data = records.get(int(image_id))
-        if data is None:
-            candidates.append(None)
-            continue
-        features = unpack(data)
-        candidates.append((features.xy, descriptors_for_matching(features)) if features.kind == query.kind else None)
-    checks = verify_candidates(query.xy, descriptors_for_matching(query), candidates, binary=query.kind == "orb")
+    checks = _check_each(query, _candidates(stored, ids))
     order = rerank_order(np.asarray(scores, np.float32), np.array([c.inliers for c in checks]))
     return order, checks
 
 
-def rerank_matches(matches: list, query: LocalFeatures | None, stored, shortlist: int, k: int) -> list:
+def _candidates(stored, ids: Sequence[int]) -> list[LocalFeatures | None]:
+    records = stored([int(i) for i in ids])
+    return [None if records.get(int(i)) is None else unpack(records[int(i)]) for i in ids]
+
+
+def _check_each(query: LocalFeatures, candidates: Sequence[LocalFeatures | None]) -> list[Verification]:
+    pairs = [(c.xy, descriptors_for_matching(c)) if c is not None and c.kind == query.kind else None for c in candidates]
+    return verify_candidates(query.xy, descriptors_for_matching(query), pairs, binary=query.kind == "orb")
+
+
+def best_of_examples(queries: Sequence[LocalFeatures | None], candidates: Sequence[LocalFeatures | None]) -> tuple[list[Verification], list[int | None]]:
+    """Each candidate's best verification against any of ``queries`` (the positive examples), and which one gave it.
+
+    A candidate that shows one of the examples is verified by it: several
+    examples of one thing are often different views, and each candidate need
+    show only one of them (fusing by the most inliers, not their sum, keeps a
+    single example's score the same as a plain verified query's).
+    """
+    best = [NOT_VERIFIED] * len(candidates)
+    source: list[int | None] = [None] * len(candidates)
+    for n, query in enumerate(queries):
+        if query is None:
+            continue
+        for i, check in enumerate(_check_each(query, candidates)):
+            if check.inliers > best[i].inliers:
+                best[i], source[i] = check, n
+    return best, source
+
+
+def rerank_matches(matches: list, query: LocalFeatures | None | Sequence[LocalFeatures | None], stored, shortlist: int, k: int) -> list:
     """The first ``shortlist`` matches verified and re-ordered, then the rest; ``k`` of them, ranks renumbered.
 
-    Each verified match says so (``inliers``, and its ``correspondences`` for drawing).
+    ``query`` is the query's features, or a list of them (one per positive
+    example, :func:`best_of_examples`; each verified match then says which
+    example in ``verified_with``). Each verified match says so (``inliers``,
+    and its ``correspondences`` for drawing).
     """
+    several = isinstance(query, (list, tuple))
+    queries = list(query) if several else [query]
     head, tail = matches[:shortlist], matches[shortlist:]
-    if query is None or not head:
+    if all(q is None for q in queries) or not head:
         reordered = [replace(m, inliers=0) for m in head] + tail
     else:
-        order, checks = verify_shortlist(query, [m.id for m in head], np.array([m.score for m in head]), stored)
+        checks, source = best_of_examples(queries, _candidates(stored, [m.id for m in head]))
+        order = rerank_order(np.array([m.score for m in head], np.float32), np.array([c.inliers for c in checks]))
         reordered = [
-            replace(head[i], inliers=checks[i].inliers, correspondences=(checks[i].query_xy, checks[i].candidate_xy) if checks[i].verified else None)
+            replace(
+                head[i],
+                inliers=checks[i].inliers,
+                correspondences=(checks[i].query_xy, checks[i].candidate_xy) if checks[i].verified else None,
+                verified_with=source[i] if several and checks[i].verified else None,
+            )
             for i in order
         ] + tail
     return [replace(m, rank=n) for n, m in enumerate(reordered[:k], start=1)]

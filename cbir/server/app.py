@@ -18,7 +18,7 @@ import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -247,9 +247,10 @@ def create_app(
             raise ApiError(422, f"a search pages at most {limits.max_depth} results deep: offset + k is {offset + k}")
         filters = {key: getattr(asked, key) if getattr(asked, key) is not None else params.get(key) for key in FILTER_FIELDS}
         verify = _parse_verify(params.get("verify"))
+        explain = _parse_flag(params.get("explain"), "explain")
         page = _Page(k, offset)
         body, stages = await in_search_thread(
-            _measured_search, live, asked, page, filters, limits, access.show_paths, verify, decoders
+            _measured_search, live, asked, page, filters, limits, access.show_paths, verify, decoders, explain
         )
         metrics.observe_search(live.name, asked.kind, stages)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
@@ -397,6 +398,15 @@ def _parse_verify(value: str | None) -> int | None:
     return verify
 
 
+def _parse_flag(value: str | None, name: str) -> bool:
+    """``?name``, ``?name=true`` (on), absent or ``false`` (off)."""
+    if value is None or value.lower() in ("false", "no", "off", "0"):
+        return False
+    if value.lower() in ("", "true", "yes", "on", "1"):
+        return True
+    raise ApiError(422, f"{name} is true or false, got {value[:40]!r}")
+
+
 # -- searching (in the thread pool) ---------------------------------------------
 def _measured_search(*args) -> tuple[dict[str, Any], dict[str, float]]:
     """:func:`_search`, and the seconds it spent in each stage (:mod:`cbir.timing`) for the metrics."""
@@ -425,26 +435,44 @@ def _search(
     show_paths: bool,
     verify: int | None = None,
     decoders: ThreadPoolExecutor | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
-    """One request's search: the batched single upload, an id, or several examples, with ``filters`` (:data:`FILTER_FIELDS`)."""
+    """One request's search: the batched single upload, an id, or several examples, with ``filters`` (:data:`FILTER_FIELDS`).
+
+    ``explain``: each unverified result gets its ``region`` (:meth:`Searcher.explain_regions`), each verified one its
+    ``correspondences``; it verifies, as ``?verify`` does, where the index has local features.
+    """
     with live.use() as searcher:
         only = _image_filter(searcher, filters)
+        if explain and verify is None and searcher.store.manifest.get("local_features"):
+            from cbir.ann.verify import DEFAULT_VERIFY
+
+            verify = DEFAULT_VERIFY
     if asked.image_id is not None:
-        return _search_id(live, asked.image_id, page, show_paths, only, verify)
+        return _search_id(live, asked.image_id, page, show_paths, only, verify, explain)
     if asked.single_upload:
         data, filename = asked.uploads[0]
-        return _search_upload(live, data, filename, page, limits, show_paths, only, verify)
-    return _search_examples(live, asked, page, limits, show_paths, only, decoders)
+        return _search_upload(live, data, filename, page, limits, show_paths, only, verify, explain)
+    return _search_examples(live, asked, page, limits, show_paths, only, decoders, verify, explain)
 
 
 def _search_examples(
-    live: LiveIndex, asked: SearchRequest, page: _Page, limits: Limits, show_paths: bool, only, decoders: ThreadPoolExecutor | None = None
+    live: LiveIndex,
+    asked: SearchRequest,
+    page: _Page,
+    limits: Limits,
+    show_paths: bool,
+    only,
+    decoders: ThreadPoolExecutor | None = None,
+    verify: int | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     from cbir.retrieval.examples import Example
     from cbir.retrieval.query_inputs import Prepared
 
     positives, negatives = asked.examples()
-    with live.use() as searcher:
+    with live.use() as shared:
+        searcher = shared.verifying(verify)  # verified against each positive example
         uploads = [*asked.uploads, *asked.avoid_uploads]
         # The uploads decode and prepare side by side (OpenCV lets go of the GIL), this thread taking the first.
         others = [decoders.submit(_prepare_upload, searcher, data, name, limits) for data, name in uploads[1:]] if decoders else []
@@ -458,7 +486,7 @@ def _search_examples(
         run = lambda n: searcher.query_examples(  # noqa: E731
             as_items(positives), as_items(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
         )
-        body = _results(live, searcher, run, page, show_paths, only)
+        body = _results(live, searcher, run, page, show_paths, only, explain)
         body["positive"] = [int(e.source) for e in asked.positive_ids]
         body["negative"] = [int(e.source) for e in asked.negative_ids]
         return body
@@ -478,27 +506,37 @@ def _prepare_upload(searcher, data: bytes, filename: str, limits: Limits):
 
 
 def _search_upload(
-    live: LiveIndex, data: bytes, filename: str, page: _Page, limits: Limits, show_paths: bool, only=None, verify: int | None = None
+    live: LiveIndex,
+    data: bytes,
+    filename: str,
+    page: _Page,
+    limits: Limits,
+    show_paths: bool,
+    only=None,
+    verify: int | None = None,
+    explain: bool = False,
 ) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)  # a view for this request: verified matches say so
         with live.batcher.preparing(searcher):
             item, seconds = _prepare_upload(searcher, data, filename, limits)
         record(seconds)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), page, show_paths, only)
+        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), page, show_paths, only, explain)
 
 
-def _search_id(live: LiveIndex, image_id: int, page: _Page, show_paths: bool, only=None, verify: int | None = None) -> dict[str, Any]:
+def _search_id(
+    live: LiveIndex, image_id: int, page: _Page, show_paths: bool, only=None, verify: int | None = None, explain: bool = False
+) -> dict[str, Any]:
     with live.use() as shared:
         searcher = shared.verifying(verify)
         row = searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), page, show_paths, only)
+        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), page, show_paths, only, explain)
         body["query_id"] = image_id
         body["query"] = describe_frame(row.path if show_paths else public_path(row.path, searcher.indexed_roots()), row.time)
         return body
 
 
-def _results(live: LiveIndex, searcher, run, page: _Page, show_paths: bool = True, only=None) -> dict[str, Any]:
+def _results(live: LiveIndex, searcher, run, page: _Page, show_paths: bool = True, only=None, explain: bool = False) -> dict[str, Any]:
     # k beyond the collection (or what the filter lets through) returns all of it, as a correct answer should;
     # a page past the end is empty. Ranks count from the first result of all, not of the page.
     matching = searcher.count_matching(only)
@@ -507,8 +545,16 @@ def _results(live: LiveIndex, searcher, run, page: _Page, show_paths: bool = Tru
         return {"index": live.name, "query": None, "k": 0, "offset": page.offset, "results": [], "matching": matching}
     result = run(page.offset + effective)
     shown = result.results[page.offset :]
+    if explain:  # the page's unverified results: their regions (one model call each, the first MAX_EXPLAINED)
+        shown = searcher.explain_regions(replace(result, results=shown), MAX_EXPLAINED).results
     body = {"query": display_path(result.query, controls=False), "results": [match.to_dict() for match in shown]}
     _add_links(body["results"], shown, f"/api/indexes/{live.name}", None if show_paths else searcher.indexed_roots())
+    if explain:
+        from cbir.retrieval.explained import correspondence_rows
+
+        for item, match in zip(body["results"], shown):
+            if match.correspondences is not None:
+                item["correspondences"] = correspondence_rows(match.correspondences)
     return {"index": live.name, "k": len(shown), "offset": page.offset, "matching": matching, **body}
 
 
@@ -521,6 +567,10 @@ def _add_links(items: list[dict], matches, base: str, roots) -> None:
             item["folder"] = public_path(match.folder, roots)
         item["image_url"] = f"{base}/images/{match.id}"
         item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
+
+
+#: ``?explain`` draws regions for at most this many results of a search (a model call each).
+MAX_EXPLAINED = 24
 
 
 _K_PARAMETER = {

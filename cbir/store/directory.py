@@ -295,6 +295,24 @@ class IndexStore:
             "versions": manifest.get("versions", {}),
             "vectors_current": vectors_are_current(self),
             "removed_paths": self.removed_paths(),
+            "local_features": self._describe_local_features(),
+        }
+
+    def _describe_local_features(self) -> dict[str, Any] | None:
+        """The local features kept for verification: config, images with them, keypoints and bytes (``None``: none)."""
+        from cbir.features.local import LocalFeatureConfig, mean_keypoints
+
+        config = self.manifest.get("local_features")
+        if not config:
+            return None
+        config = LocalFeatureConfig.from_dict(config)
+        images, total = self.catalogue.local_features_stats()
+        return {
+            **config.to_dict(),
+            "images": images,
+            "mean_keypoints": round(mean_keypoints(config.kind, images, total), 1),
+            "bytes": total,
+            "mean_bytes": round(total / images) if images else 0,
         }
 
     def _check_model_files(self) -> None:

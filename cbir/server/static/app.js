@@ -50,6 +50,7 @@ function viewFromLocation() {
     label: p.get("label") || "",
     ...Object.fromEntries(META_FILTERS.map((f) => [f, p.get(f) || ""])),
     page: positive(p.get("page"), 1),
+    why: p.get("why") === "1",
   };
 }
 
@@ -64,6 +65,7 @@ function addressOf(view) {
   if (view.label) p.set("label", view.label);
   for (const f of META_FILTERS) if (view[f]) p.set(f, view[f]);
   if (view.page > 1) p.set("page", String(view.page));
+  if (view.why) p.set("why", "1");
   const query = p.toString();
   return query ? `/?${query}` : "/";
 }
@@ -200,6 +202,7 @@ function showControls(view) {
   choose($("camera"), view.camera);
   $("taken_after").value = view.taken_after;
   $("taken_before").value = view.taken_before;
+  $("explain").checked = view.why;
   $("k").value = String(view.k);
   const index = state.indexes.find((i) => i.name === view.index);
   const info = $("index-info");
@@ -288,6 +291,7 @@ function pageQuery(view, size) {
   if (view.under) params.set("under", view.under);
   if (view.label) params.set("label", view.label);
   for (const f of META_FILTERS) if (view[f]) params.set(f, view[f]);
+  if (view.why && size === "k") params.set("explain", "true");
   return params.toString();
 }
 
@@ -397,8 +401,10 @@ function showResults(body, mode) {
     label.textContent = name;
     label.title = result.path;
     const date = (result.taken || result.mtime || "").slice(0, 10);
+    if (result.region) frameRegion(button, img, result.region.box);
+    const verified = result.verified ? `verified (${result.inliers} inliers)` : "";
     // The folder's own name on the tile (a whole path does not fit); all of it on hover.
-    const details = [result.label, baseName(result.folder || ""), formatSize(result.size), date, result.camera].filter(Boolean);
+    const details = [verified, result.label, baseName(result.folder || ""), formatSize(result.size), date, result.camera].filter(Boolean);
     item.querySelector(".details").textContent = details.join(" · ");
     item.querySelector(".details").title = [result.label, result.folder, formatSize(result.size), date, result.camera].filter(Boolean).join("\n");
     for (const [selector, which, words] of [[".like", "more", "More"], [".unlike", "less", "Less"]]) {
@@ -433,6 +439,19 @@ function showResults(body, mode) {
 }
 
 // "More like this" / "less like this": the query and every example so far, searched as one.
+// ?explain: the region [x0, y0, x1, y1] (fractions of the image) framed on the square, cover-fitted thumbnail.
+function frameRegion(button, img, box) {
+  const frame = Object.assign(document.createElement("span"), { className: "region" });
+  const place = () => {
+    const w = img.naturalWidth, h = img.naturalHeight, side = Math.min(w, h);
+    const fx = (v) => ((v * w - (w - side) / 2) / side) * 100, fy = (v) => ((v * h - (h - side) / 2) / side) * 100;
+    const [x0, y0, x1, y1] = [fx(box[0]), fy(box[1]), fx(box[2]), fy(box[3])].map((v) => Math.min(100, Math.max(0, v)));
+    Object.assign(frame.style, { left: `${x0}%`, top: `${y0}%`, width: `${x1 - x0}%`, height: `${y1 - y0}%` });
+  };
+  img.complete && img.naturalWidth ? place() : img.addEventListener("load", place, { once: true });
+  button.append(frame);
+}
+
 function refine(which, id) {
   const view = state.view;
   const more = view.more.filter((e) => e !== id);
@@ -495,6 +514,7 @@ function setUp() {
   $("under").addEventListener("change", () => go({ under: $("under").value }));
   $("label").addEventListener("change", () => go({ label: $("label").value }));
   for (const f of META_FILTERS) $(f).addEventListener("change", () => go({ [f]: $(f).value }));
+  $("explain").addEventListener("change", () => go({ why: $("explain").checked }));
   // The pager sits below the grid: the new page is read from its top.
   const turn = (by) => {
     go({ page: state.view.page + by });
