@@ -339,6 +339,11 @@ class Catalogue:
     def count_images(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
 
+    def all_ids(self) -> np.ndarray:
+        """Every image id, ascending (int64; 80 MB at 10M, where full rows would take gigabytes)."""
+        cursor = self._db.execute("SELECT id FROM images ORDER BY id")
+        return np.fromiter((r[0] for r in cursor), dtype=np.int64)
+
     def count_skipped(self) -> int:
         return self._db.execute("SELECT COUNT(*) FROM skipped").fetchone()[0]
 
