@@ -12,16 +12,31 @@ Two haystacks, every index type built at its defaults (as ``cbir index
   once and cached outside the repository (``$CBIR_BENCH_CACHE``, default
   ``$TMPDIR/cbir-bench-cache``). Synthetic clusters flatter graph indexes.
 
+Nothing holds the synthetic haystack: it is generated block by block, each
+block from its own seed, on every pass (catalogue, exact ground truth, a
+training sample, an index fill), so the building process's memory does not
+follow ``--n`` beyond what the index types themselves hold (docs/scale.md).
+Exact ground truth is a blockwise top-k merge (``faiss.knn`` per block).
+
+The ``--query-type`` (default ``ivfpq``) is written as a real index folder,
+as ``cbir index`` leaves it (catalogue filled in blocks, the library's own
+snapshot); a fresh process (``benchmarks/_scale_query.py``) then opens it
+through :class:`cbir.retrieval.search.Searcher` and reports its peak RSS,
+median latency first and once warm, and recall@10. Other types are built in
+this process from the blocks. Peak RSS of this process after each step, and
+the index folder's disk use per image, are reported too.
+
 For every type: build time (training + adding), size (FAISS's serialised
 bytes; re-ranking reads the catalogue's vectors, which every type stores
 anyway, so it adds none), single-query latency (median, p99, one query at a
-time as ``cbir query`` does, re-ranking from a SQLite catalogue of the same
-size included; for re-ranking types also once the catalogue has been read
-through into the page cache, ``_warm``), recall@10 against exact search on both haystacks, and P@10
-of the Corel queries among the whole synthetic haystack (leave-one-out) next
-to exact search. ``--sweep`` adds an nprobe / efSearch sweep.
+time as ``cbir query`` does, re-ranking from the SQLite catalogue included;
+for re-ranking types also once the catalogue has been read through into the
+page cache, ``_warm``), recall@10 against exact search on both haystacks,
+and P@10 of the Corel queries among the whole synthetic haystack
+(leave-one-out) next to exact search. ``--sweep`` adds an nprobe / efSearch
+sweep; ``--real-n 0`` leaves the real haystack out.
 
-    python benchmarks/scale.py [--n 1000000] [--real-n 250000] [--types flat,hnsw,ivf,ivfpq] [--json]
+    python benchmarks/scale.py [--n 1000000] [--real-n 250000] [--types flat,hnsw,ivf,ivfpq] [--query-type ivfpq] [--json]
 """
 
 from __future__ import annotations
