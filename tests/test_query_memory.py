@@ -85,6 +85,10 @@ def test_a_mapped_index_answers_as_one_read_whole_and_refuses_writes(tmp_path):
     assert not whole.mapped
     with Searcher._open_path(tmp_path / "ix", {"expand": None, "nprobe": 4}) as searcher:
         assert searcher.vectors.mapped
+        import faiss
+
+        lists = faiss.downcast_InvertedLists(faiss.extract_index_ivf(searcher.vectors.index).invlists)
+        assert lists.prefetch_nthread == 0  # FAISS's default 32 threads per search made a query 5x slower
         whole.set_search_params({"nprobe": 4})
         searcher.vectors.rerank = 0  # compare FAISS's own answers, before re-ranking
         np.testing.assert_array_equal(searcher.vectors.search(vectors[:50], 10)[1], whole.search(vectors[:50], 10)[1])

@@ -367,7 +367,12 @@ class VectorIndex:
             raise IndexCorruptError(f"vector index {path} has dimension {index.d}, manifest says {dim}")
         vector_index = cls(index, factory)
         ivf = faiss.try_extract_index_ivf(index)
-        vector_index.mapped = bool(mmap and ivf is not None and isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists))
+        lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+        vector_index.mapped = bool(mmap and isinstance(lists, faiss.OnDiskInvertedLists))
+        if vector_index.mapped:
+            # FAISS would start prefetch threads on every search (up to 32, each touching the
+            # probed lists): several ms a single query; the page cache does that job.
+            lists.prefetch_nthread = 0
         hnsw = vector_index._unwrapped()
         if isinstance(hnsw, faiss.IndexHNSW):
             # Files written before entry points existed search as plain HNSW.
