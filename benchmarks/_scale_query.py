@@ -59,6 +59,8 @@ def main() -> None:
 
     snapshot = searcher.store.path / read_state(searcher.store).file
     peak_kb = status_kb("VmHWM")
+    # Resident pages of mapped files (the snapshot's lists) are page cache the kernel may drop; anonymous ones are not.
+    anon_kb, file_kb = status_kb("RssAnon"), status_kb("RssFile")
     # The plain reference, in this process and minute: the same snapshot read whole into memory.
     reference_ms = again_ms = None
     if mapped:
@@ -82,6 +84,8 @@ def main() -> None:
                 "rss_mb_before_open": round(rss_before / 1024, 1),
                 "rss_mb_after_open": round(rss_open / 1024, 1),
                 "peak_rss_mb": round(peak_kb / 1024, 1),
+                "rss_mb_anonymous_warm": round(anon_kb / 1024, 1),
+                "rss_mb_file_backed_warm": round(file_kb / 1024, 1),
                 "snapshot_mb": round(os.path.getsize(snapshot) / 2**20, 1),
                 "latency_ms_median_first": round(statistics.median(first), 3),
                 "latency_ms_median_warm": round(statistics.median(warm), 3),
