@@ -89,9 +89,9 @@ def test_duplicates_restricted_to_a_folder(tmp_path):
     write_image(root / "c" / "z.png", coloured_image((200, 90, 30), seed=2))
     run("index", root, "--name", "d", "--index-dir", tmp_path / "i")
     everything = json.loads(run("duplicates", "d", "--index-dir", tmp_path / "i", "--json").stdout)
-    assert [g["size"] for g in everything] == [4]
+    assert [g["size"] for g in everything["exact"]] == [4]
     only_a = json.loads(run("duplicates", "d", "--index-dir", tmp_path / "i", "--json", "--under", root / "a").stdout)
-    assert [sorted(p.rsplit("/", 2)[-2] for p in g["paths"]) for g in only_a] == [["a", "a"]]
+    assert [sorted(p.rsplit("/", 2)[-2] for p in g["paths"]) for g in only_a["exact"]] == [["a", "a"]]
 
 
 def test_galleries_order_queries_naturally(tmp_path):

@@ -314,9 +314,10 @@ def test_duplicates_montage_and_html_show_the_groups(indexed, index_dir, tmp_pat
     run("index", indexed, "--name", "photos", "--index-dir", index_dir)
     page, grid = tmp_path / "dups.html", tmp_path / "dups.png"
     result = run("duplicates", "--name", "photos", "--index-dir", index_dir, "--threshold", "0.999", "--html", page, "--montage", grid)
-    assert "group 1: 2 images" in result.stdout
+    assert "exact group 1: 2 copies" in result.stdout
     text = page.read_text()
-    assert text.count("<section>") == 1 and "red/red-0.jpg" in text and "green/copy-of-red-0.jpg" in text
+    assert text.count("<section>") == 1 and "red-0.jpg" in text and "copy-of-red-0.jpg" in text
+    assert "exact copies 1" in text and text.count("class='query'") == 1  # the keeper, framed
     assert text.count("data:image/jpeg;base64,") == 2
     image = cv2.imread(str(grid))
     assert image is not None and image.shape[1] == 2 * 160  # one line, two tiles

@@ -190,16 +190,19 @@ def test_duplicates_groups_copies_and_near_copies(tmp_path, index_dir):
     near = write_image(root / "copies" / "near.png", cv2.resize(patchwork(3), (60, 45), interpolation=cv2.INTER_AREA))
     index_folder(root, "dups", index_dir)
 
-    groups = find_duplicates("dups", 0.9, index_dir)
-    assert len(groups) == 1
-    assert set(groups[0].paths) == {str(source), str(copy), str(near)}
-    assert 0.9 <= groups[0].min_score <= 1.0
-    assert find_duplicates("dups", 0.99999, index_dir)[0].paths == sorted([str(source), str(copy)])
+    found = find_duplicates("dups", 0.9, index_dir)
+    # The byte-identical copy is its own tier; the near group holds each content once.
+    assert [set(g.paths) for g in found.exact] == [{str(source), str(copy)}]
+    assert len(found.near) == 1 and len(found.near[0].paths) == 2 and str(near) in found.near[0].paths
+    assert 0.9 <= found.near[0].min_score <= 1.0
+    strict = find_duplicates("dups", 0.99999, index_dir)
+    assert strict.near == [] and strict.exact[0].paths == sorted([str(source), str(copy)])
 
     data = json.loads(
         runner.invoke(app, ["duplicates", "--name", "dups", "--index-dir", str(index_dir), "--threshold", "0.9", "--json"]).stdout
     )
-    assert len(data) == 1 and data[0]["size"] == 3
+    assert [g["size"] for g in data["exact"]] == [2] and [g["size"] for g in data["near"]] == [2]
+    assert data["threshold"] == 0.9 and data["threshold_source"] == "given"
     result = runner.invoke(app, ["duplicates", "--name", "dups", "--index-dir", str(index_dir), "--threshold", "1.5"])
     assert result.exit_code != 0 and "outside the range" in result.stderr
 
@@ -209,8 +212,9 @@ def test_duplicates_work_without_range_search(tmp_path, index_dir):
     for n in range(6):
         write_image(root / f"p{n}.png", patchwork(n))
     (root / "again.png").write_bytes((root / "p1.png").read_bytes())
+    write_image(root / "near.png", cv2.resize(patchwork(1), (60, 45), interpolation=cv2.INTER_AREA))
     index_folder(root, "dups", index_dir, index_type="hnsw")  # HNSW has no range search
-    groups = find_duplicates("dups", 0.9999, index_dir)
+    groups = find_duplicates("dups", 0.9, index_dir).near
     assert [len(g.paths) for g in groups] == [2]
 
 
@@ -228,11 +232,11 @@ def test_duplicates_fall_back_to_neighbours_only_without_range_search_and_say_so
     root = tmp_path / "photos"
     for n in range(4):
         write_image(root / f"p{n}.png", patchwork(n))
-    (root / "again.png").write_bytes((root / "p1.png").read_bytes())
+    write_image(root / "near.png", cv2.resize(patchwork(1), (60, 45), interpolation=cv2.INTER_AREA))
     index_folder(root, "dups", index_dir, dba=None)
     _range_search_failing(monkeypatch, index_dir, "Error in virtual void faiss::Index::range_search: range search not implemented")
     with caplog.at_level(logging.WARNING, logger="cbir"):
-        groups = find_duplicates("dups", 0.9999, index_dir)
+        groups = find_duplicates("dups", 0.9, index_dir).near
     assert [len(g.paths) for g in groups] == [2]
     assert [r.message.count("nearest neighbours only") for r in caplog.records] == [1]
 

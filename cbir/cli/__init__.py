@@ -75,10 +75,18 @@ def _settle_process() -> None:
     """
     import logging
     import os
+    import sys
 
     from cbir.features._tensorflow import QUIET_ENGINES_ENV
 
     os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", "180000000")  # cbir.images.decode.MAX_IMAGE_PIXELS
+    # A broken video is one warning line of cbir's: FFmpeg's own messages (read once, when OpenCV first
+    # opens a video, in workers too) and OpenCV's backend notices are not printed as well.
+    os.environ.setdefault("OPENCV_FFMPEG_DEBUG", "1")  # lets the next line's level take effect
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
+    os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")  # read when cv2 is imported: worker processes
+    if "cv2" in sys.modules and os.environ["OPENCV_LOG_LEVEL"] == "ERROR":  # this process imported it already
+        sys.modules["cv2"].utils.logging.setLogLevel(sys.modules["cv2"].utils.logging.LOG_LEVEL_ERROR)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault(QUIET_ENGINES_ENV, "1")
     # Ray's warnings are notes for Ray developers here (token authentication on

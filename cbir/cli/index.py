@@ -222,9 +222,24 @@ def _index(
         ),
     ] = None,
     no_local_features: Annotated[bool, typer.Option("--no-local-features", help="Drop the index's local features.")] = False,
+    frame_interval: Annotated[
+        Optional[float],
+        typer.Option(
+            "--frame-interval",
+            metavar="SECONDS",
+            help="Video files are indexed as frames, each a result naming the video and its time: one every SECONDS "
+            "and one at each scene change (default 2; longer apart in videos longer than the interval times --max-frames). "
+            "Kept for later updates; applies to the videos a run decodes (new or changed).",
+            show_default=False,
+        ),
+    ] = None,
+    max_frames: Annotated[
+        Optional[int],
+        typer.Option("--max-frames", metavar="N", help="At most N frames of one video, spread over all of it (default 100).", show_default=False),
+    ] = None,
     alpha: AlphaOption = None,
 ) -> None:
-    """Index a folder of images, or update an existing index with what changed in it.
+    """Index a folder of images (and video files, as frames), or update an existing index with what changed in it.
 
     New and changed files are embedded, files that disappeared are removed,
     unreadable files are skipped with a warning and recorded. Interrupting is
@@ -255,6 +270,8 @@ def _index(
         include_removed=include_removed,
         **_dba_arguments(dba, no_dba, alpha),
         local_features=_local_features_argument(local_features, no_local_features),
+        frame_interval=frame_interval,
+        max_frames=max_frames,
     )
     if as_json:
         print_json(summary.to_dict())
@@ -272,6 +289,8 @@ def _index(
         print(f"not indexed: {summary.unsupported_note()}")
     if summary.raw_note():
         print(summary.raw_note())
+    if summary.video_note():
+        print(summary.video_note())
     if summary.unlisted:
         shown = ", ".join(summary.unlisted[:3]) + (", ..." if len(summary.unlisted) > 3 else "")
         print(

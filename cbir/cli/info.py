@@ -46,7 +46,7 @@ def info(
     print(f"index type  {data['index_type']} (FAISS {data['factory']})")
     if data["vectors_factory"] not in (None, data["factory"]):
         print(f"note        the vector file in force is a {data['vectors_factory']} index (a rebuild is due, or the collection is still too small to train)")
-    print(f"images      {data['images']}")
+    print(f"images      {data['images']}" + (f" ({data['frames']} frames of {data['videos']} video(s))" if data.get("videos") else ""))
     print(f"skipped     {data['skipped']}")
     meta = data["metadata"]
     print(

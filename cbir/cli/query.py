@@ -180,7 +180,7 @@ def _print_results(results, name: str, is_folder: bool, as_json: bool, paths_onl
             if match.verified:
                 note += f"  verified ({match.inliers} inliers)"
             about = "  ".join(x for x in ((match.taken or "").replace("T", " "), match.camera or "") if x)
-            print(f"{match.rank:>4}  {match.score:.4f}  {_size(match.size):>8}  {show(match.label or '-'):<{width}}  " + (f"[{about}]  " if about else "") + f"{show(match.path)}{note}")
+            print(f"{match.rank:>4}  {match.score:.4f}  {_size(match.size):>8}  {show(match.label or '-'):<{width}}  " + (f"[{about}]  " if about else "") + f"{show(match.name)}{note}")
 
 
 def _size(size: int | None) -> str:

@@ -30,8 +30,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from cbir.compute.work import MIN_FILES_FOR_PROCESSES, Batch, EmbedderRef, KnownContent, PrepareSpec, load_one
+from cbir.compute.work import MIN_FILES_FOR_PROCESSES, Batch, EmbedderRef, KnownContent, PrepareSpec, load_entries
 from cbir.compute.work import LoadedFile
+from cbir.images.video import is_video_path
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def load_prepared(
     known: KnownContent | None = None,
     lookahead: int = 64,
 ) -> Iterator[tuple[LoadedFile, Any]]:
-    """Yield ``(loaded file, prepared item or None)`` for every file, in input order.
+    """Yield ``(loaded file, prepared item or None)`` for every file, in input order (a video: one per frame).
 
     The item is ``None`` when the file could not be read (``loaded.error``
     says why), when its hash equals ``known_sha256[path]`` (``unchanged``),
@@ -77,25 +78,31 @@ def load_prepared(
         return
     prepare = prepare if prepare is not None else spec.build()
     local = spec.build_local()
+    video = spec.build_video()
 
-    def work(path: Path) -> tuple[LoadedFile, Any]:
-        return load_one(path, spec.min_side, prepare, known_sha256.get(path), known, local)
+    def work(path: Path) -> list[tuple[LoadedFile, Any]]:
+        return load_entries(path, spec.min_side, prepare, known_sha256.get(path), known, local, video)
 
     if workers <= 1:
         for path in files:
-            yield work(path)
+            yield from work(path)
         return
-    in_flight: deque[Future] = deque()
+    in_flight: deque[tuple[bool, Future]] = deque()
+    videos = 0  # in flight: each may hand back up to its cap of frames, so fewer of them are
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cbir-load") as pool:
         try:
             for path in files:
-                in_flight.append(pool.submit(work, path))
-                if len(in_flight) >= lookahead + 4 * workers:
-                    yield in_flight.popleft().result()
+                is_video = is_video_path(path)
+                while in_flight and (len(in_flight) >= lookahead + 4 * workers or (is_video and videos >= 2 * workers)):
+                    was_video, future = in_flight.popleft()
+                    videos -= was_video
+                    yield from future.result()
+                in_flight.append((is_video, pool.submit(work, path)))
+                videos += is_video
             while in_flight:
-                yield in_flight.popleft().result()
+                yield from in_flight.popleft()[1].result()
         finally:
-            for future in in_flight:
+            for _, future in in_flight:
                 future.cancel()
 
 
@@ -144,6 +151,7 @@ class Loader:
         progress=None,
         state_dir: Path | None = None,
         local: dict | None = None,
+        video: dict | None = None,
     ) -> Iterator[Batch]:
         """Yield a :class:`~cbir.compute.work.Batch` per batch of files, in order (on Ray: as they finish).
 
@@ -156,24 +164,26 @@ class Loader:
         whose threads the decoding workers preempt (docs/parallel.md).
         ``local`` (a :class:`cbir.features.local.LocalFeatureConfig` as a dict):
         each embedded file's local features too, from the same decoded pixels.
+        ``video`` (a :class:`cbir.images.video.FrameSampling` as a dict): which frames
+        of each video become entries; a video's frames always share one batch.
         """
         if self.ray is not None:
             ref = None
             if state_dir is not None and embedder.extractor.embeds_in_workers:
                 ref = EmbedderRef.for_embedder(embedder, state_dir, copies=1, cores=self.ray.threads)
-            yield from self.ray.embed(files, embedder, ref, self.batch_size, known_sha256 or {}, known, progress, local)
+            yield from self.ray.embed(files, embedder, ref, self.batch_size, known_sha256 or {}, known, progress, local, video)
             return
         in_workers = state_dir is not None and self.embeds_in_workers(len(files), embedder)
         if in_workers:
             spec = PrepareSpec.for_embedder(embedder, EmbedderRef.for_embedder(embedder, state_dir, self.workers))
         else:
             spec = PrepareSpec.for_extractor(embedder.extractor)
-        spec = dataclasses.replace(spec, local=local)
+        spec = dataclasses.replace(spec, local=local, video=video)
 
         pairs = self.load(files, spec, embedder.prepare, known_sha256, known)
         for ok, items, not_embedded in batched(pairs, self.batch_size):
             if progress is not None:
-                progress.advance(len(ok) + len(not_embedded))  # per batch: the writer does no per-file bookkeeping
+                progress.advance(files_in(ok, not_embedded))  # per batch: the writer does no per-file bookkeeping
             yield Batch(ok, embed_items(embedder, items, embedded=in_workers), not_embedded)
 
 
@@ -185,7 +195,7 @@ class Loader:
         spec = PrepareSpec(min_side, local=local, images=False)
         for ok, _, without in batched(self.load(files, spec), self.batch_size):
             if progress is not None:
-                progress.advance(len(ok) + len(without))
+                progress.advance(files_in(ok, without))
             yield ok + without
 
 
@@ -196,8 +206,17 @@ def embed_items(embedder, items: Sequence[Any], embedded: bool = False) -> np.nd
     return np.stack(items) if embedded else embedder.transform_prepared(items)
 
 
+def files_in(*groups: Sequence[LoadedFile]) -> int:
+    """How many files some entries are (a video's frames count once: at its last)."""
+    return sum(1 for group in groups for loaded in group if not loaded.more_frames)
+
+
 def batched(items: Iterable[tuple[LoadedFile, Any]], batch_size: int) -> Iterator[tuple[list[LoadedFile], list[Any], list[LoadedFile]]]:
-    """Group loader output into ``(files with an item, their items, files without)``, ``batch_size`` items each."""
+    """Group loader output into ``(files with an item, their items, files without)``, ``batch_size`` items each.
+
+    Never inside a video: a batch ends after a video's last frame, so its
+    frames are committed together (a batch may hold up to a video's frames more).
+    """
     ok: list[LoadedFile] = []
     prepared: list[Any] = []
     without: list[LoadedFile] = []
@@ -207,7 +226,7 @@ def batched(items: Iterable[tuple[LoadedFile, Any]], batch_size: int) -> Iterato
         else:
             ok.append(loaded)
             prepared.append(item)
-        if len(prepared) >= batch_size:
+        if len(prepared) >= batch_size and not loaded.more_frames:
             yield ok, prepared, without
             ok, prepared, without = [], [], []
     if prepared or without:

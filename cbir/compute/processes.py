@@ -181,7 +181,7 @@ def _init_worker(spec: PrepareSpec, known: KnownContent | None, parent_pid: int)
         _worker_state.update(min_side=spec.min_side, prepare=spec.build(), embed=None, known=known)
     else:
         _worker_state.update(min_side=spec.min_side, prepare=embedder.prepare, embed=embedder.transform_prepared, known=known)
-    _worker_state.update(local=spec.build_local())
+    _worker_state.update(local=spec.build_local(), video=spec.build_video())
 
 
 def _die_with_parent(parent_pid: int) -> None:
@@ -204,15 +204,18 @@ def _die_with_parent(parent_pid: int) -> None:
 
 
 def _work_chunk(paths: list[str], known_sha256s: list[str | None]) -> tuple[list[tuple], Any]:
-    """Each file's :class:`LoadedFile` fields but its path, and the chunk's items (see :func:`_loaded_files`)."""
+    """Each entry's :class:`LoadedFile` fields but its path (the number of its file in the chunk instead:
+    a video is several entries), and the chunk's items (see :func:`_loaded_files`)."""
     state = _worker_state
     if "failed" in state:
         raise state["failed"]
+    files = [Path(p) for p in paths]
     loaded = load_and_embed(
-        [Path(p) for p in paths], known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"], state["local"]
+        files, known_sha256s, state["min_side"], state["prepare"], state["embed"], state["known"], state["local"], state["video"]
     )
+    number = {path: n for n, path in enumerate(files)}
     # ``image`` is the item itself where there is no extractor: a flag, not a second copy.
-    fields = [(f.fields(), f.image is not None) for f, _ in loaded]
+    fields = [(f.fields(), f.image is not None, number[f.path]) for f, _ in loaded]
     return fields, _pack_items([item for _, item in loaded])
 
 
@@ -249,6 +252,6 @@ def _loaded_files(paths: list[Path], result: tuple[list[tuple], Any]) -> list[tu
     fields, packed = result
     items = _unpack_items(packed, len(fields))
     return [
-        (LoadedFile.from_fields(path, values, item if image else None), item)
-        for path, (values, image), item in zip(paths, fields, items)
+        (LoadedFile.from_fields(paths[number], values, item if image else None), item)
+        for (values, image, number), item in zip(fields, items)
     ]

@@ -29,7 +29,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from cbir.errors import UsageError
-from cbir.compute.loader import embed_items
+from cbir.compute.loader import embed_items, files_in
 from cbir.compute.work import CODEC_FIELDS, Batch, EmbedderRef, KnownContent, LoadedFile, PrepareSpec, WorkerError, load_and_embed
 from cbir.progress import Progress
 
@@ -123,8 +123,9 @@ class RayRunner:
         known: KnownContent | None,
         progress: Progress | None,
         local: dict | None = None,
+        video: dict | None = None,
     ) -> Iterator[Batch]:
-        """Yield a :class:`~cbir.compute.work.Batch` as the actors finish batches.
+        """Yield a :class:`~cbir.compute.work.Batch` as the actors finish batches (a video's frames in one).
 
         With ``ref`` each actor builds the embedder from it (the runtime
         engine, as worker processes do) and hands back vectors; without, the
@@ -139,7 +140,7 @@ class RayRunner:
         context.enable_progress_bars = False
         context.verbose_stats_logs = False
         spec = PrepareSpec.for_embedder(embedder, ref) if ref is not None else PrepareSpec.for_extractor(embedder.extractor)
-        spec = dataclasses.replace(spec, local=local)
+        spec = dataclasses.replace(spec, local=local, video=video)
         items = [{"path": str(p), "known": known_sha256.get(p, "")} for p in files]
         # One input block per actor call, so that no call is split into a large and a small one.
         calls = -(-len(items) // self.batch_size(len(items), batch_size))
@@ -153,9 +154,9 @@ class RayRunner:
         )
         try:
             for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-                if progress is not None:
-                    progress.advance(len(batch["path"]))
                 ok, items_out, without = _unpack(batch)
+                if progress is not None:
+                    progress.advance(files_in(ok, without))
                 yield Batch(ok, embed_items(embedder, items_out, embedded=ref is not None), without)
         except ray.exceptions.RayTaskError:
             raise  # an exception inside the embedder: a bug to see, not to hide
@@ -201,6 +202,7 @@ class _RayWorker:
         self.prepare = self.embedder.prepare if self.embedder is not None else spec.build()
         self.min_side = spec.min_side
         self.local = spec.build_local()
+        self.video = spec.build_video()
         self.known = known
         self.node = ray.util.get_node_ip_address()
 
@@ -213,6 +215,7 @@ class _RayWorker:
             self.embedder.transform_prepared if self.embedder is not None else None,
             self.known,
             self.local,
+            self.video,
         )
         loaded_files = [loaded for loaded, _ in pairs]
         has_item = np.array([item is not None for _, item in pairs], dtype=bool)

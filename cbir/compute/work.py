@@ -19,7 +19,8 @@ import numpy as np
 from cbir.cpus import usable_cores
 from cbir.errors import CbirError, ImageError, UsageError
 from cbir.images.decode import decode_file
-from cbir.fileio import sha256_bytes
+from cbir.images.video import FrameSampling, is_video_path, sample_frames
+from cbir.fileio import file_sha256, sha256_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,11 @@ class LoadedFile:
     decoded_from: str = ""
     #: Packed local features (:mod:`cbir.features.local`) where the run computes them, else ``None``.
     local_features: bytes | None = None
+    #: A video's frame: its time in seconds (-1: the file is a photo, or a video not decoded).
+    frame_time: float = -1.0
+    #: True on every frame of a video but its last: a batch is never cut inside a video, so
+    #: its frames are committed (and replace the video's old ones) in one transaction.
+    more_frames: bool = False
 
     def fields(self) -> tuple:
         """The file's fields but its path and image, in :data:`CODEC_FIELDS` order: the one
@@ -235,6 +241,8 @@ class PrepareSpec:
     local: dict[str, Any] | None = None
     #: ``False``: hand back no item at all (local features only), not the decoded image.
     images: bool = True
+    #: A :class:`cbir.images.video.FrameSampling` as a dict: which frames of a video are entries (``None``: the defaults).
+    video: dict[str, Any] | None = None
 
     @classmethod
     def for_extractor(cls, extractor) -> "PrepareSpec":
@@ -248,6 +256,9 @@ class PrepareSpec:
     def build_embedder(self):
         """The embedder a worker runs, built from the saved state; ``None`` where workers only prepare."""
         return self.embedder.build() if self.embedder is not None else None
+
+    def build_video(self) -> FrameSampling:
+        return FrameSampling.from_dict(self.video)
 
     def build_local(self) -> Callable[[np.ndarray], bytes] | None:
         """``image -> packed local features``, or ``None`` where the spec asks for none."""
@@ -332,15 +343,81 @@ def load_and_embed(
     embed: Callable[[Sequence[Any]], np.ndarray] | None,
     known: KnownContent | None,
     local: Callable[[np.ndarray], bytes] | None = None,
+    video: FrameSampling | None = None,
 ) -> list[tuple[LoadedFile, Any]]:
-    """:func:`load_one` for each file, then ``embed`` (if given) on the prepared items at once: their vectors."""
-    loaded = [load_one(path, min_side, prepare, sha, known, local) for path, sha in zip(paths, known_sha256s)]
+    """:func:`load_entries` for each file, then ``embed`` (if given) on the prepared items at once: their vectors."""
+    loaded = [pair for path, sha in zip(paths, known_sha256s) for pair in load_entries(path, min_side, prepare, sha, known, local, video)]
     found = [i for i, (_, item) in enumerate(loaded) if item is not None]
     if embed is not None and found:
         vectors = embed([loaded[i][1] for i in found])
         for i, vector in zip(found, vectors):
             loaded[i] = (loaded[i][0], vector)
     return loaded
+
+
+def load_entries(
+    path: Path,
+    min_side: int | None,
+    prepare: Callable[[np.ndarray], Any] | None,
+    known_sha256: str | None,
+    known: KnownContent | None,
+    local: Callable[[np.ndarray], bytes] | None = None,
+    video: FrameSampling | None = None,
+) -> list[tuple[LoadedFile, Any]]:
+    """The catalogue entries of one file: a photo's one, or a video's frames (:func:`load_video`)."""
+    if is_video_path(path):
+        return load_video(path, min_side, prepare, known_sha256, known, local, video or FrameSampling())
+    return [load_one(path, min_side, prepare, known_sha256, known, local)]
+
+
+def load_video(
+    path: Path,
+    min_side: int | None,
+    prepare: Callable[[np.ndarray], Any] | None,
+    known_sha256: str | None,
+    known: KnownContent | None,
+    local: Callable[[np.ndarray], bytes] | None,
+    sampling: FrameSampling,
+) -> list[tuple[LoadedFile, Any]]:
+    """A video's chosen frames, each prepared as soon as it is decoded (one decoded frame in memory at a time).
+
+    The content hash is streamed (a video is not read into memory, nor held to
+    the photo size cap); an unchanged or reusable video is not decoded, as a
+    photo is not. A video with no decodable frame is one entry with ``error``.
+    """
+    try:
+        stat = os.stat(path)
+        if not S_ISREG(stat.st_mode):
+            return [(LoadedFile(path, stat.st_size, stat.st_mtime_ns, "", error="not a regular file"), None)]
+        sha256 = file_sha256(path)
+    except OSError as exc:
+        return [(LoadedFile(path, -1, -1, "", error=(exc.strerror or str(exc)).lower()), None)]
+    base = LoadedFile(path, stat.st_size, stat.st_mtime_ns, sha256)
+    if known_sha256 is not None and sha256 == known_sha256:
+        base.unchanged = True
+        return [(base, None)]
+    if known is not None and sha256 in known:
+        base.reusable = True
+        return [(base, None)]
+    entries: list[tuple[LoadedFile, Any]] = []
+    try:
+        for frame in sample_frames(path, sampling, min_side):
+            entry = dataclasses.replace(base, frame_time=frame.time, more_frames=True)
+            entry.height, entry.width = frame.image.shape[:2]
+            if local is not None:
+                entry.local_features = _local_features(local, b"", "", frame.image, False)
+            item = _prepared(entry, frame.image, prepare)
+            if item is not None:
+                entries.append((entry, item))
+    except ImageError as exc:
+        if not entries:
+            base.error = str(exc)
+            return [(base, None)]
+    if not entries:
+        base.error = "no frame of the video could be processed"
+        return [(base, None)]
+    entries[-1][0].more_frames = False
+    return entries
 
 
 def load_one(
@@ -355,11 +432,17 @@ def load_one(
     loaded = load_file(path, min_side, known_sha256, reusable=known.__contains__ if known else None, local=local)
     if loaded.image is None:
         return loaded, None
-    if prepare is None:
-        return loaded, loaded.image
     image, loaded.image = loaded.image, None
+    return loaded, _prepared(loaded, image, prepare)
+
+
+def _prepared(loaded: LoadedFile, image: np.ndarray, prepare: Callable[[np.ndarray], Any] | None) -> Any:
+    """``prepare(image)`` (the image itself without ``prepare``), or ``None`` with ``loaded.error`` set."""
+    if prepare is None:
+        loaded.image = image
+        return image
     try:
-        return loaded, prepare(image)
+        return prepare(image)
     except ImageError as exc:  # an image this extractor cannot use is skipped like a broken file
         loaded.error = f"cannot process: {exc}"
     except Exception as exc:
@@ -368,4 +451,4 @@ def load_one(
         if not isinstance(exc, cv2.error):
             raise  # a bug, not a bad image: let it surface
         loaded.error = f"cannot process: {str(exc).strip().splitlines()[-1]}"
-    return loaded, None
+    return None

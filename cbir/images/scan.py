@@ -15,6 +15,7 @@ from typing import Sequence
 from cbir.errors import UsageError
 from cbir.images.decode import FORMATS_EXTRA_EXTENSIONS, OPTIONAL_EXTENSIONS, readable_extensions
 from cbir.images.raw import RAW_EXTENSIONS
+from cbir.images.video import VIDEO_EXTENSIONS
 
 logger = logging.getLogger(__name__)
 
@@ -29,8 +30,13 @@ _SIDECAR_EXTENSIONS = (".jpg", ".jpeg")
 
 
 def is_image_path(path: str | os.PathLike) -> bool:
-    """Whether the file name has a suffix cbir reads (:func:`readable_extensions`, any letter case)."""
-    return os.path.splitext(os.fspath(path))[1].lower() in readable_extensions()
+    """Whether the file name has a suffix cbir reads (:func:`readable_extensions`, any letter case), videos included."""
+    return os.path.splitext(os.fspath(path))[1].lower() in indexable_extensions()
+
+
+def indexable_extensions() -> frozenset[str]:
+    """What a folder walk indexes: the image suffixes cbir reads and video suffixes (each video as its frames)."""
+    return readable_extensions() | VIDEO_EXTENSIONS
 
 
 
@@ -102,7 +108,7 @@ def scan_folder(
     root = normalize_path(root)
     if root.is_file():
         if not is_image_path(root):
-            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(readable_extensions()))})")
+            raise UsageError(f"{root} is not an image file (expected one of {', '.join(sorted(indexable_extensions()))})")
         return FolderScan([root], {})
     if not root.is_dir():
         raise UsageError(f"folder does not exist: {root}")
@@ -121,7 +127,7 @@ def scan_folder(
     found: list[Path] = []
     unsupported: dict[str, int] = {}
     visited: set[tuple[int, int]] = set()
-    readable = readable_extensions()
+    readable = indexable_extensions()
 
     unlisted: list[str] = []
     raw_sidecars = 0

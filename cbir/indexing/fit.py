@@ -8,6 +8,8 @@ default 20,000-image sample stays within a few hundred MB.
 
 from __future__ import annotations
 
+import dataclasses
+
 import tempfile
 from pathlib import Path
 
@@ -29,11 +31,14 @@ def fit_new_embedder(
     loader: Loader,
     fit_sample: int,
     progress: Progress,
+    video: dict | None = None,
 ) -> list[Batch]:
     """Fit what learns (the extractor, then the PCA) on a random sample of images.
 
     Returns the batches whose raw vectors were computed to fit a PCA on the
     collection itself, so indexing does not run them through the model again.
+    A video's frames are images of the sample (``video``: which frames); the
+    sample stops at ``fit_sample`` images, so a folder of videos holds no more.
     """
     rng = np.random.default_rng(0)
 
@@ -45,7 +50,7 @@ def fit_new_embedder(
     extractor = embedder.extractor
     extractor.build(progress)  # loads a network or a given model before progress starts counting images
     if extractor.requires_fit and not extractor.is_fitted:
-        _fit_extractor(extractor, sample(files), training_dir, loader, progress)
+        _fit_extractor(extractor, sample(files), training_dir, loader, progress, video, fit_sample)
     if embedder.pca is None or embedder.pca.is_fitted:
         return []
     source = find_images(pca_train_folder) if pca_train_folder is not None else files
@@ -58,8 +63,12 @@ def fit_new_embedder(
         state_dir = Path(folder) if loader.embeds_in_workers(len(chosen), sample_embedder) else None
         if state_dir is not None:
             sample_embedder.save(state_dir)
+        raw = []
         try:
-            raw = list(loader.embed_batches(chosen, sample_embedder, progress=progress, state_dir=state_dir))
+            for batch in loader.embed_batches(chosen, sample_embedder, progress=progress, state_dir=state_dir, video=video):
+                raw.append(batch)
+                if sum(len(vectors) for _, vectors, _ in raw) >= fit_sample:
+                    break  # enough (frames of videos count each); the files left are embedded with the rest
         finally:
             progress.stop()
     if not any(len(vectors) for _, vectors, _ in raw):
@@ -70,17 +79,24 @@ def fit_new_embedder(
     return [Batch(ok, embedder.pca.transform(vectors), failed) for ok, vectors, failed in raw]
 
 
-def _fit_extractor(extractor, chosen: list[Path], training_dir: Path, loader: Loader, progress: Progress) -> None:
-    """Train a learning extractor on ``chosen``, holding them prepared (small) where it can take that."""
+def _fit_extractor(
+    extractor, chosen: list[Path], training_dir: Path, loader: Loader, progress: Progress, video: dict | None = None, limit: int | None = None
+) -> None:
+    """Train a learning extractor on ``chosen`` (at most ``limit`` images: a video's frames count each),
+    holding them prepared (small) where it can take that."""
     takes_prepared = hasattr(extractor, "fit_prepared")
     spec = PrepareSpec.for_extractor(extractor) if takes_prepared else PrepareSpec(extractor.decode_min_side)
+    spec = dataclasses.replace(spec, video=video)
     progress.start("decoding images to train the extractor", len(chosen))
     items = []
     try:
-        for _, item in loader.load(chosen, spec, prepare=extractor.prepare if takes_prepared else None):
-            progress.advance()
+        for loaded, item in loader.load(chosen, spec, prepare=extractor.prepare if takes_prepared else None):
+            if not loaded.more_frames:
+                progress.advance()
             if item is not None:
                 items.append(item)
+            if limit is not None and len(items) >= limit:
+                break
     finally:
         progress.stop()
     if not items:

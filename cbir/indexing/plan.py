@@ -85,21 +85,25 @@ def plan_update(
 ) -> IndexPlan:
     """Mark and sweep: the scan's files (``stats``, in scan order) against the catalogue rows under the folder.
 
-    ``rows`` maps path -> row (with ``id``, ``size``, ``mtime_ns``, ``sha256``);
-    ``skipped`` maps path -> ``(size, mtime_ns, reason)``. Rows and skip records
-    under an ``unlisted`` folder are kept: the folder may be back next time.
+    ``rows`` maps stored path -> row (with ``id``, ``size``, ``mtime_ns``,
+    ``sha256``, and ``path`` where it differs from the key): a video's frames are several rows of one file, unchanged,
+    changed or gone together. ``skipped`` maps path -> ``(size, mtime_ns, reason)``.
+    Rows and skip records under an ``unlisted`` folder are kept: the folder may be back next time.
     """
     todo: list[Path] = []
     known: dict[Path, str] = {}
     unchanged = still_skipped = retried = 0
     present: set[str] = set()
+    # A row's file is its ``path`` where it has one (a video's frames: the video), else its key.
+    file_of = {key: getattr(row, "path", key) for key, row in rows.items()}
+    row_of_file = {file_of[key]: row for key, row in rows.items()}  # a video: any one of its frames
     for file, stat in stats.items():
         key = str(file)
         present.add(key)
         if stat is None:
             todo.append(file)  # let the loader record why it cannot be read
             continue
-        row = rows.get(key)
+        row = row_of_file.get(key)
         if row is not None:
             if (row.size, row.mtime_ns) == stat:
                 unchanged += 1
@@ -118,7 +122,7 @@ def plan_update(
     def unknown(path: str) -> bool:
         return any(is_under(path, folder) for folder in unlisted)
 
-    gone_rows = [(key, row) for key, row in rows.items() if key not in present]
+    gone_rows = [(file_of[key], row) for key, row in rows.items() if file_of[key] not in present]
     gone_skipped = [key for key in skipped if key not in present]
     kept = sum(1 for key, _ in gone_rows if unknown(key))
     return IndexPlan(

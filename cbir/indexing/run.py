@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 
 from cbir.ann.rerank import DEFAULT_ALPHA
 from cbir.ann.vectors import resolve_index_type
@@ -36,6 +35,7 @@ from cbir.images.labels import as_label_table, assign_labels, folder_label
 from cbir.images.scan import normalize_path, scan_folder
 from cbir.indexing.fit import fit_new_embedder
 from cbir.indexing.plan import KEEP, IndexPlan, dba_setting, honour_removed, plan_update, stat_files
+from cbir.indexing.reuse import reuse_stored_entries
 from cbir.indexing.summary import IndexSummary
 from cbir.progress import SILENT, Progress
 from cbir.store.catalogue import ImageMetadata, NewImage
@@ -72,6 +72,8 @@ def index_folder(
     dba: int | None | str = KEEP,
     dba_alpha: float = DEFAULT_ALPHA,
     local_features: bool | str | None = None,
+    frame_interval: float | None = None,
+    max_frames: int | None = None,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -137,6 +139,13 @@ def index_folder(
         ``"orb"``) turns them on, ``False`` drops them, ``None`` keeps the
         index's setting. On an existing index, images that lack them are
         decoded for them alone: their vectors are not re-embedded.
+    frame_interval, max_frames : float, int, optional
+        Which frames of a video file are indexed (each an entry naming the
+        video and its time): one every ``frame_interval`` seconds (default 2)
+        and one at each scene change, at most ``max_frames`` (default 100) a
+        video, spread over all of it (:mod:`cbir.images.video`). ``None``
+        keeps the index's setting; a new setting applies to the videos this
+        run decodes (new or changed ones).
 
     The run is one pass: plan (a pure function over the scan and the
     catalogue rows, :mod:`cbir.indexing.plan`) -> fit (a new index's
@@ -185,6 +194,7 @@ def index_folder(
                 resolve_index_type(index_type, embedder.dim, len(files))  # a bad type fails before any training
             dba_config = dba_setting(dba, dba_alpha, True, len(files))
             local_config = local_features_setting(local_features, None)
+            video_config = frame_sampling_setting(frame_interval, max_frames, None)
             plan = plan_update(stat_files(files), {}, {}, scan.unlisted)
             known = None
         else:
@@ -200,6 +210,8 @@ def index_folder(
             writer.configure(dba=None if dba_config == KEEP else (dba_config or False))
             local_config = local_features_setting(local_features, writer.local_features_config)
             writer.configure(local_features=local_config or False)
+            video_config = frame_sampling_setting(frame_interval, max_frames, writer.video_config)
+            writer.configure(video=video_config)
             plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
             known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
             embedder = writer.embedder(runtime_overrides)
@@ -209,12 +221,14 @@ def index_folder(
         # -- fit (a new index only) ----------------------------------------------
         precomputed: list[Batch] = []
         if writer.created:
-            precomputed = fit_new_embedder(embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress)
-            writer.create(embedder, index_type or "flat", len(files), dba=dba_config, local_features=local_config)
+            precomputed = fit_new_embedder(
+                embedder, files, writer.training_dir, pca_train_folder, loader, fit_sample, progress, video_config
+            )
+            writer.create(embedder, index_type or "flat", len(files), dba=dba_config, local_features=local_config, video=video_config)
             writer.record_indexed_root(str(folder))
         # -- embed and commit ---------------------------------------------------------
         try:
-            _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress, local_config)
+            _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress, local_config, video_config)
             if local_config:
                 summary.local_features_added = _add_missing_local_features(writer, folder, files, embedder, loader, local_config, progress)
         except (KeyboardInterrupt, WorkerError):
@@ -226,6 +240,7 @@ def index_folder(
         if labels is not None:
             writer.set_labels({str(p): label for p, label in labels.items()})
         summary.total = writer.count_images()
+        summary.total_videos, summary.total_frames = writer.video_counts()
         if writer.created and summary.total == 0:
             raise NoImagesError(_nothing_readable_message(folder, summary.skipped_files))
         if not writer.created and index_type is not None:
@@ -285,6 +300,7 @@ def _embed_and_commit(
     summary: IndexSummary,
     progress: Progress,
     local: dict | None = None,
+    video: dict | None = None,
 ) -> None:
     if not plan.todo:
         return
@@ -292,19 +308,21 @@ def _embed_and_commit(
     remaining = [path for path in plan.todo if path not in done]
     progress.start(f"indexing into {writer.path.name!r}", len(plan.todo))
     progress.advance(len(plan.todo) - len(remaining))
-    fresh = loader.embed_batches(remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir, local=local)
+    fresh = loader.embed_batches(
+        remaining, embedder, plan.known_sha256, known, progress, state_dir=writer.model_dir, local=local, video=video
+    )
     label_of = _labeller(labels)
     try:
         for ok, vectors, not_embedded in itertools.chain(precomputed, fresh):
-            ok, vectors, not_embedded, reused, copied = _reuse_vectors(writer, embedder, known, ok, vectors, not_embedded, local)
+            ok, vectors, not_embedded, reused, copied = reuse_stored_entries(writer, embedder, known, ok, vectors, not_embedded, local, video)
             images = []
             for loaded, vector in zip(ok, vectors):
                 key = str(loaded.path)
-                metadata = copied.get(loaded.path) or _metadata(loaded)
+                time_s = loaded.frame_time if loaded.frame_time >= 0 else None
+                metadata = copied.get((loaded.path, time_s)) or _metadata(loaded)
                 features = loaded.local_features if local else None
-                images.append(
-                    NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label_of(loaded.path, key), vector, metadata, features)
-                )
+                label = label_of(loaded.path, key)
+                images.append(NewImage(key, loaded.size, loaded.mtime_ns, loaded.sha256, label, vector, metadata, features, time_s))
             writer.add(
                 images,
                 skipped=[
@@ -336,9 +354,12 @@ def _labeller(labels: dict[Path, str] | None):
 
 
 def _count(summary: IndexSummary, plan: IndexPlan, ok: list[LoadedFile], not_embedded: list[LoadedFile], reused: int) -> None:
-    updated = sum(1 for loaded in ok if loaded.path in plan.known_sha256) if plan.known_sha256 else 0
+    files = [loaded for loaded in ok if not loaded.more_frames]  # a video counts once, at its last frame
+    updated = sum(1 for loaded in files if loaded.path in plan.known_sha256) if plan.known_sha256 else 0
     summary.updated += updated
-    summary.added += len(ok) - updated
+    summary.added += len(files) - updated
+    summary.videos += sum(1 for loaded in files if loaded.frame_time >= 0)
+    summary.frames += sum(1 for loaded in ok if loaded.frame_time >= 0)
     for loaded in ok:
         if loaded.decoded_from:
             summary.raw_sources[loaded.decoded_from] = summary.raw_sources.get(loaded.decoded_from, 0) + 1
@@ -372,40 +393,20 @@ def _metadata(loaded: LoadedFile) -> ImageMetadata:
     )
 
 
-def _reuse_vectors(
-    writer: IndexWriter,
-    embedder: Embedder,
-    known: KnownContent | None,
-    ok: list,
-    vectors: np.ndarray,
-    not_embedded: list,
-    local: dict | None = None,
-) -> tuple[list[LoadedFile], np.ndarray, list[LoadedFile], int, dict[Path, ImageMetadata]]:
-    """Give files whose content the index already holds that content's stored vector and metadata
-    (no decoding, no model; the metadata by path), and its local features where the run keeps them."""
-    reusable = [f for f in not_embedded if f.reusable]
-    if not reusable:
-        return ok, vectors, not_embedded, 0, {}
-    candidates = sorted({i for f in reusable for i in known.candidate_ids(f.sha256)})
-    by_hash = {row.sha256: row.id for row in writer.rows_by_id(candidates)}
-    found = [f for f in reusable if f.sha256 in by_hash]
-    stored = writer.stored_vectors([by_hash[f.sha256] for f in found])
-    stored_metadata = writer.stored_metadata([by_hash[f.sha256] for f in found])
-    copied = {f.path: stored_metadata[by_hash[f.sha256]] for f in found if by_hash[f.sha256] in stored_metadata}
-    if local:
-        features = writer.stored_local_features([by_hash[f.sha256] for f in found])
-        for f in found:
-            f.local_features = features.get(by_hash[f.sha256])
-    extra_ok, extra_vectors = list(found), [stored]
-    rest = [f for f in not_embedded if not f.reusable]
-    collided = [f.path for f in reusable if f.sha256 not in by_hash]
-    if collided:  # a 64-bit prefix that matched another hash: rare; embed those files here, the same way
-        for batch in Loader(1, explicit=True, batch_size=len(collided)).embed_batches(collided, embedder, local=local):
-            extra_ok.extend(batch.embedded)
-            extra_vectors.append(batch.vectors)
-            rest.extend(batch.not_embedded)
-    all_vectors = np.concatenate([vectors.reshape(-1, writer.dim), *(v.reshape(-1, writer.dim) for v in extra_vectors)])
-    return ok + extra_ok, all_vectors, rest, len(found), copied
+def frame_sampling_setting(interval: float | None, max_frames: int | None, current: dict | None) -> dict:
+    """The frame sampling a run uses (a :class:`~cbir.images.video.FrameSampling` dict): what is asked over the index's own."""
+    from cbir.images.video import FrameSampling
+
+    base = FrameSampling.from_dict(current)
+    try:
+        chosen = FrameSampling(
+            interval=float(interval) if interval is not None else base.interval,
+            max_frames=max_frames if max_frames is not None else base.max_frames,
+            scenes=base.scenes,
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(str(exc)) from None
+    return chosen.to_dict()
 
 
 def local_features_setting(asked: bool | str | None, current: dict | None) -> dict | None:
@@ -434,7 +435,8 @@ def _add_missing_local_features(
     rows = writer.rows_under(str(folder))
     have = writer.ids_with_local_features()
     listed = set(map(str, files))
-    wanted = {key: row for key, row in rows.items() if row.id not in have and key in listed}
+    # A video's frames get local features only as they are indexed (with the setting on): not decoded again for them.
+    wanted = {key: row for key, row in rows.items() if row.id not in have and key in listed and row.time is None}
     if not wanted:
         return 0
     paths = [Path(key) for key in wanted]

@@ -39,6 +39,12 @@ class IndexSummary:
     #: How this run's RAW files were read: "sidecar" (a JPEG beside it was indexed instead, the RAW left
     #: out), "preview" (its embedded JPEG), "demosaiced" (LibRaw at half size).
     raw_sources: dict[str, int] = field(default_factory=dict)
+    #: Videos decoded this run (new or changed), and the frames of them indexed (each an entry).
+    videos: int = 0
+    frames: int = 0
+    #: Videos in the index after the run, and their frames (part of :attr:`total`).
+    total_videos: int = 0
+    total_frames: int = 0
 
     def needs_formats_extra(self) -> dict[str, int]:
         """Of :attr:`unsupported`, the suffixes ``pip install 'cbir[formats]'`` would read (HEIC, RAW)."""
@@ -63,6 +69,15 @@ class IndexSummary:
         labels = {"sidecar": "via their JPEG sidecar", "preview": "embedded preview", "demosaiced": "demosaiced at half size"}
         parts = [f"{self.raw_sources[key]} {label}" for key, label in labels.items() if self.raw_sources.get(key)]
         return "RAW files: " + ", ".join(parts) if parts else ""
+
+    def video_note(self) -> str:
+        """``videos: 2 indexed this run (37 frames); the index holds 3 videos (52 frames)``; "" if none."""
+        if not (self.videos or self.total_videos):
+            return ""
+        return (
+            f"videos: {self.videos} indexed this run ({self.frames} frames); "
+            f"the index holds {self.total_videos} video(s) ({self.total_frames} frames)"
+        )
 
     @property
     def images_per_second(self) -> float:
@@ -91,4 +106,5 @@ class IndexSummary:
             "retried": self.retried,
             "needs_formats_extra": self.needs_formats_extra(),
             "raw_sources": {key: self.raw_sources.get(key, 0) for key in ("sidecar", "preview", "demosaiced")},
+            "videos": {"indexed": self.videos, "frames": self.frames, "total": self.total_videos, "total_frames": self.total_frames},
         }

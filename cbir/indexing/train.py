@@ -129,11 +129,14 @@ def prepare_folder(
     try:
         spec = PrepareSpec.for_extractor(extractor)
         for loaded, pixels in load_prepared(paths, spec, workers=check_workers(workers), prepare=extractor.prepare):
-            progress.advance(1)
+            if not loaded.more_frames:  # a video's frames are images to train on; the video counts once
+                progress.advance(1)
             if pixels is None:
                 logger.warning("skipping %s: %s", loaded.path, loaded.error)
             else:
                 prepared.append(pixels)
+            if len(prepared) >= max_images:
+                break
     finally:
         progress.stop()
     if not prepared:

@@ -14,7 +14,7 @@ import numpy as np
 import cv2
 
 from cbir.errors import ImageError
-from cbir.images.decode import read_image
+from cbir.images.video import read_picture
 from cbir.render.montage import fit_in_square, make_montage, write_image
 
 _LINE = (30, 170, 60)
@@ -37,7 +37,7 @@ def explanation_caption(match) -> str:
 def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
     """RGB ``(side + caption, 2 * side)``: query left, match right, inlier correspondences as lines."""
     panel = np.full((side + _CAPTION, 2 * side, 3), _BACKGROUND, np.uint8)
-    placed = [_place(panel, path, side, offset) for path, offset in ((query_path, 0), (match.path, side))]
+    placed = [_place(panel, path, side, offset, time_s) for path, offset, time_s in ((query_path, 0, None), (match.path, side, match.time))]
     if match.correspondences is not None and all(p is not None for p in placed):
         (q_origin, q_scale), (m_origin, m_scale) = placed
         query_xy, match_xy = (np.asarray(a) for a in match.correspondences)
@@ -53,10 +53,11 @@ def explanation_panel(query_path: str, match, side: int = 192) -> np.ndarray:
     return panel
 
 
-def _place(panel: np.ndarray, path: str, side: int, offset: int) -> tuple[tuple[int, int], float] | None:
-    """Draw ``path`` fitted into its square; ``(top-left corner, pixels per unit of the longer side)``."""
+def _place(panel: np.ndarray, path: str, side: int, offset: int, time_s: float | None = None) -> tuple[tuple[int, int], float] | None:
+    """Draw ``path`` (a video: its frame at ``time_s``) fitted into its square; ``(top-left corner, pixels per
+    unit of the longer side)``."""
     try:
-        image = read_image(path, min_side=side)
+        image = read_picture(path, time_s, min_side=side)
     except ImageError:
         cv2.putText(panel, "unreadable", (offset + 8, side // 2), cv2.FONT_HERSHEY_SIMPLEX, 0.5, _NOTE, 1, cv2.LINE_AA)
         return None

@@ -20,7 +20,7 @@ import cv2
 from cbir.display import display_path, natural_key
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
-from cbir.images.decode import read_image
+from cbir.images.video import describe_frame, read_picture
 from cbir.render.montage import fit_in_square, short_name
 from cbir.retrieval.results import QueryResult
 
@@ -38,6 +38,8 @@ class Card:
     details: str = ""
     #: A picture to show instead of the file's thumbnail (a ``data:`` URI), e.g. an explanation panel.
     picture_uri: str | None = None
+    #: A video's frame: its time in seconds (shown as that frame; the link plays the video from there).
+    time: float | None = None
 
 
 def _details(match) -> str:
@@ -64,7 +66,7 @@ def results_page(results: Sequence[QueryResult], title: str = "cbir results", ex
         for m in result.results:
             caption = f"#{m.rank} &middot; {m.score:.3f}" + (f" &middot; verified: {m.inliers} inliers" if m.verified else "")
             picture = _explanation_uri(result.query, m) if explain else None
-            cards.append(Card(m.path, caption, details=_details(m), picture_uri=picture))
+            cards.append(Card(m.path, caption, details=_details(m), picture_uri=picture, time=m.time))
         sections.append((f"query: {display_path(result.query)}", cards))
     return _page(title, sections)
 
@@ -77,15 +79,30 @@ def _explanation_uri(query_path: str, match) -> str | None:
     return "data:image/png;base64," + base64.b64encode(encoded.tobytes()).decode("ascii") if ok else None
 
 
-def duplicates_page(groups, threshold: float, title: str = "cbir near-duplicates") -> str:
-    """The page for groups of near-duplicates (:class:`cbir.retrieval.duplicates.DuplicateGroup`)."""
-    sections = [
-        (f"group {n}: {len(g.paths)} images, lowest similarity {g.min_score:.3f}", [Card(p, "") for p in g.paths])
-        for n, g in enumerate(groups, start=1)
-    ]
+def duplicates_page(found, title: str = "cbir duplicates") -> str:
+    """The page for what :func:`cbir.retrieval.duplicates.find_duplicates` found: exact copies, then
+    near-duplicates, each group with its suggested keeper framed and the reason."""
+    sections = []
+    for n, group in enumerate(found.groups, start=1):
+        if group.tier == "exact":
+            heading = f"exact copies {n}: {len(group.files)} files with the same bytes"
+        else:
+            heading = f"near-duplicates {n}: {len(group.files)} images, lowest similarity {group.min_score:.3f}"
+        heading += f"; keep {short_name(group.kept.path)} ({group.reason})"
+        cards = [
+            Card(c.path, "keep" if i == group.keeper else "", is_query=i == group.keeper, details=_file_details(c), time=c.time)
+            for i, c in enumerate(group.files)
+        ]
+        sections.append((heading, cards))
+    near = f"similarity >= {found.threshold}" if found.threshold is not None else "exact copies only"
     if not sections:
-        sections = [(f"no near-duplicates at similarity >= {threshold}", [])]
-    return _page(f"{title} (similarity >= {threshold})", sections)
+        sections = [(f"no duplicates ({near})", [])]
+    return _page(f"{title} ({near})", sections)
+
+
+def _file_details(candidate) -> str:
+    parts = [f"{candidate.width}&times;{candidate.height}"] if candidate.pixels else []
+    return " &middot; ".join([*parts, f"{candidate.size / 1000:.1f} kB"])
 
 
 def write_html(page: str, out_path: str | os.PathLike) -> Path:
@@ -102,10 +119,11 @@ def write_html(page: str, out_path: str | os.PathLike) -> Path:
     return out_path
 
 
-def thumbnail_uri(path: str, side: int = THUMBNAIL_SIDE) -> str | None:
-    """A JPEG thumbnail (aspect ratio kept) as a ``data:`` URI, or ``None`` for a file that cannot be read."""
+def thumbnail_uri(path: str, side: int = THUMBNAIL_SIDE, time_s: float | None = None) -> str | None:
+    """A JPEG thumbnail (aspect ratio kept) as a ``data:`` URI (a video: its frame at ``time_s``), or ``None``
+    for a file that cannot be read."""
     try:
-        image = read_image(path, min_side=side)
+        image = read_picture(path, time_s, min_side=side)
     except ImageError:
         return None
     ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(fit_in_square(image, side), cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 85])
@@ -144,7 +162,7 @@ def _page(title: str, sections: list[tuple[str, list[Card]]]) -> str:
 
 
 def _card(card: Card) -> str:
-    uri = card.picture_uri or thumbnail_uri(card.path)
+    uri = card.picture_uri or thumbnail_uri(card.path, time_s=card.time)
     classes = ["query"] if card.is_query else []
     if card.picture_uri:
         classes.append("explained")
@@ -154,8 +172,10 @@ def _card(card: Card) -> str:
         picture = f"<span>{state}</span>"
     else:
         picture = f"<img src='{uri}' alt='{html.escape(short_name(card.path), quote=True)}'>"
-    link = html.escape(Path(os.path.abspath(card.path)).as_uri(), quote=True)
-    caption = (card.caption + "<br>" if card.caption else "") + html.escape(short_name(card.path))
+    # A media fragment: a browser opening the video starts it at the frame's time.
+    fragment = f"#t={card.time:.3f}" if card.time is not None else ""
+    link = html.escape(Path(os.path.abspath(card.path)).as_uri() + fragment, quote=True)
+    caption = (card.caption + "<br>" if card.caption else "") + html.escape(describe_frame(short_name(card.path), card.time))
     if card.details:
         caption += f"<br><span class='details'>{card.details}</span>"
     return (

@@ -18,7 +18,7 @@ import numpy as np
 from cbir.display import display_path
 from cbir.errors import ImageError, UsageError
 from cbir.fileio import write_bytes_atomic
-from cbir.images.decode import read_image
+from cbir.images.video import describe_frame, read_picture
 from cbir.retrieval.results import QueryResult
 
 _WRITABLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -36,6 +36,8 @@ class Tile:
     path: str
     caption: str
     frame: tuple[int, int, int] | None = None
+    #: A video's frame: its time in seconds (the tile shows that frame, named ``clip.mp4 @ 01:23``).
+    time: float | None = None
 
 
 def short_name(path: str | os.PathLike) -> str:
@@ -47,7 +49,10 @@ def short_name(path: str | os.PathLike) -> str:
 def result_tiles(result: QueryResult) -> list[Tile]:
     """The query (framed in blue), then each match with rank and score (and a tick if verified)."""
     tiles = [Tile(result.query, "query", _QUERY_FRAME)]
-    tiles += [Tile(m.path, f"#{m.rank}  {m.score:.3f}" + (f"  v{m.inliers}" if m.verified else ""), _VERIFIED if m.verified else None) for m in result.results]
+    tiles += [
+        Tile(m.path, f"#{m.rank}  {m.score:.3f}" + (f"  v{m.inliers}" if m.verified else ""), _VERIFIED if m.verified else None, m.time)
+        for m in result.results
+    ]
     return tiles
 
 
@@ -57,7 +62,7 @@ def make_grid(rows: Sequence[Sequence[Tile]], tile: int = 192, columns: int = 6)
         raise UsageError("montage tiles must be at least 32 px and columns at least 1")
     lines: list[list[np.ndarray]] = []
     for row in rows:
-        rendered = [_tile(t.path, tile, t.caption, short_name(t.path), t.frame) for t in row]
+        rendered = [_tile(t.path, tile, t.caption, describe_frame(short_name(t.path), t.time), t.frame, t.time) for t in row]
         lines += [rendered[i : i + columns] for i in range(0, len(rendered), columns)] or [[]]
     width = max(1, min(columns, max((len(line) for line in lines), default=1)))
     height = tile + _CAPTION_HEIGHT
@@ -75,12 +80,15 @@ def make_montage(result: QueryResult, tile: int = 192, columns: int = 6) -> np.n
 
 
 def make_duplicates_montage(groups, tile: int = 160, columns: int = 6) -> np.ndarray:
-    """RGB image: one line (or more) per group of near-duplicates, its first image framed."""
-    rows = [
-        [Tile(path, f"group {n}  >={group.min_score:.3f}" if i == 0 else f"group {n}", _QUERY_FRAME if i == 0 else None)
-         for i, path in enumerate(group.paths)]
-        for n, group in enumerate(groups, start=1)
-    ]
+    """RGB image: one line (or more) per group of duplicates (:class:`cbir.retrieval.keepers.ReviewGroup`),
+    exact copies first, the suggested keeper framed and captioned "keep"."""
+    rows = []
+    for n, group in enumerate(groups, start=1):
+        title = f"exact {n}" if group.tier == "exact" else f"near {n} >={group.min_score:.3f}"
+        rows.append([
+            Tile(c.path, f"{title}  keep" if i == group.keeper else title, _QUERY_FRAME if i == group.keeper else None, c.time)
+            for i, c in enumerate(group.files)
+        ])
     return make_grid(rows, tile, columns)
 
 
@@ -113,10 +121,10 @@ def fit_in_square(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
 
 
-def _tile(path: str, size: int, line1: str, line2: str, frame: Sequence[int] | None = None) -> np.ndarray:
+def _tile(path: str, size: int, line1: str, line2: str, frame: Sequence[int] | None = None, time_s: float | None = None) -> np.ndarray:
     tile = np.full((size + _CAPTION_HEIGHT, size, 3), _BACKGROUND, dtype=np.uint8)
     try:
-        image = read_image(path, min_side=size)
+        image = read_picture(path, time_s, min_side=size)
     except ImageError:
         image = None
     box = (0, 0, size - 1, size - 1)  # what a frame surrounds: the picture, or the whole crossed square

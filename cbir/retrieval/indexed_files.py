@@ -106,6 +106,7 @@ def page_of_images(catalogue: Catalogue, image_filter: ImageFilter | None, offse
             Match(
                 position, row.path, None, row.id, row.label, os.path.exists(row.path),
                 about.taken if about else None, about.camera if about else None, size=row.size, mtime_ns=row.mtime_ns,
+                time=row.time,
             )
         )
     return ImagePage(offset, total, images)

@@ -16,6 +16,7 @@ from cbir.errors import ImageError
 from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images.decode import decode_image, read_image
 from cbir.images.scan import normalize_path
+from cbir.images.video import is_video_path
 
 
 #: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
@@ -74,13 +75,17 @@ def prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=N
     from cbir.cpus import usable_cores
     from cbir.compute.loader import load_prepared
 
-    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike))]
+    # A video is refused as a query (which of its frames would it be?): a still taken from it is the query.
+    paths = [normalize_path(image) for image in images if isinstance(image, (str, os.PathLike)) and not is_video_path(image)]
     # Only files need the loader (and the core count, read from the cgroup): bytes and arrays are the server's hot path.
     workers = max(1, min(usable_cores(), len(paths))) if paths else 1
     spec = PrepareSpec(embedder.decode_min_side, local=local.config.to_dict() if local is not None else None)
     from_files = load_prepared(paths, spec, workers=workers, prepare=embedder.prepare)
     out: list[tuple[Any, ImageError | None]] = []
     for image in images:
+        if isinstance(image, (str, os.PathLike)) and is_video_path(image):
+            out.append((None, ImageError(f"cannot query by a video ({normalize_path(image)}): query with a still taken from it")))
+            continue
         if isinstance(image, (str, os.PathLike)):
             file, item = next(from_files)
             if item is None:

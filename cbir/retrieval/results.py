@@ -10,6 +10,7 @@ from typing import Any
 
 
 from cbir.display import display_path
+from cbir.images.video import describe_frame
 from cbir.ann.verify import MIN_INLIERS
 
 
@@ -35,6 +36,13 @@ class Match:
     inliers: int | None = None
     #: A verified match's inlier keypoints ``(query xy, match xy)``, normalised by each image's longer side.
     correspondences: Any = field(default=None, compare=False, repr=False)
+    #: A video's frame: its time in seconds (``path`` is the video's); ``None``: a photo.
+    time: float | None = None
+
+    @property
+    def name(self) -> str:
+        """What the match shows: its path, or ``clip.mp4 @ 01:23`` for a video's frame."""
+        return describe_frame(self.path, self.time)
 
     @property
     def verified(self) -> bool:
@@ -66,6 +74,8 @@ class Match:
         }
         if self.inliers is not None:
             out.update(verified=self.verified, inliers=self.inliers)
+        if self.time is not None:  # photos' JSON stays as it was
+            out["time"] = self.time
         return out
 
 

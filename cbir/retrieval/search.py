@@ -35,6 +35,7 @@ from cbir.retrieval.query_inputs import QueryImage, WithFeatures, content_digest
 from cbir.retrieval.verified import local_config_of, rerank_matches
 from cbir.ann.verify import check_verify
 from cbir.retrieval.indexed_files import ImagePage, open_indexed_file, page_of_images
+from cbir.images.video import describe_frame
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +210,11 @@ class Searcher:
         """Catalogue rows of ``ids`` in that order (missing ones left out), or every row by id."""
         with self._catalogue_lock:
             return self.store.catalogue.image_rows(None if ids is None else [int(i) for i in ids])
+
+    def image_metadata(self, ids: Sequence[int]) -> dict:
+        """``{id: ImageMetadata}`` (size, date, camera; never the location) of those ``ids`` that have some."""
+        with self._catalogue_lock:
+            return self.store.catalogue.metadata([int(i) for i in ids])
 
     def original_vectors(self, ids: Sequence[int]) -> np.ndarray:
         """The catalogue's vectors of ``ids`` (never the DBA-augmented ones); every id must exist."""
@@ -387,6 +393,7 @@ class Searcher:
                     Match(
                         len(matches) + 1, row.path, float(score), row.id, row.label, os.path.exists(row.path),
                         about.taken if about else None, about.camera if about else None, size=row.size, mtime_ns=row.mtime_ns,
+                        time=row.time,
                     )
                 )
                 if len(matches) == k:
@@ -428,13 +435,14 @@ class Searcher:
         row = self.image_row(image_id)
         with self._catalogue_lock:
             vector = self.store.catalogue.vectors_for_ids([row.id], self.store.dim)
+        name = describe_frame(row.path, row.time)
         if self.verify is None:
-            return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter)[0])
+            return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter)[0])
         from cbir.features.local import unpack
 
         data = self.local_features([row.id]).get(row.id)
         features = [unpack(data) if data is not None else None]
-        return QueryResult(row.path, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
+        return QueryResult(name, self.search_vectors(vector, k, image_filter=image_filter, local_features=features)[0])
 
     def query_examples(
         self,

@@ -32,7 +32,7 @@ from cbir.store.locations import is_under
 
 COOKIE = "cbir_token"
 #: What needs no token: the page and its assets (the page asks for the token), nothing with data.
-_OPEN_PATHS = re.compile(r"/(static/.*|favicon\.ico)?")
+_OPEN_PATHS = re.compile(r"/(duplicates|static/.*|favicon\.ico)?")  # the pages themselves hold nothing private
 #: RFC 6750 token68: safe in a header, a cookie and a URL without quoting.
 _TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{8,200}=*")
 

@@ -38,7 +38,10 @@ from cbir.cpus import usable_cores
 from cbir.server.access import (
     Access, AccessGuard, private_path, public_description, public_path, public_text, without_weight_paths,
 )
+from cbir.server.duplicates_api import add_duplicate_routes
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
+from cbir.server.media import UnsatisfiableRange, byte_range
+from cbir.images.video import describe_frame
 from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
 from cbir.store.locations import default_index_dir
@@ -267,12 +270,22 @@ def create_app(
             }
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
-    def original(name: str, image_id: str) -> Response:
+    def original(name: str, image_id: str, request: Request) -> Response:
         row, file = _open_file(pool.get(name), image_id)
         size = os.fstat(file.fileno()).st_size
         media_type = mimetypes.guess_type(row.path)[0] or "application/octet-stream"
-        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff"}
-        return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
+        headers = {"Content-Length": str(size), "X-Content-Type-Options": "nosniff", "Accept-Ranges": "bytes"}
+        try:  # a part of it: what a <video> asks for to seek (a video's frame plays from its time)
+            part = byte_range(request.headers.get("range"), size)
+        except UnsatisfiableRange:
+            file.close()
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{size}"})
+        if part is None:
+            return StreamingResponse(_chunks(file, size), media_type=media_type, headers=headers)
+        first, last = part
+        file.seek(first)
+        headers.update({"Content-Length": str(last - first + 1), "Content-Range": f"bytes {first}-{last}/{size}"})
+        return StreamingResponse(_chunks(file, last - first + 1), status_code=206, media_type=media_type, headers=headers)
 
     @app.get("/api/indexes/{name}/thumbnails/{image_id}", tags=["api"], summary="A small JPEG of an indexed image")
     def thumbnail(name: str, image_id: str) -> Response:
@@ -289,6 +302,11 @@ def create_app(
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={**_PAGE_HEADERS, "Cache-Control": "no-cache"})
 
+    # The duplicate review: its own page and endpoints (cbir.server.duplicates_api).
+    add_duplicate_routes(
+        app, pool, access, in_search_thread,
+        page=lambda: FileResponse(STATIC / "duplicates.html", headers={**_PAGE_HEADERS, "Cache-Control": "no-cache"}),
+    )
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
 
@@ -424,7 +442,7 @@ def _search_id(live: LiveIndex, image_id: int, page: _Page, show_paths: bool, on
         row = searcher.image_row(image_id)  # 404 before anything else
         body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), page, show_paths, only)
         body["query_id"] = image_id
-        body["query"] = row.path if show_paths else public_path(row.path, searcher.indexed_roots())
+        body["query"] = describe_frame(row.path if show_paths else public_path(row.path, searcher.indexed_roots()), row.time)
         return body
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from cbir.store.catalogue import Catalogue
 from cbir.errors import CbirError, ImageError, IndexNotFoundError
 from cbir.images.decode import decode_image
+from cbir.images.video import frame_at
 from cbir.retrieval.search import Searcher
 from cbir.server.batching import SearchBatcher
 from cbir.store.directory import CATALOGUE_FILE, is_index, list_indexes
@@ -283,11 +284,14 @@ class ThumbnailCache:
                 return self._items[key]
         row, file = open_file()
         with file:
-            try:
-                encoded = file.read()
-            except OSError as exc:
-                raise ImageError(f"cannot read {row.path}: {exc.strerror or exc}") from None
-        data = self._make(encoded, row.path)
+            if getattr(row, "time", None) is not None:
+                data = self._encode(_frame_of_open_file(file, row, self.side), row.path)
+            else:
+                try:
+                    encoded = file.read()
+                except OSError as exc:
+                    raise ImageError(f"cannot read {row.path}: {exc.strerror or exc}") from None
+                data = self._make(encoded, row.path)
         with self._lock:
             if key not in self._items:
                 self._items[key] = data
@@ -298,7 +302,9 @@ class ThumbnailCache:
         return data
 
     def _make(self, encoded: bytes, path: str) -> bytes:
-        rgb = decode_image(encoded, min_side=self.side)
+        return self._encode(decode_image(encoded, min_side=self.side), path)
+
+    def _encode(self, rgb: np.ndarray, path: str) -> bytes:
         h, w = rgb.shape[:2]
         scale = self.side / max(h, w)
         if scale < 1:
@@ -307,3 +313,10 @@ class ThumbnailCache:
         if not ok:
             raise ImageError(f"cannot make a thumbnail of {path}")
         return jpeg.tobytes()
+
+
+def _frame_of_open_file(file: BinaryIO, row, side: int) -> np.ndarray:
+    """A video entry's frame, read from the file opened and checked (by its descriptor where the system
+    names one, so the name is not looked up again), not the whole video read into memory."""
+    own = f"/proc/self/fd/{file.fileno()}"
+    return frame_at(own if os.path.exists(own) else row.path, row.time, min_side=side)

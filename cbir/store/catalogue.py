@@ -2,7 +2,8 @@
 
 One SQLite database per index holds, for every indexed image, its path, size,
 modification time, content hash, label and vector, and for every file that
-could not be read, the reason. Vectors live here too, so every batch of
+could not be read, the reason. A video is several rows, one per indexed frame
+(its time in ``frame_time``, its path ``VIDEO/@TIME``: :func:`frame_key`). Vectors live here too, so every batch of
 embeddings is committed together with its rows in one transaction: a run
 killed at any point keeps exactly what was committed, and the FAISS file can
 always be rebuilt from the catalogue.
@@ -36,12 +37,13 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 
 from cbir.errors import IndexCorruptError, disk_full_error, is_disk_full
+from cbir.images.video import is_video_path
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
-#: A reader (queries, the server) opens a catalogue this old without upgrading it: versions 2
-#: and 3 only added photo metadata and local features, which such a catalogue has none of.
+SCHEMA_VERSION = 4
+#: A reader (queries, the server) opens a catalogue this old without upgrading it: versions 2,
+#: 3 and 4 only added photo metadata, local features and video frames, which such a catalogue has none of.
 #: Writers always upgrade.
 _OLDEST_READABLE = 1
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1  # SQLite's integer range: no id lies outside it
@@ -93,7 +95,28 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE local_features (id INTEGER PRIMARY KEY, data BLOB NOT NULL);
     """,
+    # 4: video frames. A frame is a row like a photo's, with the video's size, time and hash, its
+    # time in seconds here (NULL: a photo) and the path ``VIDEO/@TIME`` (:func:`frame_key`): unique,
+    # below the video as if it were a folder, so every prefix query takes a video's frames along,
+    # and no file can have that name (the video is a file, not a folder). ADD COLUMN rewrites nothing.
+    """
+    ALTER TABLE images ADD COLUMN frame_time REAL;
+    """,
 ]
+
+#: Between a video's path and a frame's time in the frame's stored path.
+_FRAME_MARK = "/@"
+
+
+def frame_key(path: str, time_s: float | None) -> str:
+    """The stored path of an entry: the file's own for a photo, ``VIDEO/@SECONDS`` for a video's frame."""
+    # Zero-padded: frames sort by time wherever rows are listed by path (a browsed page).
+    return path if time_s is None else f"{path}{_FRAME_MARK}{time_s:012.3f}"
+
+
+def _frames_range(path: str) -> tuple:
+    """``(lowest, above highest)`` stored paths of the frames of the video ``path``."""
+    return _sql(path + _FRAME_MARK), _sql(path + _FRAME_MARK[:-1] + chr(ord(_FRAME_MARK[-1]) + 1))
 
 
 @dataclass(frozen=True)
@@ -106,6 +129,13 @@ class ImageRow:
     mtime_ns: int
     sha256: str
     label: str | None
+    #: A video's frame: its time in seconds (``path`` is the video's); ``None``: a photo.
+    time: float | None = None
+
+    @property
+    def key(self) -> str:
+        """The entry's stored path, unique in the catalogue (a frame's names its time)."""
+        return frame_key(self.path, self.time)
 
 
 @dataclass(frozen=True)
@@ -149,6 +179,12 @@ class NewImage:
     metadata: ImageMetadata | None = None
     #: Packed local features (:mod:`cbir.features.local`), committed with the row; ``None``: none.
     local_features: bytes | None = None
+    #: A video's frame: its time in seconds (``path`` is the video's); ``None``: a photo.
+    time: float | None = None
+
+    @property
+    def key(self) -> str:
+        return frame_key(self.path, self.time)
 
 
 @dataclass(frozen=True)
@@ -348,10 +384,12 @@ class Catalogue:
         return self._db.execute("SELECT COUNT(*) FROM skipped").fetchone()[0]
 
     def add_images(self, images: Sequence[NewImage], dim: int, replace: bool = True) -> None:
-        """Insert embedded images, replacing rows of the same path (which get new ids).
+        """Insert embedded images, replacing rows of the same file (which get new ids).
 
-        ``replace=False``: the caller knows no row or skip record has these
-        paths (a new index's first run), so none is looked for.
+        A video's frames replace all of its frames: they come in one batch
+        (see :func:`cbir.compute.loader.batched`). ``replace=False``: the caller
+        knows no row or skip record has these paths (a new index's first run),
+        so none is looked for.
         """
         rows = []
         for image in images:
@@ -359,16 +397,18 @@ class Catalogue:
             if vector.shape != (dim,):
                 raise ValueError(f"vector of shape {vector.shape} for an index of dimension {dim}")
             # The row's own buffer: SQLite copies it once, no bytes object in between.
-            rows.append((_sql(image.path), image.size, image.mtime_ns, image.sha256, _sql(image.label), memoryview(vector)))
+            rows.append(
+                (_sql(image.key), image.size, image.mtime_ns, image.sha256, _sql(image.label), memoryview(vector), image.time)
+            )
         if replace:
-            paths = [image.path for image in images]
-            self.remove_ids(self._ids_of_paths(paths))
+            paths = list(dict.fromkeys(image.path for image in images))
+            self.remove_ids(self._ids_of_files(paths))
             self._db.executemany("DELETE FROM skipped WHERE path = ?", [(_sql(p),) for p in paths])
         self._db.executemany(
-            "INSERT INTO images (path, size, mtime_ns, sha256, label, vector) VALUES (?, ?, ?, ?, ?, ?)", rows
+            "INSERT INTO images (path, size, mtime_ns, sha256, label, vector, frame_time) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
         )
-        self._add_metadata([(image.path, image.metadata) for image in images if image.metadata is not None])
-        local = [(image.local_features, _sql(image.path)) for image in images if image.local_features]
+        self._add_metadata([(image.key, image.metadata) for image in images if image.metadata is not None])
+        local = [(image.local_features, _sql(image.key)) for image in images if image.local_features]
         if local:  # in the same transaction as the rows: a killed run keeps both or neither
             self._db.executemany("INSERT OR REPLACE INTO local_features (id, data) SELECT id, ? FROM images WHERE path = ?", local)
 
@@ -405,11 +445,16 @@ class Catalogue:
         ).fetchone()
         return {"with_metadata": row[0], "dated_by_exif": row[1], "with_camera": row[2], "with_location": row[3]}
 
-    def _ids_of_paths(self, paths: Sequence[str]) -> list[int]:
-        return [r[0] for r in self._select_in("SELECT id FROM images WHERE path IN ({marks})", [_sql(p) for p in paths])]
+    def _ids_of_files(self, paths: Sequence[str]) -> list[int]:
+        """Ids of the entries of these files: a photo's row, every frame of a video."""
+        ids = [r[0] for r in self._select_in("SELECT id FROM images WHERE path IN ({marks})", [_sql(p) for p in paths])]
+        if self.schema_version >= 4:
+            for path in filter(is_video_path, paths):
+                ids.extend(r[0] for r in self._db.execute("SELECT id FROM images WHERE path >= ? AND path < ?", _frames_range(path)))
+        return ids
 
     def _remove_path(self, path: str) -> None:
-        self.remove_ids(self._ids_of_paths([path]))
+        self.remove_ids(self._ids_of_files([path]))
 
     def remove_ids(self, ids: Iterable[int]) -> int:
         """Delete images by id, remembering the ids for the next FAISS sync; returns how many."""
@@ -423,15 +468,21 @@ class Catalogue:
         return removed
 
     def update_stat(self, path: str, size: int, mtime_ns: int) -> None:
-        """Record a new size/mtime for a file whose content hash did not change."""
+        """Record a new size/mtime for a file whose content hash did not change (every frame of a video)."""
         self._db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, _sql(path)))
+        if self.schema_version >= 4 and is_video_path(path):
+            self._db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path >= ? AND path < ?", (size, mtime_ns, *_frames_range(path)))
 
     def set_labels(self, labels: dict[str, str]) -> None:
+        """``{file: label}``; a video's label goes to each of its frames."""
         self._db.executemany("UPDATE images SET label = ? WHERE path = ?", [(_sql(v), _sql(k)) for k, v in labels.items()])
+        videos = [(_sql(v), *_frames_range(k)) for k, v in labels.items() if is_video_path(k)]
+        if videos and self.schema_version >= 4:
+            self._db.executemany("UPDATE images SET label = ? WHERE path >= ? AND path < ?", videos)
 
     def images_under(self, root: str) -> dict[str, ImageRow]:
-        """Rows whose path is ``root`` or lies below it, by path."""
-        return {row.path: row for row in self._select_images(*_prefix_clause(root))}
+        """Rows whose path is ``root`` or lies below it, by their stored path (:attr:`ImageRow.key`)."""
+        return {row.key: row for row in self._select_images(*_prefix_clause(root))}
 
     def image_rows(self, ids: Sequence[int] | None = None) -> list[ImageRow]:
         """Rows for ``ids`` in that order (missing ids are left out), or all rows by id."""
@@ -452,10 +503,14 @@ class Catalogue:
             chunk = values[start : start + _CHUNK]
             yield from self._db.execute(sql.format(marks=",".join("?" * len(chunk))), chunk)
 
-    def _select_images(self, where: str, args: Sequence) -> Iterator[ImageRow]:
-        query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images {where} ORDER BY id"
-        for image_id, path, size, mtime_ns, sha256, label in self._db.execute(query, tuple(args)):
-            yield ImageRow(image_id, _text(path), size, mtime_ns, sha256, _text(label))
+    def _select_images(self, where: str, args: Sequence, order: str = "id") -> Iterator[ImageRow]:
+        frame_time = "frame_time" if self.schema_version >= 4 else "NULL"
+        query = f"SELECT id, path, size, mtime_ns, sha256, label, {frame_time} FROM images {where} ORDER BY {order}"
+        for image_id, path, size, mtime_ns, sha256, label, time_s in self._db.execute(query, tuple(args)):
+            path = _text(path)
+            if time_s is not None:
+                path = path[: path.rindex(_FRAME_MARK)]
+            yield ImageRow(image_id, path, size, mtime_ns, sha256, _text(label), time_s)
 
     def ids_matching(self, image_filter: ImageFilter) -> np.ndarray:
         """Ids (ascending) of the images ``image_filter`` lets through."""
@@ -470,9 +525,8 @@ class Catalogue:
         """
         where, args = image_filter.where()
         (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", args).fetchone()
-        query = f"SELECT id, path, size, mtime_ns, sha256, label FROM images WHERE {where} ORDER BY path, id LIMIT ? OFFSET ?"
-        rows = self._db.execute(query, (*args, int(limit), int(offset)))
-        return total, [ImageRow(i, _text(path), size, mtime_ns, sha256, _text(label)) for i, path, size, mtime_ns, sha256, label in rows]
+        rows = self._select_images(f"WHERE {where}", (*args, int(limit), int(offset)), order="path, id LIMIT ? OFFSET ?")
+        return total, list(rows)
 
     def label_counts(self) -> dict[str, int]:
         """``{label: images}`` of every label, by label (images without one are not counted)."""
@@ -483,13 +537,28 @@ class Catalogue:
         """The distinct folders that directly hold an indexed image (each with its trailing separator)."""
         # rtrim by every character but the separator: the path up to its last separator.
         query = "SELECT DISTINCT rtrim(path, replace(path, ?, '')) FROM images"
-        return [row[0] for row in self._db.execute(query, (os.sep,))]
+        if self.schema_version < 4:
+            return [row[0] for row in self._db.execute(query, (os.sep,))]
+        photos = [row[0] for row in self._db.execute(query + " WHERE frame_time IS NULL", (os.sep,))]
+        # A frame's path ends VIDEO/@TIME: the first rtrim leaves VIDEO/, the folder is the video's.
+        videos = {os.path.dirname(_text(row[0]).rstrip(os.sep)) + os.sep for row in self._db.execute(query + " WHERE frame_time IS NOT NULL", (os.sep,))}
+        return list(dict.fromkeys([*photos, *sorted(videos)]))
+
+    def video_counts(self) -> tuple[int, int]:
+        """``(videos, their frames)`` in the catalogue."""
+        if self.schema_version < 4:
+            return 0, 0
+        # A frame's path less its trailing digits, '.' and '@' is VIDEO/: one per video.
+        query = "SELECT COUNT(DISTINCT rtrim(path, '0123456789.@')), COUNT(*) FROM images WHERE frame_time IS NOT NULL"
+        videos, frames = self._db.execute(query).fetchone()
+        return videos, frames
 
     def content_hashes(self) -> Iterator[tuple[int, str]]:
         """``(id, sha256)`` of every image."""
         yield from self._db.execute("SELECT id, sha256 FROM images")
 
     def row_for_path(self, path: str) -> ImageRow | None:
+        """The row stored under ``path`` (a photo's path, or a frame's :func:`frame_key`)."""
         rows = list(self._select_images("WHERE path = ?", (_sql(path),)))
         return rows[0] if rows else None
 

@@ -288,6 +288,8 @@ class IndexStore:
             # The FAISS file in force: differs from the manifest's while a rebuild is due.
             "vectors_factory": snapshot_factory(self),
             "images": self.catalogue.count_images(),
+            # Of the images, frames of videos (each video indexed as several frames).
+            **dict(zip(("videos", "frames"), self.catalogue.video_counts())),
             "skipped": self.catalogue.count_skipped(),
             "created": manifest.get("created"),
             "versions": manifest.get("versions", {}),

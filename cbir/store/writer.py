@@ -166,20 +166,24 @@ class IndexWriter:
         """Where a learning extractor keeps resumable training state while a new index is made."""
         return self.path / TRAINING_DIR
 
-    def create(self, embedder, index_type: str, expected_images: int, dba: dict | None = None, local_features: dict | None = None) -> None:
-        """Write the new index's model, catalogue and manifest (with its DBA and local-features settings);
-        ``embedder`` must be fitted."""
+    def create(
+        self, embedder, index_type: str, expected_images: int, dba: dict | None = None, local_features: dict | None = None, video: dict | None = None
+    ) -> None:
+        """Write the new index's model, catalogue and manifest (with its DBA, local-features and video-frame
+        settings); ``embedder`` must be fitted."""
         if not self.created or self._store is not None:
             raise RuntimeError("create() is for a new index, once")
         factory, search_params = resolve_index_type(index_type, embedder.dim, expected_images)
-        extra = {"dba": dba, **({"local_features": local_features} if local_features else {})}
+        extra = {"dba": dba, **({"local_features": local_features} if local_features else {}), **({"video": video} if video else {})}
         self._store = IndexStore.create(self.path, embedder, factory, search_params, self._lock, index_type, extra=extra)
 
-    def configure(self, *, dba=None, index_type: str | None = None, local_features=None) -> None:
+    def configure(self, *, dba=None, index_type: str | None = None, local_features=None, video: dict | None = None) -> None:
         """Ask for a DBA setting (a config dict, or ``False`` for off), an index type and/or local
         features (a :class:`cbir.features.local.LocalFeatureConfig` dict, or ``False``: drop them);
         recorded in the manifest once, by :meth:`finish`, which also rebuilds what they change."""
         store = self._open_store()
+        if video is not None and store.manifest.get("video") != video:
+            self._manifest_changes["video"] = video  # applies to the videos decoded from now on
         if local_features is not None and store.manifest.get("local_features") != (local_features or None):
             self._manifest_changes["local_features"] = local_features or None
             if not local_features or store.manifest.get("local_features"):  # off, or computed another way: drop the old
@@ -232,6 +236,17 @@ class IndexWriter:
         if "local_features" in self._manifest_changes:
             return self._manifest_changes["local_features"]
         return self._open_store().manifest.get("local_features")
+
+    @property
+    def video_config(self) -> dict | None:
+        """Which frames of a video this index takes (a :class:`cbir.images.video.FrameSampling` dict), or ``None``: the defaults."""
+        if "video" in self._manifest_changes:
+            return self._manifest_changes["video"]
+        return self._open_store().manifest.get("video")
+
+    def video_counts(self) -> tuple[int, int]:
+        """``(videos, frames)`` in the index."""
+        return self._open_store().catalogue.video_counts()
 
     def ids_with_local_features(self) -> set[int]:
         return self._open_store().catalogue.ids_with_local_features()

@@ -315,6 +315,23 @@ async function search(view, request, label) {
   showPager(view, reachable);
 }
 
+// A video's frame: "01:23" (or "1:02:03") for its time in seconds.
+function formatTime(seconds) {
+  const whole = Math.max(0, Math.floor(seconds));
+  const [h, m, s] = [Math.floor(whole / 3600), Math.floor(whole / 60) % 60, whole % 60];
+  const two = (n) => String(n).padStart(2, "0");
+  return h ? `${h}:${two(m)}:${two(s)}` : `${two(m)}:${two(s)}`;
+}
+
+// A video's frame plays in its tile from the frame's time (the server answers Range requests, so it seeks).
+function playFrom(item, result) {
+  const video = Object.assign(document.createElement("video"), { controls: true, autoplay: true, muted: true, playsInline: true });
+  video.className = "player";
+  video.src = `${result.image_url}#t=${result.time}`;
+  video.setAttribute("aria-label", `${baseName(result.path)} from ${formatTime(result.time)}`);
+  item.querySelector(".more").replaceWith(video);
+}
+
 async function browse(view) {
   hideQuery();
   const where = [view.under && `in ${view.under}`, view.label && `labelled ${view.label}`].filter(Boolean).join(", ");
@@ -343,7 +360,8 @@ function showResults(body, mode) {
   const index = body.index; // tiles belong to the index that answered, whatever is chosen later
   const items = body.results.map((result) => {
     const item = template.content.firstElementChild.cloneNode(true);
-    const name = baseName(result.path);
+    const isFrame = typeof result.time === "number";
+    const name = isFrame ? `${baseName(result.path)} @ ${formatTime(result.time)}` : baseName(result.path);
     remember(index, result.id, name, result.thumbnail_url);
     item.dataset.id = result.id;
     item.dataset.index = index;
@@ -380,6 +398,15 @@ function showResults(body, mode) {
     } else {
       link.href = result.image_url;
       link.setAttribute("aria-label", `Open the original of ${name}`);
+      if (isFrame) {
+        link.href = `${result.image_url}#t=${result.time}`;
+        link.textContent = `Play from ${formatTime(result.time)}`;
+        link.setAttribute("aria-label", `Play ${name}`);
+        link.addEventListener("click", (event) => {
+          event.preventDefault();
+          if (!item.querySelector("video")) playFrom(item, result);
+        });
+      }
     }
     return item;
   });
