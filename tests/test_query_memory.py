@@ -105,3 +105,25 @@ def test_rows_committed_after_the_snapshot_are_still_found(tmp_path):
         assert not searcher.vectors.mapped  # patched in memory: a mapped index cannot take them
         _scores, ids = searcher.search_ids(more[:5], 1)
     np.testing.assert_array_equal(ids[:, 0], np.arange(3001, 3006))
+
+
+def test_a_training_sample_is_read_from_the_catalogue_without_a_second_copy(tmp_path):
+    import tracemalloc
+
+    from cbir.store.directory import IndexStore
+
+    vectors = _unit_vectors(6000, DIM, seed=4)
+    _index(tmp_path / "ix", vectors, "flat")
+    with IndexStore.open(tmp_path / "ix") as store:
+        ids = store.catalogue.all_ids()
+        np.testing.assert_array_equal(ids, np.arange(1, 6001))
+        chosen = ids[::2]  # sorted, no repeats: what a rebuild's training sample asks for
+        tracemalloc.start()
+        try:
+            sample = store.catalogue.vectors_for_ids(chosen, DIM)
+            _current, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        np.testing.assert_array_equal(sample, vectors[::2])
+        assert peak < 1.5 * sample.nbytes, f"{peak / sample.nbytes:.2f}x the sample"  # before: 2x (found, then found[positions])
+        np.testing.assert_array_equal(store.catalogue.vectors_for_ids([3, 1, 3], DIM), vectors[[2, 0, 2]])  # order and repeats kept
