@@ -21,6 +21,7 @@ EXTRAS = {
     "demo": "scikit-learn's sample photos for cbir demo",
     "serve": "FastAPI and uvicorn, for cbir serve",
     "formats": "pillow-heif and rawpy, to read HEIC/HEIF and camera RAW files",
+    "watch": "watchfiles, for cbir watch (an index that follows its folder)",
     "all": "every optional part",
 }
 

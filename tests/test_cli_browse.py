@@ -76,7 +76,7 @@ def test_evaluate_and_duplicates_take_the_index_as_an_argument_or_name(albums):
     assert run("duplicates", "--name", "photos", "--index-dir", index_dir, "-t", "0.999").exit_code == 0
     assert "two index names" in fails("duplicates", "photos", "--name", "other", "--index-dir", index_dir)
     assert "which index" in fails("duplicates", "--index-dir", index_dir)
-    for command in ("index", "query", "remove", "info", "list", "prune", "delete", "evaluate", "duplicates", "serve"):
+    for command in ("index", "query", "remove", "info", "list", "prune", "delete", "evaluate", "duplicates", "serve", "watch"):
         assert "--name" in run(command, "--help").stdout
 
 

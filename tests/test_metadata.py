@@ -73,7 +73,7 @@ def test_metadata_is_stored_dates_fall_back_to_the_file_time_and_gps_stays_priva
     text = runner.invoke(app, ["query", str(phone), "--name", "m", "--index-dir", str(index_dir), "-k", "1"]).stdout
     assert f"[2023-07-14 10:20:30  Apple iPhone 15]  {phone}" in text
     info = runner.invoke(app, ["info", "m", "--index-dir", str(index_dir)]).stdout
-    assert f"metadata    2 dated by EXIF ({len(ids) - 2} by file time), 2 with a camera, 1 with a location" in info
+    assert f"metadata    {len(ids)} of {len(ids)} images: 2 dated by EXIF ({len(ids) - 2} by file time), 2 with a camera, 1 with a location" in info
 
 
 def test_a_moved_photo_keeps_its_metadata_without_being_decoded(photos, index_dir):

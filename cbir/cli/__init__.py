@@ -11,7 +11,7 @@ import typer
 
 from typing import Annotated
 
-from cbir.cli import benchmark, demo, duplicates, evaluate, index, info, manage, query, serve, train
+from cbir.cli import benchmark, demo, duplicates, evaluate, index, info, manage, query, serve, train, watch
 from cbir.cli._common import TidyCommand, TidyGroup
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ app.command("train-autoencoder", cls=TidyCommand)(train.train_autoencoder_comman
 app.command("demo", cls=TidyCommand)(demo.demo)
 app.command("benchmark", cls=TidyCommand)(benchmark.benchmark)
 app.command("serve", cls=TidyCommand)(serve.serve)
+app.command("watch", cls=TidyCommand)(watch.watch)
 
 
 def main() -> None:

@@ -288,9 +288,11 @@ class _RichProgress:
                 self._bar = None
 
 
-def print_json(data: Any) -> None:
-    """``data`` as indented JSON on stdout; file names' undecodable bytes written as ``\\xNN``."""
-    sys.stdout.write(json.dumps(_json_safe(data), indent=2, ensure_ascii=False) + "\n")
+def print_json(data: Any, indent: int | None = 2) -> None:
+    """``data`` as indented JSON on stdout (``indent=None``: one line); file names' undecodable bytes written as ``\\xNN``."""
+    sys.stdout.write(json.dumps(_json_safe(data), indent=indent, ensure_ascii=False) + "\n")
+    if indent is None:
+        sys.stdout.flush()  # JSON lines are read as they come
 
 
 def _json_safe(data: Any) -> Any:
@@ -421,11 +423,33 @@ LabelFilterOption = Annotated[
 ]
 
 
-def image_filter(under: Path | None, label: str | None):
-    """``--under`` / ``--label`` as the library's filter (``None`` when neither is given)."""
-    from cbir.images.scan import normalize_path
-    from cbir.store.catalogue import ImageFilter
+TakenAfterOption = Annotated[
+    Optional[str],
+    typer.Option("--taken-after", metavar="DATE", help="Only images taken on or after this ISO date (2023-07-01, or 2023-07-01T18:00); "
+                 "without an EXIF date, the file's modification time counts.", show_default=False),
+]
+TakenBeforeOption = Annotated[
+    Optional[str],
+    typer.Option("--taken-before", metavar="DATE", help="Only images taken on or before this ISO date (a bare date keeps all of that day).", show_default=False),
+]
+CameraOption = Annotated[
+    Optional[str],
+    typer.Option("--camera", metavar="TEXT", help="Only images from a camera whose make and model contain TEXT, any letter case "
+                 "('canon', 'EOS R5', 'iphone').", show_default=False),
+]
 
-    if under is None and label is None:
+
+def image_filter(under: Path | None, label: str | None, taken_after: str | None = None, taken_before: str | None = None,
+                 camera: str | None = None):
+    """``--under`` / ``--label`` / ``--taken-after`` / ``--taken-before`` / ``--camera`` as the library's filter
+    (``None`` when none is given); a date that is not ISO is one error line."""
+    from cbir.images.scan import normalize_path
+    from cbir.store.catalogue import ImageFilter, iso_moment
+
+    for value, option in ((taken_after, "--taken-after"), (taken_before, "--taken-before")):
+        if value is not None:
+            iso_moment(value, option)  # the error names the option
+    if all(v is None for v in (under, label, taken_after, taken_before, camera)):
         return None
-    return ImageFilter(under=None if under is None else str(normalize_path(under)), label=label)
+    return ImageFilter(under=None if under is None else str(normalize_path(under)), label=label,
+                       taken_after=taken_after, taken_before=taken_before, camera=camera)

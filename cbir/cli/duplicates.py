@@ -17,6 +17,9 @@ from cbir.cli._common import (
     UnderOption,
     handle_errors,
     image_filter,
+    CameraOption,
+    TakenAfterOption,
+    TakenBeforeOption,
     pick_name,
     print_json,
     show,
@@ -57,6 +60,9 @@ def duplicates(
     ] = None,
     under: UnderOption = None,
     label: LabelFilterOption = None,
+    taken_after: TakenAfterOption = None,
+    taken_before: TakenBeforeOption = None,
+    camera: CameraOption = None,
 ) -> None:
     """List byte-identical copies and groups of near-duplicate images, each with the file to keep.
 
@@ -81,7 +87,7 @@ def duplicates(
         raise UsageError("--exact compares content hashes only: it takes no --threshold")
     name = pick_name(name_argument, name)
     found = find_duplicates(
-        name, threshold, index_dir, progress=progress_bar(), image_filter=image_filter(under, label), near=not exact_only
+        name, threshold, index_dir, progress=progress_bar(), image_filter=image_filter(under, label, taken_after, taken_before, camera), near=not exact_only
     )
     if montage is not None:
         from cbir.render.montage import make_duplicates_montage, write_image

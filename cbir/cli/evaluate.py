@@ -17,6 +17,9 @@ from cbir.cli._common import (
     LabelFilterOption,
     UnderOption,
     image_filter,
+    CameraOption,
+    TakenAfterOption,
+    TakenBeforeOption,
     NoExpandOption,
     NprobeOption,
     PathColumnOption,
@@ -103,6 +106,9 @@ def evaluate(
     ef_search: EfSearchOption = None,
     under: UnderOption = None,
     label: LabelFilterOption = None,
+    taken_after: TakenAfterOption = None,
+    taken_before: TakenBeforeOption = None,
+    camera: CameraOption = None,
     verify: VerifyOption = None,
 ) -> None:
     """Measure retrieval quality: mAP, precision@k and recall@k (k = 1, 5, 10, 20, 50), N-S for groups of 4.
@@ -136,7 +142,7 @@ def evaluate(
         alpha=alpha_setting(alpha),
         nprobe=nprobe,
         ef_search=ef_search,
-        image_filter=image_filter(under, label),
+        image_filter=image_filter(under, label, taken_after, taken_before, camera),
         verify=verify,
     )
     reports, notes = evaluate_indexes(names, index_dir, **options)

@@ -238,6 +238,10 @@ def _index(
         typer.Option("--max-frames", metavar="N", help="At most N frames of one video, spread over all of it (default 100).", show_default=False),
     ] = None,
     alpha: AlphaOption = None,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="Then keep watching FOLDER and index each batch of changes as 'cbir watch' does (Ctrl-C stops; needs pip install 'cbir\\[watch]')."),
+    ] = False,
 ) -> None:
     """Index a folder of images (and video files, as frames), or update an existing index with what changed in it.
 
@@ -252,10 +256,7 @@ def _index(
         _quiet_ray()
     options = {"extractor": extractor, "model": model, "pca": pca, "pca_whiten": pca_whiten or None,
                "pca_shrinkage": pca_shrinkage, "pca_power": pca_power, **(extractor_params or {})}
-    summary = index_folder(
-        folder,
-        name,
-        index_dir,
+    index_options = dict(
         options=options,
         index_type=index_type,
         labels=read_labels(labels, path_column, label_column),
@@ -273,6 +274,14 @@ def _index(
         frame_interval=frame_interval,
         max_frames=max_frames,
     )
+    if watch:
+        from cbir.cli.watch import watch_and_report
+
+        index_options.pop("progress")
+        index_options.pop("wait")  # a watcher always waits for another writer
+        watch_and_report(folder, name, index_dir, 300, 5_000, as_json, **index_options)
+        return
+    summary = index_folder(folder, name, index_dir, **index_options)
     if as_json:
         print_json(summary.to_dict())
         return
@@ -297,6 +306,8 @@ def _index(
             f"{len(summary.unlisted)} folder(s) could not be listed ({shown}): "
             f"{summary.kept_unlisted} indexed image(s) under them kept, not removed; run again once they are back"
         )
+    if summary.metadata_added:
+        print(f"metadata (date, camera, size) read for {summary.metadata_added} image(s) indexed without it; their vectors were kept")
     if summary.local_features_added:
         print(f"local features added to {summary.local_features_added} image(s) already indexed; their vectors were kept")
     if summary.retried:

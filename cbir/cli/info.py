@@ -50,9 +50,9 @@ def info(
     print(f"skipped     {data['skipped']}")
     meta = data["metadata"]
     print(
-        f"metadata    {meta['dated_by_exif']} dated by EXIF ({meta['with_metadata'] - meta['dated_by_exif']} by file time), "
+        f"metadata    {meta['with_metadata']} of {data['images']} images: {meta['dated_by_exif']} dated by EXIF ({meta['with_metadata'] - meta['dated_by_exif']} by file time), "
         f"{meta['with_camera']} with a camera, {meta['with_location']} with a location"
-        + (f"; {data['images'] - meta['with_metadata']} indexed before metadata was kept" if data["images"] > meta["with_metadata"] else "")
+        + (f"; {data['images'] - meta['with_metadata']} indexed before metadata was kept (the next cbir index of their folder reads it; nothing is re-embedded)" if data["images"] > meta["with_metadata"] else "")
     )
     print(f"created     {data['created']}")
     print("versions    " + ", ".join(f"{k} {v}" for k, v in data["versions"].items()))

@@ -25,6 +25,9 @@ from cbir.cli._common import (
     UnderOption,
     handle_errors,
     image_filter,
+    CameraOption,
+    TakenAfterOption,
+    TakenBeforeOption,
     print_json,
     show,
     stderr,
@@ -49,6 +52,9 @@ def query(
     ] = None,
     under: UnderOption = None,
     label: LabelFilterOption = None,
+    taken_after: TakenAfterOption = None,
+    taken_before: TakenBeforeOption = None,
+    camera: CameraOption = None,
     index_dir: IndexDirOption = None,
     k: Annotated[int, typer.Option("-k", "--top-k", min=1, help="Number of results per query (at most the whole collection).")] = 10,
     exclude_self: Annotated[
@@ -101,7 +107,7 @@ def query(
 
     if sum([as_json, paths_only, null]) > 1:
         raise UsageError("choose one of --json, --paths and -0")
-    only = image_filter(under, label)
+    only = image_filter(under, label, taken_after, taken_before, camera)
     if explain and montage is None and html is None:
         raise UsageError("--explain draws on the pictures: give --montage FILE or --html FILE with it")
     if explain and verify is None:

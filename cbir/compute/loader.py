@@ -187,10 +187,11 @@ class Loader:
             yield Batch(ok, embed_items(embedder, items, embedded=in_workers), not_embedded)
 
 
-    def local_features(self, files: Sequence[Path], min_side: int | None, local: dict, progress=None) -> Iterator[list[LoadedFile]]:
+    def local_features(self, files: Sequence[Path], min_side: int | None, local: dict | None, progress=None) -> Iterator[list[LoadedFile]]:
         """Files decoded (as the extractor decodes them) for their local features only, a batch at a time, in order.
 
         What an existing index needs to gain local features: no vectors, no model.
+        With ``local=None``, for what they say about themselves only (size, date, camera).
         """
         spec = PrepareSpec(min_side, local=local, images=False)
         for ok, _, without in batched(self.load(files, spec), self.batch_size):

@@ -225,7 +225,8 @@ class _Ranker:
     def __init__(self, searcher, image_filter=None):
         self.searcher = searcher
         self.image_filter = image_filter
-        self.rows = [row for row in searcher.image_rows() if image_filter is None or image_filter.matches(row)]
+        allowed = searcher.ids_matching(image_filter)
+        self.rows = searcher.image_rows() if allowed is None else searcher.image_rows(allowed)
         self.paths = [row.path for row in self.rows]
         self.ids = np.array([row.id for row in self.rows], dtype=np.int64)  # ascending: rows come in id order
         self.row_of_path = {path: n for n, path in enumerate(self.paths)}

@@ -81,6 +81,7 @@ def scan_folder(
     exclude: Sequence[str] = (),
     include_hidden: bool = False,
     skip: Sequence[str | os.PathLike] = (),
+    within: Sequence[str | os.PathLike] | None = None,
 ) -> FolderScan:
     """All image files under ``root``, recursively, as absolute paths in sorted order.
 
@@ -94,6 +95,12 @@ def scan_folder(
     A RAW file with a JPEG of the same stem (any letter case) in its folder
     is left out, counted in ``raw_sidecars``: one photo, one entry, read
     from the JPEG the camera rendered.
+
+    ``within`` (absolute paths of files or folders under ``root``) limits the
+    walk to them: only the folders on the way to them and below them are
+    listed, and only files at or below them are kept, so the result is the
+    full scan's restricted to those paths, every rule above included (a
+    watcher's batch of changed paths costs their folders, not the collection).
 
     Symbolic links to folders are followed once: a folder already visited (by
     device and inode) is not entered again, so link loops end. Folders that
@@ -124,6 +131,7 @@ def scan_folder(
                 return True
         return any(path == s or path.startswith(s.rstrip(os.sep) + os.sep) for s in skipped_roots)
 
+    scope = None if within is None else _Scope(within)
     found: list[Path] = []
     unsupported: dict[str, int] = {}
     visited: set[tuple[int, int]] = set()
@@ -149,8 +157,12 @@ def scan_folder(
             continue
         visited.add(key)
         subfolders[:] = sorted(d for d in subfolders if not left_out(os.path.join(folder, d), d))
+        if scope is not None:
+            subfolders[:] = [d for d in subfolders if scope.enters(os.path.join(folder, d))]
         kept = []
         for name in sorted(files):
+            if scope is not None and not scope.holds(os.path.join(folder, name)):
+                continue
             stem, suffix = os.path.splitext(name)
             suffix = suffix.lower()
             if suffix not in readable and suffix not in _IMAGE_LIKE:
@@ -166,3 +178,30 @@ def scan_folder(
             else:
                 unsupported[suffix] = unsupported.get(suffix, 0) + 1
     return FolderScan(found, dict(sorted(unsupported.items())), sorted(set(unlisted)), raw_sidecars)
+
+
+class _Scope:
+    """The paths a restricted walk covers (see :func:`scan_folder`'s ``within``): set lookups, one per folder level."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike]):
+        self.roots = {os.path.abspath(os.fspath(p)) for p in paths}
+        self.on_the_way: set[str] = set()
+        for root in self.roots:
+            parent = os.path.dirname(root)
+            while parent not in self.on_the_way and parent != root:
+                self.on_the_way.add(parent)
+                root, parent = parent, os.path.dirname(parent)
+
+    def holds(self, path: str) -> bool:
+        """At or below one of the paths."""
+        while True:
+            if path in self.roots:
+                return True
+            parent = os.path.dirname(path)
+            if parent == path:
+                return False
+            path = parent
+
+    def enters(self, folder: str) -> bool:
+        """A folder at or below one of the paths, or on the way to one."""
+        return folder in self.on_the_way or self.holds(folder)

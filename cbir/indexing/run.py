@@ -74,6 +74,7 @@ def index_folder(
     local_features: bool | str | None = None,
     frame_interval: float | None = None,
     max_frames: int | None = None,
+    only: Sequence[str | os.PathLike] | None = None,
 ) -> IndexSummary:
     """Create or update the index ``name`` with the images under ``folder``.
 
@@ -146,6 +147,11 @@ def index_folder(
         video, spread over all of it (:mod:`cbir.images.video`). ``None``
         keeps the index's setting; a new setting applies to the videos this
         run decodes (new or changed ones).
+    only : sequence of paths, optional
+        Update an existing index for these files and folders under ``folder``
+        alone (a watcher's batch of changed paths): they are scanned, planned
+        and committed exactly as a full run would, and everything else under
+        ``folder`` is taken as unchanged. Paths that are gone remove their rows.
 
     The run is one pass: plan (a pure function over the scan and the
     catalogue rows, :mod:`cbir.indexing.plan`) -> fit (a new index's
@@ -171,8 +177,9 @@ def index_folder(
     loader = Loader(check_workers(workers), explicit=workers is not None, batch_size=batch_size)
     folder = normalize_path(folder)
     name = name if name is not None else name_for_folder(folder)
-    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden)
-    if not scan.images:
+    within = None if only is None else [str(normalize_path(p)) for p in only]
+    scan = scan_folder(folder, exclude=exclude, include_hidden=include_hidden, within=within)
+    if not scan.images and within is None:
         raise NoImagesError(f"no image files under {folder}{_unsupported_note(scan.unsupported)}")
     labels = _labels_for(scan.images, labels)
     if ray not in (None, False):
@@ -181,7 +188,7 @@ def index_folder(
         # Before anything is written: an unreachable cluster leaves no trace.
         loader.ray = RayRunner.connect(None if ray is True else ray, actors=workers)
 
-    with open_writer(index_path(name, index_dir), wait=wait, progress=progress) as writer:
+    with open_writer(index_path(name, index_dir), wait=wait, create=within is None, progress=progress) as writer:
         summary = IndexSummary(name=name, path=str(writer.path), created=writer.created, unsupported=scan.unsupported)
         if scan.raw_sidecars:
             summary.raw_sources["sidecar"] = scan.raw_sidecars
@@ -212,7 +219,8 @@ def index_folder(
             writer.configure(local_features=local_config or False)
             video_config = frame_sampling_setting(frame_interval, max_frames, writer.video_config)
             writer.configure(video=video_config)
-            plan = plan_update(stat_files(files), writer.rows_under(str(folder)), writer.skipped_under(str(folder)), scan.unlisted)
+            rows, skipped = _rows_and_skipped(writer, folder, within)
+            plan = plan_update(stat_files(files), rows, skipped, scan.unlisted)
             known = KnownContent.from_hashes(writer.content_hashes()) if plan.todo else None
             embedder = writer.embedder(runtime_overrides)
             writer.record_indexed_root(str(folder))
@@ -231,6 +239,8 @@ def index_folder(
             _embed_and_commit(writer, embedder, plan, known, precomputed, labels, loader, summary, progress, local_config, video_config)
             if local_config:
                 summary.local_features_added = _add_missing_local_features(writer, folder, files, embedder, loader, local_config, progress)
+            if not writer.created:
+                summary.metadata_added = _add_missing_metadata(writer, files, embedder, loader, progress)
         except (KeyboardInterrupt, WorkerError):
             writer.finish()  # what was committed becomes the snapshot, searchable as it is; then stop
             raise
@@ -248,6 +258,18 @@ def index_folder(
         summary.vectors_rebuilt = writer.finish()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _rows_and_skipped(writer: IndexWriter, folder: Path, within: Sequence[str] | None) -> tuple[dict, dict]:
+    """The catalogue rows and skip records the plan compares the scan with: under ``folder``, or under ``within``."""
+    if within is None:
+        return writer.rows_under(str(folder)), writer.skipped_under(str(folder))
+    rows: dict = {}
+    skipped: dict = {}
+    for path in within:
+        rows.update(writer.rows_under(path))
+        skipped.update(writer.skipped_under(path))
+    return rows, skipped
 
 
 def _unsupported_note(unsupported: dict[str, int]) -> str:
@@ -450,6 +472,37 @@ def _add_missing_local_features(
                 if f.local_features and f.sha256 == wanted[str(f.path)].sha256
             ]
             writer.add_local_features(records)
+            added += len(records)
+    finally:
+        progress.stop()
+    return added
+
+
+def _add_missing_metadata(writer: IndexWriter, files: Sequence[Path], embedder: Embedder, loader: Loader, progress: Progress) -> int:
+    """Metadata for the listed images indexed without any (before metadata existed): read, not re-embedded.
+
+    Each file is read and decoded as the extractor decodes it (reduced), for
+    its size, date and camera only; committed batch by batch. A file whose
+    content no longer matches its row is left alone (the plan re-embeds it).
+    """
+    missing = writer.ids_without_metadata()
+    if not missing:
+        return 0
+    listed = set(map(str, files))
+    wanted = {row.path: row for row in writer.rows_by_id(sorted(missing)) if row.time is None and row.path in listed}  # photos
+    if not wanted:
+        return 0
+    paths = [Path(key) for key in wanted]
+    progress.start(f"metadata for {len(paths)} image(s) indexed without it in {writer.path.name!r}", len(paths))
+    added = 0
+    try:
+        for loaded_files in loader.local_features(paths, embedder.decode_min_side, None, progress):
+            records = [
+                (wanted[str(f.path)].id, _metadata(f))
+                for f in loaded_files
+                if not f.error and f.sha256 == wanted[str(f.path)].sha256
+            ]
+            writer.add_metadata(records)
             added += len(records)
     finally:
         progress.stop()

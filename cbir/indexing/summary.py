@@ -36,6 +36,8 @@ class IndexSummary:
     retried: int = 0
     #: Images already indexed that gained local features this run (decoded for them alone, not re-embedded).
     local_features_added: int = 0
+    #: Images already indexed without metadata (an older index) that gained it this run (read, not re-embedded).
+    metadata_added: int = 0
     #: How this run's RAW files were read: "sidecar" (a JPEG beside it was indexed instead, the RAW left
     #: out), "preview" (its embedded JPEG), "demosaiced" (LibRaw at half size).
     raw_sources: dict[str, int] = field(default_factory=dict)
@@ -91,6 +93,7 @@ class IndexSummary:
             "added": self.added,
             "updated": self.updated,
             "local_features_added": self.local_features_added,
+            "metadata_added": self.metadata_added,
             "removed": self.removed,
             "unchanged": self.unchanged,
             "skipped": self.skipped,

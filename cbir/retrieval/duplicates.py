@@ -112,7 +112,8 @@ def find_duplicates(
         # writer committing meanwhile cannot make them disagree.
         with store.catalogue.snapshot():
             searcher = Searcher(store)
-            rows = [row for row in searcher.image_rows() if image_filter is None or image_filter.matches(row)]
+            allowed = searcher.ids_matching(image_filter)  # the catalogue's SQL: dates and cameras need its metadata
+            rows = searcher.image_rows() if allowed is None else searcher.image_rows(allowed)
             candidates = _candidates(searcher, rows)
             exact, representatives = _exact_groups(rows, candidates)
             near_groups = _near_groups(searcher, representatives, candidates, threshold, block_size, progress) if near else []

@@ -236,6 +236,11 @@ class Searcher:
         with self._catalogue_lock:
             return self.store.catalogue.ids_matching(image_filter)
 
+    def ids_matching(self, image_filter: ImageFilter | None) -> np.ndarray | None:
+        """Ids (ascending) of the images ``image_filter`` lets through; ``None``: no filter, every image."""
+        allowed = self._allowed.get(image_filter)
+        return None if allowed is None else allowed.ids
+
     def count_matching(self, image_filter: ImageFilter | None) -> int:
         """How many images ``image_filter`` lets through (all of them for ``None``)."""
         allowed = self._allowed.get(image_filter)
@@ -250,6 +255,23 @@ class Searcher:
         """``{label: images}`` of every label in the index."""
         with self._catalogue_lock:
             return self.store.catalogue.label_counts()
+
+    def cameras(self) -> list[tuple[str, int]]:
+        """``(camera, images)`` of every camera in the index (make and model as one name), most images first."""
+        from cbir.store.catalogue import ImageMetadata
+
+        with self._catalogue_lock:
+            counts = self.store.catalogue.camera_counts()
+        named: dict[str, int] = {}
+        for (make, model), count in counts.items():
+            name = ImageMetadata(camera_make=make, camera_model=model).camera
+            named[name] = named.get(name, 0) + count
+        return sorted(named.items(), key=lambda item: (-item[1], item[0]))
+
+    def taken_span(self) -> tuple[str | None, str | None]:
+        """The first and last date taken (else modified) of the indexed images."""
+        with self._catalogue_lock:
+            return self.store.catalogue.taken_span()
 
     def folders(self) -> list[str]:
         """The folders that directly hold an indexed image, sorted (without a trailing separator)."""

@@ -42,7 +42,7 @@ from cbir.server.duplicates_api import add_duplicate_routes
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.media import UnsatisfiableRange, byte_range
 from cbir.images.video import describe_frame
-from cbir.server.queries import RequestError, SearchRequest, read_form, read_json
+from cbir.server.queries import FILTER_FIELDS, RequestError, SearchRequest, read_form, read_json
 from cbir.store.catalogue import ImageFilter
 from cbir.store.locations import default_index_dir
 from cbir.server.transport import BodyLimits
@@ -234,11 +234,10 @@ def create_app(
         offset = _parse_offset(asked.offset if asked.offset is not None else params.get("offset"))
         if offset + k > limits.max_depth:
             raise ApiError(422, f"a search pages at most {limits.max_depth} results deep: offset + k is {offset + k}")
-        under = asked.under if asked.under is not None else params.get("under")
-        label = asked.label if asked.label is not None else params.get("label")
+        filters = {key: getattr(asked, key) if getattr(asked, key) is not None else params.get(key) for key in FILTER_FIELDS}
         verify = _parse_verify(params.get("verify"))
         page = _Page(k, offset)
-        body = await in_search_thread(_search, live, asked, page, under or None, label or None, limits, access.show_paths, verify)
+        body = await in_search_thread(_search, live, asked, page, filters, limits, access.show_paths, verify)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
 
     @app.get(
@@ -252,13 +251,13 @@ def create_app(
         limit = _parse_k(params.get("limit"), limits, what="limit", default=100)
         offset = _parse_offset(params.get("offset"))
         with pool.get(name).use() as searcher:
-            page = searcher.browse(offset, limit, _image_filter(searcher, params.get("under") or None, params.get("label") or None))
+            page = searcher.browse(offset, limit, _image_filter(searcher, {key: params.get(key) for key in FILTER_FIELDS}))
             roots = None if access.show_paths else searcher.indexed_roots()
             body = page.to_dict()
             _add_links(body["results"], page.images, f"/api/indexes/{name}", roots)
         return JSONResponse({"index": name, "limit": limit, **body})
 
-    @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels and folders")
+    @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels, folders, cameras and dates")
     def facets(name: str) -> dict[str, Any]:
         with pool.get(name).use() as searcher:
             roots = None if access.show_paths else searcher.indexed_roots()
@@ -267,6 +266,8 @@ def create_app(
                 "index": name,
                 "labels": [{"label": label, "count": count} for label, count in searcher.label_counts().items()],
                 "folders": [display_path(f if roots is None else public_path(f, roots), controls=False) for f in folders],
+                "cameras": [{"camera": camera, "count": count} for camera, count in searcher.cameras()],
+                "taken": dict(zip(("first", "last"), searcher.taken_span())),
             }
 
     @app.get("/api/indexes/{name}/images/{image_id}", tags=["api"], summary="The original file of an indexed image")
@@ -379,20 +380,23 @@ def _parse_verify(value: str | None) -> int | None:
 
 
 # -- searching (in the thread pool) ---------------------------------------------
-def _image_filter(searcher, under: str | None, label: str | None) -> ImageFilter | None:
-    """The filter a request asks for (a folder as results show it), or ``None``: the one place a search and a listing read it."""
-    if under is None and label is None:
+def _image_filter(searcher, filters: dict[str, str | None]) -> ImageFilter | None:
+    """The filter a request asks for (:data:`FILTER_FIELDS`; a folder as results show it), or ``None``: the one
+    place a search and a listing read it. A date that is not ISO: :class:`UsageError`, a 400."""
+    filters = {key: value for key, value in filters.items() if value}
+    if not filters:
         return None
+    under = filters.get("under")
     folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
-    return ImageFilter(under=folder, label=label)
+    return ImageFilter(**{**filters, "under": folder})
 
 
 def _search(
-    live: LiveIndex, asked: SearchRequest, page: _Page, under, label, limits: Limits, show_paths: bool, verify: int | None = None
+    live: LiveIndex, asked: SearchRequest, page: _Page, filters: dict, limits: Limits, show_paths: bool, verify: int | None = None
 ) -> dict[str, Any]:
-    """One request's search: the batched single upload, an id, or several examples."""
+    """One request's search: the batched single upload, an id, or several examples, with ``filters`` (:data:`FILTER_FIELDS`)."""
     with live.use() as searcher:
-        only = _image_filter(searcher, under, label)
+        only = _image_filter(searcher, filters)
     if asked.image_id is not None:
         return _search_id(live, asked.image_id, page, show_paths, only, verify)
     if asked.single_upload:
@@ -502,6 +506,12 @@ _FILTER_PARAMETERS = [
         "description": "Only images in this folder or below, as results show folders (a form field or JSON 'under' takes precedence).",
     },
     {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}, "description": "Only images with this label."},
+    {"name": "taken_after", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+     "description": "Only images taken on or after this ISO date (or date and time); without an EXIF date, the file's modification time."},
+    {"name": "taken_before", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
+     "description": "Only images taken on or before this ISO date (a bare date keeps that whole day)."},
+    {"name": "camera", "in": "query", "required": False, "schema": {"type": "string"},
+     "description": "Only images from a camera whose make and model contain this text, any letter case."},
 ]
 _SEARCH_BODY = {
     "required": True,
@@ -519,6 +529,9 @@ _SEARCH_BODY = {
                     "offset": {"type": "integer", "minimum": 0},
                     "under": {"type": "string"},
                     "label": {"type": "string"},
+                    "taken_after": {"type": "string"},
+                    "taken_before": {"type": "string"},
+                    "camera": {"type": "string"},
                 },
             }
         },
@@ -533,6 +546,9 @@ _SEARCH_BODY = {
                     "offset": {"type": "integer", "minimum": 0},
                     "under": {"type": "string"},
                     "label": {"type": "string"},
+                    "taken_after": {"type": "string"},
+                    "taken_before": {"type": "string"},
+                    "camera": {"type": "string"},
                 },
             }
         },

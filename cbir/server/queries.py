@@ -10,8 +10,10 @@ A request is one of:
   ``negative`` ids), ids optionally weighted (``7:2`` in a form, ``{"id": 7,
   "weight": 2}`` in JSON); the examples themselves are left out of the results.
 
-Each may carry ``under`` (a folder, as results show it) and ``label``, and
-``offset``: the results to skip (the next page).
+Each may carry the filters of :data:`FILTER_FIELDS`: ``under`` (a folder, as
+results show it), ``label``, ``taken_after`` / ``taken_before`` (ISO dates)
+and ``camera`` (part of make and model); and ``offset``: the results to skip
+(the next page).
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from typing import Any
 from cbir.retrieval.examples import MAX_EXAMPLES, Example
 
 _WEIGHTED_ID = re.compile(r"\s*([0-9]{1,18})(?::([0-9]*\.?[0-9]+))?\s*")
-_JSON_FIELDS = {"id", "k", "offset", "positive", "negative", "under", "label"}
+#: A search's filters (:class:`cbir.store.catalogue.ImageFilter`'s fields), as form fields, JSON keys or query parameters.
+FILTER_FIELDS = ("under", "label", "taken_after", "taken_before", "camera")
+_JSON_FIELDS = {"id", "k", "offset", "positive", "negative", *FILTER_FIELDS}
 
 
 class RequestError(Exception):
@@ -41,6 +45,9 @@ class SearchRequest:
     offset: str | None = None
     under: str | None = None
     label: str | None = None
+    taken_after: str | None = None
+    taken_before: str | None = None
+    camera: str | None = None
     #: ``(bytes, filename)`` of uploaded images to find, and to avoid.
     uploads: list[tuple[bytes, str]] = field(default_factory=list)
     avoid_uploads: list[tuple[bytes, str]] = field(default_factory=list)
@@ -82,7 +89,7 @@ async def read_form(request, max_files: int = MAX_EXAMPLES) -> SearchRequest:
                 raise RequestError(422, f"field {key!r} must be text, not a file")
             elif key in ("positive", "negative"):
                 (out.positive_ids if key == "positive" else out.negative_ids).append(_weighted_id(value))
-            elif key in ("k", "offset", "under", "label"):
+            elif key in ("k", "offset") or key in FILTER_FIELDS:
                 setattr(out, key, value)
     if not (out.uploads or out.positive_ids):
         raise RequestError(422, "the form has no field 'file' holding the image (or 'positive' ids)")
@@ -116,7 +123,7 @@ def read_json(body: bytes) -> SearchRequest:
         if number is not None and (isinstance(number, bool) or not isinstance(number, int)):
             raise RequestError(422, f"'{key}' must be a whole number")
         setattr(out, key, None if number is None else str(number))
-    for key in ("under", "label"):
+    for key in FILTER_FIELDS:
         value = payload.get(key)
         if value is not None and not isinstance(value, str):
             raise RequestError(422, f"'{key}' must be a string")

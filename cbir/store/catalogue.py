@@ -19,7 +19,7 @@ Ids are never reused (``AUTOINCREMENT``), so an id in an older FAISS file can
 never point at a different image. Ids removed since the FAISS file was last
 written are listed in ``pending_removals`` until it is written again.
 
-At ~660 lines it is over the usual size on purpose: it is the one module that
+At ~790 lines it is over the usual size on purpose: it is the one module that
 speaks SQL (rclip's rule), so every statement, its schema and migrations stay
 in one place.
 """
@@ -192,22 +192,45 @@ class ImageFilter:
     """Which indexed images a search may return: every criterion given must hold.
 
     The one place a criterion is defined: a field here, its SQL in
-    :meth:`where` and its meaning in :meth:`matches`. Date ranges and cameras
-    (from the metadata the inputs work records) are meant to join as fields
-    here; the CLI, the API and the page pass this object along unchanged.
+    :meth:`where` and its meaning in :meth:`matches`; the CLI, the API and
+    the page pass this object along unchanged.
+
+    Dates compare an image's date taken (EXIF), else its file's modification
+    time (local time, as :class:`ImageMetadata` stores it; also for rows
+    without metadata). Both ends are inclusive: a bare date ``2023-07-31`` as
+    ``taken_before`` keeps all of that day. The camera is a case-insensitive
+    substring of "make model" (``canon``, ``EOS R5``, ``iphone 12``).
     """
 
     #: A folder: images at or below it (a path prefix on whole folder names), as stored (absolute).
     under: str | None = None
     #: An exact label.
     label: str | None = None
+    #: ISO 8601 date or date and time (``2023-07-01``, ``2023-07-01T18:00``): taken at or after it.
+    taken_after: str | None = None
+    #: ISO 8601 date or date and time: taken at or before it (a bare date: any time that day).
+    taken_before: str | None = None
+    #: Part of the camera's make and model, any letter case.
+    camera: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("taken_after", "taken_before"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, iso_moment(value, name))
+        if self.camera is not None and not self.camera.strip():
+            object.__setattr__(self, "camera", None)
 
     @property
     def is_empty(self) -> bool:
-        return self.under is None and self.label is None
+        return all(getattr(self, f) is None for f in ("under", "label", "taken_after", "taken_before", "camera"))
 
-    def where(self) -> tuple[str, tuple]:
-        """A SQL condition on ``images`` and its arguments."""
+    @property
+    def needs_metadata(self) -> bool:
+        return self.taken_after is not None or self.taken_before is not None or self.camera is not None
+
+    def where(self, metadata: bool = True) -> tuple[str, tuple]:
+        """A SQL condition on ``images`` and its arguments (``metadata=False``: a catalogue without that table)."""
         clauses, args = [], []
         if self.under is not None:
             clause, prefix_args = _prefix_clause(self.under)
@@ -216,22 +239,91 @@ class ImageFilter:
         if self.label is not None:
             clauses.append("label = ?")
             args.append(_sql(self.label))
+        if self.taken_after is not None or self.taken_before is not None:
+            taken = _TAKEN_SQL if metadata else _MTIME_SQL
+            if self.taken_after is not None:
+                clauses.append(f"{taken} >= ?")
+                args.append(self.taken_after)
+            if self.taken_before is not None:
+                clauses.append(f"{taken} {_upper(self.taken_before)[0]} ?")
+                args.append(_upper(self.taken_before)[1])
+        if self.camera is not None:
+            if metadata:
+                clauses.append(f"instr(lower({_CAMERA_SQL}), lower(?)) > 0")
+                args.append(self.camera.strip())
+            else:
+                clauses.append("0")
         return (" AND ".join(clauses) or "1"), tuple(args)
 
-    def matches(self, row: "ImageRow") -> bool:
-        """Whether ``row`` passes (the same test as :meth:`where`, for rows already read)."""
+    def matches(self, row: "ImageRow", metadata: "ImageMetadata | None" = None) -> bool:
+        """Whether ``row`` (with its ``metadata``, if it has some) passes: the same test as :meth:`where`."""
         if self.label is not None and row.label != self.label:
             return False
         if self.under is not None:
             root = self.under.rstrip("/\\") or self.under
             if row.path != root and not row.path.startswith(root.rstrip("/") + "/"):
                 return False
+        if self.taken_after is not None or self.taken_before is not None:
+            taken = (metadata.taken if metadata is not None else None) or local_iso(row.mtime_ns)
+            if self.taken_after is not None and taken < self.taken_after:
+                return False
+            if self.taken_before is not None:
+                op, bound = _upper(self.taken_before)
+                if (taken >= bound) if op == "<" else (taken > bound):
+                    return False
+        if self.camera is not None:
+            camera = " ".join(x or "" for x in (metadata.camera_make, metadata.camera_model)) if metadata else ""
+            if self.camera.strip().lower() not in camera.lower():
+                return False
         return True
 
     def describe(self) -> str:
         """The filter in words, for messages (``under /photos/2019, label 'beach'``)."""
         parts = ([f"under {self.under}"] if self.under is not None else []) + ([f"label {self.label!r}"] if self.label is not None else [])
+        if self.taken_after is not None:
+            parts.append(f"taken after {self.taken_after}")
+        if self.taken_before is not None:
+            parts.append(f"taken before {self.taken_before}")
+        if self.camera is not None:
+            parts.append(f"camera {self.camera!r}")
         return ", ".join(parts) or "no filter"
+
+
+#: An image's date for filters: its metadata's (EXIF, else mtime at index time), else its row's mtime.
+_MTIME_SQL = "strftime('%Y-%m-%dT%H:%M:%S', images.mtime_ns / 1000000000, 'unixepoch', 'localtime')"
+_TAKEN_SQL = f"COALESCE((SELECT taken FROM image_metadata m WHERE m.id = images.id), {_MTIME_SQL})"
+_CAMERA_SQL = "(SELECT COALESCE(camera_make, '') || ' ' || COALESCE(camera_model, '') FROM image_metadata m WHERE m.id = images.id)"
+
+
+def iso_moment(value: str, what: str = "date") -> str:
+    """``value`` as the catalogue writes dates (``2023-07-14`` or ``2023-07-14T10:20:30``), or :class:`UsageError`."""
+    import datetime
+
+    from cbir.errors import UsageError
+
+    text = str(value).strip()
+    try:
+        if len(text) == 10:
+            return datetime.date.fromisoformat(text).isoformat()
+        return datetime.datetime.fromisoformat(text).replace(tzinfo=None).isoformat(timespec="seconds")
+    except ValueError:
+        raise UsageError(f"{what} takes an ISO date (2023-07-14) or date and time (2023-07-14T10:20), got {text[:40]!r}") from None
+
+
+def local_iso(mtime_ns: int) -> str:
+    """A modification time as the catalogue's dates are written (local time, to the second)."""
+    import datetime
+
+    return datetime.datetime.fromtimestamp(mtime_ns / 1e9).isoformat(timespec="seconds")
+
+
+def _upper(bound: str) -> tuple[str, str]:
+    """``taken_before``'s comparison: a bare date keeps that whole day (``< next day``), a time keeps up to it."""
+    import datetime
+
+    if len(bound) == 10:
+        return "<", (datetime.date.fromisoformat(bound) + datetime.timedelta(days=1)).isoformat()
+    return "<=", bound
 
 
 class Catalogue:
@@ -424,6 +516,20 @@ class Catalogue:
             [(ids[p], *(getattr(m, c) for c in _METADATA_COLUMNS)) for p, m in stored if p in ids],
         )
 
+    def set_metadata(self, records: Iterable[tuple[int, ImageMetadata]]) -> None:
+        """Store (or replace) the metadata of images already indexed, by id."""
+        marks = ", ".join("?" * (1 + len(_METADATA_COLUMNS)))
+        self._db.executemany(
+            f"INSERT OR REPLACE INTO image_metadata (id, {', '.join(_METADATA_COLUMNS)}) VALUES ({marks})",
+            [(int(i), *(getattr(m, c) for c in _METADATA_COLUMNS)) for i, m in records],
+        )
+
+    def ids_without_metadata(self) -> set[int]:
+        """Images with no metadata row: indexed before metadata was read (schema 1), or by an older cbir."""
+        if self.schema_version < 2:
+            return {row[0] for row in self._db.execute("SELECT id FROM images")}
+        return {row[0] for row in self._db.execute("SELECT id FROM images WHERE id NOT IN (SELECT id FROM image_metadata)")}
+
     def metadata(self, ids: Sequence[int], gps: bool = False) -> dict[int, ImageMetadata]:
         """``{id: metadata}`` for those of ``ids`` that have some; GPS only when asked for (``gps``)."""
         columns = _METADATA_COLUMNS if gps else _METADATA_COLUMNS[:-2]
@@ -514,7 +620,7 @@ class Catalogue:
 
     def ids_matching(self, image_filter: ImageFilter) -> np.ndarray:
         """Ids (ascending) of the images ``image_filter`` lets through."""
-        where, args = image_filter.where()
+        where, args = image_filter.where(metadata=self.schema_version >= 2)
         rows = self._db.execute(f"SELECT id FROM images WHERE {where} ORDER BY id", args).fetchall()
         return np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
 
@@ -523,7 +629,7 @@ class Catalogue:
 
         By path: a folder's images stay together, page after page.
         """
-        where, args = image_filter.where()
+        where, args = image_filter.where(metadata=self.schema_version >= 2)
         (total,) = self._db.execute(f"SELECT COUNT(*) FROM images WHERE {where}", args).fetchone()
         rows = self._select_images(f"WHERE {where}", (*args, int(limit), int(offset)), order="path, id LIMIT ? OFFSET ?")
         return total, list(rows)
@@ -532,6 +638,21 @@ class Catalogue:
         """``{label: images}`` of every label, by label (images without one are not counted)."""
         rows = self._db.execute("SELECT label, COUNT(*) FROM images WHERE label IS NOT NULL GROUP BY label ORDER BY label")
         return {_text(label): count for label, count in rows}
+
+    def camera_counts(self) -> dict[tuple[str | None, str | None], int]:
+        """``{(make, model): images}`` of every camera, most images first."""
+        if self.schema_version < 2:
+            return {}
+        rows = self._db.execute(
+            "SELECT m.camera_make, m.camera_model, COUNT(*) FROM image_metadata m JOIN images i ON i.id = m.id "
+            "WHERE m.camera_make IS NOT NULL OR m.camera_model IS NOT NULL GROUP BY 1, 2 ORDER BY 3 DESC, 1, 2"
+        )
+        return {(make, model): count for make, model, count in rows}
+
+    def taken_span(self) -> tuple[str | None, str | None]:
+        """The first and last date an image was taken (or, without one, its file modified), as date filters see them."""
+        row = self._db.execute(f"SELECT MIN(d), MAX(d) FROM (SELECT {_TAKEN_SQL if self.schema_version >= 2 else _MTIME_SQL} AS d FROM images)").fetchone()
+        return row[0], row[1]
 
     def image_folders(self) -> list[str]:
         """The distinct folders that directly hold an indexed image (each with its trailing separator)."""

@@ -28,7 +28,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from cbir.store import snapshots
 from cbir.store.catalogue import NewImage
@@ -299,6 +299,9 @@ class IndexWriter:
         """The catalogue's metadata of ``ids`` (GPS included: it is copied, never shown), by id."""
         return self._open_store().catalogue.metadata(ids, gps=True)
 
+    def ids_without_metadata(self) -> set[int]:
+        return self._open_store().catalogue.ids_without_metadata()
+
     def all_rows(self) -> list:
         return self._open_store().catalogue.image_rows()
 
@@ -322,6 +325,12 @@ class IndexWriter:
         store = self._open_store()
         with store.catalogue.transaction():
             store.catalogue.set_local_features(records)
+
+    def add_metadata(self, records: Sequence[tuple[int, Any]]) -> None:
+        """Commit metadata (:class:`~cbir.store.catalogue.ImageMetadata`) of images already indexed (vectors untouched), at once."""
+        store = self._open_store()
+        with store.catalogue.transaction():
+            store.catalogue.set_metadata(records)
 
     def remove(self, ids: Sequence[int], skipped_paths: Sequence[str] = (), removed_paths: Sequence[str] | None = None) -> int:
         """Remove images by id and skipped-file records by path in one commit; returns images removed.

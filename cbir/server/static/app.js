@@ -31,6 +31,10 @@ function positive(text, fallback) {
   return Number.isFinite(n) && n >= 1 ? n : fallback;
 }
 
+// Filters on what photos say about themselves, beside folder and label: the API's parameter names and the inputs' ids.
+const META_FILTERS = ["camera", "taken_after", "taken_before"];
+const isFiltered = (view) => Boolean(view.under || view.label || META_FILTERS.some((f) => view[f]));
+
 function viewFromLocation() {
   const p = new URLSearchParams(window.location.search);
   const q = ids(p.get("q"))[0];
@@ -44,6 +48,7 @@ function viewFromLocation() {
     k: positive(p.get("k"), DEFAULT_K), // over the API's limit: its error is shown, nothing is cut silently
     under: p.get("under") || "",
     label: p.get("label") || "",
+    ...Object.fromEntries(META_FILTERS.map((f) => [f, p.get(f) || ""])),
     page: positive(p.get("page"), 1),
   };
 }
@@ -57,6 +62,7 @@ function addressOf(view) {
   if (view.k !== DEFAULT_K) p.set("k", String(view.k));
   if (view.under) p.set("under", view.under);
   if (view.label) p.set("label", view.label);
+  for (const f of META_FILTERS) if (view[f]) p.set(f, view[f]);
   if (view.page > 1) p.set("page", String(view.page));
   const query = p.toString();
   return query ? `/?${query}` : "/";
@@ -152,8 +158,10 @@ async function loadFacets(index) {
   state.facetsOf = index;
   const under = $("under");
   const label = $("label");
+  const camera = $("camera");
   under.replaceChildren(new Option("All folders", ""));
   label.replaceChildren(new Option("All labels", ""));
+  camera.replaceChildren(new Option("All cameras", ""));
   try {
     const response = await fetch(`${api(index)}/facets`);
     if (!response.ok) return;
@@ -167,6 +175,12 @@ async function loadFacets(index) {
     }
     under.append(...[...folders].sort().map((f) => new Option(f, f)));
     label.append(...body.labels.map((l) => new Option(`${l.label} (${l.count})`, l.label)));
+    camera.append(...(body.cameras || []).map((c) => new Option(`${c.camera} (${c.count})`, c.camera)));
+    // The date pickers open on the collection's own span.
+    for (const id of ["taken_after", "taken_before"]) {
+      $(id).min = body.taken && body.taken.first ? body.taken.first.slice(0, 10) : "";
+      $(id).max = body.taken && body.taken.last ? body.taken.last.slice(0, 10) : "";
+    }
   } catch {
     // The filters stay at "all": searching still works.
   }
@@ -183,6 +197,9 @@ function showControls(view) {
   $("index").value = view.index;
   choose($("under"), view.under);
   choose($("label"), view.label);
+  choose($("camera"), view.camera);
+  $("taken_after").value = view.taken_after;
+  $("taken_before").value = view.taken_before;
   $("k").value = String(view.k);
   const index = state.indexes.find((i) => i.name === view.index);
   const info = $("index-info");
@@ -270,6 +287,7 @@ function pageQuery(view, size) {
   const params = new URLSearchParams({ offset: String((view.page - 1) * view.k), [size]: String(view.k) });
   if (view.under) params.set("under", view.under);
   if (view.label) params.set("label", view.label);
+  for (const f of META_FILTERS) if (view[f]) params.set(f, view[f]);
   return params.toString();
 }
 
@@ -309,7 +327,7 @@ async function search(view, request, label) {
   }
   showResults(body, "search");
   const reachable = Math.min(body.matching, MAX_DEPTH);
-  const filtered = view.under || view.label ? "match the filter" : "in the index";
+  const filtered = isFiltered(view) ? "match the filter" : "in the index";
   const few = body.matching < view.k * view.page && view.page === 1 ? ` (only ${body.matching} ${filtered})` : "";
   setStatus(`${rangeText(body.offset, body.results.length, reachable)} for ${label}${examples}${few}.`);
   showPager(view, reachable);
@@ -334,7 +352,8 @@ function playFrom(item, result) {
 
 async function browse(view) {
   hideQuery();
-  const where = [view.under && `in ${view.under}`, view.label && `labelled ${view.label}`].filter(Boolean).join(", ");
+  const where = [view.under && `in ${view.under}`, view.label && `labelled ${view.label}`, view.camera && `from ${view.camera}`,
+    view.taken_after && `taken from ${view.taken_after}`, view.taken_before && `taken to ${view.taken_before}`].filter(Boolean).join(", ");
   const body = await fetchShown(`${api(view.index)}/images?${pageQuery(view, "limit")}`, {}, `Listing ${view.index}${where ? ` ${where}` : ""}`);
   if (!body) return;
   showResults(body, "browse");
@@ -464,7 +483,7 @@ function setUp() {
   // Ids belong to one index: another index starts from its listing (an uploaded image is searched there too).
   $("index").addEventListener("change", () => {
     clearResults();
-    go({ index: $("index").value, q: null, more: [], less: [], under: "", label: "" });
+    go({ index: $("index").value, q: null, more: [], less: [], under: "", label: "", camera: "", taken_after: "", taken_before: "" });
   });
   $("k").addEventListener("change", () => {
     const k = Number($("k").value);
@@ -475,6 +494,7 @@ function setUp() {
   });
   $("under").addEventListener("change", () => go({ under: $("under").value }));
   $("label").addEventListener("change", () => go({ label: $("label").value }));
+  for (const f of META_FILTERS) $(f).addEventListener("change", () => go({ [f]: $(f).value }));
   // The pager sits below the grid: the new page is read from its top.
   const turn = (by) => {
     go({ page: state.view.page + by });
