@@ -175,6 +175,8 @@ class VectorIndex:
         self.exact_vectors = exact_vectors
         self.rerank = 0
         self.entry_points: EntryPoints | None = None
+        #: Read with its inverted lists memory-mapped from the file (read-only: nothing may be added).
+        self.mapped = False
 
     @classmethod
     def create(cls, factory: str, dim: int) -> "VectorIndex":
@@ -246,6 +248,9 @@ class VectorIndex:
         self.index.train(np.ascontiguousarray(vectors, dtype=np.float32))
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
+        if self.mapped and len(ids):
+            # FAISS would throw inside OpenMP and abort the process: refuse first.
+            raise RuntimeError("a memory-mapped vector index is read-only; read it with mmap=False to add to it")
         if len(ids):
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
             first = self.index.ntotal
@@ -257,6 +262,8 @@ class VectorIndex:
         """Remove ``ids``; only call when :attr:`supports_removal`."""
         if len(ids) == 0:
             return 0
+        if self.mapped:
+            raise RuntimeError("a memory-mapped vector index is read-only; read it with mmap=False to remove from it")
         return int(self.index.remove_ids(np.asarray(ids, dtype=np.int64)))
 
     def set_search_params(self, params: dict[str, int]) -> None:
@@ -348,14 +355,24 @@ class VectorIndex:
             faiss.write_index(self.index, str(temporary))
 
     @classmethod
-    def read(cls, path: Path, factory: str, dim: int) -> "VectorIndex":
+    def read(cls, path: Path, factory: str, dim: int, mmap: bool = False) -> "VectorIndex":
+        """The index in ``path``. With ``mmap``, an IVF index's inverted lists (its codes and ids,
+        nearly all of its size) stay in the file, memory-mapped read-only: a reader's memory then
+        holds only the lists its searches touch, not the collection (other types are read whole)."""
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP if mmap else 0)
         except RuntimeError as exc:
             raise IndexCorruptError(f"vector index {path} is unreadable ({_plain_faiss_message(exc)})") from None
         if index.d != dim:
             raise IndexCorruptError(f"vector index {path} has dimension {index.d}, manifest says {dim}")
         vector_index = cls(index, factory)
+        ivf = faiss.try_extract_index_ivf(index)
+        lists = faiss.downcast_InvertedLists(ivf.invlists) if ivf is not None else None
+        vector_index.mapped = bool(mmap and isinstance(lists, faiss.OnDiskInvertedLists))
+        if vector_index.mapped:
+            # FAISS would start prefetch threads on every search (up to 32, each touching the
+            # probed lists): several ms a single query; the page cache does that job.
+            lists.prefetch_nthread = 0
         hnsw = vector_index._unwrapped()
         if isinstance(hnsw, faiss.IndexHNSW):
             # Files written before entry points existed search as plain HNSW.

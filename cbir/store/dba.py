@@ -450,7 +450,7 @@ class AugmentedVectors:
                 if problem is None:
                     try:
                         vectors = np.load(store.path / name, mmap_mode="r", allow_pickle=False)
-                        ids = np.load(store.path / _ids_name(name), allow_pickle=False)
+                        ids = np.load(store.path / _ids_name(name), mmap_mode="r", allow_pickle=False)  # 80 MB at 10M: map it too
                         if vectors.ndim == 2 and ids.shape == (len(vectors),):
                             return cls(ids, vectors)
                         problem = f"its augmented vectors {name} do not match their ids"

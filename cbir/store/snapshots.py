@@ -41,8 +41,9 @@ class LoadedVectors:
     stale_ids: int
 
 
-def read_snapshot_file(store, state: SnapshotState) -> VectorIndex:
-    """The recorded FAISS file, checked against what the catalogue says it is.
+def read_snapshot_file(store, state: SnapshotState, mmap: bool = False) -> VectorIndex:
+    """The recorded FAISS file, checked against what the catalogue says it is
+    (``mmap``: IVF lists memory-mapped, read-only; see :meth:`VectorIndex.read`).
 
     Raises
     ------
@@ -54,7 +55,7 @@ def read_snapshot_file(store, state: SnapshotState) -> VectorIndex:
         raise IndexCorruptError(f"index {store.name!r}: its vector file {state.file} is missing")
     if state.fingerprint is not None and fingerprint(file) != state.fingerprint:
         raise IndexCorruptError(f"index {store.name!r}: its vector file {state.file} is not the one written (truncated or replaced)")
-    vector_index = VectorIndex.read(file, state.factory, store.dim)
+    vector_index = VectorIndex.read(file, state.factory, store.dim, mmap=mmap)
     if not vector_index.matches(state.factory):
         raise IndexCorruptError(f"index {store.name!r}: its vector file {state.file} is not a {state.factory!r} index")
     return vector_index
@@ -76,7 +77,9 @@ def load_vectors(store) -> LoadedVectors:
             if state.file is None:
                 return LoadedVectors(_exact_reranking(store, build_vectors(store)), 0)
             try:
-                vector_index = read_snapshot_file(store, state)
+                # Up to date (nothing to patch in): map an IVF file's lists instead of reading
+                # them, so a reader's memory does not follow the collection (1.4 GB at 10M x 256-d).
+                vector_index = read_snapshot_file(store, state, mmap=catalogue.max_id() <= state.max_id)
             except IndexCorruptError as exc:
                 # A writer may have replaced the file between our reads: look again, once.
                 problem = exc
@@ -144,7 +147,7 @@ def build_vectors(store) -> VectorIndex:
     check_factory(store)
 
     def sample(n: int) -> np.ndarray:
-        ids = np.array([row.id for row in catalogue.image_rows()], dtype=np.int64)
+        ids = catalogue.all_ids()  # ids only: full rows of 10M images would take gigabytes
         chosen = np.sort(np.random.default_rng(0).choice(ids, size=min(n, len(ids)), replace=False))
         return catalogue.vectors_for_ids(chosen, dim)
 
