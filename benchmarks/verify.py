@@ -24,7 +24,11 @@ without verification, alternating, on 100 images; and a whole ``Searcher.query``
 of a file with ``--verify`` (decode, embed, the query's local features, search,
 verification).
 
-    python benchmarks/verify.py [--json] [--sets corel,warped,instance] [--extractors color,mobilenet] [--kinds rootsift,orb]
+A kind may name a RootSIFT first octave after a colon (``rootsift:-1`` is
+OpenCV's own, the image doubled first, as indexes made before the setting;
+plain ``rootsift`` is today's default), so both are compared in one run.
+
+    python benchmarks/verify.py [--json] [--sets corel,warped,instance] [--extractors color,mobilenet] [--kinds rootsift,rootsift:-1,orb]
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -105,6 +110,12 @@ def warped_set() -> tuple[Path, Path]:
     return collection, truth
 
 
+def local_config(spec: str) -> LocalFeatureConfig:
+    """``rootsift``, ``orb`` or ``rootsift:-1`` (a first octave) as the config it names."""
+    kind, _, octave = spec.partition(":")
+    return LocalFeatureConfig(kind, first_octave=int(octave)) if octave else LocalFeatureConfig(kind)
+
+
 def extraction(kinds: list[str], n: int = 200) -> dict:
     """ms per image and bytes per image of each kind on Corel photos (one thread)."""
     images = [read_image(p) for p in corel_files()[:n]]
@@ -113,7 +124,7 @@ def extraction(kinds: list[str], n: int = 200) -> dict:
     cv2.setNumThreads(1)  # the benchmark's own process: per-image cost on one core
     try:
         for kind in kinds:
-            extractor = LocalFeatureConfig(kind).extractor()
+            extractor = local_config(kind).extractor()
             started = time.perf_counter()
             records = [extractor(image) for image in images]
             seconds = time.perf_counter() - started
@@ -165,11 +176,13 @@ def bench(set_name: str, extractor: str, kinds: list[str], index_dir: Path, inst
     result = {"set": set_name, "extractor": extractor, "runs": []}
     base_seconds = None
     for kind in [None, *kinds]:
-        name = f"{set_name}-{extractor}-{kind or 'none'}"
-        summary = index_folder(folder, name, index_dir, options=EXTRACTORS[extractor], local_features=kind or None, labels=labels)
+        name = f"{set_name}-{extractor}-{(kind or 'none').replace(':', 'o')}"
+        local = local_config(kind).to_dict() if kind else None
+        shutil.rmtree(index_dir / name, ignore_errors=True)  # index time is a fresh index's, not an update's
+        summary = index_folder(folder, name, index_dir, options=EXTRACTORS[extractor], local_features=local, labels=labels)
         seconds = summary.seconds
         base_seconds = seconds if kind is None else base_seconds
-        run = {"local_features": kind, "index_s": round(seconds, 1), "images": summary.total}
+        run = {"local_features": kind, "first_octave": local["first_octave"] if local else None, "index_s": round(seconds, 1), "images": summary.total}
         if kind is not None:
             run["index_time_ratio"] = round(seconds / base_seconds, 2)
             with Catalogue(index_dir / name / "catalogue.sqlite", read_only=True) as catalogue:

@@ -136,8 +136,8 @@ def index_folder(
         for an existing one), see :mod:`cbir.store.dba`.
     local_features : bool or str, optional
         Store local features for spatial verification (``cbir query --verify``,
-        :mod:`cbir.features.local`): ``True`` or a kind (``"rootsift"``,
-        ``"orb"``) turns them on, ``False`` drops them, ``None`` keeps the
+        :mod:`cbir.features.local`): ``True``, a kind (``"rootsift"``,
+        ``"orb"``) or a whole ``LocalFeatureConfig`` dict turns them on, ``False`` drops them, ``None`` keeps the
         index's setting. On an existing index, images that lack them are
         decoded for them alone: their vectors are not re-embedded.
     frame_interval, max_frames : float, int, optional
@@ -433,12 +433,14 @@ def frame_sampling_setting(interval: float | None, max_frames: int | None, curre
 
 def local_features_setting(asked: bool | str | None, current: dict | None) -> dict | None:
     """The local-features config a run uses: ``asked`` (see :func:`index_folder`) over the index's ``current`` one."""
-    from cbir.features.local import DEFAULT_KIND, LocalFeatureConfig
+    from cbir.features.local import DEFAULT_FIRST_OCTAVE, DEFAULT_KIND, LocalFeatureConfig
 
     if asked is None:
         return current
     if asked is False:
         return None
+    if isinstance(asked, dict):  # a whole LocalFeatureConfig (benchmarks compare settings)
+        return LocalFeatureConfig.from_dict({"first_octave": DEFAULT_FIRST_OCTAVE, **asked}).to_dict()
     kind = DEFAULT_KIND if asked is True else asked
     if current and current.get("kind") == kind:
         return current
