@@ -24,11 +24,11 @@ without verification, alternating, on 100 images; and a whole ``Searcher.query``
 of a file with ``--verify`` (decode, embed, the query's local features, search,
 verification).
 
-A kind may name a RootSIFT first octave after a colon (``rootsift:-1`` is
-OpenCV's own, the image doubled first, as indexes made before the setting;
-plain ``rootsift`` is today's default), so both are compared in one run.
+A kind may name RootSIFT's detection side after a colon (``rootsift:512``
+detects at the local features' whole 512 px, as indexes made before the
+setting; plain ``rootsift`` is today's default), so both compare in one run.
 
-    python benchmarks/verify.py [--json] [--sets corel,warped,instance] [--extractors color,mobilenet] [--kinds rootsift,rootsift:-1,orb]
+    python benchmarks/verify.py [--json] [--sets corel,warped,instance] [--extractors color,mobilenet] [--kinds rootsift,rootsift:512,orb]
 """
 
 from __future__ import annotations
@@ -111,9 +111,9 @@ def warped_set() -> tuple[Path, Path]:
 
 
 def local_config(spec: str) -> LocalFeatureConfig:
-    """``rootsift``, ``orb`` or ``rootsift:-1`` (a first octave) as the config it names."""
-    kind, _, octave = spec.partition(":")
-    return LocalFeatureConfig(kind, first_octave=int(octave)) if octave else LocalFeatureConfig(kind)
+    """``rootsift``, ``orb`` or ``rootsift:512`` (a detection side) as the config it names."""
+    kind, _, side = spec.partition(":")
+    return LocalFeatureConfig(kind, detect_side=int(side)) if side else LocalFeatureConfig(kind)
 
 
 def extraction(kinds: list[str], n: int = 200) -> dict:
@@ -176,13 +176,13 @@ def bench(set_name: str, extractor: str, kinds: list[str], index_dir: Path, inst
     result = {"set": set_name, "extractor": extractor, "runs": []}
     base_seconds = None
     for kind in [None, *kinds]:
-        name = f"{set_name}-{extractor}-{(kind or 'none').replace(':', 'o')}"
+        name = f"{set_name}-{extractor}-{(kind or 'none').replace(':', '-')}"
         local = local_config(kind).to_dict() if kind else None
         shutil.rmtree(index_dir / name, ignore_errors=True)  # index time is a fresh index's, not an update's
         summary = index_folder(folder, name, index_dir, options=EXTRACTORS[extractor], local_features=local, labels=labels)
         seconds = summary.seconds
         base_seconds = seconds if kind is None else base_seconds
-        run = {"local_features": kind, "first_octave": local["first_octave"] if local else None, "index_s": round(seconds, 1), "images": summary.total}
+        run = {"local_features": kind, "detect_side": local["detect_side"] if local else None, "index_s": round(seconds, 1), "images": summary.total}
         if kind is not None:
             run["index_time_ratio"] = round(seconds / base_seconds, 2)
             with Catalogue(index_dir / name / "catalogue.sqlite", read_only=True) as catalogue:

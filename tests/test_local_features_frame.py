@@ -1,4 +1,4 @@
-"""RootSIFT's first octave: keypoints stay in the decoded image's frame, and indexes made before the setting keep theirs."""
+"""RootSIFT's detection side: keypoints stay in the decoded image's frame, and indexes made before the setting keep theirs."""
 
 from __future__ import annotations
 
@@ -22,12 +22,12 @@ def _disc(width: int, height: int, centre: tuple[int, int], radius: int) -> np.n
     return image
 
 
-@pytest.mark.parametrize("first_octave", [0, -1])
-@pytest.mark.parametrize("size, centre, radius, tolerance", [((400, 300), (290, 110), 8, 3.0), ((1024, 768), (700, 220), 12, 6.0)])
-def test_keypoints_are_in_the_decoded_images_frame(first_octave, size, centre, radius, tolerance):
-    # Detected on the image halved (and, past max_side, scaled down): coordinates come back in the image's own pixels.
+@pytest.mark.parametrize("detect_side", [256, 512])
+@pytest.mark.parametrize("size, centre, radius, tolerance", [((400, 300), (290, 110), 10, 3.0), ((1024, 768), (700, 220), 12, 6.0)])
+def test_keypoints_are_in_the_decoded_images_frame(detect_side, size, centre, radius, tolerance):
+    # Detected on the image scaled down to detect_side: coordinates come back in the image's own pixels.
     width, height = size
-    features = LocalFeatureConfig(first_octave=first_octave).extractor().features(_disc(width, height, centre, radius))
+    features = LocalFeatureConfig(detect_side=detect_side).extractor().features(_disc(width, height, centre, radius))
     assert len(features) >= 1
     pixels = features.xy * max(width, height)  # normalised by the longer side
     nearest = np.min(np.linalg.norm(pixels - np.float32(centre), axis=1))
@@ -35,19 +35,19 @@ def test_keypoints_are_in_the_decoded_images_frame(first_octave, size, centre, r
     assert pixels[:, 0].max() < width and pixels[:, 1].max() < height
 
 
-def test_first_octave_zero_is_the_default_and_round_trips():
-    assert LocalFeatureConfig().first_octave == 0
-    config = LocalFeatureConfig(first_octave=-1)
+def test_detect_side_round_trips_and_an_old_config_reads_as_it_was_made():
+    assert LocalFeatureConfig().detect_side == 256
+    config = LocalFeatureConfig(detect_side=512)
     assert LocalFeatureConfig.from_dict(config.to_dict()) == config
-    assert LocalFeatureConfig.from_dict({"kind": "rootsift", "max_keypoints": 256, "max_side": 512}).first_octave == -1
-    with pytest.raises(Exception, match="first_octave"):
-        LocalFeatureConfig(first_octave=1)
+    assert LocalFeatureConfig.from_dict({"kind": "rootsift", "max_keypoints": 256, "max_side": 400}).detect_side == 400
+    with pytest.raises(Exception, match="detect_side"):
+        LocalFeatureConfig(detect_side=10)
 
 
 def test_an_index_made_before_the_setting_still_verifies_as_it_was_made(photos, tmp_path):  # noqa: F811
     index_dir = tmp_path / "indexes"
-    old = {"kind": "rootsift", "max_keypoints": 256, "max_side": 512}  # what a manifest held before first_octave
-    index_folder(photos, "p", index_dir, local_features={**old, "first_octave": -1}, workers=1)
+    old = {"kind": "rootsift", "max_keypoints": 256, "max_side": 512}  # what a manifest held before detect_side
+    index_folder(photos, "p", index_dir, local_features={**old, "detect_side": 512}, workers=1)
     manifest_path = index_dir / "p" / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["local_features"] = old
@@ -56,7 +56,7 @@ def test_an_index_made_before_the_setting_still_verifies_as_it_was_made(photos, 
     cv2.imwrite(str(query), warped(scene(4)))
 
     with Searcher.open("p", index_dir, verify=5) as searcher:
-        assert searcher.local_config.first_octave == -1  # the query is described exactly as the collection was
+        assert searcher.local_config.detect_side == 512  # the query is described exactly as the collection was
         found = searcher.query(str(query), k=3).results
     assert found[0].path.endswith("scene-4.png") and found[0].verified
     # Asking for local features again keeps the index's own setting: nothing is recomputed.

@@ -35,12 +35,11 @@ DEFAULT_KIND = "rootsift"
 DEFAULT_MAX_KEYPOINTS = 256
 #: Features are detected on the image scaled down to at most this longer side.
 DEFAULT_MAX_SIDE = 512
-#: SIFT's first octave: ``-1`` is OpenCV's own (the image doubled first: 4x the pixels, two thirds of
-#: its time, not settable from Python), ``0`` has SIFT see the image at half the side, so it starts at
-#: the image's own resolution (about 4x faster, verification as good: docs/verify.md). An index without
-#: the key was made with ``-1`` and is read so.
-DEFAULT_FIRST_OCTAVE = 0
-_FIRST_OCTAVE_BEFORE_THE_KEY = -1
+#: RootSIFT detects on the image scaled down to at most this longer side. OpenCV doubles the image
+#: for SIFT's first octave (4x the pixels, two thirds of its time; not settable from Python), so 256
+#: is SIFT's first octave at the resolution of a 512 px image. An index without the key was made
+#: detecting at ``max_side`` and is read so.
+DEFAULT_DETECT_SIDE = 256
 #: Descriptor bytes a keypoint, by kind.
 DESCRIPTOR_BYTES = {"rootsift": 128, "orb": 32}
 #: RootSIFT components lie in [0, 1] and rarely exceed 0.5: this scale keeps them within uint8.
@@ -69,26 +68,24 @@ class LocalFeatureConfig:
     kind: str = DEFAULT_KIND
     max_keypoints: int = DEFAULT_MAX_KEYPOINTS
     max_side: int = DEFAULT_MAX_SIDE
-    first_octave: int = DEFAULT_FIRST_OCTAVE  # RootSIFT only (ORB builds its own pyramid)
+    detect_side: int = DEFAULT_DETECT_SIDE  # RootSIFT only (ORB builds its own pyramid, no doubling)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise UsageError(f"local features must be one of {', '.join(KINDS)}, got {self.kind!r}")
-        if isinstance(self.first_octave, bool) or self.first_octave not in (-1, 0):
-            raise UsageError(f"local features first_octave must be -1 or 0, got {self.first_octave!r}")
-        for name, low, high in (("max_keypoints", 8, 2000), ("max_side", 64, 4096)):
+        for name, low, high in (("max_keypoints", 8, 2000), ("max_side", 64, 4096), ("detect_side", 64, 4096)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise UsageError(f"local features {name} must be an integer from {low} to {high}, got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "max_keypoints": self.max_keypoints, "max_side": self.max_side, "first_octave": self.first_octave}
+        return {"kind": self.kind, "max_keypoints": self.max_keypoints, "max_side": self.max_side, "detect_side": self.detect_side}
 
     @classmethod
     def from_dict(cls, config: Mapping[str, Any]) -> "LocalFeatureConfig":
-        """The config ``config`` records; one saved before ``first_octave`` existed is read as it was made."""
-        known = {k: config[k] for k in ("kind", "max_keypoints", "max_side", "first_octave") if k in config}
-        return cls(**{"first_octave": _FIRST_OCTAVE_BEFORE_THE_KEY, **known})
+        """The config ``config`` records; one saved before ``detect_side`` existed is read as it was made."""
+        known = {k: config[k] for k in ("kind", "max_keypoints", "max_side", "detect_side") if k in config}
+        return cls(**{"detect_side": known.get("max_side", DEFAULT_MAX_SIDE), **known})
 
     @property
     def max_bytes(self) -> int:
@@ -131,9 +128,8 @@ class LocalExtractor:
         grey = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY) if image.ndim == 3 else image
         height, width = grey.shape[:2]
         longer = max(height, width)
-        scale = min(1.0, self.config.max_side / longer)
-        if self.config.kind == "rootsift" and self.config.first_octave == 0:
-            scale *= 0.5  # OpenCV doubles it again: its first octave is then the image's own resolution
+        side = min(self.config.max_side, self.config.detect_side) if self.config.kind == "rootsift" else self.config.max_side
+        scale = min(1.0, side / longer)
         if scale < 1.0:
             grey = cv2.resize(grey, (max(1, round(width * scale)), max(1, round(height * scale))), interpolation=cv2.INTER_AREA)
         keypoints, descriptors = self._detector.detectAndCompute(grey, None)

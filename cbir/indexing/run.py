@@ -433,14 +433,14 @@ def frame_sampling_setting(interval: float | None, max_frames: int | None, curre
 
 def local_features_setting(asked: bool | str | None, current: dict | None) -> dict | None:
     """The local-features config a run uses: ``asked`` (see :func:`index_folder`) over the index's ``current`` one."""
-    from cbir.features.local import DEFAULT_FIRST_OCTAVE, DEFAULT_KIND, LocalFeatureConfig
+    from cbir.features.local import DEFAULT_DETECT_SIDE, DEFAULT_KIND, LocalFeatureConfig
 
     if asked is None:
         return current
     if asked is False:
         return None
     if isinstance(asked, dict):  # a whole LocalFeatureConfig (benchmarks compare settings)
-        return LocalFeatureConfig.from_dict({"first_octave": DEFAULT_FIRST_OCTAVE, **asked}).to_dict()
+        return LocalFeatureConfig.from_dict({"detect_side": DEFAULT_DETECT_SIDE, **asked}).to_dict()
     kind = DEFAULT_KIND if asked is True else asked
     if current and current.get("kind") == kind:
         return current
