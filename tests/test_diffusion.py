@@ -113,6 +113,13 @@ def test_diffusion_through_the_cli_and_its_bad_values(tmp_path):
     assert result.exit_code == 0, result.output
     found = json.loads(result.stdout)["results"]
     assert len(found) == 5 and all(m["label"] == "g0" for m in found[:4]) and not any(m["path"] == str(query) for m in found)
+    # Without --exclude-self the query's own entry comes first, as it does without diffusion.
+    result = runner.invoke(app, [*base[:-1], "--diffusion"])
+    assert json.loads(result.stdout)["results"][0]["path"] == str(query), result.output
+    # A filter keeps its images: diffused results come from the label asked for (once an empty answer).
+    result = runner.invoke(app, [*base, "--diffusion", "--label", "g1"])
+    found = json.loads(result.stdout)["results"]
+    assert len(found) == 5 and all(m["label"] == "g1" for m in found), result.output
     result = runner.invoke(app, ["evaluate", "--name", "p", "--index-dir", str(index_dir), "--diffusion", "4", "--json"])
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["map"] > 0.9

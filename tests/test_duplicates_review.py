@@ -125,7 +125,8 @@ def test_cli_reports_both_tiers_with_keepers_as_text_json_csv_and_a_nul_list(sho
     data = json.loads(run("duplicates", *common, "--json").stdout)
     assert data["threshold"] == 0.9 and [g["tier"] for g in data["exact"] + data["near"]] == ["exact", "near"]
     assert data["near"][0]["keep"] == str(shoot / "scene0-big.png") and data["near"][0]["reason"].startswith("highest resolution")
-    assert [f["keep"] for f in data["exact"][0]["files"]] == [False, True]
+    # The exact group's choice, scene0.jpg, goes after all: the near group keeps scene0-big.png over its content.
+    assert data["exact"][0]["keep"] == str(shoot / "scene0.jpg") and [f["keep"] for f in data["exact"][0]["files"]] == [False, False]
     rows = list(csv.DictReader(io.StringIO(run("duplicates", *common, "--csv").stdout)))
     assert [(Path(r["path"]).name, r["tier"], r["keep"]) for r in rows][-3:] == [
         ("scene0-big.png", "near", "yes"), ("scene0-small.jpg", "near", "no"), ("scene0.jpg", "near", "no")

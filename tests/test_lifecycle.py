@@ -41,8 +41,8 @@ def paths_found(searcher, query, k=None):
 def test_remove_a_file_and_a_folder(collection, index_dir):
     index_folder(collection, "photos", index_dir)
     one = collection / "red" / "red-0.jpg"
-    assert remove_paths([one], "photos", index_dir) == 1
-    assert remove_paths([collection / "blue"], "photos", index_dir) == 5
+    assert remove_paths([one], "photos", index_dir).files == 1
+    assert remove_paths([collection / "blue"], "photos", index_dir).files == 5
     with Searcher.open("photos", index_dir) as searcher:
         assert searcher.size == 9
         found = paths_found(searcher, collection / "red" / "red-1.jpg")
@@ -73,7 +73,7 @@ def test_every_index_type_searches_and_removes(tmp_path, index_dir, index_type):
         assert str(query) in {m.path for m in top}
     else:
         assert top[0].path == str(query)
-    assert remove_paths([query], "many", index_dir) == 1
+    assert remove_paths([query], "many", index_dir).files == 1
     with Searcher.open("many", index_dir) as searcher:
         assert searcher.size == 119
         assert str(query) not in {m.path for m in searcher.query(root / "green" / "green-8.jpg", k=20).results}

@@ -106,6 +106,11 @@ def test_browser_review_shows_groups_and_changing_the_keeper_changes_the_export(
         assert [f["name"] for f in near["files"] if f["kept"] and f["checked"]] == ["scene0-big.png"]
         assert "highest resolution" in near["reason"]
         wait.until(lambda b: b.find_element("id", "not-kept-count").text == "3")
+        # The exact group's choice goes with its content, as the near group keeps scene0-big.png: the page says so.
+        wait.until(lambda b: "not kept after all: near group 2" in b.find_elements("css selector", "#groups .group .reason")[0].text)
+        chosen = browser.find_element("css selector", "#groups .group .file.kept")  # the exact group's choice
+        assert "gone" in chosen.get_attribute("class")
+        assert browser.execute_script("return getComputedStyle(arguments[0], '::after').content", chosen.find_element("css selector", ".keep")) == '"chosen, not kept"'
         before = not_kept(browser)
         assert any(line.endswith("scene0-small.jpg") for line in before)
         small = next(f for f in near["files"] if f["name"] == "scene0-small.jpg")

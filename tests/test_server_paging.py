@@ -106,6 +106,16 @@ def test_an_empty_index_folder_is_served_and_a_new_index_picked_up(collection, t
         assert client.get("/api/indexes/first/images").json()["total"] == 15
 
 
+def test_the_build_command_names_the_served_folder_unless_it_is_the_default(tmp_path):
+    """The line ``cbir serve`` prints on an empty folder: its command must build where this server looks."""
+    from cbir.server.app import build_command
+    from cbir.store.locations import default_index_dir
+
+    assert build_command(tmp_path / "idx") == f"cbir index FOLDER --name NAME --index-dir {tmp_path / 'idx'}"
+    assert build_command(default_index_dir()) == "cbir index FOLDER --name NAME"
+    assert build_command(tmp_path / "idx", show_paths=False) == "cbir index FOLDER --name NAME"
+
+
 def test_index_descriptions_name_weights_by_file_and_say_in_short_what_extracts(served):
     client, _, _ = served
     described = client.get("/api/indexes").json()["indexes"][0]

@@ -115,15 +115,22 @@ def duplicates(
 
 
 def _print_text(found) -> None:
+    from cbir.retrieval.keepers import group_notes
+
     groups = found.groups
+    gone = set(found.not_kept())
+    notes = group_notes(groups, show)
     print(f"exact copies (the same bytes): {len(found.exact)} group(s)")
     if found.threshold is not None:
         print(f"near-duplicates at similarity >= {found.threshold} ({found.threshold_source}): {len(found.near)} group(s)")
     for n, group in enumerate(groups, start=1):
         what = f"{len(group.files)} copies" if group.tier == "exact" else f"{len(group.files)} images, lowest similarity {group.min_score:.4f}"
-        print(f"\n{group.tier} group {n}: {what}; keep {show(group.kept.path)} ({group.reason})")
-        for position, candidate in enumerate(group.files):
-            mark = "keep" if position == group.keeper else "    "
+        unless = " unless its near group keeps another picture" if group.tier == "exact" else ""
+        print(f"\n{group.tier} group {n}: {what}; keep {show(group.kept.path)}{unless} ({group.reason})")
+        if notes[n - 1]:
+            print(f"  {notes[n - 1]}")
+        for candidate in group.files:  # the marks say what happens in the end, as --csv, --json and --not-kept do
+            mark = "    " if candidate.path in gone else "keep"
             print(f"  {mark}  {show(candidate.name)}")
     if groups:
-        print(f"\n{len(found.not_kept())} file(s) not kept (cbir duplicates ... --not-kept -0 lists them for a script)")
+        print(f"\n{len(gone)} file(s) not kept (cbir duplicates ... --not-kept -0 lists them for a script)")

@@ -340,6 +340,6 @@ def remove(
 
     removed = remove_paths(paths, name, index_dir, wait=wait, progress=progress_bar())
     if as_json:
-        print_json({"name": name, "removed": removed})
+        print_json({"name": name, "removed": removed.files, "entries": removed.entries, "videos": removed.videos})
     else:
-        print(f"removed {removed} image(s) from index {name!r}")
+        print(f"removed {removed.describe()} from index {name!r}")

@@ -96,7 +96,7 @@ def serve(
         import uvicorn
         from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-        from cbir.server.app import Limits, create_app
+        from cbir.server.app import Limits, build_command, create_app
     except ImportError as exc:
         from cbir.extras import missing_extra
 
@@ -141,7 +141,7 @@ def serve(
         if not served:
             problems = "".join(f"; not served: {problem}" for problem in pool.problems())
             stderr.print(
-                f"note: {pool.index_dir} holds no index{problems}; build one with 'cbir index FOLDER --name NAME' "
+                f"note: {pool.index_dir} holds no index{problems}; build one with '{build_command(pool.index_dir)}' "
                 "(the running server picks it up)",
                 markup=False,
             )

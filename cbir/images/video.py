@@ -44,6 +44,21 @@ _LOOKS_PER_S = 2.0
 SCENE_THRESHOLD = 0.3
 
 
+#: ISO BMFF brands of still images (HEIF, AVIF, JPEG XL): an ``ftyp`` box with any other is a video.
+_STILL_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis", b"jxl "})
+
+
+def looks_like_video(data: bytes) -> bool:
+    """Whether ``data`` starts like a video container (MP4/MOV, Matroska/WebM, AVI, MPEG, Ogg, FLV, ASF):
+    for telling an upload that is not a still from one that is not readable at all."""
+    head = bytes(data[:16])
+    if head[4:8] == b"ftyp":
+        return head[8:12] not in _STILL_BRANDS
+    return head.startswith((b"\x1a\x45\xdf\xa3", b"\x00\x00\x01\xba", b"\x00\x00\x01\xb3", b"OggS", b"FLV", b"\x30\x26\xb2\x75")) or (
+        head[:4] == b"RIFF" and head[8:12] == b"AVI "
+    )
+
+
 def is_video_path(path: str | os.PathLike) -> bool:
     """Whether the file name has a video suffix (any letter case)."""
     return os.path.splitext(os.fspath(path))[1].lower() in VIDEO_EXTENSIONS

@@ -27,7 +27,8 @@ def prune_missing(
     dry_run: bool = False,
     progress: Progress = SILENT,
 ) -> list[str]:
-    """Drop the rows (indexed and skipped) of files that no longer exist; return their paths, sorted.
+    """Drop the rows (indexed and skipped) of files that no longer exist; return their paths, sorted,
+    each once (a video's frames are rows of one file).
 
     Only the existence of each path is checked: nothing is read or re-embedded.
     With ``dry_run`` nothing changes (and no write lock is taken). ``progress``
@@ -43,7 +44,7 @@ def prune_missing(
             if rows or skipped:
                 writer.remove([row.id for row in rows], skipped)
             writer.finish()
-    return sorted([row.path for row in rows] + skipped)
+    return sorted({row.path for row in rows} | set(skipped))
 
 
 def _gone(image_rows, skipped_files) -> tuple[list, list[str]]:

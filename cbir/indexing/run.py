@@ -21,6 +21,7 @@ import itertools
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -516,6 +517,24 @@ def _nothing_readable_message(folder: Path, skipped: list[tuple[str, str]]) -> s
     return f"none of the image files under {folder} could be read{example}"
 
 
+@dataclass(frozen=True)
+class Removal:
+    """What :func:`remove_paths` took out: files (a video once), and index entries (a video's: one per frame)."""
+
+    files: int
+    entries: int
+    videos: int = 0
+
+    def describe(self) -> str:
+        """``3 image(s)``; ``1 file (4 frames)`` or ``3 file(s) (a video's 4 frames among 6 entries)`` with videos."""
+        if not self.videos:
+            return f"{self.files} image(s)"
+        frames = self.entries - (self.files - self.videos)
+        if self.files == 1:
+            return f"1 file ({frames} frames)"
+        return f"{self.files} file(s) ({self.entries} entries, {frames} of them frames of {self.videos} video(s))"
+
+
 def remove_paths(
     paths: Sequence[str | os.PathLike],
     name: str,
@@ -527,11 +546,13 @@ def remove_paths(
 
     All or nothing: if any path matches nothing in the index, nothing is
     removed and :class:`~cbir.errors.UsageError` names it. Returns the number
-    of images removed. ``progress`` follows the snapshot's update (DBA's
+    :class:`Removal`: the files and the entries removed. ``progress`` follows the snapshot's update (DBA's
     neighbours of the images that lost one).
     """
     with open_writer(index_path(name, index_dir), wait=wait, create=False, progress=progress) as writer:
         ids: set[int] = set()
+        videos: set[str] = set()
+        files: set[str] = set()
         skipped_paths: list[str] = []
         for raw in paths:
             key = str(normalize_path(raw))
@@ -540,9 +561,11 @@ def remove_paths(
             if not rows and not skipped:
                 raise UsageError(f"not in index {name!r}: {key}")
             ids.update(row.id for row in rows.values())
+            files.update(row.path for row in rows.values())
+            videos.update(row.path for row in rows.values() if row.time is not None)
             skipped_paths.extend(skipped)
         # Remembered, so that indexing a folder above them does not bring them back.
         remembered = [*writer.removed_paths(), *(str(normalize_path(p)) for p in paths)]
         removed = writer.remove(sorted(ids), skipped_paths, removed_paths=remembered)
         writer.finish()
-        return removed
+        return Removal(len(files), removed, len(videos))

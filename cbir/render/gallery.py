@@ -85,15 +85,18 @@ def _explanation_uri(result, match) -> str | None:
 def duplicates_page(found, title: str = "cbir duplicates") -> str:
     """The page for what :func:`cbir.retrieval.duplicates.find_duplicates` found: exact copies, then
     near-duplicates, each group with its suggested keeper framed and the reason."""
+    from cbir.retrieval.keepers import group_notes
+
     sections = []
+    gone, notes = set(found.not_kept()), group_notes(found.groups, short_name)
     for n, group in enumerate(found.groups, start=1):
         if group.tier == "exact":
             heading = f"exact copies {n}: {len(group.files)} files with the same bytes"
         else:
             heading = f"near-duplicates {n}: {len(group.files)} images, lowest similarity {group.min_score:.3f}"
-        heading += f"; keep {short_name(group.kept.path)} ({group.reason})"
+        heading += f"; keep {short_name(group.kept.path)} ({group.reason})" + (f"; {notes[n - 1]}" if notes[n - 1] else "")
         cards = [
-            Card(c.path, "keep" if i == group.keeper else "", is_query=i == group.keeper, details=_file_details(c), time=c.time)
+            Card(c.path, "keep" if c.path not in gone else "", is_query=i == group.keeper, details=_file_details(c), time=c.time)
             for i, c in enumerate(group.files)
         ]
         sections.append((heading, cards))

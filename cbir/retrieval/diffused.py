@@ -64,6 +64,10 @@ class DiffusionGraph:
         # Reached images first (by diffused score), then the rest by plain similarity.
         peak = np.maximum(diffused.max(axis=1, keepdims=True), 1e-300)
         key = np.where(diffused > 1e-12 * peak, 2.0 + diffused / peak, plain)
+        # The best plain match stays first (seeds come by similarity): an indexed copy of the query
+        # comes back first, as without diffusion; diffusion orders what follows.
+        first = rows[:, 0] if rows.shape[1] else np.full(len(rows), -1)
+        key[np.flatnonzero(first >= 0), first[first >= 0]] = 4.0
         if allowed is not None:
             key = np.where(np.isin(self.ids, allowed)[None, :], key, -np.inf)
         n = min(n, len(self.ids))

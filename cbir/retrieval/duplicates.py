@@ -16,9 +16,10 @@ Each was measured by ``benchmarks/duplicates.py``: re-encoded, resized and
 cropped copies of the Corel-1k photos against all pairs of distinct photos.
 Every group comes with a suggested keeper and its reason (:mod:`cbir.retrieval.keepers`).
 
-A video is one file of a group however many of its frames are in it (shown
-at the earliest), and two frames of one video are never a near pair: its
-consecutive frames are alike by nature, not duplicates of each other.
+A video takes part in the exact tier only (as one file, however many frames
+it has): a frame alike to a photo does not make the video a duplicate of the
+photo, nor one alike frame two videos duplicates of each other, so a video is
+never left out of what is kept because one of its frames resembles something.
 """
 
 from __future__ import annotations
@@ -116,6 +117,8 @@ def find_duplicates(
             rows = searcher.image_rows() if allowed is None else searcher.image_rows(allowed)
             candidates = _candidates(searcher, rows)
             exact, representatives = _exact_groups(rows, candidates)
+            # Stills only: a video is a different medium, never a near duplicate (module docstring).
+            representatives = [row for row in representatives if row.time is None]
             near_groups = _near_groups(searcher, representatives, candidates, threshold, block_size, progress) if near else []
     finally:
         store.close()
@@ -195,7 +198,6 @@ def _near_groups(
     # DBA moved the indexed vectors: compare the original ones
     vectors_index = searcher.plain_vectors() if searcher.augmented else searcher.vectors
     ids = np.array([row.id for row in rows], dtype=np.int64)
-    video_of = _video_numbers(rows)
     parent = np.arange(len(ids))
     weakest = np.full(len(ids), np.inf)
     progress.start("comparing images", len(ids))
@@ -209,8 +211,6 @@ def _near_groups(
             a = np.searchsorted(ids, queries)
             b = np.searchsorted(ids, neighbours)
             known = (b < len(ids)) & (ids[np.minimum(b, len(ids) - 1)] == neighbours) & (a != b)
-            if video_of is not None:  # two frames of one video are no pair
-                known &= (video_of[a] < 0) | (video_of[a] != video_of[np.minimum(b, len(ids) - 1)])
             for i, j, score in zip(a[known], b[known], scores[known]):
                 _union(parent, weakest, int(i), int(j), float(score))
             progress.advance(len(block_ids))
@@ -233,14 +233,6 @@ def _near_groups(
 def _earliest(rows: list[ImageRow]) -> ImageRow:
     """A file's row in a group: a photo's one, a video's earliest frame."""
     return min(rows, key=lambda row: -1.0 if row.time is None else row.time)
-
-
-def _video_numbers(rows: list[ImageRow]) -> np.ndarray | None:
-    """Per row: a number shared by the frames of one video, -1 for a photo; ``None`` where there is no video."""
-    if all(row.time is None for row in rows):
-        return None
-    numbers: dict[str, int] = {}
-    return np.array([-1 if row.time is None else numbers.setdefault(row.path, len(numbers)) for row in rows], dtype=np.int64)
 
 
 def _pairs(vectors_index: VectorIndex, block_ids: np.ndarray, vectors: np.ndarray, threshold: float, warn: bool = True):

@@ -179,15 +179,20 @@ def apply_choices(groups: Sequence[ReviewGroup], keep: dict[int, int]) -> list[R
 
 
 def files_not_kept(groups: Sequence[ReviewGroup]) -> list[str]:
-    """The paths of the files the review does not keep, each once, in group order.
+    """The paths of the files the review does not keep, each once, in group order: the one rule
+    every report follows (text, CSV, JSON, the API's exports and the review page).
 
-    A near group's file stands for its content: :func:`cbir.retrieval.duplicates.find_duplicates`
-    puts one file of each set of byte-identical copies in the near groups. So a
-    content passed over in its near group goes with all its copies, and a kept
-    one stays through its exact group's keeper (whichever file a person chose there).
+    The exact tier decides between byte-identical copies; the near tier between
+    contents: a near group's file stands for its content, since
+    :func:`cbir.retrieval.duplicates.find_duplicates` puts one file of each set of
+    copies in the near groups. So a content passed over in its near group goes
+    with all its copies (the exact group's keeper too: :func:`group_notes` says
+    so), and a kept one stays through its exact group's keeper (whichever file a
+    person chose there). A video is never passed over by the near tier: it is a
+    different medium from a photo, and one alike frame is not a duplicate video.
     """
     near_kept = {_content(g.kept) for g in groups if g.tier == "near"}
-    gone = {_content(c) for g in groups if g.tier == "near" for c in g.not_kept} - near_kept
+    gone = {_content(c) for g in groups if g.tier == "near" for c in g.not_kept if c.time is None} - near_kept
     seen: dict[str, None] = {}
     for group in groups:
         for position, candidate in enumerate(group.files):
@@ -195,6 +200,30 @@ def files_not_kept(groups: Sequence[ReviewGroup]) -> list[str]:
             if passed_over or _content(candidate) in gone:
                 seen.setdefault(candidate.path, None)
     return list(seen)
+
+
+def group_notes(groups: Sequence[ReviewGroup], show=lambda path: path) -> list[str | None]:
+    """Per group: ``None`` where its keeper is kept, else why the other tier overrides it.
+
+    An exact group's keeper is kept unless its near group keeps another picture;
+    a near group's keeper stays as the copy its exact group keeps.
+    """
+    gone = set(files_not_kept(groups))
+    notes: list[str | None] = []
+    for group in groups:
+        note = None
+        if group.kept.path in gone:
+            content = _content(group.kept)
+            other = "near" if group.tier == "exact" else "exact"
+            where = next(
+                ((n, g) for n, g in enumerate(groups, start=1) if g.tier == other and any(_content(c) == content for c in g.files)), None
+            )
+            if where is not None and group.tier == "exact":
+                note = f"not kept after all: near group {where[0]} keeps another picture, {show(where[1].kept.path)}, so no copy here is kept"
+            elif where is not None:
+                note = f"kept as its byte-identical copy {show(where[1].kept.path)} (exact group {where[0]})"
+        notes.append(note)
+    return notes
 
 
 def _content(candidate: Candidate) -> str:
@@ -205,33 +234,42 @@ def _content(candidate: Candidate) -> str:
 CSV_COLUMNS = ("group", "tier", "keep", "path", "width", "height", "size", "reason", "min_score")
 
 
-def group_to_dict(group: ReviewGroup, number: int, show=lambda path: path) -> dict:
-    """One group as JSON: its files, the keeper and why; ``show`` turns a stored path into the one shown."""
+def group_to_dict(group: ReviewGroup, number: int, show=lambda path: path, gone: frozenset | set = frozenset(), note: str | None = None) -> dict:
+    """One group as JSON: its files, the keeper and why; ``show`` turns a stored path into the one shown.
+
+    ``keep``/``keep_id``/``reason``: the group's own choice; ``files[].keep``: whether
+    the file is kept in the end (not in ``gone``, the files not kept); ``note``: why
+    the two differ (:func:`group_notes`), ``None`` where they agree.
+    """
     return {
         "group": number,
         "tier": group.tier,
         "size": len(group.files),
         "min_score": group.min_score,
         "paths": [show(c.path) for c in group.files],
-        "files": [{**c.to_dict(), "path": show(c.path), "keep": i == group.keeper} for i, c in enumerate(group.files)],
+        "files": [{**c.to_dict(), "path": show(c.path), "keep": c.path not in gone} for c in group.files],
         "keep": show(group.kept.path),
         "keep_id": group.kept.id,
         "reason": group.reason,
+        "note": note,
     }
 
 
 def review_to_dict(groups: Sequence[ReviewGroup], show=lambda path: path) -> dict:
     """``{"exact": [...], "near": [...], "not_kept": [paths]}``: groups numbered across both tiers, exact first."""
-    dicts = [group_to_dict(g, n, show) for n, g in enumerate(groups, start=1)]
+    gone = set(files_not_kept(groups))
+    notes = group_notes(groups, show)
+    dicts = [group_to_dict(g, n, show, gone, notes[n - 1]) for n, g in enumerate(groups, start=1)]
     return {
         "exact": [d for d in dicts if d["tier"] == "exact"],
         "near": [d for d in dicts if d["tier"] == "near"],
-        "not_kept": [show(p) for p in files_not_kept(groups)],
+        "not_kept": [show(p) for p in files_not_kept(groups)],  # the same rule as files[].keep
     }
 
 
 def review_csv(groups: Sequence[ReviewGroup], show=lambda path: path) -> str:
-    """A CSV of every file of every group: one row each, ``keep`` yes/no, the reason on the keeper's row."""
+    """A CSV of every file of every group: one row each, ``keep`` yes/no (kept in the end), the reason on
+    the group keeper's row, with its note where the other tier overrides it (:func:`group_notes`)."""
     import csv
     import io
 
@@ -239,10 +277,11 @@ def review_csv(groups: Sequence[ReviewGroup], show=lambda path: path) -> str:
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(CSV_COLUMNS)
     gone = set(files_not_kept(groups))
+    notes = group_notes(groups, show)
     for number, group in enumerate(groups, start=1):
         for position, c in enumerate(group.files):
-            keep = position == group.keeper and c.path not in gone
-            reason = group.reason if position == group.keeper else ""
+            keep = c.path not in gone
+            reason = "; ".join(filter(None, (group.reason, notes[number - 1]))) if position == group.keeper else ""
             writer.writerow([number, group.tier, "yes" if keep else "no", show(c.path), c.width or "", c.height or "", c.size, reason, group.min_score])
     return out.getvalue()
 

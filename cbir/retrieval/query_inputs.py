@@ -16,7 +16,7 @@ from cbir.errors import ImageError
 from cbir.fileio import file_sha256, sha256_bytes
 from cbir.images.decode import decode_image, read_image
 from cbir.images.scan import normalize_path
-from cbir.images.video import is_video_path
+from cbir.images.video import is_video_path, looks_like_video
 
 
 #: What a query can be: an image file's path, its encoded bytes, or a decoded uint8 array.
@@ -99,7 +99,7 @@ def prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=N
             out.append((image.item, None))
             continue
         if isinstance(image, (str, os.PathLike)) and is_video_path(image):
-            out.append((None, ImageError(f"cannot query by a video ({normalize_path(image)}): query with a still taken from it")))
+            out.append((None, video_query_error(str(normalize_path(image)))))
             continue
         if isinstance(image, (str, os.PathLike)):
             file, item = next(from_files)
@@ -121,8 +121,14 @@ def prepare_batch(images: Sequence[QueryImage], channels: str, embedder, local=N
                 item = WithFeatures(item, local.features(sharp))
             out.append((item, None))
         except ImageError as exc:
-            out.append((None, exc))
+            video = isinstance(image, (bytes, bytearray, memoryview)) and looks_like_video(image)
+            out.append((None, video_query_error("these bytes") if video else exc))
     return out
+
+
+def video_query_error(what: str) -> ImageError:
+    """The one answer to a query by a video (which of its frames would it be?), from the CLI or an upload."""
+    return ImageError(f"cannot query by a video ({what}): query with a still taken from it")
 
 
 

@@ -320,7 +320,8 @@ class Searcher:
         ids = np.where(left_out, -1, ids)
         order = np.argsort(ids < 0, axis=1, kind="stable")
         ids, scores = np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
-        return graph.rank(vectors, scores, ids, n, self._allowed.get(image_filter))
+        allowed = self._allowed.get(image_filter)
+        return graph.rank(vectors, scores, ids, n, None if allowed is None else allowed.ids)
 
     def _diffusion_graph(self):
         with self._graph_lock:

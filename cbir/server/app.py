@@ -69,6 +69,14 @@ def _status_of(exc: CbirError) -> int:
     return 503  # an index that cannot be read right now: the server's problem, not the request's
 
 
+def build_command(index_dir: Path, show_paths: bool = True) -> str:
+    """How to make an index a server of ``index_dir`` picks up: what the page and ``cbir serve`` say while it serves none."""
+    command = "cbir index FOLDER --name NAME"
+    if Path(index_dir).resolve() != default_index_dir().resolve() and show_paths:
+        command += f" --index-dir {shlex.quote(display_path(str(index_dir), controls=False))}"
+    return command
+
+
 def create_app(
     index_dir: str | os.PathLike | None = None,
     names: Sequence[str] | None = None,
@@ -168,10 +176,7 @@ def create_app(
     def health() -> dict[str, Any]:
         return {"status": "ok", "version": __version__, "indexes": pool.names_served()}
 
-    # How to make an index this server picks up: what the page shows while it serves none.
-    build_hint = "cbir index FOLDER --name NAME"
-    if pool.index_dir.resolve() != default_index_dir().resolve() and access.show_paths:
-        build_hint += f" --index-dir {shlex.quote(display_path(str(pool.index_dir), controls=False))}"
+    build_hint = build_command(pool.index_dir, access.show_paths)
 
     @app.get("/api/indexes", tags=["api"], summary="The indexes served: name, extractor, size; and how to build one")
     def indexes() -> dict[str, Any]:

@@ -14,7 +14,8 @@ from cbir.errors import ImageError
 from cbir.images.decode import decode_image
 from cbir.server.access import private_path, public_path
 from cbir.server.live import LiveIndex
-from cbir.images.video import describe_frame
+from cbir.images.video import describe_frame, is_video_path, looks_like_video
+from cbir.retrieval.query_inputs import video_query_error
 from cbir.server.queries import SearchRequest
 from cbir.store.catalogue import ImageFilter
 from cbir.timing import measuring, record, stage
@@ -112,6 +113,8 @@ def _prepare_upload(searcher, data: bytes, filename: str, limits: Limits):
             with stage("decode"):
                 image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
         except ImageError as exc:
+            if looks_like_video(data) or is_video_path(filename):
+                raise video_query_error(repr(filename[:100])) from None
             raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
         with stage("embed"):
             item = searcher.prepare(image)

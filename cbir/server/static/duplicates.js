@@ -152,7 +152,8 @@ function showChoices(review) {
       if (review) item.classList.toggle("gone", gone.has(item.querySelector(".name").title));
     }
     const reviewed = reasons.get(number);
-    if (reviewed) section.querySelector(".reason").textContent = `Keep ${baseName(reviewed.keep)}: ${reviewed.reason}.`;
+    // The note says where the other tier overrides this group's choice (the library's group_notes).
+    if (reviewed) section.querySelector(".reason").textContent = `Keep ${baseName(reviewed.keep)}: ${reviewed.reason}.` + (reviewed.note ? ` But ${reviewed.note}.` : "");
   }
 }
 
