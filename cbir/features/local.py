@@ -39,7 +39,7 @@ DEFAULT_MAX_SIDE = 512
 #: for SIFT's first octave (4x the pixels, two thirds of its time; not settable from Python), so 256
 #: is SIFT's first octave at the resolution of a 512 px image. An index without the key was made
 #: detecting at ``max_side`` and is read so.
-DEFAULT_DETECT_SIDE = 256
+DEFAULT_DETECT_SIDE = DEFAULT_MAX_SIDE  # 256 was measured: -0.07 mAP on MobileNet warped queries (docs/verify.md)
 #: Descriptor bytes a keypoint, by kind.
 DESCRIPTOR_BYTES = {"rootsift": 128, "orb": 32}
 #: RootSIFT components lie in [0, 1] and rarely exceed 0.5: this scale keeps them within uint8.
