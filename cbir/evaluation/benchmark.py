@@ -10,14 +10,16 @@ A spec is a JSON file (or the same mapping from Python)::
         {"name": "colour"},
         {"name": "mobilenet", "backbone": "mobilenet", "weights": "mobilenet.weights.h5"},
         {"name": "mobilenet-pca64", "backbone": "mobilenet", "weights": "mobilenet.weights.h5", "pca": 64},
-        {"name": "rerank", "backbone": "mobilenet", "weights": "mobilenet.weights.h5", "dba": 2, "expand": 2}
+        {"name": "rerank", "backbone": "mobilenet", "weights": "mobilenet.weights.h5", "dba": 2, "expand": 2},
+        {"name": "diffused", "backbone": "mobilenet", "weights": "mobilenet.weights.h5", "diffusion": 20}
       ]
     }
 
 A config takes the options of ``cbir index`` by their Python names
 (``extractor``, ``backbone``, ``bins``, ``pca``, ``index_type``, ``dba``...;
 see :class:`cbir.features.pipeline.EmbedderOptions`, whose keys every
-extractor's declared parameters make) and ``expand`` / ``alpha`` for queries;
+extractor's declared parameters make) and ``expand`` / ``alpha`` / ``diffusion`` (the
+graph's neighbours, ``cbir query --diffusion``; docs/rerank.md says when it pays) for queries;
 any other key is refused; ``"dba": null`` / ``"expand": null`` turn re-ranking
 off, a missing key keeps the default. Each configuration gets its own index
 under ``work_dir``; quality is measured leave-one-out, query latency as the
@@ -43,9 +45,10 @@ from cbir.features.base import declared_parameters
 from cbir.features.pipeline import EmbedderOptions
 from cbir.progress import SILENT, Progress
 from cbir.ann.rerank import DEFAULT_ALPHA, DEFAULT_EXPAND
+from cbir.retrieval.diffused import check_diffusion
 
 #: Keys of a config besides the embedder's (:meth:`EmbedderOptions.keys`, derived from the extractors).
-_RUN_KEYS = {"name", "index_type", "dba", "dba_alpha", "expand", "alpha"}
+_RUN_KEYS = {"name", "index_type", "dba", "dba_alpha", "expand", "alpha", "diffusion"}
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -109,6 +112,10 @@ def check_spec(spec: Any, base: Path | None = None) -> dict[str, Any]:
                 f"config {config['name']!r}: unknown key(s) {', '.join(sorted(unknown))}; "
                 f"a config takes {', '.join(sorted(config_keys()))}"
             )
+        try:  # checked before any config is indexed: a bad value costs no run
+            check_diffusion(config.get("diffusion"))
+        except (TypeError, UsageError) as exc:
+            raise UsageError(f"config {config['name']!r}: {exc}") from None
         config = dict(config)
         for key, words in _path_keys().items():
             if isinstance(config.get(key), str) and config[key] not in words:
@@ -171,6 +178,7 @@ def run_benchmark(spec: Mapping[str, Any], work_dir: str | os.PathLike, progress
         dba = config["dba"] if "dba" in config else "keep"
         expand = config["expand"] if "expand" in config else DEFAULT_EXPAND
         alpha = float(config.get("alpha", DEFAULT_ALPHA))
+        diffusion = config.get("diffusion")
         shutil.rmtree(work_dir / name, ignore_errors=True)
         started = time.perf_counter()
         index_folder(
@@ -185,8 +193,10 @@ def run_benchmark(spec: Mapping[str, Any], work_dir: str | os.PathLike, progress
             progress=progress,
         )
         index_seconds = time.perf_counter() - started
-        report = evaluate_index(name, work_dir, labels=spec.get("labels"), expand=expand, alpha=alpha, progress=progress)
-        with Searcher.open(name, work_dir, expand=expand, alpha=alpha) as searcher:
+        report = evaluate_index(
+            name, work_dir, labels=spec.get("labels"), expand=expand, alpha=alpha, diffusion=diffusion, progress=progress
+        )
+        with Searcher.open(name, work_dir, expand=expand, alpha=alpha, diffusion=diffusion) as searcher:
             searcher.query(timed[0], k=10)  # loads the model: not part of a query's latency
             latencies = []
             for path in timed:
@@ -198,6 +208,7 @@ def run_benchmark(spec: Mapping[str, Any], work_dir: str | os.PathLike, progress
         description += f", {config.get('index_type') or 'flat'}"
         description += f", DBA-{dba_config['k']}" if dba_config else ""
         description += f", αQE-{expand}" if expand else ""
+        description += f", diffusion-{diffusion}" if diffusion else ""
         size = sum(p.stat().st_size for p in (work_dir / name).rglob("*") if p.is_file())
         rows.append(
             BenchmarkRow(

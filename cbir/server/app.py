@@ -14,11 +14,9 @@ import functools
 import logging
 import mimetypes
 import os
-import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -34,58 +32,31 @@ from starlette.requests import ClientDisconnect
 from cbir._version import __version__
 from cbir.display import display_path
 from cbir.errors import CbirError, ImageError, IndexNotFoundError, NotInIndexError, UsageError
-from cbir.images.decode import decode_image
 from cbir.cpus import usable_cores
 from cbir.server.access import (
-    Access, AccessGuard, private_path, public_description, public_path, public_text, without_weight_paths,
+    Access, AccessGuard, public_description, public_path, public_text, without_weight_paths,
 )
 from cbir.server.duplicates_api import add_duplicate_routes
 from cbir.server.live import IndexPool, LiveIndex, ThumbnailCache
 from cbir.server.media import UnsatisfiableRange, byte_range
-from cbir.images.video import describe_frame
 from cbir.server.metrics import RequestMetrics, ServerMetrics
-from cbir.server.queries import FILTER_FIELDS, RequestError, SearchRequest, read_form, read_json
-from cbir.store.catalogue import ImageFilter
+from cbir.server.parameters import (
+    FILTER_PARAMETERS, K_PARAMETER, LIMIT_PARAMETER, OFFSET_PARAMETER, SEARCH_BODY, ApiError, Limits, Page,
+    parse_flag, parse_image_id, parse_k, parse_offset, parse_verify,
+)
+from cbir.server.searching import add_links, measured_search, requested_filter
+from cbir.server.queries import FILTER_FIELDS, RequestError, read_form, read_json
 from cbir.store.locations import default_index_dir
 from cbir.server.transport import BodyLimits, HeadAsGet
-from cbir.timing import measuring, record, stage
 
 logger = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-_ID = re.compile(r"[0-9]{1,18}")
-_K = re.compile(r"[+-]?[0-9]{1,18}")
 _PAGE_HEADERS = {
     # The page needs nothing from elsewhere: say so, so an injected tag could not load anything either.
     "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'",
     "Referrer-Policy": "no-referrer",
 }
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may ask of the server."""
-
-    max_upload_bytes: int = 20 * 2**20
-    #: Below the indexing cap: an upload decodes in memory, several at once.
-    max_pixels: int = 50_000_000
-    #: Results in one answer (a search's ``k``, a listing's ``limit``); ``offset`` pages further.
-    max_k: int = 1000
-    #: How deep a search may page: ``offset + k`` at most this (a listing pages to its end).
-    max_depth: int = 10_000
-    default_k: int = 10
-    #: Requests decoding and searching at once; default: three per usable core (at most 32).
-    search_threads: int | None = None
-    #: Seconds a request body may take to arrive, all of it (``None``: no limit): 408 after.
-    body_timeout: float | None = None
-
-
-class ApiError(Exception):
-    """A request the API refuses: its HTTP status and one sentence."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 def _status_of(exc: CbirError) -> int:
@@ -222,7 +193,7 @@ def create_app(
         "/api/indexes/{name}/search",
         tags=["api"],
         summary="Search by uploaded images and/or ids of indexed images (to find and to avoid), within a folder or label",
-        openapi_extra={"requestBody": _SEARCH_BODY, "parameters": [_K_PARAMETER, _OFFSET_PARAMETER, *_FILTER_PARAMETERS]},
+        openapi_extra={"requestBody": SEARCH_BODY, "parameters": [K_PARAMETER, OFFSET_PARAMETER, *FILTER_PARAMETERS]},
     )
     async def search(name: str, request: Request) -> JSONResponse:
         live = pool.get(name)
@@ -241,16 +212,16 @@ def create_app(
         except ClientDisconnect:
             return Response(status_code=400)  # nobody is listening; just stop
         params = request.query_params
-        k = _parse_k(asked.k if asked.k is not None else params.get("k"), limits)
-        offset = _parse_offset(asked.offset if asked.offset is not None else params.get("offset"))
+        k = parse_k(asked.k if asked.k is not None else params.get("k"), limits)
+        offset = parse_offset(asked.offset if asked.offset is not None else params.get("offset"))
         if offset + k > limits.max_depth:
             raise ApiError(422, f"a search pages at most {limits.max_depth} results deep: offset + k is {offset + k}")
         filters = {key: getattr(asked, key) if getattr(asked, key) is not None else params.get(key) for key in FILTER_FIELDS}
-        verify = _parse_verify(params.get("verify"))
-        explain = _parse_flag(params.get("explain"), "explain")
-        page = _Page(k, offset)
+        verify = parse_verify(params.get("verify"))
+        explain = parse_flag(params.get("explain"), "explain")
+        page = Page(k, offset)
         body, stages = await in_search_thread(
-            _measured_search, live, asked, page, filters, limits, access.show_paths, verify, decoders, explain
+            measured_search, live, asked, page, filters, limits, access.show_paths, verify, decoders, explain
         )
         metrics.observe_search(live.name, asked.kind, stages)
         return JSONResponse(body)  # plain dicts and floats: FastAPI's encoder pass is not needed
@@ -259,17 +230,17 @@ def create_app(
         "/api/indexes/{name}/images",
         tags=["api"],
         summary="The indexed images without a query, a page at a time, in path order; within a folder or label",
-        openapi_extra={"parameters": [_OFFSET_PARAMETER, _LIMIT_PARAMETER, *_FILTER_PARAMETERS]},
+        openapi_extra={"parameters": [OFFSET_PARAMETER, LIMIT_PARAMETER, *FILTER_PARAMETERS]},
     )
     def browse(name: str, request: Request) -> JSONResponse:
         params = request.query_params
-        limit = _parse_k(params.get("limit"), limits, what="limit", default=100)
-        offset = _parse_offset(params.get("offset"))
+        limit = parse_k(params.get("limit"), limits, what="limit", default=100)
+        offset = parse_offset(params.get("offset"))
         with pool.get(name).use() as searcher:
-            page = searcher.browse(offset, limit, _image_filter(searcher, {key: params.get(key) for key in FILTER_FIELDS}))
+            page = searcher.browse(offset, limit, requested_filter(searcher, {key: params.get(key) for key in FILTER_FIELDS}))
             roots = None if access.show_paths else searcher.indexed_roots()
             body = page.to_dict()
-            _add_links(body["results"], page.images, f"/api/indexes/{name}", roots)
+            add_links(body["results"], page.images, f"/api/indexes/{name}", roots)
         return JSONResponse({"index": name, "limit": limit, **body})
 
     @app.get("/api/indexes/{name}/facets", tags=["api"], summary="What a search can be restricted to: labels, folders, cameras and dates")
@@ -306,7 +277,7 @@ def create_app(
     @app.get("/api/indexes/{name}/thumbnails/{image_id}", tags=["api"], summary="A small JPEG of an indexed image")
     def thumbnail(name: str, image_id: str) -> Response:
         live = pool.get(name)
-        number = _image_id(image_id)
+        number = parse_image_id(image_id)
         try:
             data = thumbnails.get(name, number, lambda: _open_file(live, image_id))
         except ImageError as exc:
@@ -331,44 +302,9 @@ def create_app(
     return app
 
 
-# -- request parsing -----------------------------------------------------------
-def _parse_k(value: str | None, limits: Limits, what: str = "k", default: int | None = None) -> int:
-    if value is None or value == "":
-        return limits.default_k if default is None else default
-    if not _K.fullmatch(value.strip()):
-        raise ApiError(422, f"{what} must be a whole number from 1 to {limits.max_k}, got {value[:40]!r}")
-    k = int(value)
-    if not 1 <= k <= limits.max_k:
-        raise ApiError(422, f"{what} must be from 1 to {limits.max_k} (page on with offset), got {k}")
-    return k
-
-
-def _parse_offset(value: str | None) -> int:
-    if value is None or value == "":
-        return 0
-    if not _K.fullmatch(value.strip()) or int(value) < 0:
-        raise ApiError(422, f"offset must be a whole number from 0 up, got {value[:40]!r}")
-    return int(value)
-
-
-@dataclass(frozen=True)
-class _Page:
-    """Which results one answer holds: ``k`` of them after the first ``offset``."""
-
-    k: int
-    offset: int = 0
-
-
-def _image_id(image_id: str) -> int:
-    # Only digits: '..', encoded dots, absolute paths and NUL bytes never get near the filesystem.
-    if not _ID.fullmatch(image_id):
-        raise ApiError(422, f"an image id is a whole number, got {image_id[:40]!r}")
-    return int(image_id)
-
-
 def _open_file(live: LiveIndex, image_id: str):
     """The row of an image and its file, opened only while it is still the file that was indexed."""
-    number = _image_id(image_id)
+    number = parse_image_id(image_id)
     with live.use() as searcher:
         return searcher.open_image_file(number)
 
@@ -381,274 +317,3 @@ def _chunks(file, size: int, block: int = 1 << 16):
             yield data
 
 
-def _parse_verify(value: str | None) -> int | None:
-    """``?verify=K`` (spatial verification of the top K), ``?verify`` or ``?verify=true`` (100), absent: off."""
-    from cbir.ann.verify import DEFAULT_VERIFY
-
-    if value is None or value.lower() in ("false", "no", "off"):
-        return None
-    if value.lower() in ("", "true", "yes", "on"):
-        return DEFAULT_VERIFY
-    try:
-        verify = int(value)
-    except ValueError:
-        raise ApiError(422, f"verify must be a whole number of candidates (or true), got {value[:40]!r}") from None
-    if verify < 1:
-        raise ApiError(422, f"verify must be at least 1 candidate, got {verify}")
-    return verify
-
-
-def _parse_flag(value: str | None, name: str) -> bool:
-    """``?name``, ``?name=true`` (on), absent or ``false`` (off)."""
-    if value is None or value.lower() in ("false", "no", "off", "0"):
-        return False
-    if value.lower() in ("", "true", "yes", "on", "1"):
-        return True
-    raise ApiError(422, f"{name} is true or false, got {value[:40]!r}")
-
-
-# -- searching (in the thread pool) ---------------------------------------------
-def _measured_search(*args) -> tuple[dict[str, Any], dict[str, float]]:
-    """:func:`_search`, and the seconds it spent in each stage (:mod:`cbir.timing`) for the metrics."""
-    with measuring() as clock:
-        body = _search(*args)
-    return body, clock.seconds
-
-
-def _image_filter(searcher, filters: dict[str, str | None]) -> ImageFilter | None:
-    """The filter a request asks for (:data:`FILTER_FIELDS`; a folder as results show it), or ``None``: the one
-    place a search and a listing read it. A date that is not ISO: :class:`UsageError`, a 400."""
-    filters = {key: value for key, value in filters.items() if value}
-    if not filters:
-        return None
-    under = filters.get("under")
-    folder = None if under is None else private_path(under.rstrip("/") or under, searcher.indexed_roots())
-    return ImageFilter(**{**filters, "under": folder})
-
-
-def _search(
-    live: LiveIndex,
-    asked: SearchRequest,
-    page: _Page,
-    filters: dict,
-    limits: Limits,
-    show_paths: bool,
-    verify: int | None = None,
-    decoders: ThreadPoolExecutor | None = None,
-    explain: bool = False,
-) -> dict[str, Any]:
-    """One request's search: the batched single upload, an id, or several examples, with ``filters`` (:data:`FILTER_FIELDS`).
-
-    ``explain``: each unverified result gets its ``region`` (:meth:`Searcher.explain_regions`), each verified one its
-    ``correspondences``; it verifies, as ``?verify`` does, where the index has local features.
-    """
-    with live.use() as searcher:
-        only = _image_filter(searcher, filters)
-        if explain and verify is None and searcher.store.manifest.get("local_features"):
-            from cbir.ann.verify import DEFAULT_VERIFY
-
-            verify = DEFAULT_VERIFY
-    if asked.image_id is not None:
-        return _search_id(live, asked.image_id, page, show_paths, only, verify, explain)
-    if asked.single_upload:
-        data, filename = asked.uploads[0]
-        return _search_upload(live, data, filename, page, limits, show_paths, only, verify, explain)
-    return _search_examples(live, asked, page, limits, show_paths, only, decoders, verify, explain)
-
-
-def _search_examples(
-    live: LiveIndex,
-    asked: SearchRequest,
-    page: _Page,
-    limits: Limits,
-    show_paths: bool,
-    only,
-    decoders: ThreadPoolExecutor | None = None,
-    verify: int | None = None,
-    explain: bool = False,
-) -> dict[str, Any]:
-    from cbir.retrieval.examples import Example
-    from cbir.retrieval.query_inputs import Prepared
-
-    positives, negatives = asked.examples()
-    with live.use() as shared:
-        searcher = shared.verifying(verify)  # verified against each positive example
-        uploads = [*asked.uploads, *asked.avoid_uploads]
-        # The uploads decode and prepare side by side (OpenCV lets go of the GIL), this thread taking the first.
-        others = [decoders.submit(_prepare_upload, searcher, data, name, limits) for data, name in uploads[1:]] if decoders else []
-        ready = [_prepare_upload(searcher, data, name, limits) for data, name in (uploads[:1] if decoders else uploads)]
-        ready += [future.result() for future in others]
-        prepared = {}
-        for (data, _), (item, seconds) in zip(uploads, ready):
-            prepared[id(data)] = Prepared(item)
-            record(seconds)
-        as_items = lambda examples: [Example(prepared.get(id(e.source), e.source), e.weight) for e in examples]  # noqa: E731
-        run = lambda n: searcher.query_examples(  # noqa: E731
-            as_items(positives), as_items(negatives), n, image_filter=only, exclude_examples=True, name=asked.name()
-        )
-        body = _results(live, searcher, run, page, show_paths, only, explain)
-        body["positive"] = [int(e.source) for e in asked.positive_ids]
-        body["negative"] = [int(e.source) for e in asked.negative_ids]
-        return body
-
-
-def _prepare_upload(searcher, data: bytes, filename: str, limits: Limits):
-    """One upload decoded and prepared for ``searcher``'s model, and the seconds of each stage (run in any thread)."""
-    with measuring() as clock:
-        try:
-            with stage("decode"):
-                image = decode_image(data, min_side=searcher.decode_min_side, max_pixels=limits.max_pixels)
-        except ImageError as exc:
-            raise ImageError(f"the upload {filename[:100]!r} cannot be used: {exc}") from None
-        with stage("embed"):
-            item = searcher.prepare(image)
-    return item, clock.seconds
-
-
-def _search_upload(
-    live: LiveIndex,
-    data: bytes,
-    filename: str,
-    page: _Page,
-    limits: Limits,
-    show_paths: bool,
-    only=None,
-    verify: int | None = None,
-    explain: bool = False,
-) -> dict[str, Any]:
-    with live.use() as shared:
-        searcher = shared.verifying(verify)  # a view for this request: verified matches say so
-        with live.batcher.preparing(searcher):
-            item, seconds = _prepare_upload(searcher, data, filename, limits)
-        record(seconds)
-        return _results(live, searcher, lambda n: live.batcher.query(searcher, item, n, filename, only), page, show_paths, only, explain)
-
-
-def _search_id(
-    live: LiveIndex, image_id: int, page: _Page, show_paths: bool, only=None, verify: int | None = None, explain: bool = False
-) -> dict[str, Any]:
-    with live.use() as shared:
-        searcher = shared.verifying(verify)
-        row = searcher.image_row(image_id)  # 404 before anything else
-        body = _results(live, searcher, lambda n: searcher.query_id(image_id, n, image_filter=only), page, show_paths, only, explain)
-        body["query_id"] = image_id
-        body["query"] = describe_frame(row.path if show_paths else public_path(row.path, searcher.indexed_roots()), row.time)
-        return body
-
-
-def _results(live: LiveIndex, searcher, run, page: _Page, show_paths: bool = True, only=None, explain: bool = False) -> dict[str, Any]:
-    # k beyond the collection (or what the filter lets through) returns all of it, as a correct answer should;
-    # a page past the end is empty. Ranks count from the first result of all, not of the page.
-    matching = searcher.count_matching(only)
-    effective = max(0, min(page.k, matching - page.offset))
-    if effective == 0:
-        return {"index": live.name, "query": None, "k": 0, "offset": page.offset, "results": [], "matching": matching}
-    result = run(page.offset + effective)
-    shown = result.results[page.offset :]
-    if explain:  # the page's unverified results: their regions (one model call each, the first MAX_EXPLAINED)
-        shown = searcher.explain_regions(replace(result, results=shown), MAX_EXPLAINED).results
-    body = {"query": display_path(result.query, controls=False), "results": [match.to_dict() for match in shown]}
-    _add_links(body["results"], shown, f"/api/indexes/{live.name}", None if show_paths else searcher.indexed_roots())
-    if explain:
-        from cbir.retrieval.explained import correspondence_rows
-
-        for item, match in zip(body["results"], shown):
-            if match.correspondences is not None:
-                item["correspondences"] = correspondence_rows(match.correspondences)
-    return {"index": live.name, "k": len(shown), "offset": page.offset, "matching": matching, **body}
-
-
-def _add_links(items: list[dict], matches, base: str, roots) -> None:
-    """Each result's id and the addresses of its file and thumbnail; paths shown relative to ``roots`` unless ``None``."""
-    for item, match in zip(items, matches):
-        item["id"] = match.id
-        if roots is not None:
-            item["path"] = public_path(match.path, roots)
-            item["folder"] = public_path(match.folder, roots)
-        item["image_url"] = f"{base}/images/{match.id}"
-        item["thumbnail_url"] = f"{base}/thumbnails/{match.id}"
-
-
-#: ``?explain`` draws regions for at most this many results of a search (a model call each).
-MAX_EXPLAINED = 24
-
-
-_K_PARAMETER = {
-    "name": "k",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 10},
-    "description": "Number of results, at most 1,000 (page on with offset; a form field or JSON 'k' takes precedence); "
-    "more than the index holds returns all.",
-}
-_OFFSET_PARAMETER = {
-    "name": "offset",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 0, "default": 0},
-    "description": "Results to skip: the next page starts at offset + k (a search pages at most 10,000 deep).",
-}
-_LIMIT_PARAMETER = {
-    "name": "limit",
-    "in": "query",
-    "required": False,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
-    "description": "Images in one page (at most 1,000; page on with offset).",
-}
-_FILTER_PARAMETERS = [
-    {
-        "name": "under",
-        "in": "query",
-        "required": False,
-        "schema": {"type": "string"},
-        "description": "Only images in this folder or below, as results show folders (a form field or JSON 'under' takes precedence).",
-    },
-    {"name": "label", "in": "query", "required": False, "schema": {"type": "string"}, "description": "Only images with this label."},
-    {"name": "taken_after", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
-     "description": "Only images taken on or after this ISO date (or date and time); without an EXIF date, the file's modification time."},
-    {"name": "taken_before", "in": "query", "required": False, "schema": {"type": "string", "format": "date"},
-     "description": "Only images taken on or before this ISO date (a bare date keeps that whole day)."},
-    {"name": "camera", "in": "query", "required": False, "schema": {"type": "string"},
-     "description": "Only images from a camera whose make and model contain this text, any letter case."},
-]
-_SEARCH_BODY = {
-    "required": True,
-    "content": {
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "required": ["file"],
-                "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images to find (one: a plain search)"},
-                    "negative_file": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "Images to avoid"},
-                    "positive": {"type": "array", "items": {"type": "string"}, "description": "Ids to find, 'id' or 'id:weight'"},
-                    "negative": {"type": "array", "items": {"type": "string"}, "description": "Ids to avoid, 'id' or 'id:weight'"},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    "offset": {"type": "integer", "minimum": 0},
-                    "under": {"type": "string"},
-                    "label": {"type": "string"},
-                    "taken_after": {"type": "string"},
-                    "taken_before": {"type": "string"},
-                    "camera": {"type": "string"},
-                },
-            }
-        },
-        "application/json": {
-            "schema": {
-                "type": "object",
-                "properties": {
-                    "id": {"type": "integer", "description": "One indexed image: its neighbours, itself first"},
-                    "positive": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}, "description": "Ids (or {id, weight}) to find"},
-                    "negative": {"type": "array", "items": {"oneOf": [{"type": "integer"}, {"type": "object"}]}, "description": "Ids (or {id, weight}) to avoid"},
-                    "k": {"type": "integer", "minimum": 1, "maximum": 1000},
-                    "offset": {"type": "integer", "minimum": 0},
-                    "under": {"type": "string"},
-                    "label": {"type": "string"},
-                    "taken_after": {"type": "string"},
-                    "taken_before": {"type": "string"},
-                    "camera": {"type": "string"},
-                },
-            }
-        },
-    },
-}
