@@ -1,6 +1,7 @@
 """A burst of new files through ``cbir watch`` against ``cbir index`` of the same files.
 
-The files: the first ``--images`` of Corel-1k's 8 flips/rotations (see
+The files: the first ``--images`` of Corel-1k's 8 flips/rotations, and above 8,000 the same at a
+second JPEG quality (up to 16,000 distinct files; see
 ``parallel.py``), generated into a temporary folder and deleted afterwards.
 Two folders start with the same ``--base`` images, each indexed (colour).
 Then, in each, the burst is copied in as fast as this process can:
